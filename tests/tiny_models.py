@@ -1,0 +1,75 @@
+"""Tiny random models of several architectures, a tiny tokenizer and word text, for tests."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+)
+
+VOCAB = 128
+ARCHS = ("llama", "mistral", "qwen2", "gemma3", "opt")
+
+
+def tiny_config(
+    arch: str, *, hidden: int = 32, layers: int = 2, heads: int = 4
+) -> PretrainedConfig:
+    common = {
+        "vocab_size": VOCAB,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "max_position_embeddings": 128,
+    }
+    if arch == "llama":
+        return LlamaConfig(**common, intermediate_size=64, num_key_value_heads=2)
+    if arch == "mistral":
+        return MistralConfig(
+            **common, intermediate_size=64, num_key_value_heads=2, sliding_window=16
+        )
+    if arch == "qwen2":
+        return Qwen2Config(**common, intermediate_size=64, num_key_value_heads=2)
+    if arch == "gemma3":
+        # three layers so that both sliding-window and global attention layers are present
+        return Gemma3TextConfig(
+            **{**common, "num_hidden_layers": max(layers, 3)},
+            intermediate_size=64,
+            num_key_value_heads=2,
+            head_dim=8,
+            sliding_window=8,
+            sliding_window_pattern=2,
+        )
+    if arch == "opt":
+        return OPTConfig(**common, ffn_dim=64, word_embed_proj_dim=hidden)
+    raise ValueError(arch)
+
+
+def build_tiny(arch: str = "llama", seed: int = 0, **kw: int) -> PreTrainedModel:
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(arch, **kw)).eval()
+
+
+WORDS = [f"w{i}" for i in range(VOCAB - 2)]
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"[UNK]": 0, "[EOS]": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="[EOS]")
+
+
+def word_text(n_words: int, seed: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS[:40]) for _ in range(n_words))

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from optishear.errors import ConfigError
+from optishear.masks import Pattern, check_pattern_fits, prune_mask
+
+
+def test_pattern_parse() -> None:
+    assert Pattern.parse("unstructured") == Pattern()
+    assert Pattern.parse("2:4") == Pattern(2, 4)
+    assert Pattern.parse(" 4 : 8 ").sparsity == 0.5
+    for bad in ("2-4", "4:2", "0:4", "sparse", "2:2"):
+        with pytest.raises(ConfigError):
+            Pattern.parse(bad)
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.73])
+def test_row_mask_is_exact_per_row(ratio: float) -> None:
+    score = torch.rand(17, 40, generator=torch.Generator().manual_seed(0))
+    mask = prune_mask(score, ratio, Pattern())
+    assert (mask.sum(dim=1) == round(40 * ratio)).all()
+    # the pruned entries are the lowest of their row
+    for row, m in zip(score, mask, strict=True):
+        assert row[m].max() <= row[~m].min()
+
+
+def test_row_mask_exact_with_ties() -> None:
+    score = torch.zeros(4, 16)  # every weight tied
+    assert (prune_mask(score, 0.5, Pattern()).sum(dim=1) == 8).all()
+
+
+def test_matrix_mask_is_exact_overall() -> None:
+    score = torch.rand(9, 11, generator=torch.Generator().manual_seed(0))
+    mask = prune_mask(score, 0.4, Pattern(), per_matrix=True)
+    assert int(mask.sum()) == round(99 * 0.4)
+    assert score[mask].max() <= score[~mask].min()
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4)])
+def test_nm_mask_valid(n: int, m: int) -> None:
+    score = torch.rand(6, 32, generator=torch.Generator().manual_seed(0))
+    mask = prune_mask(score, n / m, Pattern(n, m))
+    groups = mask.view(6, 32 // m, m)
+    assert (groups.sum(dim=-1) == n).all()
+    sg = score.view(6, 32 // m, m)
+    assert (sg.masked_fill(~groups, -1).amax(-1) <= sg.masked_fill(groups, 2).amin(-1)).all()
+
+
+def test_nm_that_does_not_divide_layer() -> None:
+    with pytest.raises(ConfigError, match=r"does not divide layer blk\.q"):
+        check_pattern_fits(Pattern(4, 8), 36, "blk.q")

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from optishear.errors import ConfigError, UnknownMethodError
+from optishear.layers import capture_block_inputs, iter_linears
+from optishear.masks import Pattern, prune_mask
+from optishear.meta import N_GENOMES, WANDA_GENOME, Genome, meta_log_score
+from optishear.metrics import get_metric, ria_score, wanda_score
+from optishear.prune import collect_dense_stats
+
+
+def test_unknown_metric() -> None:
+    with pytest.raises(UnknownMethodError, match="unknown metric 'nope'"):
+        get_metric("nope")
+
+
+def test_ria_matches_definition() -> None:
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 7, generator=gen)
+    x = torch.rand(7, generator=gen) + 0.1
+    got = ria_score(W, x)
+    for i in range(5):
+        for j in range(7):
+            a = abs(float(W[i, j]))
+            rel = a / float(W[:, j].abs().sum()) + a / float(W[i, :].abs().sum())
+            assert math.isclose(float(got[i, j]), rel * float(x[j]) ** 0.25, rel_tol=1e-5)
+
+
+def test_genome_index_roundtrip_and_parse() -> None:
+    seen = {Genome.from_index(i) for i in range(N_GENOMES)}
+    assert len(seen) == N_GENOMES == 2401
+    assert all(Genome.from_index(g.index) == g for g in list(seen)[:50])
+    g = Genome.parse("f1=sqrt, beta=inv_col_sum")
+    assert g.names() == {"f1": "sqrt", "f2": "identity", "alpha": "one", "beta": "inv_col_sum"}
+    assert WANDA_GENOME.formula() == "|W| * sqrt(X)"
+    for bad in ("f1=cube", "gamma=one", "f1"):
+        with pytest.raises(ConfigError):
+            Genome.parse(bad)
+    with pytest.raises(ConfigError):
+        Genome(7, 0, 0, 0)
+
+
+def _dense_stats(model, ids):
+    inputs = capture_block_inputs(model, ids, batch_size=4)
+    return collect_dense_stats(model, inputs)
+
+
+def test_identity_genome_gives_wanda_masks(tiny_llama, calib_ids) -> None:
+    stats = _dense_stats(tiny_llama, calib_ids)
+    for idx, name, lin in iter_linears(tiny_llama):
+        x = stats[idx][name].act_sq
+        for pattern in (Pattern(), Pattern(2, 4)):
+            wanda = prune_mask(wanda_score(lin.weight, x), 0.5, pattern)
+            meta = prune_mask(meta_log_score(lin.weight, x, WANDA_GENOME), 0.5, pattern)
+            assert torch.equal(wanda, meta), (idx, name, pattern)
+
+
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)])
+def test_every_genome_gives_a_valid_mask(tiny_llama, calib_ids, pattern) -> None:
+    stats = _dense_stats(tiny_llama, calib_ids)
+    # every kind of projection (attention q/k/v/o, mlp gate/up/down) of the first block
+    layers = [(lin.weight, stats[i][n].act_sq) for i, n, lin in iter_linears(tiny_llama) if i == 0]
+    # an all-zero input channel and huge activations stress log(0) and exp overflow
+    W0, x0 = layers[0]
+    layers.append((W0, torch.cat([torch.zeros(1), x0[1:] * 1e6])))
+    for index in range(N_GENOMES):
+        genome = Genome.from_index(index)
+        for W, x in layers:
+            score = meta_log_score(W, x, genome)
+            assert torch.isfinite(score).all(), genome
+            mask = prune_mask(score, 0.5, pattern)
+            if pattern.structured:
+                groups = mask.view(W.shape[0], -1, pattern.m).sum(-1)
+                assert (groups == pattern.n).all(), genome
+            else:
+                assert (mask.sum(dim=1) == W.shape[1] // 2).all(), genome
+
+
+def test_row_canonical_genomes_give_identical_masks(tiny_llama, calib_ids) -> None:
+    stats = _dense_stats(tiny_llama, calib_ids)
+    idx, name, lin = next(iter_linears(tiny_llama))
+    x = stats[idx][name].act_sq
+    canon = {Genome.from_index(i).row_canonical() for i in range(N_GENOMES)}
+    assert len(canon) < N_GENOMES // 4
+    gen = torch.Generator().manual_seed(0)
+    for i in torch.randint(0, N_GENOMES, (150,), generator=gen).tolist():
+        g = Genome.from_index(i)
+        a = prune_mask(meta_log_score(lin.weight, x, g), 0.5, Pattern())
+        b = prune_mask(meta_log_score(lin.weight, x, g.row_canonical()), 0.5, Pattern())
+        assert torch.equal(a, b), g
