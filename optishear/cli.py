@@ -423,9 +423,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = LibrarySettings()
         _ensure_assets(args, settings, bars)
         return _COMMANDS[args.command](args, settings, bars)
-    except OptiShearError:
+    except OptiShearError as exc:
+        print(f"optishear: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("optishear: interrupted", file=sys.stderr)
         return 130
 
 

@@ -1,0 +1,177 @@
+"""The `optishear` CLI end to end on a saved tiny model, and its handling of bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tiny_models import build_tiny, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from optishear.cli import main
+from optishear.export import MANIFEST_NAME
+
+
+def _common(root):
+    return [
+        "--calib",
+        str(root / "calib.txt"),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "16",
+        "--eval-text",
+        str(root / "eval.txt"),
+        "--eval-seqlen",
+        "32",
+        "--eval-windows",
+        "4",
+    ]
+
+
+def test_prune_eval_export_end_to_end(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "pruned"
+    rc = main(
+        [
+            "--no-progress",
+            "prune",
+            "--model",
+            str(tiny_model_dir / "model"),
+            "--method",
+            "sparsegpt",
+            "--pattern",
+            "2:4",
+            *_common(tiny_model_dir),
+            "--out",
+            str(out),
+            "--json",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["prune"]["achieved_sparsity"] == 0.5
+    assert result["eval"]["n_tokens"] == 4 * 31
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["eval"]["perplexity"] == result["eval"]["perplexity"]
+    assert manifest["prune"]["method"] == "sparsegpt"
+    model = AutoModelForCausalLM.from_pretrained(out)
+    for block in model.model.layers:
+        W = block.mlp.down_proj.weight
+        assert ((W == 0).view(W.shape[0], -1, 4).sum(-1) == 2).all()
+
+    rc = main(
+        [
+            "--no-progress",
+            "eval",
+            "--model",
+            str(out),
+            "--eval-text",
+            str(tiny_model_dir / "eval.txt"),
+            "--eval-seqlen",
+            "32",
+            "--eval-windows",
+            "4",
+            "--json",
+        ]
+    )
+    assert rc == 0
+    again = json.loads(capsys.readouterr().out)["eval"]["perplexity"]
+    assert again == pytest.approx(result["eval"]["perplexity"], rel=1e-5)
+
+
+def test_compare_prints_a_table(tiny_model_dir, capsys) -> None:
+    rc = main(
+        [
+            "--no-progress",
+            "compare",
+            "--model",
+            str(tiny_model_dir / "model"),
+            "--methods",
+            "magnitude,wanda,ria",
+            *_common(tiny_model_dir),
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    for name in ("dense", "magnitude", "wanda", "ria"):
+        assert f"\n{name} " in out
+
+
+@pytest.fixture(scope="module")
+def odd_model_dir(tmp_path_factory):
+    """A model whose 36-wide layers fit 2:4 but not 4:8."""
+    root = tmp_path_factory.mktemp("odd")
+    build_tiny("llama", hidden=36, heads=2).save_pretrained(root)
+    tiny_tokenizer().save_pretrained(root)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "foo"], "unknown pruning method 'foo'; known: magnitude, wanda"),
+        (["--sparsity", "1.5"], "sparsity must be in (0, 1), got 1.5"),
+        (["--sparsity", "0"], "sparsity must be in (0, 1), got 0.0"),
+        (["--sparsity", "half"], "not a number: 'half'"),
+        (["--pattern", "2:4", "--sparsity", "0.6"], "prunes exactly 0.5 of the weights"),
+        (["--pattern", "2-4"], "pattern must be 'unstructured' or 'N:M'"),
+        (["--pattern", "4:8", "--odd"], "4:8 does not divide layer 0.self_attn.q_proj"),
+        (["--model", "./no/such/model"], "is not a registered name (smollm2-135m)"),
+        (["--model", "/tmp/missing.gguf"], "GGUF file /tmp/missing.gguf does not exist"),
+        (["--method", "meta", "--genome", "f1=cube"], "bad genome names"),
+        (["--plan", "explicit", "--layer-sparsity", "0.5"], "lists 1 sparsities but the model"),
+        (["--plan", "owl", "--pattern", "2:4"], "use a uniform plan"),
+        (["--calib", "missing.txt"], "text source 'missing.txt' is not 'wiki'"),
+        (["--device", "cuda:0"], "CUDA was asked for but no GPU is available"),
+    ],
+)
+def test_bad_input_gives_clear_error(tiny_model_dir, odd_model_dir, capsys, args, message):
+    if torch.cuda.is_available() and "cuda:0" in args:
+        pytest.skip("a GPU is present")
+    model = str(odd_model_dir if "--odd" in args else tiny_model_dir / "model")
+    args = [a for a in args if a != "--odd"]
+    if "--model" not in args:
+        args = ["--model", model, *args]
+    try:
+        rc = main(["--no-progress", "prune", *_common(tiny_model_dir), *args])
+    except SystemExit as exc:  # argparse's own validation
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_refuses_to_overwrite_a_folder(tiny_model_dir, tmp_path, capsys) -> None:
+    (tmp_path / "keep.txt").write_text("mine")
+    rc = main(
+        [
+            "--no-progress",
+            "prune",
+            "--model",
+            str(tiny_model_dir / "model"),
+            *_common(tiny_model_dir),
+            "--no-eval",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_real_process_exit_code_and_message() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "optishear.cli", "prune", "--model", "/no/such/dir/model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("optishear: error: model '/no/such/dir/model'")
+    assert "Traceback" not in proc.stderr

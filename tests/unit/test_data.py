@@ -1,0 +1,61 @@
+import json
+
+import pytest
+from tiny_models import tiny_tokenizer, word_text
+
+from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
+from optishear.errors import ConfigError, DataError
+from optishear.evaluate import EvalConfig, eval_windows
+from optishear.settings import LibrarySettings
+
+
+def test_calibration_is_seeded_and_shaped(tmp_path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text(word_text(500, seed=0))
+    tok = tiny_tokenizer()
+    a = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=3))
+    b = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=3))
+    c = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=4))
+    assert a.shape == (6, 16)
+    assert a.equal(b)
+    assert not a.equal(c)
+
+
+def test_jsonl_source(tmp_path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "w1 w2"}) + "\n\n" + json.dumps({"text": "w3"}) + "\n")
+    assert load_texts(str(path), "calibration") == ["w1 w2", "w3"]
+    path.write_text('{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: each line needs a string field .text."):
+        load_texts(str(path), "calibration")
+    path.write_text("{not json\n")
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_texts(str(path), "calibration")
+
+
+def test_missing_and_short_sources(tmp_path) -> None:
+    with pytest.raises(DataError, match="is not 'wiki', 'hf:NAME' or an existing file"):
+        load_texts(str(tmp_path / "nope.txt"), "calibration")
+    settings = LibrarySettings(cache=tmp_path / "empty-cache")
+    with pytest.raises(DataError, match="optishear assets pull"):
+        load_texts("wiki", "calibration", settings)
+    short = tmp_path / "s.txt"
+    short.write_text("w1 w2 w3")
+    with pytest.raises(DataError, match="fewer than one 16-token sample"):
+        sample_calibration(tiny_tokenizer(), CalibrationConfig(str(short), 2, 16))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        CalibrationConfig(n_samples=0)
+    with pytest.raises(ConfigError):
+        EvalConfig(seq_len=1)
+
+
+def test_eval_windows_are_fixed_and_capped() -> None:
+    stream = tokenize_stream(tiny_tokenizer(), [word_text(100, 0), word_text(100, 1)])
+    w = eval_windows(stream, EvalConfig(seq_len=32, max_windows=3))
+    assert w.shape == (3, 32)
+    assert w.flatten().equal(stream[:96])
+    with pytest.raises(DataError, match="fewer than one 512-token window"):
+        eval_windows(stream, EvalConfig(seq_len=512))

@@ -1,0 +1,46 @@
+import json
+
+import pytest
+import torch
+from tiny_models import build_tiny, tiny_tokenizer
+from transformers import AutoModelForCausalLM
+
+from optishear.assets import sha256_file
+from optishear.errors import ConfigError
+from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity
+from optishear.masks import Pattern
+from optishear.prune import PruneConfig, prune_model
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt", "gemma3"])
+def test_exported_checkpoint_reloads_with_same_logits(arch, tmp_path, calib_ids) -> None:
+    model = build_tiny(arch)
+    report = prune_model(model, calib_ids, PruneConfig("wanda", 0.5, Pattern(2, 4)))
+    out = tmp_path / "ckpt"
+    manifest = export_checkpoint(
+        model, tiny_tokenizer(), out, {"prune": report.to_dict()}, max_shard_size="100KB"
+    )
+    assert len([f for f in manifest["files"] if f.endswith(".safetensors")]) > 1  # sharded
+    config = json.loads((out / "config.json").read_text())
+    assert "sparsity_config" not in config
+    assert "quantization_config" not in config
+    on_disk = json.loads((out / MANIFEST_NAME).read_text())
+    for name, meta in on_disk["files"].items():
+        assert sha256_file(out / name) == meta["sha256"]
+    assert on_disk["measured_sparsity"]["overall"] == 0.5
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        a = model(calib_ids, use_cache=False).logits
+        b = reloaded(calib_ids, use_cache=False).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert measured_sparsity(reloaded)["overall"] == 0.5
+
+
+def test_export_refuses_non_empty_folder(tmp_path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("user data")
+    with pytest.raises(ConfigError, match="not empty"):
+        export_checkpoint(build_tiny(), None, tmp_path / "x", {})
+    assert (tmp_path / "x" / "keep.txt").read_text() == "user data"
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]  # no staging folder left behind
