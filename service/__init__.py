@@ -1,0 +1,1 @@
+"""OptiShear service: REST API, job queue and dashboard (see the service issue)."""

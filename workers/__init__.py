@@ -1,0 +1,1 @@
+"""OptiShear workers: Ray actors that hold a model and evaluate candidates."""
