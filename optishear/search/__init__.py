@@ -1,0 +1,1 @@
+"""Evolutionary search (NSGA-III) over meta-metric genomes and layer-wise sparsity plans."""

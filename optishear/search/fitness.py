@@ -1,0 +1,175 @@
+"""Model-wise reconstruction error of a candidate, computed fast on one resident model.
+
+The model is loaded once. Its dense prunable weights are backed up once; a candidate is
+applied by writing masked dense weights into the live layers, and the next candidate simply
+overwrites them (no reload, no deep copy). Dense activation statistics and the dense reference
+outputs are computed once. The error is ||logits_dense - logits_pruned||_F over the calibration
+tokens, accumulated batch by batch without ever materialising logits: for a linear, bias-free
+difference, ||(H_d - H_p) W_head^T||_F^2 = sum over tokens of d^T (W_head^T W_head) d, with d
+the difference of the final hidden states (lm_head inputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from optishear.errors import UnsupportedModelError
+from optishear.layers import (
+    _StopForward,
+    block_param_counts,
+    capture_block_inputs,
+    decoder_blocks,
+    fit_batch_size,
+    iter_linears,
+)
+from optishear.masks import Pattern, check_pattern_fits, prune_mask
+from optishear.meta import Genome, meta_log_score
+from optishear.prune import collect_dense_stats
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A point of the search space: a metric genome and one sparsity per decoder block."""
+
+    genome: Genome
+    ratios: tuple[float, ...]
+
+    def key(self) -> tuple[int, tuple[float, ...]]:
+        """Candidates with equal keys give identical masks (per-row/N:M comparison)."""
+        return self.genome.row_canonical().index, tuple(round(r, 9) for r in self.ratios)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"genome": self.genome.to_dict(), "ratios": list(self.ratios)}
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Objectives of one candidate: relative reconstruction error and achieved sparsity."""
+
+    error: float  # ||logits_d - logits_p||_F / ||logits_d||_F on the calibration tokens
+    sparsity: float  # achieved share of pruned weights (parameter-weighted)
+    n_samples: int  # calibration sequences used (fewer for a low-fidelity pass)
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": self.error,
+            "sparsity": self.sparsity,
+            "n_samples": self.n_samples,
+            "seconds": self.seconds,
+        }
+
+
+class FitnessEngine:
+    """Holds one model and scores candidates by their model-wise reconstruction error."""
+
+    def __init__(
+        self, model: nn.Module, calib_ids: Tensor, pattern: Pattern, *, batch_size: int = 8
+    ) -> None:
+        self.model = model.eval()
+        self.pattern = pattern
+        self.calib_ids = calib_ids
+        self.batch_size = fit_batch_size(calib_ids.shape[0], batch_size)
+        self.device = next(model.parameters()).device
+        self.layers = list(iter_linears(model))
+        for idx, name, lin in self.layers:
+            check_pattern_fits(pattern, lin.in_features, f"{idx}.{name}")
+        self.n_blocks = len(decoder_blocks(model))
+        self.block_params = block_param_counts(model)
+        self.dense = [lin.weight.detach().clone() for _, _, lin in self.layers]
+
+        head = model.get_output_embeddings()
+        if not isinstance(head, nn.Linear):
+            raise UnsupportedModelError("the model's output embedding is not an nn.Linear")
+        self._head = head
+        W_head = head.weight.detach().float()  # (vocab, d_model)
+        self._gram = W_head.T @ W_head  # (d_model, d_model)
+        self._softcap = getattr(model.config, "final_logit_softcapping", None)
+
+        with torch.no_grad():
+            inputs = capture_block_inputs(model, calib_ids, self.batch_size)
+            stats = collect_dense_stats(model, inputs)
+        self.act_sq = [stats[idx][name].act_sq for idx, name, _ in self.layers]
+        del inputs, stats
+        self.reference = self._final_hidden(calib_ids.shape[0])  # (n, seq, d_model)
+        self._ref_norm_sq = [
+            self._sq_norm(self.reference[i : i + 1], None) for i in range(calib_ids.shape[0])
+        ]
+
+    @torch.no_grad()
+    def _final_hidden(self, n_samples: int) -> Tensor:
+        """Inputs of lm_head for the first n_samples calibration sequences (logits never made)."""
+        outs: list[Tensor] = []
+
+        def grab(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            outs.append(args[0].detach().float())
+            raise _StopForward
+
+        handle = self._head.register_forward_pre_hook(grab)
+        try:
+            for start in range(0, n_samples, self.batch_size):
+                ids = self.calib_ids[start : min(start + self.batch_size, n_samples)]
+                with contextlib.suppress(_StopForward):
+                    self.model(ids.to(self.device), use_cache=False)
+        finally:
+            handle.remove()
+        return torch.cat(outs)
+
+    def _sq_norm(self, h: Tensor, ref: Tensor | None) -> float:
+        """||logits(h) - logits(ref)||_F^2 (or ||logits(h)||^2 without ref), exactly."""
+        if self._softcap:  # a non-linear cap after lm_head: compare real logits
+            cap = float(self._softcap)
+            logits = cap * torch.tanh(self._head(h.to(self._head.weight.dtype)).float() / cap)
+            if ref is not None:
+                logits -= cap * torch.tanh(
+                    self._head(ref.to(self._head.weight.dtype)).float() / cap
+                )
+            return float(logits.pow(2).sum())
+        d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
+        return float(((d @ self._gram) * d).sum())
+
+    @torch.no_grad()
+    def apply(self, candidate: Candidate) -> float:
+        """Write the candidate's masked dense weights into the model; returns its sparsity."""
+        if len(candidate.ratios) != self.n_blocks:
+            raise ValueError(
+                f"candidate has {len(candidate.ratios)} ratios for {self.n_blocks} blocks"
+            )
+        pruned = 0
+        total = 0
+        for (idx, _name, lin), W, x in zip(self.layers, self.dense, self.act_sq, strict=True):
+            mask = prune_mask(
+                meta_log_score(W, x, candidate.genome), candidate.ratios[idx], self.pattern
+            )
+            lin.weight.data.copy_(W).masked_fill_(mask, 0.0)
+            pruned += int(mask.sum())
+            total += mask.numel()
+        return pruned / total
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for (_, _, lin), W in zip(self.layers, self.dense, strict=True):
+            lin.weight.data.copy_(W)
+
+    def evaluate(self, candidate: Candidate, n_samples: int | None = None) -> Evaluation:
+        """Prune with the candidate, measure the error on n_samples sequences, restore."""
+        start = time.perf_counter()
+        n = (
+            self.calib_ids.shape[0]
+            if n_samples is None
+            else min(n_samples, self.calib_ids.shape[0])
+        )
+        try:
+            sparsity = self.apply(candidate)
+            hidden = self._final_hidden(n)
+            err = sum(self._sq_norm(hidden[i : i + 1], self.reference[i : i + 1]) for i in range(n))
+            ref = sum(self._ref_norm_sq[:n])
+        finally:
+            self.restore()
+        return Evaluation((err / ref) ** 0.5, sparsity, n, time.perf_counter() - start)

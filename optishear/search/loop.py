@@ -1,0 +1,446 @@
+"""NSGA-III in ask/tell form: evaluates through a BatchEvaluator, saves state every generation."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import cloudpickle
+import numpy as np
+from pymoo.algorithms.moo.nsga3 import NSGA3
+from pymoo.core.evaluator import Evaluator
+from pymoo.core.problem import Problem
+from pymoo.operators.crossover.sbx import SBX
+from pymoo.operators.mutation.pm import PM
+from pymoo.problems.static import StaticProblem
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from pymoo.util.ref_dirs import get_reference_directions
+
+from optishear.errors import ConfigError, OptiShearError
+from optishear.masks import Pattern
+from optishear.meta import WANDA_GENOME, Genome
+from optishear.search.fitness import Candidate, Evaluation, FitnessEngine
+from optishear.search.space import BalanceRepair, SearchSpace, Stage
+
+logger = logging.getLogger(__name__)
+
+StagePlan = Literal["metric", "layerwise", "both", "joint"]
+GAP_TOLERANCE = 1e-6  # a plan meets the target when its weighted mean is this close
+
+
+class BatchEvaluator(Protocol):
+    """Evaluates candidates, returning one Evaluation each, in the order given."""
+
+    @property
+    def block_params(self) -> tuple[int, ...]: ...
+
+    def evaluate(
+        self, candidates: Sequence[Candidate], n_samples: int | None = None
+    ) -> list[Evaluation]: ...
+
+
+class InProcessEvaluator:
+    """Evaluates on one FitnessEngine in this process."""
+
+    def __init__(self, engine: FitnessEngine) -> None:
+        self.engine = engine
+
+    @property
+    def block_params(self) -> tuple[int, ...]:
+        return tuple(self.engine.block_params)
+
+    def evaluate(
+        self, candidates: Sequence[Candidate], n_samples: int | None = None
+    ) -> list[Evaluation]:
+        return [self.engine.evaluate(c, n_samples) for c in candidates]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What to search and with which budget; equal settings and seed give equal fronts."""
+
+    target: float
+    pattern: Pattern = field(default_factory=Pattern)
+    stages: StagePlan = "both"
+    population: int = 16
+    generations: int = 8  # per stage
+    seed: int = 0
+    step: float = 0.05
+    levels: int = 1
+    genome: Genome = WANDA_GENOME  # fixed metric of a layerwise-only search
+    low_fidelity_samples: int | None = None
+    promote_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target < 1:
+            raise ConfigError(f"sparsity must be in (0, 1), got {self.target}")
+        if self.pattern.structured:
+            if not math.isclose(self.target, self.pattern.sparsity, abs_tol=1e-9):
+                raise ConfigError(
+                    f"an {self.pattern} pattern prunes exactly "
+                    f"{self.pattern.sparsity:g}, not {self.target:g}"
+                )
+            if self.stages in ("layerwise", "joint"):
+                raise ConfigError(
+                    f"an {self.pattern} pattern keeps every block at N/M: only "
+                    "the metric can be searched"
+                )
+        if self.stages not in ("metric", "layerwise", "both", "joint"):
+            raise ConfigError(
+                f"stages must be metric, layerwise, both or joint, got {self.stages!r}"
+            )
+        if self.population < 4:
+            raise ConfigError(f"population must be >= 4, got {self.population}")
+        if self.generations < 1:
+            raise ConfigError(f"generations must be >= 1, got {self.generations}")
+        if self.low_fidelity_samples is not None and self.low_fidelity_samples < 1:
+            raise ConfigError("low-fidelity samples must be >= 1")
+        if not 0 < self.promote_fraction <= 1:
+            raise ConfigError("promote fraction must be in (0, 1]")
+
+    def stage_list(self) -> list[Stage]:
+        if self.stages == "both":
+            return ["metric"] if self.pattern.structured else ["metric", "layerwise"]
+        return [self.stages]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pattern"] = str(self.pattern)
+        d["genome"] = self.genome.to_dict()
+        return d
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A candidate with its evaluation and objective vector."""
+
+    candidate: Candidate
+    evaluation: Evaluation
+    gap: float
+
+    @property
+    def meets_target(self) -> bool:
+        return self.gap <= GAP_TOLERANCE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": f"{self.candidate.genome.index}-{_plan_id(self.candidate.ratios)}",
+            **self.candidate.to_dict(),
+            **self.evaluation.to_dict(),
+            "gap": self.gap,
+            "meets_target": self.meets_target,
+        }
+
+
+def _plan_id(ratios: Sequence[float]) -> str:
+    if len(set(ratios)) == 1:
+        return "uniform"
+    return format(zlib.crc32(",".join(f"{r:.9f}" for r in ratios).encode()), "08x")
+
+
+@dataclass(frozen=True)
+class SearchProgress:
+    stage: str
+    stage_index: int
+    n_stages: int
+    generation: int
+    n_generations: int
+    evaluations: int
+    cache_hits: int
+    best_error: float
+    elapsed: float
+    eta: float
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    front: list[Scored]
+
+
+@dataclass
+class SearchResult:
+    settings: SearchSettings
+    stages: list[StageOutcome]
+    recommended: Scored
+    history: list[dict[str, Any]]
+    evaluations: int
+    cache_hits: int
+    seconds: float
+
+    @property
+    def front(self) -> list[Scored]:
+        return self.stages[-1].front
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "recommended": self.recommended.to_dict(),
+            "front": [s.to_dict() for s in self.front],
+            "stages": [
+                {"stage": o.stage, "front": [s.to_dict() for s in o.front]} for o in self.stages
+            ],
+            "history": self.history,
+            "evaluations": self.evaluations,
+            "cache_hits": self.cache_hits,
+            "seconds": self.seconds,
+            "selection_rule": "lowest reconstruction error among front members whose "
+            f"parameter-weighted sparsity is within {GAP_TOLERANCE:g} of "
+            "the target",
+        }
+
+
+class _IntProblem(Problem):
+    """pymoo's view of the space; objectives arrive through StaticProblem (ask/tell)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        xl, xu = space.bounds()
+        super().__init__(n_var=space.n_var, n_obj=space.n_obj, xl=xl, xu=xu, vtype=int)
+
+
+@dataclass
+class _State:
+    """Everything needed to continue a search after the last completed generation."""
+
+    settings: SearchSettings
+    stage_index: int = 0
+    space: SearchSpace | None = None
+    algorithm: Any = None
+    full: dict[Any, Evaluation] = field(default_factory=dict)
+    low: dict[Any, Evaluation] = field(default_factory=dict)
+    outcomes: list[StageOutcome] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    evaluations: int = 0
+    cache_hits: int = 0
+    elapsed: float = 0.0
+
+
+def save_state(state: _State, path: Path) -> None:
+    """Write atomically: a crash mid-write keeps the previous generation's state."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(cloudpickle.dumps(state))
+    tmp.replace(path)
+
+
+def load_state(path: Path, settings: SearchSettings) -> _State:
+    try:
+        state = cloudpickle.loads(path.read_bytes())
+    except (OSError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        raise OptiShearError(f"cannot read search state {path}: {exc}") from exc
+    if not isinstance(state, _State) or state.settings != settings:
+        raise ConfigError(
+            f"{path} holds the state of a different search; use the same settings or another folder"
+        )
+    return state
+
+
+class _Search:
+    def __init__(self, evaluator: BatchEvaluator, state: _State, path: Path | None) -> None:
+        self.evaluator = evaluator
+        self.state = state
+        self.path = path
+        self.settings = state.settings
+        self.block_params = tuple(evaluator.block_params)
+
+    # -- evaluation with de-duplication and the low-fidelity pass -------------------------
+    def _full(self, cands: list[Candidate]) -> None:
+        for c, e in zip(cands, self.evaluator.evaluate(cands), strict=True):
+            self.state.full[c.key()] = e
+        self.state.evaluations += len(cands)
+
+    def evaluate(self, cands: Sequence[Candidate]) -> list[Evaluation]:
+        st = self.state
+        todo: dict[Any, Candidate] = {}
+        for c in cands:
+            if c.key() in st.full:
+                st.cache_hits += 1
+            elif c.key() not in todo:
+                todo[c.key()] = c
+            else:
+                st.cache_hits += 1
+        pending = list(todo.values())
+        n_low = self.settings.low_fidelity_samples
+        if n_low and len(pending) > 1:
+            fresh = [c for c in pending if c.key() not in st.low]
+            for c, e in zip(fresh, self.evaluator.evaluate(fresh, n_low), strict=True):
+                st.low[c.key()] = e
+            st.evaluations += len(fresh)
+            pending.sort(key=lambda c: st.low[c.key()].error)
+            promote = pending[: max(1, math.ceil(self.settings.promote_fraction * len(pending)))]
+            self._full(promote)
+        else:
+            self._full(pending)
+        return [st.full.get(c.key()) or st.low[c.key()] for c in cands]
+
+    def ensure_full(self, cands: Sequence[Candidate]) -> list[Evaluation]:
+        missing = list({c.key(): c for c in cands if c.key() not in self.state.full}.values())
+        if missing:
+            self._full(missing)
+        return [self.state.full[c.key()] for c in cands]
+
+    # -- one stage -------------------------------------------------------------------------
+    def _space(self, stage: Stage) -> SearchSpace:
+        s = self.settings
+        uniform = (s.target,) * len(self.block_params)
+        genome = (
+            self.state.outcomes[-1].front[0].candidate.genome if self.state.outcomes else s.genome
+        )
+        return SearchSpace(
+            stage,
+            s.target,
+            self.block_params,
+            s.step,
+            s.levels,
+            genome,
+            uniform if stage == "metric" else (),
+        )
+
+    def _algorithm(self, space: SearchSpace) -> NSGA3:
+        s = self.settings
+        if space.n_obj == 1:
+            ref_dirs = np.array([[1.0]])
+        else:
+            ref_dirs = get_reference_directions("das-dennis", 2, n_partitions=s.population - 1)
+        xl, xu = space.bounds()
+        rng = np.random.default_rng(s.seed + 7919 * self.state.stage_index)
+        init = rng.integers(xl, xu + 1, size=(s.population, space.n_var)).astype(float)
+        init[0] = self._baseline_genes(space)  # the search starts from the baseline
+        algorithm = NSGA3(
+            ref_dirs=ref_dirs,
+            pop_size=s.population,
+            sampling=init,
+            crossover=SBX(prob=0.9, eta=15, vtype=float),
+            mutation=PM(eta=20, vtype=float),
+            repair=BalanceRepair(space),
+            eliminate_duplicates=True,
+        )
+        algorithm.setup(
+            _IntProblem(space),
+            termination=("n_gen", s.generations),
+            seed=s.seed + self.state.stage_index,
+            verbose=False,
+        )
+        return algorithm
+
+    def _baseline_genes(self, space: SearchSpace) -> np.ndarray:
+        genes: list[int] = []
+        if space.has_metric:
+            g = space.genome
+            genes += [g.f1, g.f2, g.alpha, g.beta]
+        if space.has_blocks:
+            genes += [space.levels] * space.n_blocks
+        return np.array(genes, dtype=float)
+
+    def objectives(
+        self, space: SearchSpace, cands: Sequence[Candidate], evals: Sequence[Evaluation]
+    ) -> np.ndarray:
+        rows = [
+            [e.error, space.gap(c)] if space.n_obj == 2 else [e.error]
+            for c, e in zip(cands, evals, strict=True)
+        ]
+        return np.array(rows, dtype=float)
+
+    def front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+        pop = algorithm.pop
+        cands = [space.decode(x) for x in pop.get("X")]
+        evals = self.ensure_full(cands)  # the reported front is always at full fidelity
+        F = self.objectives(space, cands, evals)
+        best = NonDominatedSorting().do(F, only_non_dominated_front=True)
+        seen: dict[Any, Scored] = {}
+        for i in best:
+            seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
+        return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
+
+    def run(self, progress: Callable[[SearchProgress], None] | None) -> SearchResult:
+        st = self.state
+        stages = self.settings.stage_list()
+        clock = time.perf_counter() - st.elapsed
+        while st.stage_index < len(stages):
+            stage = stages[st.stage_index]
+            if st.algorithm is None:
+                st.space = self._space(stage)
+                st.algorithm = self._algorithm(st.space)
+            space, algorithm = st.space, st.algorithm
+            assert space is not None
+            while algorithm.has_next():
+                gen_start = time.perf_counter()
+                before = st.evaluations
+                pop = algorithm.ask()
+                cands = [space.decode(x) for x in pop.get("X")]
+                evals = self.evaluate(cands)
+                F = self.objectives(space, cands, evals)
+                Evaluator().eval(StaticProblem(algorithm.problem, F=F), pop)
+                algorithm.tell(infills=pop)
+                best = float(algorithm.pop.get("F")[:, 0].min())
+                st.elapsed = time.perf_counter() - clock
+                record = {
+                    "stage": stage,
+                    "generation": algorithm.n_gen - 1,
+                    "evaluations": st.evaluations - before,
+                    "best_error": best,
+                    "seconds": time.perf_counter() - gen_start,
+                    "elapsed": st.elapsed,
+                }
+                st.history.append(record)
+                self._save()
+                if progress:
+                    done = len(st.history)
+                    total = self.settings.generations * len(stages)
+                    progress(
+                        SearchProgress(
+                            stage,
+                            st.stage_index,
+                            len(stages),
+                            record["generation"],
+                            self.settings.generations,
+                            st.evaluations,
+                            st.cache_hits,
+                            best,
+                            st.elapsed,
+                            st.elapsed / done * (total - done),
+                        )
+                    )
+            st.outcomes.append(StageOutcome(stage, self.front(space, algorithm)))
+            st.stage_index += 1
+            st.algorithm = None
+            st.space = None
+            self._save()
+        final = st.outcomes[-1].front
+        meeting = [s for s in final if s.meets_target]
+        recommended = meeting[0] if meeting else min(final, key=lambda s: s.gap)
+        return SearchResult(
+            self.settings,
+            st.outcomes,
+            recommended,
+            st.history,
+            st.evaluations,
+            st.cache_hits,
+            time.perf_counter() - clock,
+        )
+
+    def _save(self) -> None:
+        if self.path is not None:
+            save_state(self.state, self.path)
+
+
+def run_search(
+    evaluator: BatchEvaluator,
+    settings: SearchSettings,
+    *,
+    state_path: Path | None = None,
+    resume: bool = False,
+    progress: Callable[[SearchProgress], None] | None = None,
+) -> SearchResult:
+    """Run (or, with `resume`, continue) a search; state is saved after every generation."""
+    if resume and state_path is not None and state_path.is_file():
+        state = load_state(state_path, settings)
+        logger.info("resuming after %d completed generations", len(state.history))
+    else:
+        state = _State(settings)
+    return _Search(evaluator, state, state_path).run(progress)
