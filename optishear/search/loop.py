@@ -372,6 +372,8 @@ class _Search:
                 gen_start = time.perf_counter()
                 before = st.evaluations
                 pop = algorithm.ask()
+                if pop is None:  # no unseen offspring left: the small space is exhausted
+                    break
                 cands = [space.decode(x) for x in pop.get("X")]
                 evals = self.evaluate(cands)
                 F = self.objectives(space, cands, evals)

@@ -1,0 +1,168 @@
+import numpy as np
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from optishear.errors import ConfigError
+from optishear.masks import Pattern
+from optishear.meta import Genome
+from optishear.prune import PruneConfig, prune_model
+from optishear.search.fitness import Candidate, Evaluation, FitnessEngine
+from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
+from optishear.search.space import SearchSpace, balance_offsets
+
+
+class FakeEvaluator:
+    """A cheap, deterministic objective: prefers sqrt(|W|) and sparser late blocks."""
+
+    block_params = (100, 100, 100, 100, 100, 100)
+
+    def __init__(self) -> None:
+        self.calls: list[Candidate] = []
+
+    def evaluate(self, candidates, n_samples=None):
+        self.calls += candidates
+        out = []
+        for c in candidates:
+            g = c.genome.row_canonical()
+            err = abs(g.f1 - 1) + abs(g.f2 - 0) * 0.5 + g.beta * 0.1
+            err -= sum((r - 0.5) * (i - 2.5) for i, r in enumerate(c.ratios))  # late = sparser
+            out.append(Evaluation(1.0 + err, float(np.mean(c.ratios)), n_samples or 8, 0.0))
+        return out
+
+
+def _front(result):
+    return [(s.candidate, s.evaluation.error, s.gap) for s in result.front]
+
+
+def test_search_with_fake_evaluator_meets_target_and_improves() -> None:
+    ev = FakeEvaluator()
+    result = run_search(ev, SearchSettings(0.5, population=12, generations=6, seed=1))
+    rec = result.recommended
+    assert rec.meets_target
+    assert np.mean(rec.candidate.ratios) == pytest.approx(0.5, abs=1e-12)
+    assert rec.candidate.genome.names()["f1"] == "sqrt"
+    assert rec.candidate.ratios[-1] > rec.candidate.ratios[0]
+    assert [h["stage"] for h in result.history] == ["metric"] * 6 + ["layerwise"] * 6
+    assert result.cache_hits > 0
+    assert len({c.key() for c in ev.calls}) == len(ev.calls)  # nothing evaluated twice
+    baseline = ev.evaluate([Candidate(Genome(), (0.5,) * 6)])[0].error
+    assert rec.evaluation.error < baseline
+
+
+def test_equivalent_genomes_are_evaluated_once() -> None:
+    ev = FakeEvaluator()
+    from optishear.search.loop import _Search, _State
+
+    search = _Search(ev, _State(SearchSettings(0.5)), None)
+    plan = (0.5,) * 6
+    same = [
+        Genome.parse("alpha=inv_row_sum"),
+        Genome.parse("alpha=inv_fro"),
+        Genome(),
+        Genome.parse("f1=softmax"),
+        Genome.parse("f1=exp"),
+    ]
+    search.evaluate([Candidate(g, plan) for g in same])
+    assert len(ev.calls) == 2  # {wanda, row-normalised wanda...} and {softmax, exp}
+
+
+def test_balance_offsets_meets_target_with_unequal_blocks() -> None:
+    rng = np.random.default_rng(0)
+    w = np.array([1.0, 1, 2, 2, 1, 1])
+    for _ in range(200):
+        o = rng.integers(-1, 2, size=6)
+        b = balance_offsets(o, w, 1, rng)
+        assert np.dot(b, w) == 0
+        assert np.abs(b).max() <= 1
+
+
+def _engine(pattern=None):
+    pattern = pattern or Pattern()
+    model = build_tiny("llama", layers=4)
+    ids = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(1))
+    return FitnessEngine(model, ids, pattern, batch_size=4), model, ids
+
+
+def test_engine_error_equals_full_logits_and_restores_weights() -> None:
+    engine, _, ids = _engine()
+    before = [lin.weight.clone() for _, _, lin in engine.layers]
+    genome = Genome.parse("f1=sqrt,beta=inv_col_sum")
+    e = engine.evaluate(Candidate(genome, (0.4, 0.5, 0.5, 0.6)))
+    assert all(
+        torch.equal(b, lin.weight) for b, (_, _, lin) in zip(before, engine.layers, strict=True)
+    )
+    ref = build_tiny("llama", layers=4)
+    with torch.no_grad():
+        dense = ref(ids, use_cache=False).logits
+    from optishear.plans import PlanSpec
+
+    prune_model(
+        ref,
+        ids,
+        PruneConfig(
+            "meta",
+            0.5,
+            genome=genome,
+            stats_source="dense",
+            plan=PlanSpec("explicit", ratios=(0.4, 0.5, 0.5, 0.6)),
+        ),
+    )
+    with torch.no_grad():
+        pruned = ref(ids, use_cache=False).logits
+    expected = float((dense - pruned).norm() / dense.norm())
+    assert e.error == pytest.approx(expected, rel=1e-4)
+    assert e.sparsity == 0.5
+
+
+def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> None:
+    engine, _, _ = _engine()
+    settings = SearchSettings(0.5, population=8, generations=3, seed=3)
+    a = run_search(InProcessEvaluator(engine), settings)
+    b = run_search(InProcessEvaluator(engine), settings)
+    assert _front(a) == _front(b)
+
+    class Interrupt(Exception):  # noqa: N818
+        pass
+
+    def stop_after_4(p):
+        if p.stage_index == 1 and p.generation == 1:
+            raise Interrupt
+
+    state = tmp_path / "state.pkl"
+    with pytest.raises(Interrupt):
+        run_search(InProcessEvaluator(engine), settings, state_path=state, progress=stop_after_4)
+    assert state.is_file()
+    resumed = run_search(InProcessEvaluator(engine), settings, state_path=state, resume=True)
+    assert _front(resumed) == _front(a)
+    assert [h["best_error"] for h in resumed.history] == [h["best_error"] for h in a.history]
+
+    with pytest.raises(ConfigError, match="different search"):
+        run_search(
+            InProcessEvaluator(engine),
+            SearchSettings(0.5, population=8, seed=4),
+            state_path=state,
+            resume=True,
+        )
+
+
+def test_low_fidelity_front_is_reported_at_full_fidelity() -> None:
+    engine, _, _ = _engine(Pattern(2, 4))
+    result = run_search(
+        InProcessEvaluator(engine),
+        SearchSettings(0.5, Pattern(2, 4), population=8, generations=3, low_fidelity_samples=2),
+    )
+    assert [h["stage"] for h in result.history] == ["metric"] * 3
+    assert all(s.evaluation.n_samples == 8 for s in result.front)
+    assert result.recommended.candidate.ratios == (0.5,) * 4
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ConfigError, match="only the metric"):
+        SearchSettings(0.5, Pattern(2, 4), stages="layerwise")
+    with pytest.raises(ConfigError, match="prunes exactly"):
+        SearchSettings(0.6, Pattern(2, 4))
+    with pytest.raises(ConfigError, match="population"):
+        SearchSettings(0.5, population=2)
+    with pytest.raises(ConfigError, match="within"):
+        SearchSpace("layerwise", 0.97, (1, 1), step=0.05)
