@@ -208,6 +208,61 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(ev)
     ev.add_argument("--json", action="store_true")
 
+    search = sub.add_parser("search", help="NSGA-III search for the metric and per-block plan")
+    _add_model_args(search)
+    search.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=None,
+        help="target mean sparsity (default 0.5, or N/M)",
+    )
+    search.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    search.add_argument(
+        "--stages",
+        choices=("metric", "layerwise", "both", "joint"),
+        default="both",
+        help="metric then layer-wise plan (both), or one",
+    )
+    search.add_argument("--population", type=_positive, default=16)
+    search.add_argument("--generations", type=_positive, default=8, help="per stage")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--step", type=float, default=0.05, help="per-block sparsity step")
+    search.add_argument(
+        "--levels", type=_positive, default=1, help="per-block offsets -levels..levels steps"
+    )
+    search.add_argument(
+        "--low-fidelity",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="screen candidates on N calibration samples first",
+    )
+    search.add_argument(
+        "--promote",
+        type=float,
+        default=0.5,
+        help="share of screened candidates promoted to the full evaluation",
+    )
+    search.add_argument("--calib", default=BUNDLED)
+    search.add_argument("--nsamples", type=_positive, default=16)
+    search.add_argument("--seqlen", type=_positive, default=256)
+    search.add_argument("--batch-size", type=_positive, default=8)
+    search.add_argument("--out", type=Path, required=True, help="folder for results and state")
+    search.add_argument("--resume", action="store_true", help="continue the search in --out")
+    search.add_argument(
+        "--export",
+        action="store_true",
+        help="also write the recommended pruned checkpoint to OUT/checkpoint",
+    )
+    search.add_argument(
+        "--final-stats",
+        choices=("pruned", "dense"),
+        default="pruned",
+        help="statistics used when pruning the recommended solution",
+    )
+    search.add_argument("--no-eval", action="store_true")
+    _add_eval_args(search)
+
     cmp_ = sub.add_parser("compare", help="prune with several methods and print a table")
     _add_model_args(cmp_)
     _add_prune_args(cmp_, many_methods=True)
@@ -402,11 +457,117 @@ def _run_assets(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     return 0
 
 
+def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> int:
+    from optishear.search.fitness import FitnessEngine
+    from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
+
+    pattern = Pattern.parse(args.pattern)
+    target = args.sparsity or (pattern.sparsity if pattern.structured else 0.5)
+    search_settings = SearchSettings(
+        target,
+        pattern,
+        args.stages,
+        args.population,
+        args.generations,
+        args.seed,
+        args.step,
+        args.levels,
+        low_fidelity_samples=args.low_fidelity,
+        promote_fraction=args.promote,
+    )
+    out: Path = args.out
+    state_path = out / "state.pkl"
+    if state_path.exists() and not args.resume:
+        raise ConfigError(
+            f"{out} holds a search already: pass --resume to continue it, or choose another folder"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is not a folder")
+    calib_cfg = CalibrationConfig(args.calib, args.nsamples, args.seqlen, args.seed)
+    model, tokenizer, source = load_model(
+        args.model, settings=settings, device=_device(args.device), dtype=_DTYPES[args.dtype]
+    )
+    calib = sample_calibration(tokenizer, calib_cfg, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = FitnessEngine(model, calib, pattern, batch_size=args.batch_size)
+    total = args.generations * len(search_settings.stage_list())
+    bar = tqdm(total=total, desc="search", unit="gen", disable=not bars.enabled)
+
+    def show(p: Any) -> None:
+        bar.update(p.stage_index * args.generations + p.generation - bar.n)
+        bar.set_postfix(
+            stage=p.stage, best=f"{p.best_error:.4f}", evals=p.evaluations, eta=f"{p.eta:.0f}s"
+        )
+        logger.info(
+            "stage %s generation %d/%d: best error %.5f, %d evaluations, %d cache hits",
+            p.stage,
+            p.generation,
+            p.n_generations,
+            p.best_error,
+            p.evaluations,
+            p.cache_hits,
+        )
+
+    result = run_search(
+        InProcessEvaluator(engine),
+        search_settings,
+        state_path=state_path,
+        resume=args.resume,
+        progress=show,
+    )
+    bar.close()
+    report = result.to_dict()
+    report["model"] = args.model
+    report["calibration"] = vars_of(calib_cfg)
+    rec = result.recommended.candidate
+    if not args.no_eval or args.export:
+        plan = PlanSpec("explicit", ratios=rec.ratios) if len(set(rec.ratios)) > 1 else PlanSpec()
+        config = PruneConfig(
+            "meta", target, pattern, plan, rec.genome, args.final_stats, args.batch_size
+        )
+        pruned = prune_model(model, calib, config, progress=bars.steps)
+        report["recommended_prune"] = pruned.to_dict()
+        if not args.no_eval:
+            report["recommended_eval"] = _eval(model, tokenizer, args, settings).to_dict()
+        if args.export:
+            manifest = export_checkpoint(
+                model,
+                tokenizer,
+                out / "checkpoint",
+                {
+                    "source_model": args.model,
+                    "source_kind": source.kind,
+                    "search": {k: report[k] for k in ("settings", "recommended", "calibration")},
+                    "prune": pruned.to_dict(),
+                    "eval": report.get("recommended_eval"),
+                },
+                overwrite=True,
+            )
+            report["checkpoint"] = {"path": str(out / "checkpoint"), "files": manifest["files"]}
+    (out / "search.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "recommended.json").write_text(json.dumps(report["recommended"], indent=2))
+    r = result.recommended
+    print(
+        f"search done: {result.evaluations} evaluations, {result.cache_hits} cache hits, "
+        f"{result.seconds:.0f}s; front of {len(result.front)}"
+    )
+    print(
+        f"recommended: {r.candidate.genome.formula()}; per-block sparsity "
+        f"{', '.join(f'{x:.2f}' for x in r.candidate.ratios)}; reconstruction error "
+        f"{r.evaluation.error:.5f}"
+    )
+    if "recommended_eval" in report:
+        print(f"held-out perplexity {report['recommended_eval']['perplexity']:.3f}")
+    print(f"results in {out / 'search.json'}")
+    return 0
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, LibrarySettings, _Bars], int]] = {
     "assets": _run_assets,
     "prune": _run_prune,
     "eval": _run_eval,
     "compare": _run_compare,
+    "search": _run_search,
 }
 
 

@@ -175,3 +175,38 @@ def test_real_process_exit_code_and_message() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("optishear: error: model '/no/such/dir/model'")
     assert "Traceback" not in proc.stderr
+
+
+def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "search"
+    args = [
+        "--no-progress",
+        "search",
+        "--model",
+        str(tiny_model_dir / "model"),
+        "--population",
+        "6",
+        "--generations",
+        "2",
+        *_common(tiny_model_dir),
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--export"]) == 0
+    printed = capsys.readouterr().out
+    assert "recommended:" in printed
+    assert "held-out perplexity" in printed
+    report = json.loads((out / "search.json").read_text())
+    assert report["recommended"]["meets_target"]
+    assert report["front"]
+    assert report["recommended_prune"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())
+    assert manifest["search"]["recommended"] == report["recommended"]
+    assert model.model.layers[0].mlp.up_proj.weight.eq(0).any()
+
+    assert main(args) == 2  # a second search into the same folder must not clobber it
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--no-eval"]) == 0
+    again = json.loads((out / "search.json").read_text())
+    assert again["front"] == report["front"]
