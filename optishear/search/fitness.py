@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +71,13 @@ class FitnessEngine:
     """Holds one model and scores candidates by their model-wise reconstruction error."""
 
     def __init__(
-        self, model: nn.Module, calib_ids: Tensor, pattern: Pattern, *, batch_size: int = 8
+        self,
+        model: nn.Module,
+        calib_ids: Tensor,
+        pattern: Pattern,
+        *,
+        batch_size: int = 8,
+        mask_cache_bytes: int = 2 << 30,
     ) -> None:
         self.model = model.eval()
         self.pattern = pattern
@@ -83,6 +90,10 @@ class FitnessEngine:
         self.n_blocks = len(decoder_blocks(model))
         self.block_params = block_param_counts(model)
         self.dense = [lin.weight.detach().clone() for _, _, lin in self.layers]
+        # A layer-wise stage revisits the same (genome, layer, ratio) masks again and again.
+        self._masks: OrderedDict[tuple[int, int, float], Tensor] = OrderedDict()
+        self._mask_bytes = 0
+        self._mask_budget = mask_cache_bytes
 
         head = model.get_output_embeddings()
         if not isinstance(head, nn.Linear):
@@ -133,6 +144,23 @@ class FitnessEngine:
             return float(logits.pow(2).sum())
         d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
         return float(((d @ self._gram) * d).sum())
+
+    def _mask(self, pos: int, genome: Genome, ratio: float) -> Tensor:
+        key = (genome.row_canonical().index, pos, round(ratio, 9))
+        mask = self._masks.get(key)
+        if mask is not None:
+            self._masks.move_to_end(key)
+            return mask
+        mask = prune_mask(
+            meta_log_score(self.dense[pos], self.act_sq[pos], genome), ratio, self.pattern
+        )
+        if mask.numel() <= self._mask_budget:
+            self._masks[key] = mask
+            self._mask_bytes += mask.numel()
+            while self._mask_bytes > self._mask_budget:
+                _, old = self._masks.popitem(last=False)
+                self._mask_bytes -= old.numel()
+        return mask
 
     @torch.no_grad()
     def apply(self, candidate: Candidate) -> float:

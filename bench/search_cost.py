@@ -1,0 +1,71 @@
+"""Cost of one candidate evaluation against one dense forward pass over the same tokens.
+
+Measured side by side, alternating, in one process: the dense forward is the model's full
+forward (logits included) over the calibration batch, the candidate evaluation is what the
+search pays per genome (masking every layer from the dense backup, the forward pass to the
+lm_head input, the error accumulation, and the restore).
+
+    .venv/bin/python bench/search_cost.py --nsamples 16 --seqlen 256 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from optishear.data import CalibrationConfig, sample_calibration
+from optishear.masks import Pattern
+from optishear.meta import Genome
+from optishear.models import load_model
+from optishear.search.fitness import Candidate, FitnessEngine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--pattern", default="unstructured")
+    args = parser.parse_args()
+
+    model, tok, _ = load_model(args.model)
+    ids = sample_calibration(tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen))
+    pattern = Pattern.parse(args.pattern)
+    t0 = time.perf_counter()
+    engine = FitnessEngine(model, ids, pattern, batch_size=args.batch_size)
+    setup = time.perf_counter() - t0
+    n_blocks = engine.n_blocks
+    genomes = [Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3)]
+
+    def dense_forward() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for i in range(0, ids.shape[0], engine.batch_size):
+                model(ids[i : i + engine.batch_size], use_cache=False)
+        return time.perf_counter() - start
+
+    dense, cand, apply_t = [], [], []
+    for r in range(args.repeats):
+        dense.append(dense_forward())
+        g = genomes[r % len(genomes)]
+        c = Candidate(g, (pattern.sparsity if pattern.structured else 0.5,) * n_blocks)
+        cand.append(engine.evaluate(c).seconds)
+        start = time.perf_counter()
+        engine.apply(c)
+        apply_t.append(time.perf_counter() - start)
+        engine.restore()
+    d, c, a = (statistics.median(x) for x in (dense, cand, apply_t))
+    print(f"model {args.model}, calibration {args.nsamples}x{args.seqlen}, pattern {pattern}, "
+          f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats (medians)")
+    print(f"engine setup (block inputs, dense statistics, dense reference): {setup:.2f}s")
+    print(f"dense forward: {d:.2f}s; candidate evaluation: {c:.2f}s "
+          f"(of which masking {a:.2f}s); ratio {c / d:.2f}")
+
+
+if __name__ == "__main__":
+    main()
