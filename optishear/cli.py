@@ -244,7 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of screened candidates promoted to the full evaluation",
     )
     search.add_argument("--calib", default=BUNDLED)
-    search.add_argument("--nsamples", type=_positive, default=16)
+    search.add_argument(
+        "--nsamples",
+        type=_positive,
+        default=16,
+        help="calibration samples for activation statistics",
+    )
+    search.add_argument(
+        "--fitness-samples",
+        type=_positive,
+        default=None,
+        help="of those, how many score the reconstruction error (default all)",
+    )
     search.add_argument("--seqlen", type=_positive, default=256)
     search.add_argument("--batch-size", type=_positive, default=8)
     search.add_argument("--out", type=Path, required=True, help="folder for results and state")
@@ -489,7 +500,9 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     )
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     out.mkdir(parents=True, exist_ok=True)
-    engine = FitnessEngine(model, calib, pattern, batch_size=args.batch_size)
+    engine = FitnessEngine(
+        model, calib, pattern, batch_size=args.batch_size, fitness_samples=args.fitness_samples
+    )
     total = args.generations * len(search_settings.stage_list())
     bar = tqdm(total=total, desc="search", unit="gen", disable=not bars.enabled)
 

@@ -77,8 +77,10 @@ class FitnessEngine:
         pattern: Pattern,
         *,
         batch_size: int = 8,
+        fitness_samples: int | None = None,
         mask_cache_bytes: int = 2 << 30,
     ) -> None:
+        """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`."""
         self.model = model.eval()
         self.pattern = pattern
         self.calib_ids = calib_ids
@@ -108,9 +110,10 @@ class FitnessEngine:
             stats = collect_dense_stats(model, inputs)
         self.act_sq = [stats[idx][name].act_sq for idx, name, _ in self.layers]
         del inputs, stats
-        self.reference = self._final_hidden(calib_ids.shape[0])  # (n, seq, d_model)
+        self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
+        self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
         self._ref_norm_sq = [
-            self._sq_norm(self.reference[i : i + 1], None) for i in range(calib_ids.shape[0])
+            self._sq_norm(self.reference[i : i + 1], None) for i in range(self.n_fitness)
         ]
 
     @torch.no_grad()
@@ -188,11 +191,7 @@ class FitnessEngine:
     def evaluate(self, candidate: Candidate, n_samples: int | None = None) -> Evaluation:
         """Prune with the candidate, measure the error on n_samples sequences, restore."""
         start = time.perf_counter()
-        n = (
-            self.calib_ids.shape[0]
-            if n_samples is None
-            else min(n_samples, self.calib_ids.shape[0])
-        )
+        n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
         try:
             sparsity = self.apply(candidate)
             hidden = self._final_hidden(n)

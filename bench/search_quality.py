@@ -1,0 +1,168 @@
+"""Searched pruning against Wanda, OWL+Wanda and SparseGPT on the bundled model (issue 3).
+
+Every method sees the same calibration sample (N x seqlen tokens from the bundled Wikipedia
+calibration split, seed 0); held-out perplexity is measured on the evaluation split. The search
+scores candidates with the model-wise reconstruction error on the first `--fitness-samples`
+of those sequences (statistics from all of them), then the recommended genome and plan are
+applied with pruned-prefix statistics, as Wanda does.
+
+    .venv/bin/python bench/search_quality.py --out bench/out/search.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
+from optishear.evaluate import EvalConfig, perplexity
+from optishear.masks import Pattern
+from optishear.meta import WANDA_GENOME
+from optishear.models import load_model
+from optishear.plans import PlanSpec
+from optishear.prune import PruneConfig, prune_model
+from optishear.search.fitness import Candidate, FitnessEngine
+from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
+
+START = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--patterns", default="unstructured,2:4,4:8")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--fitness-samples", type=int, default=8)
+    p.add_argument("--population", type=int, default=12)
+    p.add_argument("--generations", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-windows", type=int, default=32)
+    p.add_argument(
+        "--low-fidelity",
+        type=int,
+        default=2,
+        help="also rerun the first N:M search with this many screening samples",
+    )
+    p.add_argument("--out", type=Path, default=Path("bench/out/search.json"))
+    args = p.parse_args()
+
+    model, tok, _ = load_model("smollm2-135m")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    calib = sample_calibration(
+        tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen, seed=args.seed)
+    )
+    stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
+    ev_cfg = EvalConfig(seq_len=512, max_windows=args.eval_windows)
+
+    def held_out(config: PruneConfig) -> dict[str, Any]:
+        model.load_state_dict(dense)
+        report = prune_model(model, calib, config)
+        ppl = perplexity(model, stream, ev_cfg)
+        model.load_state_dict(dense)
+        return {
+            "perplexity": ppl.perplexity,
+            "achieved": report.achieved,
+            "prune_seconds": report.seconds,
+            "n_tokens": ppl.n_tokens,
+        }
+
+    rows: list[dict[str, Any]] = []
+
+    def search(pattern: Pattern, low: int | None) -> dict[str, Any]:
+        model.load_state_dict(dense)
+        t0 = time.perf_counter()
+        engine = FitnessEngine(model, calib, pattern, fitness_samples=args.fitness_samples)
+        setup = time.perf_counter() - t0
+        settings = SearchSettings(
+            args.sparsity,
+            pattern,
+            "both",
+            args.population,
+            args.generations,
+            args.seed,
+            low_fidelity_samples=low,
+        )
+        result = run_search(
+            InProcessEvaluator(engine),
+            settings,
+            progress=lambda pr: log(
+                f"  {pattern} {pr.stage} gen {pr.generation}: best {pr.best_error:.5f}"
+            ),
+        )
+        wall = time.perf_counter() - t0
+        rec = result.recommended.candidate
+        plan = PlanSpec("explicit", ratios=rec.ratios) if len(set(rec.ratios)) > 1 else PlanSpec()
+        out = held_out(PruneConfig("meta", args.sparsity, pattern, plan, rec.genome))
+        baseline = engine.evaluate(Candidate(WANDA_GENOME, (args.sparsity,) * engine.n_blocks))
+        del engine
+        return {
+            **out,
+            "method": "search" + (f" (low-fi {low})" if low else ""),
+            "pattern": str(pattern),
+            "formula": rec.genome.formula(),
+            "genome": rec.genome.to_dict(),
+            "ratios": list(rec.ratios),
+            "search_error": result.recommended.evaluation.error,
+            "wanda_search_error": baseline.error,
+            "evaluations": result.evaluations,
+            "cache_hits": result.cache_hits,
+            "search_seconds": result.seconds,
+            "setup_seconds": setup,
+            "wall_seconds": wall,
+        }
+
+    for text in args.patterns.split(","):
+        pattern = Pattern.parse(text)
+        base = [
+            ("wanda", PruneConfig("wanda", args.sparsity, pattern)),
+            ("sparsegpt", PruneConfig("sparsegpt", args.sparsity, pattern)),
+        ]
+        if not pattern.structured:
+            base.insert(1, ("owl+wanda", PruneConfig("wanda", args.sparsity, plan=PlanSpec("owl"))))
+        for name, cfg in base:
+            log(f"{name} {pattern} ...")
+            rows.append({"method": name, "pattern": str(pattern), **held_out(cfg)})
+            log(f"  ppl {rows[-1]['perplexity']:.3f}")
+        log(f"search {pattern} ...")
+        rows.append(search(pattern, None))
+        log(f"  ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
+        if (
+            args.low_fidelity
+            and pattern.structured
+            and not any("low-fi" in r["method"] for r in rows)
+        ):
+            log(f"search {pattern} with low-fidelity screening ...")
+            rows.append(search(pattern, args.low_fidelity))
+            log(f"  ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    print(f"command: {' '.join(sys.argv)}")
+    print(f"torch threads: {torch.get_num_threads()}")
+    print("| pattern | method | held-out ppl | vs Wanda | prune/search time |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        wanda = next(x for x in rows if x["pattern"] == r["pattern"] and x["method"] == "wanda")
+        rel = r["perplexity"] / wanda["perplexity"] - 1
+        secs = r.get("wall_seconds", r["prune_seconds"])
+        extra = f" ({r['formula']})" if "formula" in r else ""
+        print(
+            f"| {r['pattern']} | {r['method']}{extra} | {r['perplexity']:.3f} | "
+            f"{rel:+.1%} | {secs:.0f}s |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
