@@ -137,6 +137,28 @@ def capture_block_inputs(model: nn.Module, input_ids: Tensor, batch_size: int) -
     return BlockInputs(torch.cat(hiddens), [c for c in calls if c is not None], batch_size)
 
 
+@torch.no_grad()
+def inputs_of(model: nn.Module, module: nn.Module, input_ids: Tensor) -> Tensor:
+    """The first input `module` receives when the model runs on input_ids; the forward pass
+    stops right there (e.g. the lm_head input, without paying for the logits)."""
+    got: list[Tensor] = []
+
+    def grab(_m: nn.Module, args: tuple[Any, ...]) -> None:
+        got.append(args[0].detach())
+        raise _StopForward
+
+    handle = module.register_forward_pre_hook(grab)
+    try:
+        model(input_ids, use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if not got:
+        raise UnsupportedModelError(f"the forward pass never reached {type(module).__name__}")
+    return got[0]
+
+
 def _block_output(out: Any) -> Tensor:
     if isinstance(out, tuple | list):
         out = out[0]

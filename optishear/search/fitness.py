@@ -11,7 +11,6 @@ the difference of the final hidden states (lm_head inputs).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,11 +21,11 @@ from torch import Tensor, nn
 
 from optishear.errors import UnsupportedModelError
 from optishear.layers import (
-    _StopForward,
     block_param_counts,
     capture_block_inputs,
     decoder_blocks,
     fit_batch_size,
+    inputs_of,
     iter_linears,
 )
 from optishear.masks import Pattern, check_pattern_fits, prune_mask
@@ -119,21 +118,16 @@ class FitnessEngine:
     @torch.no_grad()
     def _final_hidden(self, n_samples: int) -> Tensor:
         """Inputs of lm_head for the first n_samples calibration sequences (logits never made)."""
-        outs: list[Tensor] = []
-
-        def grab(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
-            outs.append(args[0].detach().float())
-            raise _StopForward
-
-        handle = self._head.register_forward_pre_hook(grab)
-        try:
-            for start in range(0, n_samples, self.batch_size):
-                ids = self.calib_ids[start : min(start + self.batch_size, n_samples)]
-                with contextlib.suppress(_StopForward):
-                    self.model(ids.to(self.device), use_cache=False)
-        finally:
-            handle.remove()
-        return torch.cat(outs)
+        return torch.cat(
+            [
+                inputs_of(
+                    self.model,
+                    self._head,
+                    self.calib_ids[i : min(i + self.batch_size, n_samples)].to(self.device),
+                ).float()
+                for i in range(0, n_samples, self.batch_size)
+            ]
+        )
 
     def _sq_norm(self, h: Tensor, ref: Tensor | None) -> float:
         """||logits(h) - logits(ref)||_F^2 (or ||logits(h)||^2 without ref), exactly."""
