@@ -44,6 +44,7 @@ def main() -> int:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--fitness-samples", type=int, default=8)
+    p.add_argument("--objective", choices=("kl", "logits_fro"), default="kl")
     p.add_argument("--population", type=int, default=12)
     p.add_argument("--generations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -82,7 +83,9 @@ def main() -> int:
     def search(pattern: Pattern, low: int | None) -> dict[str, Any]:
         model.load_state_dict(dense)
         t0 = time.perf_counter()
-        engine = FitnessEngine(model, calib, pattern, fitness_samples=args.fitness_samples)
+        engine = FitnessEngine(
+            model, calib, pattern, fitness_samples=args.fitness_samples, objective=args.objective
+        )
         setup = time.perf_counter() - t0
         settings = SearchSettings(
             args.sparsity,

@@ -243,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="share of screened candidates promoted to the full evaluation",
     )
+    search.add_argument(
+        "--objective",
+        choices=("kl", "logits_fro"),
+        default="kl",
+        help="token KL to the dense model (default) or the paper's logits Frobenius error",
+    )
     search.add_argument("--calib", default=BUNDLED)
     search.add_argument(
         "--nsamples",
@@ -501,7 +507,12 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     out.mkdir(parents=True, exist_ok=True)
     engine = FitnessEngine(
-        model, calib, pattern, batch_size=args.batch_size, fitness_samples=args.fitness_samples
+        model,
+        calib,
+        pattern,
+        batch_size=args.batch_size,
+        fitness_samples=args.fitness_samples,
+        objective=args.objective,
     )
     total = args.generations * len(search_settings.stage_list())
     bar = tqdm(total=total, desc="search", unit="gen", disable=not bars.enabled)

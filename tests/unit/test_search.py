@@ -77,15 +77,16 @@ def test_balance_offsets_meets_target_with_unequal_blocks() -> None:
         assert np.abs(b).max() <= 1
 
 
-def _engine(pattern=None):
+def _engine(pattern=None, objective="kl"):
     pattern = pattern or Pattern()
     model = build_tiny("llama", layers=4)
     ids = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(1))
-    return FitnessEngine(model, ids, pattern, batch_size=4), model, ids
+    return FitnessEngine(model, ids, pattern, batch_size=4, objective=objective), model, ids
 
 
-def test_engine_error_equals_full_logits_and_restores_weights() -> None:
-    engine, _, ids = _engine()
+@pytest.mark.parametrize("objective", ["kl", "logits_fro"])
+def test_engine_error_equals_full_logits_and_restores_weights(objective) -> None:
+    engine, _, ids = _engine(objective=objective)
     before = [lin.weight.clone() for _, _, lin in engine.layers]
     genome = Genome.parse("f1=sqrt,beta=inv_col_sum")
     e = engine.evaluate(Candidate(genome, (0.4, 0.5, 0.5, 0.6)))
@@ -110,7 +111,11 @@ def test_engine_error_equals_full_logits_and_restores_weights() -> None:
     )
     with torch.no_grad():
         pruned = ref(ids, use_cache=False).logits
-    expected = float((dense - pruned).norm() / dense.norm())
+    if objective == "logits_fro":
+        expected = float((dense - pruned).norm() / dense.norm())
+    else:
+        log_p, log_q = dense.log_softmax(-1), pruned.log_softmax(-1)
+        expected = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
     assert e.error == pytest.approx(expected, rel=1e-4)
     assert e.sparsity == 0.5
 
