@@ -156,6 +156,10 @@ class FitnessEngine:
         d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
         return float(((d @ self._gram) * d).sum())
 
+    def clear_mask_cache(self) -> None:
+        self._masks.clear()
+        self._mask_bytes = 0
+
     def _mask(self, pos: int, genome: Genome, ratio: float) -> Tensor:
         key = (genome.row_canonical().index, pos, round(ratio, 9))
         mask = self._masks.get(key)
