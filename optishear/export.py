@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +10,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from optishear import __version__
-from optishear.assets import sha256_file
 from optishear.errors import ConfigError
+from optishear.files import sha256_file, staged_folder
 from optishear.layers import iter_linears
 
 MANIFEST_NAME = "optishear_manifest.json"
@@ -51,9 +49,7 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another folder or overwrite")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as tmp:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -68,10 +64,4 @@ def export_checkpoint(
             },
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
-        tmp.chmod(0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest

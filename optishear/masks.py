@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -45,6 +46,17 @@ class Pattern:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.m else "unstructured"
+
+
+def check_target(sparsity: float, pattern: Pattern) -> None:
+    """A target sparsity must lie in (0, 1) and, for N:M, be exactly N/M."""
+    if not (isinstance(sparsity, float | int) and 0 < sparsity < 1):
+        raise ConfigError(f"sparsity must be in (0, 1), got {sparsity}")
+    if pattern.structured and not math.isclose(sparsity, pattern.sparsity, abs_tol=1e-9):
+        raise ConfigError(
+            f"an {pattern} pattern prunes exactly {pattern.sparsity:g} of the weights, but "
+            f"sparsity {sparsity:g} was asked for"
+        )
 
 
 def check_pattern_fits(pattern: Pattern, d_in: int, layer: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,7 @@ from optishear.layers import (
     linear_sublayers,
     run_block,
 )
-from optishear.masks import Pattern, check_pattern_fits
+from optishear.masks import Pattern, check_pattern_fits, check_target
 from optishear.meta import Genome
 from optishear.methods import LayerTask, Method, build_method
 from optishear.metrics import wanda_score
@@ -57,18 +56,11 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         build_method(self.method, self.genome)  # raises for unknown names or a stray genome
-        if not (isinstance(self.sparsity, float | int) and 0 < self.sparsity < 1):
-            raise ConfigError(f"sparsity must be in (0, 1), got {self.sparsity}")
-        if self.pattern.structured:
-            if not math.isclose(self.sparsity, self.pattern.sparsity, abs_tol=1e-9):
-                raise ConfigError(
-                    f"an {self.pattern} pattern prunes exactly {self.pattern.sparsity:g} of the "
-                    f"weights, but sparsity {self.sparsity:g} was asked for"
-                )
-            if self.plan.kind != "uniform":
-                raise ConfigError(
-                    f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
-                )
+        check_target(self.sparsity, self.pattern)
+        if self.pattern.structured and self.plan.kind != "uniform":
+            raise ConfigError(
+                f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
+            )
         if self.stats_source not in ("pruned", "dense"):
             raise ConfigError(
                 f"stats source must be 'pruned' or 'dense', got {self.stats_source!r}"

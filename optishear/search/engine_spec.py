@@ -12,7 +12,7 @@ from optishear.data import CalibrationConfig, sample_calibration
 from optishear.errors import ConfigError
 from optishear.masks import Pattern
 from optishear.models import load_model
-from optishear.search.fitness import FitnessEngine
+from optishear.search.fitness import FitnessEngine, Objective
 from optishear.settings import LibrarySettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,6 +33,7 @@ class EngineSpec:
     pattern: str = "unstructured"
     batch_size: int = 8
     fitness_samples: int | None = None
+    objective: Objective = "kl"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     dtype: str = "float32"
 
@@ -44,6 +45,8 @@ class EngineSpec:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
         if self.fitness_samples is not None and self.fitness_samples < 1:
             raise ConfigError(f"fitness samples must be >= 1, got {self.fitness_samples}")
+        if self.objective not in ("kl", "logits_fro"):
+            raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {self.objective!r}")
         path = Path(self.model).expanduser()
         if path.exists() and not path.is_absolute():
             object.__setattr__(self, "model", str(path.resolve()))
@@ -74,4 +77,5 @@ class EngineSpec:
             Pattern.parse(self.pattern),
             batch_size=self.batch_size,
             fitness_samples=self.fitness_samples,
+            objective=self.objective,
         )

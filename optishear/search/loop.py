@@ -23,7 +23,7 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 
 from optishear.errors import ConfigError, OptiShearError
-from optishear.masks import Pattern
+from optishear.masks import Pattern, check_target
 from optishear.meta import WANDA_GENOME, Genome
 from optishear.search.fitness import Candidate, Evaluation, FitnessEngine
 from optishear.search.space import BalanceRepair, SearchSpace, Stage
@@ -78,19 +78,12 @@ class SearchSettings:
     promote_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0 < self.target < 1:
-            raise ConfigError(f"sparsity must be in (0, 1), got {self.target}")
-        if self.pattern.structured:
-            if not math.isclose(self.target, self.pattern.sparsity, abs_tol=1e-9):
-                raise ConfigError(
-                    f"an {self.pattern} pattern prunes exactly "
-                    f"{self.pattern.sparsity:g}, not {self.target:g}"
-                )
-            if self.stages in ("layerwise", "joint"):
-                raise ConfigError(
-                    f"an {self.pattern} pattern keeps every block at N/M: only "
-                    "the metric can be searched"
-                )
+        check_target(self.target, self.pattern)
+        if self.pattern.structured and self.stages in ("layerwise", "joint"):
+            raise ConfigError(
+                f"an {self.pattern} pattern keeps every block at N/M: only the metric can be "
+                "searched"
+            )
         if self.stages not in ("metric", "layerwise", "both", "joint"):
             raise ConfigError(
                 f"stages must be metric, layerwise, both or joint, got {self.stages!r}"

@@ -5,9 +5,9 @@ import torch
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from optishear.assets import sha256_file
 from optishear.errors import ConfigError
 from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity
+from optishear.files import sha256_file
 from optishear.masks import Pattern
 from optishear.prune import PruneConfig, prune_model
 

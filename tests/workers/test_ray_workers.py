@@ -1,0 +1,184 @@
+"""Ray workers on a real local Ray runtime (num_cpus=2) with a tiny saved Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from tiny_models import build_tiny, tiny_tokenizer, word_text
+
+from optishear.cli import main
+from optishear.data import CalibrationConfig, sample_calibration
+from optishear.models import load_model
+from optishear.search.engine_spec import EngineSpec
+from optishear.search.fitness import Candidate
+from optishear.search.loop import InProcessEvaluator, SearchResult, SearchSettings, run_search
+from workers.actor import ModelWorker
+from workers.errors import WorkerStartError
+from workers.pool import RayEvaluator
+from workers.runtime import start_ray
+
+pytestmark = pytest.mark.ray
+
+SETTINGS = SearchSettings(0.5, population=8, generations=3, seed=3)
+CRASH_FLAG = "crash-once"  # next to the model folder: the first evaluate() that finds it dies
+
+
+def _front(result: SearchResult) -> list[tuple[Candidate, float, float]]:
+    return [(s.candidate, s.evaluation.error, s.gap) for s in result.front]
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    started = start_ray(num_cpus=2)
+    assert ray.cluster_resources()["CPU"] == 2
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("ray-tiny")
+    build_tiny("llama", layers=4).save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    (root / "calib.txt").write_text(word_text(3000, seed=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def spec(model_root: Path) -> EngineSpec:
+    calib = CalibrationConfig(str(model_root / "calib.txt"), n_samples=8, seq_len=24, seed=0)
+    return EngineSpec(str(model_root / "model"), calib, batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def reference(spec: EngineSpec) -> SearchResult:
+    """The in-process search, with one thread like each actor."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_search(InProcessEvaluator(spec.build()), SETTINGS)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cpus_free_again() -> bool:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if ray.available_resources().get("CPU", 0) == 2:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_two_actors_give_the_in_process_front(
+    local_ray: None, spec: EngineSpec, reference: SearchResult
+) -> None:
+    _, tokenizer, _ = load_model(spec.model)
+    calib_ids = sample_calibration(tokenizer, spec.calibration)  # put in the object store once
+    with RayEvaluator(spec, 2, calib_ids=calib_ids) as evaluator:
+        assert len({i.pid for i in evaluator.infos}) == 2
+        assert all(i.threads == 1 and i.device == "cpu" for i in evaluator.infos)
+        assert os.getpid() not in {i.pid for i in evaluator.infos}
+        result = run_search(evaluator, SETTINGS)
+        done = [i.evaluations for i in evaluator.worker_info()]
+    assert _front(result) == _front(reference)
+    assert result.evaluations == reference.evaluations
+    assert sum(done) == result.evaluations
+    assert min(done) > 0  # both actors took work
+    assert _cpus_free_again()
+
+
+def _crashing_worker() -> type[ModelWorker]:
+    # A local class, so that Ray ships it by value to the worker processes.
+    class CrashOnceWorker(ModelWorker):
+        def evaluate(self, candidates, n_samples=None):  # type: ignore[no-untyped-def]
+            try:
+                (Path(self.spec.model).parent / CRASH_FLAG).unlink()
+            except FileNotFoundError:
+                return super().evaluate(candidates, n_samples)
+            os._exit(1)  # the process dies in the middle of a call
+
+    return CrashOnceWorker
+
+
+def test_killed_actors_are_restarted_and_the_front_is_unchanged(
+    local_ray: None, spec: EngineSpec, model_root: Path, reference: SearchResult
+) -> None:
+    flag = model_root / CRASH_FLAG
+    actor_class = ray.remote(_crashing_worker())
+    events: list[str] = []
+    with RayEvaluator(spec, 2, actor_class=actor_class) as evaluator:
+        first = evaluator.infos[0].pid
+
+        def sabotage(_progress: object) -> None:
+            if not events:  # after the first generation: kill an idle actor from outside
+                ray.kill(evaluator.actors[0], no_restart=False)
+                events.append("killed")
+            elif len(events) == 1:  # after the second: the next evaluate() call crashes
+                flag.touch()
+                events.append("armed")
+
+        result = run_search(evaluator, SETTINGS, progress=sabotage)
+        after = evaluator.worker_info()
+    assert events == ["killed", "armed"]
+    assert not flag.exists()  # a worker consumed the flag, so it did exit mid-call
+    assert after[0].pid != first  # actor 0 runs in a new process
+    assert _front(result) == _front(reference)
+    assert sum(i.evaluations for i in after) < result.evaluations  # work before the restarts
+
+
+def test_bad_model_path_fails_within_seconds_with_a_clear_error(
+    local_ray: None, tmp_path: Path
+) -> None:
+    start = time.perf_counter()
+    with pytest.raises(WorkerStartError, match=r"could not load model .*missing.*not a registered"):
+        RayEvaluator(EngineSpec(str(tmp_path / "missing")), 2)
+    assert time.perf_counter() - start < 30
+    assert _cpus_free_again()  # the actors that did start were stopped
+
+
+def test_cli_search_with_two_workers_matches_one_process(
+    local_ray: None, model_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [
+        "--no-progress",
+        "search",
+        "--model",
+        str(model_root / "model"),
+        "--calib",
+        str(model_root / "calib.txt"),
+        "--nsamples",
+        "8",
+        "--seqlen",
+        "24",
+        "--batch-size",
+        "4",
+        "--population",
+        "8",
+        "--generations",
+        "2",
+        "--stages",
+        "metric",
+        "--device",
+        "cpu",
+        "--no-eval",
+    ]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    assert main([*common, "--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    fronts = [
+        [
+            {k: v for k, v in s.items() if k != "seconds"}  # timings differ, nothing else may
+            for s in json.loads((tmp_path / d / "search.json").read_text())["front"]
+        ]
+        for d in ("one", "two")
+    ]
+    assert fronts[0] == fronts[1]
+    assert _cpus_free_again()
