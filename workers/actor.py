@@ -1,0 +1,109 @@
+"""The model-holding Ray actor: loads its model once and evaluates batches of candidates."""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+import transformers
+from torch import Tensor
+
+from optishear.search.engine_spec import EngineSpec
+from optishear.search.fitness import Candidate, Evaluation
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """What a started worker reports back: enough to check it and to size the search."""
+
+    pid: int
+    node: str
+    device: str
+    threads: int
+    block_params: tuple[int, ...]
+    evaluations: int  # candidates this process has evaluated (a restart starts again at 0)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerMemory:
+    """Resident memory of a worker process against the size of the model it holds."""
+
+    pid: int
+    peak_rss_bytes: int | None  # VmHWM: the most this process ever held in RAM
+    rss_bytes: int | None  # VmRSS now
+    model_bytes: int  # parameters and buffers of the loaded model
+    dense_backup_bytes: int  # the engine's copy of the prunable weights
+
+
+def _proc_status_bytes(*keys: str) -> dict[str, int | None]:
+    """Selected `kB` fields of /proc/self/status, in bytes (None where there is no /proc)."""
+    found: dict[str, int | None] = dict.fromkeys(keys)
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name in found:
+            found[name] = int(value.split()[0]) * 1024
+    return found
+
+
+class ModelWorker:
+    """Holds one model and its FitnessEngine (dense backup, statistics, reference outputs).
+
+    The model is loaded here, from the worker's own cache or folder: only the small spec and
+    the calibration ids travel to the worker. Evaluations are idempotent: the dense weights are
+    written back before every candidate, so a call that Ray retries after a crash, or one that
+    follows a failed call, gives the same answer.
+    """
+
+    def __init__(self, spec: EngineSpec, calib_ids: Tensor | None = None, threads: int = 1) -> None:
+        torch.set_num_threads(threads)
+        transformers.utils.logging.disable_progress_bar()  # worker output goes to the driver
+        self.spec = spec
+        self.engine = spec.build(calib_ids)
+        self.evaluations = 0
+        gc.collect()  # loading leaves garbage behind; free it before the first evaluation
+
+    def ready(self) -> WorkerInfo:
+        return WorkerInfo(
+            os.getpid(),
+            ray.util.get_node_ip_address(),
+            str(self.engine.device),
+            torch.get_num_threads(),
+            tuple(self.engine.block_params),
+            self.evaluations,
+        )
+
+    def evaluate(
+        self, candidates: Sequence[Candidate], n_samples: int | None = None
+    ) -> list[Evaluation]:
+        results = []
+        for candidate in candidates:
+            self.engine.restore()
+            results.append(self.engine.evaluate(candidate, n_samples))
+            self.evaluations += 1
+        return results
+
+    def memory(self) -> WorkerMemory:
+        status = _proc_status_bytes("VmHWM", "VmRSS")
+        model = self.engine.model
+        tensors = [*model.parameters(), *model.buffers()]
+        return WorkerMemory(
+            os.getpid(),
+            status["VmHWM"],
+            status["VmRSS"],
+            sum(t.numel() * t.element_size() for t in tensors),
+            sum(W.numel() * W.element_size() for W in self.engine.dense),
+        )
+
+
+# The remote class, defined once. Resources, restarts and retries are set per pool through
+# .options(), so that the same class serves CPU-only machines and GPU clusters.
+ModelWorkerActor = ray.remote(ModelWorker)

@@ -1,0 +1,63 @@
+"""Starting Ray: embedded and local by default, or joining a cluster when an address is given."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+# Ray 2.59+ turns token authentication on for local clusters unless RAY_AUTH_MODE says
+# otherwise, and every process of a cluster must use the same mode. We keep Ray's secure
+# choice but say it explicitly, before Ray is imported (Ray caches the mode at import; its
+# local processes inherit the variable). A user who joins a cluster without authentication
+# sets RAY_AUTH_MODE=disabled.
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+DEFAULT_AUTH_MODE = "token"
+_STALE_AUTH_MODE = "ray" in sys.modules and AUTH_MODE_ENV not in os.environ
+os.environ.setdefault(AUTH_MODE_ENV, DEFAULT_AUTH_MODE)
+
+import ray  # after the auth mode is set
+
+logger = logging.getLogger(__name__)
+
+ADDRESS_ENV = "RAY_ADDRESS"
+
+
+def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+    """Start (or join) Ray unless it runs already; returns whether this call started it.
+
+    Without an address (argument or RAY_ADDRESS), Ray starts embedded in this process with
+    `num_cpus` (default: this machine's cores) and no dashboard. With one, it joins that
+    cluster, whose own resources then apply.
+    """
+    if ray.is_initialized():
+        return False
+    if _STALE_AUTH_MODE:
+        # Ray was imported (elsewhere) before the mode was set here: refresh its cached
+        # config, as Ray does itself when it turns token auth on, or this driver would not
+        # send the token that the processes it starts expect.
+        from ray._raylet import Config
+
+        Config.initialize("")
+    address = address or os.environ.get(ADDRESS_ENV) or None
+    if address:
+        logger.info("joining the Ray cluster at %s", address)
+        ray.init(address=address)
+    else:
+        num_cpus = num_cpus or os.cpu_count() or 1
+        logger.info("starting a local Ray runtime with %d CPUs", num_cpus)
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    return True
+
+
+@contextmanager
+def ray_runtime(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of a block; shut down afterwards only if this block started it."""
+    started = start_ray(address, num_cpus=num_cpus)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
