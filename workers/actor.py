@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,11 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerMemory:
-    """Resident memory of a worker process against the size of the model it holds."""
+class WorkerUsage:
+    """CPU time and resident memory of a worker process, and the size of the model it holds."""
 
     pid: int
+    cpu_seconds: float  # process CPU time so far, all threads
     peak_rss_bytes: int | None  # VmHWM: the most this process ever held in RAM
     rss_bytes: int | None  # VmRSS now
     model_bytes: int  # parameters and buffers of the loaded model
@@ -91,12 +93,13 @@ class ModelWorker:
             self.evaluations += 1
         return results
 
-    def memory(self) -> WorkerMemory:
+    def usage(self) -> WorkerUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")
         model = self.engine.model
         tensors = [*model.parameters(), *model.buffers()]
-        return WorkerMemory(
+        return WorkerUsage(
             os.getpid(),
+            time.process_time(),
             status["VmHWM"],
             status["VmRSS"],
             sum(t.numel() * t.element_size() for t in tensors),

@@ -21,7 +21,7 @@ from torch import Tensor
 from optishear.errors import ConfigError
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.fitness import Candidate, Evaluation
-from workers.actor import ModelWorkerActor, WorkerInfo, WorkerMemory
+from workers.actor import ModelWorkerActor, WorkerInfo, WorkerUsage
 from workers.errors import WorkerError, WorkerStartError
 from workers.runtime import ADDRESS_ENV, ray_runtime
 
@@ -194,8 +194,8 @@ class RayEvaluator:
         """Ask every worker again (after restarts, the pids differ from `self.infos`)."""
         return list(ray.get([a.ready.remote() for a in self._actors]))
 
-    def worker_memory(self) -> list[WorkerMemory]:
-        return list(ray.get([a.memory.remote() for a in self._actors]))
+    def worker_usage(self) -> list[WorkerUsage]:
+        return list(ray.get([a.usage.remote() for a in self._actors]))
 
     def close(self) -> None:
         """Stop the actors (for good: no restart); the Ray runtime itself keeps running."""
