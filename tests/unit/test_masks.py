@@ -49,3 +49,14 @@ def test_nm_mask_valid(n: int, m: int) -> None:
 def test_nm_that_does_not_divide_layer() -> None:
     with pytest.raises(ConfigError, match=r"does not divide layer blk\.q"):
         check_pattern_fits(Pattern(4, 8), 36, "blk.q")
+
+
+def test_ties_go_to_the_lower_index_first() -> None:
+    score = torch.tensor([[1.0, 0.5, 0.5, 0.5, 2.0, 0.5, 0.5, 3.0]])
+    row = prune_mask(score, 0.5, Pattern())
+    assert row.tolist() == [[False, True, True, True, False, True, False, False]]
+    assert torch.equal(prune_mask(score, 0.5, Pattern(), per_matrix=True), row)
+    nm = prune_mask(score, 0.5, Pattern(2, 4))
+    assert nm.tolist() == [[False, True, True, False, False, True, True, False]]
+    nm8 = prune_mask(score, 0.5, Pattern(4, 8))
+    assert nm8.tolist() == [[False, True, True, True, False, True, False, False]]
