@@ -11,7 +11,8 @@ from optishear.models import load_model
 from optishear.prune import PruneConfig, prune_model
 from optishear.settings import LibrarySettings
 
-pytestmark = [pytest.mark.assets, pytest.mark.slow]
+# Five prunes and perplexities of a real model: about 2 minutes on 2 free cores.
+pytestmark = [pytest.mark.assets, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,10 @@ class RayEvaluator:
         )
 
     def _wait_ready(self, timeout_s: float) -> list[WorkerInfo]:
-        index = {a.ready.remote(): i for i, a in enumerate(self._actors)}
+        # No retries here: a worker that cannot start must fail the start, not be waited for.
+        index = {
+            a.ready.options(max_task_retries=0).remote(): i for i, a in enumerate(self._actors)
+        }
         infos: list[WorkerInfo | None] = [None] * len(self._actors)
         pending = list(index)
         deadline = time.monotonic() + timeout_s
