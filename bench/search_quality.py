@@ -55,6 +55,11 @@ def main() -> int:
         default=2,
         help="also rerun the first N:M search with this many screening samples",
     )
+    p.add_argument(
+        "--skip-baselines",
+        action="store_true",
+        help="search rows only (baselines with the same settings: bench/quality.py)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/out/search.json"))
     args = p.parse_args()
 
@@ -133,12 +138,14 @@ def main() -> int:
         ]
         if not pattern.structured:
             base.insert(1, ("owl+wanda", PruneConfig("wanda", args.sparsity, plan=PlanSpec("owl"))))
-        for name, cfg in base:
+        for name, cfg in [] if args.skip_baselines else base:
             log(f"{name} {pattern} ...")
             rows.append({"method": name, "pattern": str(pattern), **held_out(cfg)})
             log(f"  ppl {rows[-1]['perplexity']:.3f}")
         log(f"search {pattern} ...")
         rows.append(search(pattern, None))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(rows, indent=2))  # keep what is done if cut short
         log(f"  ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
         if (
             args.low_fidelity
@@ -156,8 +163,10 @@ def main() -> int:
     print("| pattern | method | held-out ppl | vs Wanda | prune/search time |")
     print("|---|---|---|---|---|")
     for r in rows:
-        wanda = next(x for x in rows if x["pattern"] == r["pattern"] and x["method"] == "wanda")
-        rel = r["perplexity"] / wanda["perplexity"] - 1
+        wanda = next(
+            (x for x in rows if x["pattern"] == r["pattern"] and x["method"] == "wanda"), None
+        )
+        rel = r["perplexity"] / wanda["perplexity"] - 1 if wanda else float("nan")
         secs = r.get("wall_seconds", r["prune_seconds"])
         extra = f" ({r['formula']})" if "formula" in r else ""
         print(
