@@ -140,7 +140,11 @@ class Genome:
             _TRANSFORM_TEXT[n["f2"]].format("sqrt(X)"),
         ]
         text = " * ".join(p for p in parts if p)
-        return text.replace("sqrt(sqrt(X))", "X^(1/4)").replace("(sqrt(X))^2", "X")
+        return (
+            text.replace("sqrt(sqrt(X))", "X^(1/4)")
+            .replace("(sqrt(X))^2", "X")
+            .replace("|||W|||", "||W||")
+        )
 
     def row_canonical(self) -> Genome:
         """An equivalent genome under per-row or N:M comparison (same masks, fewer variants).
