@@ -100,7 +100,7 @@ def fmt_row(r: dict[str, Any]) -> str:
     if "rel_diff" in r:
         diff = (
             f"{r['rel_diff'] * 100:+.2f}% {r['check']}; masks agree {r['agree'] * 100:.2f}%"
-            + {True: ", differ only among tied |W|", False: ", NOT tie-equivalent", None: ""}[
+            + {True: r", differ only among tied \|W\|", False: ", NOT tie-equivalent", None: ""}[
                 r["tie_equivalent"]
             ]
         )
