@@ -199,11 +199,9 @@ class FitnessEngine:
             )
         pruned = 0
         total = 0
-        for (idx, _name, lin), W, x in zip(self.layers, self.dense, self.act_sq, strict=True):
-            mask = prune_mask(
-                meta_log_score(W, x, candidate.genome), candidate.ratios[idx], self.pattern
-            )
-            lin.weight.data.copy_(W).masked_fill_(mask, 0.0)
+        for pos, (idx, _name, lin) in enumerate(self.layers):
+            mask = self._mask(pos, candidate.genome, candidate.ratios[idx])
+            lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
             pruned += int(mask.sum())
             total += mask.numel()
         return pruned / total

@@ -120,6 +120,24 @@ def test_engine_error_equals_full_logits_and_restores_weights(objective) -> None
     assert e.sparsity == 0.5
 
 
+def test_layer_masks_are_reused_across_candidates_and_give_identical_errors() -> None:
+    engine, _, _ = _engine()
+    genome = Genome.parse("f1=sqrt")
+    a = Candidate(genome, (0.4, 0.5, 0.5, 0.6))
+    b = Candidate(genome.parse("alpha=inv_row_sum,f1=sqrt"), (0.45, 0.5, 0.5, 0.55))
+    first = engine.evaluate(a)
+    cached = len(engine._masks)
+    assert cached == len(engine.layers)
+    # b shares the row-equivalent genome and blocks 1 and 2: only blocks 0 and 3 are new masks
+    per_block = cached // 4
+    engine.evaluate(b)
+    assert len(engine._masks) == cached + 2 * per_block
+    again = engine.evaluate(a)
+    engine.clear_mask_cache()
+    fresh = engine.evaluate(a)
+    assert first.error == again.error == fresh.error
+
+
 def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> None:
     engine, _, _ = _engine()
     settings = SearchSettings(0.5, population=8, generations=3, seed=3)
