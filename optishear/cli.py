@@ -296,7 +296,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prune_args(cmp_, many_methods=True)
     _add_eval_args(cmp_)
     cmp_.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    _add_plugin_commands(sub)
     return parser
+
+
+COMMAND_PLUGINS = "optishear.commands"  # entry-point group; the service adds serve, worker, db
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands registered by other packages (the library never imports the service).
+
+    Each entry point is a function that adds its subparsers to `sub` and sets
+    `plugin_handler` (a callable taking the parsed arguments, returning an exit code) on them.
+    """
+    for ep in entry_points(group=COMMAND_PLUGINS):
+        try:
+            register = ep.load()
+        except ImportError as exc:  # an extra that is not installed: its commands are absent
+            logger.debug("command plugin %s not available: %s", ep.name, exc)
+            continue
+        register(sub)
 
 
 def _ensure_assets(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars) -> None:
@@ -655,6 +674,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Our own bars report progress; transformers' per-load bars would only add noise.
     transformers.utils.logging.disable_progress_bar()
     try:
+        plugin_handler = getattr(args, "plugin_handler", None)
+        if plugin_handler is not None:
+            return int(plugin_handler(args))
         settings = LibrarySettings()
         _ensure_assets(args, settings, bars)
         return _COMMANDS[args.command](args, settings, bars)

@@ -151,6 +151,22 @@ class SearchProgress:
     eta: float
 
 
+@dataclass(frozen=True)
+class GenerationSnapshot:
+    """What a caller may persist after each generation (the service writes it to its DB).
+
+    `front` is the non-dominated set of the current population with the evaluations known so
+    far (low-fidelity ones included); `state` is the same serialized state that `state_path`
+    receives, which `run_search(resume_from=...)` continues from.
+    """
+
+    progress: SearchProgress
+    number: int  # completed generations across stages, 1-based
+    record: dict[str, Any]
+    front: list[Scored]
+    state: bytes
+
+
 @dataclass
 class StageOutcome:
     stage: str
@@ -223,21 +239,37 @@ def save_state(state: _State, path: Path) -> None:
 
 def load_state(path: Path, settings: SearchSettings) -> _State:
     try:
-        state = cloudpickle.loads(path.read_bytes())
-    except (OSError, EOFError, ValueError, AttributeError, ImportError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise OptiShearError(f"cannot read search state {path}: {exc}") from exc
+    return _state_from_bytes(data, settings, str(path))
+
+
+def _state_from_bytes(data: bytes, settings: SearchSettings, where: str) -> _State:
+    try:
+        state = cloudpickle.loads(data)
+    except (EOFError, ValueError, AttributeError, ImportError) as exc:
+        raise OptiShearError(f"cannot read search state {where}: {exc}") from exc
     if not isinstance(state, _State) or state.settings != settings:
         raise ConfigError(
-            f"{path} holds the state of a different search; use the same settings or another folder"
+            f"{where} holds the state of a different search; use the same settings or another "
+            "folder"
         )
     return state
 
 
 class _Search:
-    def __init__(self, evaluator: BatchEvaluator, state: _State, path: Path | None) -> None:
+    def __init__(
+        self,
+        evaluator: BatchEvaluator,
+        state: _State,
+        path: Path | None,
+        on_generation: Callable[[GenerationSnapshot], None] | None = None,
+    ) -> None:
         self.evaluator = evaluator
         self.state = state
         self.path = path
+        self.on_generation = on_generation
         self.settings = state.settings
         self.block_params = tuple(evaluator.block_params)
 
@@ -350,6 +382,18 @@ class _Search:
             seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
         return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
 
+    def current_front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+        """The population's non-dominated set with the evaluations known now (no new ones)."""
+        st = self.state
+        cands = [space.decode(x) for x in algorithm.pop.get("X")]
+        evals = [st.full.get(c.key()) or st.low[c.key()] for c in cands]
+        F = self.objectives(space, cands, evals)
+        best = NonDominatedSorting().do(F, only_non_dominated_front=True)
+        seen: dict[Any, Scored] = {}
+        for i in best:
+            seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
+        return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
+
     def run(self, progress: Callable[[SearchProgress], None] | None) -> SearchResult:
         st = self.state
         stages = self.settings.stage_list()
@@ -383,24 +427,33 @@ class _Search:
                     "elapsed": st.elapsed,
                 }
                 st.history.append(record)
-                self._save()
-                if progress:
-                    done = len(st.history)
-                    total = self.settings.generations * len(stages)
-                    progress(
-                        SearchProgress(
-                            stage,
-                            st.stage_index,
-                            len(stages),
-                            record["generation"],
-                            self.settings.generations,
-                            st.evaluations,
-                            st.cache_hits,
-                            best,
-                            st.elapsed,
-                            st.elapsed / done * (total - done),
+                state_bytes = self._save()
+                done = len(st.history)
+                total = self.settings.generations * len(stages)
+                report = SearchProgress(
+                    stage,
+                    st.stage_index,
+                    len(stages),
+                    record["generation"],
+                    self.settings.generations,
+                    st.evaluations,
+                    st.cache_hits,
+                    best,
+                    st.elapsed,
+                    st.elapsed / done * (total - done),
+                )
+                if self.on_generation:
+                    self.on_generation(
+                        GenerationSnapshot(
+                            report,
+                            done,
+                            dict(record),
+                            self.current_front(space, algorithm),
+                            state_bytes if state_bytes is not None else cloudpickle.dumps(st),
                         )
                     )
+                if progress:
+                    progress(report)
             st.outcomes.append(StageOutcome(stage, self.front(space, algorithm)))
             st.stage_index += 1
             st.algorithm = None
@@ -419,9 +472,14 @@ class _Search:
             time.perf_counter() - clock,
         )
 
-    def _save(self) -> None:
-        if self.path is not None:
-            save_state(self.state, self.path)
+    def _save(self) -> bytes | None:
+        if self.path is None:
+            return None
+        data = cloudpickle.dumps(self.state)
+        tmp = self.path.with_name(self.path.name + ".tmp")  # atomic, as in save_state
+        tmp.write_bytes(data)
+        tmp.replace(self.path)
+        return data
 
 
 def run_search(
@@ -431,11 +489,21 @@ def run_search(
     state_path: Path | None = None,
     resume: bool = False,
     progress: Callable[[SearchProgress], None] | None = None,
+    on_generation: Callable[[GenerationSnapshot], None] | None = None,
+    resume_from: bytes | None = None,
 ) -> SearchResult:
-    """Run (or, with `resume`, continue) a search; state is saved after every generation."""
-    if resume and state_path is not None and state_path.is_file():
+    """Run (or, with `resume`, continue) a search; state is saved after every generation.
+
+    `on_generation` receives each completed generation's snapshot (progress, current front and
+    serialized state) before `progress` is called; `resume_from` continues from such a
+    snapshot's `state` instead of from `state_path`.
+    """
+    if resume_from is not None:
+        state = _state_from_bytes(resume_from, settings, "the given state")
+        logger.info("resuming after %d completed generations", len(state.history))
+    elif resume and state_path is not None and state_path.is_file():
         state = load_state(state_path, settings)
         logger.info("resuming after %d completed generations", len(state.history))
     else:
         state = _State(settings)
-    return _Search(evaluator, state, state_path).run(progress)
+    return _Search(evaluator, state, state_path, on_generation).run(progress)

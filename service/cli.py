@@ -1,0 +1,106 @@
+"""`optishear serve`, `optishear worker` and `optishear db upgrade|downgrade`.
+
+Registered through the `optishear.commands` entry point, so the library never imports the
+service. Heavy imports happen inside the handlers: building the parser stays cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="run the REST API (and, for SQLite, a runner beside it)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument(
+        "--runner",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="start a runner process beside the API (auto: with the embedded SQLite database)",
+    )
+    serve.set_defaults(plugin_handler=_serve)
+
+    worker = sub.add_parser("worker", help="claim and run queued searches and exports")
+    worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    worker.set_defaults(plugin_handler=_worker)
+
+    dbp = sub.add_parser("db", help="database schema (Alembic)")
+    dbp.add_argument("action", choices=("upgrade", "downgrade"))
+    dbp.add_argument("revision", nargs="?", default=None, help="default head / base")
+    dbp.set_defaults(plugin_handler=_db)
+
+
+def _db(args: argparse.Namespace) -> int:
+    from service import db
+    from service.settings import get_settings
+
+    url = get_settings().resolved_database_url()
+    if args.action == "upgrade":
+        db.upgrade(url, args.revision or "head")
+    else:
+        db.downgrade(url, args.revision or "base")
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from service import db
+    from service.runner import QueueRunner
+    from service.settings import get_settings
+
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    db.upgrade(url)  # idempotent; a worker may start before the API
+    runner = QueueRunner(settings, db.make_sessions(db.make_engine(url)))
+
+    def stop(_sig: int, _frame: Any) -> None:
+        logger.info("stopping after the current generation or export")
+        runner.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    runner.run(until_idle=args.once)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service import db
+    from service.app import create_app
+    from service.settings import get_settings
+
+    settings = get_settings()
+    db.upgrade(settings.resolved_database_url())  # before a runner process starts too
+    with_runner = {"yes": True, "no": False}.get(args.runner, settings.runs_embedded_runner())
+    child = None
+    if with_runner:  # a process, not a thread: a search's CPU work never stalls the API
+        child = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
+        logger.info("runner process %d started", child.pid)
+    try:
+        uvicorn.run(create_app(settings, migrate=False), host=args.host, port=args.port)
+    finally:
+        if child is not None:
+            child.terminate()
+            child.wait(timeout=60)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m service.cli worker` (what `optishear serve` starts beside the API)."""
+    parser = argparse.ArgumentParser(prog="optishear")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return int(args.plugin_handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Database tables (SQLAlchemy 2 typed ORM): searches, generations, candidates, checkpoints, runners."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
+
+from service.db import UTCDateTime, utcnow
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class _Job:
+    """Columns every queued job has: status, lease and attempts."""
+
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Search(_Job, Base):
+    __tablename__ = "searches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    model: Mapped[str] = mapped_column(String(1024))
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    total_generations: Mapped[int] = mapped_column(Integer)
+    generations_done: Mapped[int] = mapped_column(Integer, default=0)
+    evaluations: Mapped[int] = mapped_column(Integer, default=0)
+    best_error: Mapped[float | None] = mapped_column(Float)
+    elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The library's serialized search state after the last persisted generation: any runner,
+    # on any machine, resumes from it. Deferred: status polls never load it.
+    state: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("search_id", "number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
+    number: Mapped[int] = mapped_column(Integer)  # 1-based, across stages
+    stage: Mapped[str] = mapped_column(String(16))
+    stage_generation: Mapped[int] = mapped_column(Integer)
+    evaluations: Mapped[int] = mapped_column(Integer)  # in this generation
+    total_evaluations: Mapped[int] = mapped_column(Integer)
+    best_error: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+    elapsed_s: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Candidate(Base):
+    """A front member: of one generation (`generation` = its number) or final (None)."""
+
+    __tablename__ = "candidates"
+    __table_args__ = (Index("ix_candidates_search_generation", "search_id", "generation"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    search_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    generation: Mapped[int | None] = mapped_column(Integer)
+    key: Mapped[str] = mapped_column(String(64))  # genome index and plan hash
+    rank: Mapped[int] = mapped_column(Integer)  # order on the front (target met, then error)
+    genome: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    ratios: Mapped[list[float]] = mapped_column(JSONType)
+    error: Mapped[float] = mapped_column(Float)
+    sparsity: Mapped[float] = mapped_column(Float)
+    gap: Mapped[float] = mapped_column(Float)
+    meets_target: Mapped[bool] = mapped_column(Boolean)
+    n_samples: Mapped[int] = mapped_column(Integer)
+    recommended: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Checkpoint(_Job, Base):
+    __tablename__ = "checkpoints"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    search_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("searches.id", ondelete="CASCADE"), index=True
+    )
+    candidate_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("candidates.id", ondelete="CASCADE"), index=True
+    )
+    file_name: Mapped[str | None] = mapped_column(String(255))  # inside the checkpoint store
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    perplexity: Mapped[float | None] = mapped_column(Float)
+    eval_tokens: Mapped[int | None] = mapped_column(Integer)
+    sparsity: Mapped[float | None] = mapped_column(Float)
+
+
+class Runner(Base):
+    """A runner process: its heartbeat tells /readyz that someone works the queue."""
+
+    __tablename__ = "runners"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    job: Mapped[str | None] = mapped_column(String(64))

@@ -1,0 +1,231 @@
+"""Reads and writes the API needs, with keyword-only arguments; ORM rows in, schemas out."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db import utcnow
+from service.models import FINISHED, Candidate, Checkpoint, Generation, JobStatus, Search
+from service.schemas import (
+    CandidateRead,
+    CheckpointRead,
+    FrontRead,
+    GenerationRead,
+    GenomeRead,
+    Objectives,
+    Progress,
+    SearchCreate,
+    SearchRead,
+)
+
+
+class IdempotencyConflictError(Exception):
+    """The Idempotency-Key was used before with a different body."""
+
+
+def search_read(search: Search) -> SearchRead:
+    return SearchRead(
+        id=search.id,
+        status=search.status,  # type: ignore[arg-type]
+        model=search.model,
+        created_at=search.created_at,
+        started_at=search.started_at,
+        finished_at=search.finished_at,
+        progress=Progress(
+            generation=search.generations_done,
+            total_generations=search.total_generations,
+            evaluations=search.evaluations,
+            best_error=search.best_error,
+            elapsed_s=search.elapsed_s,
+            eta_s=search.eta_s,
+        ),
+        attempts=search.attempts,
+        cancel_requested=search.cancel_requested,
+        error=search.error,
+        request=SearchCreate.model_validate(search.request),
+        result=search.result,
+    )
+
+
+def create_search(
+    *, session: Session, spec: SearchCreate, idempotency_key: str | None
+) -> tuple[Search, bool]:
+    """Queue a search; returns (search, created). A repeated key and body return the first."""
+    fingerprint = spec.fingerprint()
+    if idempotency_key is not None:
+        existing = _by_key(session, idempotency_key, fingerprint)
+        if existing is not None:
+            return existing, False
+    search = Search(
+        id=uuid.uuid4(),
+        model=spec.model,
+        request=spec.model_dump(mode="json"),
+        request_hash=fingerprint,
+        idempotency_key=idempotency_key,
+        total_generations=spec.total_generations(),
+        status=JobStatus.QUEUED,
+        generations_done=0,
+        evaluations=0,
+        elapsed_s=0.0,
+        attempts=0,
+        cancel_requested=False,
+        created_at=utcnow(),
+    )
+    session.add(search)
+    try:
+        session.commit()
+    except IntegrityError:  # the same key raced in from another request: return that one
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _by_key(session, idempotency_key, fingerprint)
+        if existing is None:
+            raise
+        return existing, False
+    return search, True
+
+
+def _by_key(session: Session, key: str, fingerprint: str) -> Search | None:
+    existing = session.scalars(select(Search).where(Search.idempotency_key == key)).first()
+    if existing is not None and existing.request_hash != fingerprint:
+        raise IdempotencyConflictError(key)
+    return existing
+
+
+def list_searches(
+    *, session: Session, status: str | None, limit: int, offset: int
+) -> tuple[list[Search], int]:
+    query = select(Search)
+    count = select(func.count()).select_from(Search)
+    if status is not None:
+        query = query.where(Search.status == status)
+        count = count.where(Search.status == status)
+    rows = session.scalars(
+        query.order_by(Search.created_at.desc(), Search.id).limit(limit).offset(offset)
+    ).all()
+    return list(rows), int(session.scalar(count) or 0)
+
+
+def request_cancel(*, session: Session, search: Search) -> bool:
+    """Queued: cancelled at once. Running: flagged, the runner stops after this batch."""
+    if search.status in FINISHED:
+        return False
+    now = utcnow()
+    # Conditional updates: the runner may be changing the status at the same moment.
+    done = session.execute(
+        update(Search)
+        .where(Search.id == search.id, Search.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not done:
+        done = session.execute(
+            update(Search)
+            .where(Search.id == search.id, Search.status == JobStatus.RUNNING)
+            .values(cancel_requested=True)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    session.commit()
+    session.refresh(search)
+    return bool(done)
+
+
+def candidate_read(c: Candidate) -> CandidateRead:
+    return CandidateRead(
+        id=c.id,
+        key=c.key,
+        genome=GenomeRead.model_validate(c.genome),
+        block_sparsity=c.ratios,
+        objectives=Objectives(error=c.error, gap=c.gap),
+        sparsity=c.sparsity,
+        meets_target=c.meets_target,
+        n_samples=c.n_samples,
+        recommended=c.recommended,
+    )
+
+
+def front(*, session: Session, search: Search, generation: int | None) -> FrontRead | None:
+    """The final front (finished search, no generation asked) or a generation's front."""
+    if generation is None and search.status != JobStatus.SUCCEEDED:
+        generation = search.generations_done or None
+        if generation is None:
+            return FrontRead(
+                search_id=search.id, generation=None, candidates=[], recommended_id=None
+            )
+    rows = session.scalars(
+        select(Candidate)
+        .where(
+            Candidate.search_id == search.id,
+            Candidate.generation.is_(None)
+            if generation is None
+            else Candidate.generation == generation,
+        )
+        .order_by(Candidate.rank)
+    ).all()
+    if generation is not None and not rows:
+        return None
+    recommended = next((c.id for c in rows if c.recommended), None)
+    return FrontRead(
+        search_id=search.id,
+        generation=generation,
+        candidates=[candidate_read(c) for c in rows],
+        recommended_id=recommended,
+    )
+
+
+def generations(*, session: Session, search_id: uuid.UUID) -> list[GenerationRead]:
+    rows = session.scalars(
+        select(Generation).where(Generation.search_id == search_id).order_by(Generation.number)
+    ).all()
+    return [GenerationRead.model_validate(g, from_attributes=True) for g in rows]
+
+
+def create_checkpoint(
+    *, session: Session, search: Search, candidate: Candidate
+) -> tuple[Checkpoint, bool]:
+    """Queue an export; an existing one of the same candidate (not failed) is reused."""
+    existing = session.scalars(
+        select(Checkpoint)
+        .where(
+            Checkpoint.candidate_id == candidate.id,
+            Checkpoint.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED]),
+        )
+        .order_by(Checkpoint.created_at)
+    ).first()
+    if existing is not None:
+        return existing, False
+    ckpt = Checkpoint(
+        id=uuid.uuid4(),
+        search_id=search.id,
+        candidate_id=candidate.id,
+        status=JobStatus.QUEUED,
+        attempts=0,
+        created_at=utcnow(),
+    )
+    session.add(ckpt)
+    session.commit()
+    return ckpt, True
+
+
+def checkpoint_read(c: Checkpoint) -> CheckpointRead:
+    ready = c.status == JobStatus.SUCCEEDED
+    return CheckpointRead(
+        id=c.id,
+        search_id=c.search_id,
+        candidate_id=c.candidate_id,
+        status=c.status,  # type: ignore[arg-type]
+        created_at=c.created_at,
+        finished_at=c.finished_at,
+        attempts=c.attempts,
+        error=c.error,
+        size_bytes=c.size_bytes,
+        sha256=c.sha256,
+        perplexity=c.perplexity,
+        eval_tokens=c.eval_tokens,
+        sparsity=c.sparsity,
+        download_url=f"/api/checkpoints/{c.id}/download" if ready else None,
+    )

@@ -1,0 +1,60 @@
+"""Registered models, liveness and readiness."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from optishear.models import REGISTERED_MODELS, registered_model_dir
+from optishear.settings import LibrarySettings
+from service.db import utcnow
+from service.deps import SessionDep, SettingsDep
+from service.models import Runner
+from service.schemas import Health, ModelRead
+
+api = APIRouter(tags=["models"])
+health = APIRouter(tags=["health"])
+
+
+@api.get("/models")
+def list_models() -> list[ModelRead]:
+    """Models a search can name; any HF folder readable by the runners works too."""
+    library = LibrarySettings()
+    return [
+        ModelRead(
+            name=m.name,
+            description=m.description,
+            cached=(Path(registered_model_dir(m.name, library)) / "config.json").is_file(),
+        )
+        for m in REGISTERED_MODELS.values()
+    ]
+
+
+@health.get("/healthz")
+def healthz() -> Health:
+    """The process answers."""
+    return Health(status="ok")
+
+
+@health.get("/readyz", responses={503: {"model": Health, "description": "not ready"}})
+def readyz(session: SessionDep, settings: SettingsDep, response: Response) -> Health:
+    """The database answers and at least one runner has sent a heartbeat recently."""
+    checks: dict[str, str] = {}
+    try:
+        session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        fresh = utcnow() - timedelta(seconds=max(3 * settings.heartbeat_seconds, 5.0))
+        n = session.scalar(
+            select(func.count()).select_from(Runner).where(Runner.heartbeat_at > fresh)
+        )
+        checks["runners"] = f"{n} alive" if n else "no runner heartbeat"
+    except SQLAlchemyError as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    ok = checks.get("database") == "ok" and not checks.get("runners", "").startswith("no")
+    if not ok:
+        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    return Health(status="ok" if ok else "unavailable", checks=checks)

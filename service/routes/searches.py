@@ -1,0 +1,180 @@
+"""Searches: submit, list, read, front, generations, cancel, and queue a checkpoint export."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from sqlalchemy import select
+
+from optishear.errors import ConfigError
+from optishear.settings import LibrarySettings
+from service import repository
+from service.deps import SessionDep
+from service.models import Candidate, JobStatus, Search
+from service.schemas import (
+    CheckpointCreate,
+    CheckpointRead,
+    FrontRead,
+    GenerationRead,
+    Message,
+    SearchCreate,
+    SearchPage,
+    SearchRead,
+)
+
+router = APIRouter(prefix="/searches", tags=["searches"])
+NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
+
+
+def search_or_404(search_id: uuid.UUID, session: SessionDep) -> Search:
+    search = session.get(Search, search_id)
+    if search is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search_id} not found")
+    return search
+
+
+SearchDep = Annotated[Search, Depends(search_or_404)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="retries with the same key and body return the same search",
+    ),
+]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        200: {"model": SearchRead, "description": "a retry: the search this key created"},
+        422: {"model": Message, "description": "invalid settings, or a reused key"},
+    },
+)
+def submit_search(
+    spec: SearchCreate,
+    session: SessionDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> SearchRead:
+    """Validate and queue a search; it starts when a runner claims it."""
+    try:
+        spec.validate_sources(LibrarySettings())
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    try:
+        search, created = repository.create_search(
+            session=session, spec=spec, idempotency_key=idempotency_key
+        )
+    except repository.IdempotencyConflictError as exc:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            "this Idempotency-Key was used with a different request body",
+        ) from exc
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return repository.search_read(search)
+
+
+@router.get("")
+def list_searches(
+    session: SessionDep,
+    status_: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+        Query(alias="status"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> SearchPage:
+    """Newest first."""
+    rows, total = repository.list_searches(
+        session=session, status=status_, limit=limit, offset=offset
+    )
+    return SearchPage(
+        items=[repository.search_read(s) for s in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get("/{search_id}", responses=NOT_FOUND)
+def read_search(search: SearchDep) -> SearchRead:
+    """Status, progress (generation k of n, evaluations, best error, elapsed, ETA), error."""
+    return repository.search_read(search)
+
+
+@router.get("/{search_id}/front", responses=NOT_FOUND)
+def read_front(
+    search: SearchDep,
+    session: SessionDep,
+    generation: Annotated[int | None, Query(ge=1, le=10**6)] = None,
+) -> FrontRead:
+    """The Pareto front: final when finished, else the latest generation's (or `generation`)."""
+    front = repository.front(session=session, search=search, generation=generation)
+    if front is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"search {search.id} has no generation {generation} "
+            f"({search.generations_done} completed)",
+        )
+    return front
+
+
+@router.get("/{search_id}/generations", responses=NOT_FOUND)
+def read_generations(search: SearchDep, session: SessionDep) -> list[GenerationRead]:
+    """Per-generation summaries, for plotting progress."""
+    return repository.generations(session=session, search_id=search.id)
+
+
+@router.post(
+    "/{search_id}/cancel",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, 409: {"model": Message, "description": "already finished"}},
+)
+def cancel_search(search: SearchDep, session: SessionDep) -> SearchRead:
+    """Queued searches end at once; running ones after the current batch of evaluations."""
+    if not repository.request_cancel(session=session, search=search):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT, f"search {search.id} has already finished ({search.status})"
+        )
+    return repository.search_read(search)
+
+
+@router.post(
+    "/{search_id}/checkpoints",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        **NOT_FOUND,
+        200: {"model": CheckpointRead, "description": "this candidate's existing export"},
+        409: {"model": Message, "description": "the search has not succeeded"},
+    },
+)
+def create_checkpoint(
+    search: SearchDep,
+    session: SessionDep,
+    response: Response,
+    body: Annotated[CheckpointCreate | None, Body()] = None,
+) -> CheckpointRead:
+    """Queue the export of a front candidate (default: the recommended one)."""
+    if search.status != JobStatus.SUCCEEDED:
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"search {search.id} is {search.status}: checkpoints need a succeeded search",
+        )
+    query = select(Candidate).where(Candidate.search_id == search.id)
+    if body is not None and body.candidate_id is not None:
+        query = query.where(Candidate.id == body.candidate_id)
+    else:
+        query = query.where(Candidate.generation.is_(None), Candidate.recommended.is_(True))
+    candidate = session.scalars(query).first()
+    if candidate is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search.id} has no such candidate")
+    ckpt, created = repository.create_checkpoint(
+        session=session, search=search, candidate=candidate
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return repository.checkpoint_read(ckpt)

@@ -1,0 +1,76 @@
+"""Service settings, read from OPTISHEAR_* environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from optishear.settings import LibrarySettings
+
+HASH_PREFIX = "sha256:"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ServiceSettings(BaseSettings):
+    """Where the queue and checkpoints live, how jobs are leased, and who may call the API."""
+
+    model_config = SettingsConfigDict(env_prefix="OPTISHEAR_", extra="ignore")
+
+    # Default: an SQLite file beside the model cache, so `optishear serve` needs no server.
+    database_url: str = ""
+    # Comma separated. Each entry is a key or "sha256:<hex digest>"; only digests are kept.
+    api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    checkpoint_dir: Path | None = None  # default <cache>/checkpoints
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    poll_seconds: float = Field(default=1.0, gt=0)  # runner's wait between empty claims
+    workers: int = Field(default=0, ge=0)  # 0: evaluate in the runner; N: N Ray actors
+    ray_address: str | None = None
+    # `optishear serve` starts a runner process beside the API (None: only for SQLite).
+    embedded_runner: bool | None = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _hash_keys(cls, value: object) -> tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+        out = []
+        for raw in (str(i).strip() for i in items):
+            if not raw:
+                continue
+            if raw.startswith(HASH_PREFIX):
+                out.append(raw[len(HASH_PREFIX) :].lower())
+            else:
+                out.append(hash_key(raw))
+        return tuple(out)
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        cache = LibrarySettings().cache
+        cache.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{cache / 'optishear.db'}"
+
+    def resolved_checkpoint_dir(self) -> Path:
+        path = self.checkpoint_dir or LibrarySettings().cache / "checkpoints"
+        path.mkdir(parents=True, exist_ok=True)
+        return path.resolve()
+
+    def runs_embedded_runner(self) -> bool:
+        if self.embedded_runner is not None:
+            return self.embedded_runner
+        return self.resolved_database_url().startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> ServiceSettings:
+    return ServiceSettings()
