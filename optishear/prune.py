@@ -32,6 +32,7 @@ from optishear.plans import (
     owl_plan,
     uniform_plan,
 )
+from optishear.reconstruct import least_squares_refit
 from optishear.stats import LayerStats, recording_inputs
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class PruneConfig:
     # Statistics of block i from the already-pruned prefix (Wanda/SparseGPT) or the dense model.
     stats_source: StatsSource = "pruned"
     batch_size: int = 8
+    # After the method picks a mask, refit the surviving weights to minimise each layer's
+    # output error on the calibration inputs (exact per-row least squares, mask fixed).
+    reconstruct: bool = False
 
     def __post_init__(self) -> None:
         build_method(self.method, self.genome)  # raises for unknown names or a stray genome
@@ -67,6 +71,11 @@ class PruneConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
+            raise ConfigError(
+                "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "
+                "sparsegpt always reconstructs, and magnitude gathers no calibration inputs"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +102,7 @@ class PruneReport:
     genome: dict[str, Any] | None = None
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
+    reconstructed: bool = False
 
     @property
     def achieved(self) -> float:
@@ -117,6 +127,7 @@ class PruneReport:
             "plan": self.plan,
             "block_sparsity": self.block_sparsity(),
             "genome": self.genome,
+            "reconstructed": self.reconstructed,
             "seconds": self.seconds,
             "layers": [
                 {**asdict(r), "shape": list(r.shape), "sparsity": r.sparsity} for r in self.layers
@@ -186,12 +197,21 @@ def _prune_block(
     ratio: float,
     pattern: Pattern,
     report: PruneReport,
+    *,
+    reconstruct: bool = False,
 ) -> None:
     for name, lin in linear_sublayers(block).items():
         task = LayerTask(
             f"{idx}.{name}", lin.weight.data, stats[name] if stats else None, ratio, pattern
         )
+        dense = lin.weight.data.clone() if reconstruct else None
         mask = method.prune_layer(task)
+        if dense is not None:
+            assert stats is not None
+            # The refit reproduces the dense layer's output, so it starts from the dense weights.
+            lin.weight.data.copy_(dense)
+            del dense
+            least_squares_refit(lin.weight.data, stats[name].hessian, mask)
         report.layers.append(
             LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()))
         )
@@ -225,13 +245,14 @@ def prune_model(
         if calib_ids is None:
             raise ConfigError(f"method {config.method} needs calibration data")
         inputs = capture_block_inputs(model, calib_ids, config.batch_size)
+    needs_hessian = method.needs_hessian or config.reconstruct
     wants_dense = config.plan.kind == "owl" or (
         method.needs_activations and config.stats_source == "dense"
     )
     if wants_dense and dense_stats is None:
         assert inputs is not None
         dense_stats = collect_dense_stats(
-            model, inputs, hessian=method.needs_hessian and config.stats_source == "dense"
+            model, inputs, hessian=needs_hessian and config.stats_source == "dense"
         )
     plan = build_plan(model, config, dense_stats)
     report = PruneReport(
@@ -240,6 +261,7 @@ def prune_model(
         float(config.sparsity),
         list(plan.ratios),
         config.genome.to_dict() if config.genome else None,
+        reconstructed=config.reconstruct or method.needs_hessian,
     )
 
     sequential = method.needs_activations and config.stats_source == "pruned"
@@ -249,15 +271,33 @@ def prune_model(
             assert inputs is not None
             assert hidden is not None
             call = inputs.calls[idx]
-            with recording_inputs(linear_sublayers(block), hessian=method.needs_hessian) as stats:
+            with recording_inputs(linear_sublayers(block), hessian=needs_hessian) as stats:
                 run_block(block, hidden, call, inputs.batch_size, keep_output=False)
-            _prune_block(idx, block, method, stats, plan.ratio(idx), config.pattern, report)
+            _prune_block(
+                idx,
+                block,
+                method,
+                stats,
+                plan.ratio(idx),
+                config.pattern,
+                report,
+                reconstruct=config.reconstruct,
+            )
             del stats
             if idx < len(blocks) - 1:
                 hidden = run_block(block, hidden, call, inputs.batch_size)
         else:
             stats_i = dense_stats[idx] if (dense_stats and method.needs_activations) else None
-            _prune_block(idx, block, method, stats_i, plan.ratio(idx), config.pattern, report)
+            _prune_block(
+                idx,
+                block,
+                method,
+                stats_i,
+                plan.ratio(idx),
+                config.pattern,
+                report,
+                reconstruct=config.reconstruct,
+            )
         if progress:
             progress(idx + 1, len(blocks), f"pruning with {config.method}")
         logger.debug("block %d/%d pruned to %.3f", idx + 1, len(blocks), plan.ratio(idx))
