@@ -1,0 +1,125 @@
+"""The full flow on a tiny model: submit, poll, front, export, download, load; and cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from optishear.layers import iter_linears
+
+
+def test_submit_poll_front_export_download_load(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    sid = client.post("/api/searches", json=search_body()).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["generation"] == done["progress"]["total_generations"] == 2
+        assert done["progress"]["evaluations"] > 0
+        assert done["attempts"] == 1
+
+        front = client.get(f"/api/searches/{sid}/front").json()
+        assert front["generation"] is None
+        assert front["candidates"]
+        rec = next(c for c in front["candidates"] if c["recommended"])
+        assert rec["id"] == front["recommended_id"] == done["result"]["recommended_id"]
+        assert rec["meets_target"]
+        assert "sqrt(X)" in rec["genome"]["formula"] or "X" in rec["genome"]["formula"]
+        assert len(rec["block_sparsity"]) == 2
+        gens = client.get(f"/api/searches/{sid}/generations").json()
+        assert [g["number"] for g in gens] == [1, 2]
+        g1 = client.get(f"/api/searches/{sid}/front", params={"generation": 1}).json()
+        assert g1["generation"] == 1
+        assert g1["candidates"]
+        assert client.get(f"/api/searches/{sid}/front", params={"generation": 9}).status_code == 404
+        assert client.post(f"/api/searches/{sid}/cancel").status_code == 409
+
+        r = client.post(f"/api/searches/{sid}/checkpoints", json={})
+        assert r.status_code == 202, r.text
+        assert r.json()["candidate_id"] == rec["id"]
+        cid = r.json()["id"]
+        again = client.post(f"/api/searches/{sid}/checkpoints", json={"candidate_id": rec["id"]})
+        assert again.status_code == 200
+        assert again.json()["id"] == cid
+        ck = poll(client, f"/api/checkpoints/{cid}")
+    assert ck["status"] == "succeeded", ck
+    assert ck["perplexity"] > 1
+    assert ck["sparsity"] == rec["sparsity"]
+
+    r = client.get(ck["download_url"])
+    assert r.status_code == 200
+    data = r.content
+    assert int(r.headers["content-length"]) == len(data) == ck["size_bytes"]
+    assert r.headers["etag"] == f'"{ck["sha256"]}"'
+    assert hashlib.sha256(data).hexdigest() == ck["sha256"]
+    part = client.get(ck["download_url"], headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206
+    assert part.content == data[100:200]
+    assert part.headers["content-range"] == f"bytes 100-199/{len(data)}"
+    tail = client.get(ck["download_url"], headers={"Range": "bytes=-50"})
+    assert tail.status_code == 206
+    assert tail.content == data[-50:]
+    outside = client.get(ck["download_url"], headers={"Range": f"bytes={len(data) + 10}-"})
+    assert outside.status_code == 416
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        names = tar.getnames()
+        assert all(not n.startswith(("/", "..")) for n in names)
+        tar.extractall(tmp_path / "ck", filter="data")
+    folder = tmp_path / "ck" / f"optishear-{cid}"
+    assert (folder / "optishear_manifest.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    zeros = total = 0
+    for _idx, _name, lin in iter_linears(model):
+        zeros += int((lin.weight == 0).sum())
+        total += lin.weight.numel()
+    assert zeros / total == torch.tensor(rec["sparsity"]).item()
+    assert abs(zeros / total - 0.5) < 1e-6
+
+
+def test_checkpoint_store_stays_closed(client, settings) -> None:
+    store: Path = settings.resolved_checkpoint_dir()
+    (store.parent / "secret.txt").write_text("no")
+    for url in (
+        "/api/checkpoints/..%2Fsecret.txt/download",
+        "/api/checkpoints/../secret.txt/download",
+        "/api/checkpoints/%2e%2e/download",
+    ):
+        r = client.get(url)
+        assert r.status_code in (404, 422), url
+        assert r.content != b"no"
+
+
+def test_cancel_running_search_stops_within_a_batch(
+    client, search_body, thread_runner, poll
+) -> None:
+    sid = client.post("/api/searches", json=search_body(generations=200, population=4)).json()["id"]
+    with thread_runner():
+        poll(client, f"/api/searches/{sid}", lambda b: b["progress"]["generation"] >= 1)
+        r = client.post(f"/api/searches/{sid}/cancel")
+        assert r.status_code == 202
+        done = poll(client, f"/api/searches/{sid}")
+    assert done["status"] == "cancelled"
+    assert done["progress"]["generation"] < 200
+    gens = client.get(f"/api/searches/{sid}/generations").json()
+    assert [g["number"] for g in gens] == list(range(1, len(gens) + 1))
+    assert client.post(f"/api/searches/{sid}/cancel").status_code == 409
+
+
+def test_bad_model_folder_fails_with_the_reason(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # passes the API check, fails to load
+    sid = client.post("/api/searches", json=search_body(model=str(broken))).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+    assert done["status"] == "failed"
+    assert "cannot load model" in done["error"]
