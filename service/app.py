@@ -16,7 +16,7 @@ from optishear.errors import OptiShearError
 from service import db
 from service.deps import require_api_key
 from service.middleware import BodyLimit
-from service.routes import checkpoints, meta, searches
+from service.routes import checkpoints, dashboard, meta, searches
 from service.settings import ServiceSettings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
     api.include_router(meta.api)
     app.include_router(api)
     app.include_router(meta.health)
+    app.include_router(dashboard.router)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

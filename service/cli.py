@@ -84,12 +84,24 @@ def _serve(args: argparse.Namespace) -> int:
     if with_runner:  # a process, not a thread: a search's CPU work never stalls the API
         child = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
         logger.info("runner process %d started", child.pid)
+    received: list[int] = []
+
+    def note(sig: int, _frame: Any) -> None:
+        received.append(sig)
+
+    # Uvicorn re-raises the signal that stopped it once it has shut down; with our handler
+    # in place that does not kill this process before the runner child is stopped.
+    signal.signal(signal.SIGTERM, note)
+    signal.signal(signal.SIGINT, note)
     try:
         uvicorn.run(create_app(settings, migrate=False), host=args.host, port=args.port)
     finally:
         if child is not None:
-            child.terminate()
-            child.wait(timeout=60)
+            child.terminate()  # the runner hands its search back after the current generation
+            try:
+                child.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()  # its lease expires and another runner resumes the search
     return 0
 
 

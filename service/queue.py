@@ -116,7 +116,8 @@ def finish(
         .where(model.id == job_id, model.lease_owner == owner)
         .values(
             status=status,
-            error=error,
+            # A hand-back keeps the last error; success clears it.
+            error=error if error is not None or status == JobStatus.SUCCEEDED else model.error,
             lease_owner=None,
             lease_expires_at=None,
             finished_at=utcnow() if done else None,

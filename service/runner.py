@@ -65,6 +65,10 @@ class CancelledError(Exception):
     """The search was cancelled through the API."""
 
 
+class StoppedError(Exception):
+    """This runner is shutting down: hand the job back after the generation just saved."""
+
+
 def candidate_rows(
     search_id: uuid.UUID, generation: int | None, front: Sequence[Scored], recommended: str | None
 ) -> list[Candidate]:
@@ -197,6 +201,9 @@ class QueueRunner:
             logger.warning("%s %s was taken over by another runner", model.__tablename__, job_id)
         except CancelledError:
             self._end(model, job_id, JobStatus.CANCELLED)
+        except StoppedError:  # not a failure: the attempt is not counted
+            logger.info("%s %s handed back to the queue", model.__tablename__, job_id)
+            self._end(model, job_id, JobStatus.QUEUED, attempts=model.attempts - 1)
         except OptiShearError as exc:  # bad model, text or settings: another try cannot help
             logger.warning("%s %s failed: %s", model.__tablename__, job_id, exc)
             self._end(model, job_id, JobStatus.FAILED, error=str(exc))
@@ -220,11 +227,11 @@ class QueueRunner:
                 queue.finish(session, model, job_id, self.id, JobStatus.QUEUED, error=error)
 
     # -- searches ---------------------------------------------------------------------------
-    def _ensure_assets(self, request: SearchCreate) -> None:
+    def _ensure_assets(self, request: SearchCreate, *, evaluation: bool) -> None:
         bundled = (
             request.model in REGISTERED_MODELS
             or request.calibration.source == BUNDLED
-            or request.evaluation.text == BUNDLED
+            or (evaluation and request.evaluation.text == BUNDLED)  # only exports evaluate
         )
         if bundled and not assets_ready(self.library):
             logger.info("bundled assets not cached on this runner: fetching them once")
@@ -261,7 +268,7 @@ class QueueRunner:
             request = SearchCreate.model_validate(search.request)
             state = search.state
         settings = request.search_settings()
-        self._ensure_assets(request)
+        self._ensure_assets(request, evaluation=False)
         self._persist_seconds = 0.0
         start = time.perf_counter()
         with self._evaluator(request) as evaluator:
@@ -338,6 +345,8 @@ class QueueRunner:
         self._persist_seconds += time.perf_counter() - start
         if cancel:
             raise CancelledError
+        if self.stop.is_set():
+            raise StoppedError
 
     # -- checkpoint exports -----------------------------------------------------------------
     def checkpoint_path(self, checkpoint_id: uuid.UUID) -> Path:
@@ -351,7 +360,7 @@ class QueueRunner:
             request = SearchCreate.model_validate(search.request)
             genome = Genome.from_index(int(cand.genome["index"]))
             ratios = tuple(cand.ratios)
-        self._ensure_assets(request)
+        self._ensure_assets(request, evaluation=True)
         model, tokenizer, source = load_model(request.model, settings=self.library)
         calib = sample_calibration(tokenizer, request.calibration.config(), self.library)
         plan = PlanSpec("explicit", ratios=ratios) if len(set(ratios)) > 1 else PlanSpec()

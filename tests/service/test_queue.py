@@ -179,3 +179,22 @@ def test_runner_killed_mid_search_is_resumed_by_another(
     assert keys == ref_keys
     assert errors == pytest.approx(ref_errors, rel=1e-6)
     assert done["progress"]["evaluations"] == ref["progress"]["evaluations"]
+
+
+def test_stopping_runner_hands_the_search_back(client, search_body, thread_runner, poll) -> None:
+    sid = client.post("/api/searches", json=search_body(generations=40)).json()["id"]
+    with thread_runner() as runner:
+        poll(client, f"/api/searches/{sid}", lambda b: b["progress"]["generation"] >= 1)
+        runner.stop.set()  # what SIGTERM does in `optishear worker`
+    handed_back = client.get(f"/api/searches/{sid}").json()
+    if handed_back["status"] == "succeeded":
+        pytest.skip("the search space ran out before the stop")
+    assert handed_back["status"] == "queued"
+    assert handed_back["attempts"] == 0
+    assert handed_back["progress"]["generation"] >= 1
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+    assert done["status"] == "succeeded"
+    assert done["attempts"] == 1
+    gens = client.get(f"/api/searches/{sid}/generations").json()
+    assert [g["number"] for g in gens] == list(range(1, len(gens) + 1))
