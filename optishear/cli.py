@@ -162,6 +162,11 @@ def _add_prune_args(p: argparse.ArgumentParser, *, many_methods: bool) -> None:
             "--genome",
             help="meta metric genome, e.g. 'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum'",
         )
+        p.add_argument(
+            "--reconstruct",
+            action="store_true",
+            help="refit the surviving weights by least squares after masking (wanda, ria, meta)",
+        )
     _add_target_args(p)
     p.add_argument("--plan", choices=("uniform", "owl", "explicit"), default="uniform")
     p.add_argument(
@@ -277,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="pruned",
         help="statistics used when pruning the recommended solution",
     )
+    search.add_argument(
+        "--refit-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="refit the K best of the front by least squares, recommend the best after refit, "
+        "and ship it refit (default 0: masks only)",
+    )
     search.add_argument("--no-eval", action="store_true")
     search.add_argument(
         "--workers",
@@ -343,7 +356,16 @@ def _prune_config(args: argparse.Namespace, method: str) -> PruneConfig:
     genome = Genome.parse(args.genome) if getattr(args, "genome", None) else None
     if method == "meta" and genome is None:
         genome = Genome()
-    return PruneConfig(method, sparsity, pattern, plan, genome, args.stats, args.batch_size)
+    return PruneConfig(
+        method,
+        sparsity,
+        pattern,
+        plan,
+        genome,
+        args.stats,
+        args.batch_size,
+        reconstruct=getattr(args, "reconstruct", False),
+    )
 
 
 def _eval(
@@ -543,6 +565,7 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
         args.levels,
         low_fidelity_samples=args.low_fidelity,
         promote_fraction=args.promote,
+        refit_top=args.refit_top,
     )
     out: Path = args.out
     state_path = out / "state.pkl"
@@ -616,7 +639,14 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     if not args.no_eval or args.export:
         plan = PlanSpec("explicit", ratios=rec.ratios) if len(set(rec.ratios)) > 1 else PlanSpec()
         config = PruneConfig(
-            "meta", target, pattern, plan, rec.genome, args.final_stats, args.batch_size
+            "meta",
+            target,
+            pattern,
+            plan,
+            rec.genome,
+            args.final_stats,
+            args.batch_size,
+            reconstruct=bool(result.refitted),
         )
         pruned = prune_model(model, calib, config, progress=bars.steps)
         report["recommended_prune"] = pruned.to_dict()

@@ -124,6 +124,7 @@ def odd_model_dir(tmp_path_factory):
         (["--method", "meta", "--genome", "f1=cube"], "bad genome names"),
         (["--plan", "explicit", "--layer-sparsity", "0.5"], "lists 1 sparsities but the model"),
         (["--plan", "owl", "--pattern", "2:4"], "use a uniform plan"),
+        (["--method", "sparsegpt", "--reconstruct"], "sparsegpt always reconstructs"),
         (["--calib", "missing.txt"], "text source 'missing.txt' is not 'wiki'"),
         (["--device", "cuda:0"], "CUDA was asked for but no GPU is available"),
     ],
@@ -189,6 +190,8 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
         "--generations",
         "2",
         *_common(tiny_model_dir),
+        "--refit-top",
+        "2",
         "--out",
         str(out),
     ]
@@ -200,6 +203,9 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
     assert report["recommended"]["meets_target"]
     assert report["front"]
     assert report["recommended_prune"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
+    # the recommendation was re-scored with refit weights, and shipped refit
+    assert report["refitted"][0] == report["recommended"]
+    assert report["recommended_prune"]["reconstructed"] is True
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())
     assert manifest["search"]["recommended"] == report["recommended"]

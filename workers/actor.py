@@ -93,6 +93,13 @@ class ModelWorker:
             self.evaluations += 1
         return results
 
+    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        results = []
+        for candidate in candidates:
+            results.append(self.engine.evaluate(candidate, refit=True))
+            self.evaluations += 1
+        return results
+
     def usage(self) -> WorkerUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")
         model = self.engine.model

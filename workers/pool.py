@@ -170,6 +170,14 @@ class RayEvaluator:
     def evaluate(
         self, candidates: Sequence[Candidate], n_samples: int | None = None
     ) -> list[Evaluation]:
+        return self._dispatch("evaluate", candidates, n_samples)
+
+    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        return self._dispatch("refit", candidates)
+
+    def _dispatch(
+        self, method: str, candidates: Sequence[Candidate], *args: Any
+    ) -> list[Evaluation]:
         cands = list(candidates)
         chunks = [cands[i : i + self.chunk_size] for i in range(0, len(cands), self.chunk_size)]
         refs = []
@@ -180,7 +188,7 @@ class RayEvaluator:
                 done, _ = ray.wait(list(busy), num_returns=1)
                 idle.extend(busy.pop(ref) for ref in done)
             actor = idle.popleft()
-            ref = actor.evaluate.remote(chunk, n_samples)
+            ref = getattr(actor, method).remote(chunk, *args)
             refs.append(ref)
             busy[ref] = actor
         try:

@@ -37,7 +37,8 @@ from optishear.layers import (
 )
 from optishear.masks import Pattern, check_pattern_fits, prune_mask
 from optishear.meta import Genome, meta_log_score
-from optishear.prune import collect_dense_stats
+from optishear.plans import PlanSpec
+from optishear.prune import PruneConfig, collect_dense_stats, prune_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,12 +213,44 @@ class FitnessEngine:
             lin.weight.data.copy_(W)
 
     @torch.no_grad()
-    def evaluate(self, candidate: Candidate, n_samples: int | None = None) -> Evaluation:
-        """Prune with the candidate, measure the error on n_samples sequences, restore."""
+    def apply_refit(self, candidate: Candidate) -> float:
+        """Prune as the final model is pruned, with refit survivors; returns its sparsity.
+
+        Unlike `apply`, statistics come from the already-pruned prefix and every layer's
+        surviving weights are refit by least squares (optishear.reconstruct): what a user
+        downloads. It costs a sequential pass over the blocks with input Gram matrices.
+        """
+        self.restore()
+        ratios = candidate.ratios
+        if len(set(ratios)) == 1:
+            plan, target = PlanSpec(), ratios[0]
+        else:
+            weights = self.block_params
+            target = sum(r * w for r, w in zip(ratios, weights, strict=True)) / sum(weights)
+            plan = PlanSpec("explicit", ratios=ratios)
+        config = PruneConfig(
+            "meta",
+            target,
+            self.pattern,
+            plan,
+            candidate.genome,
+            batch_size=self.batch_size,
+            reconstruct=True,
+        )
+        return prune_model(self.model, self.calib_ids, config).achieved
+
+    @torch.no_grad()
+    def evaluate(
+        self, candidate: Candidate, n_samples: int | None = None, *, refit: bool = False
+    ) -> Evaluation:
+        """Prune with the candidate, measure the error on n_samples sequences, restore.
+
+        With `refit`, the candidate is pruned as the final model is (see `apply_refit`).
+        """
         start = time.perf_counter()
         n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
         try:
-            sparsity = self.apply(candidate)
+            sparsity = self.apply_refit(candidate) if refit else self.apply(candidate)
             hidden = self._final_hidden(n)
             if self.objective == "kl":
                 error = sum(self._kl(hidden[i], self.reference[i]) for i in range(n)) / n

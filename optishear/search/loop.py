@@ -44,6 +44,10 @@ class BatchEvaluator(Protocol):
         self, candidates: Sequence[Candidate], n_samples: int | None = None
     ) -> list[Evaluation]: ...
 
+    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        """Errors of the candidates pruned as shipped: pruned-prefix masks, refit weights."""
+        ...
+
 
 class InProcessEvaluator:
     """Evaluates on one FitnessEngine in this process."""
@@ -59,6 +63,9 @@ class InProcessEvaluator:
         self, candidates: Sequence[Candidate], n_samples: int | None = None
     ) -> list[Evaluation]:
         return [self.engine.evaluate(c, n_samples) for c in candidates]
+
+    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        return [self.engine.evaluate(c, refit=True) for c in candidates]
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class SearchSettings:
     genome: Genome = WANDA_GENOME  # fixed metric of a layerwise-only search
     low_fidelity_samples: int | None = None
     promote_fraction: float = 0.5
+    # After the last stage, refit the best few of the front (least squares, as shipped) and
+    # recommend the best of them after the refit; 0 recommends on mask-only errors.
+    refit_top: int = 0
 
     def __post_init__(self) -> None:
         check_target(self.target, self.pattern)
@@ -96,6 +106,8 @@ class SearchSettings:
             raise ConfigError("low-fidelity samples must be >= 1")
         if not 0 < self.promote_fraction <= 1:
             raise ConfigError("promote fraction must be in (0, 1]")
+        if self.refit_top < 0:
+            raise ConfigError(f"refit top must be >= 0, got {self.refit_top}")
 
     def stage_list(self) -> list[Stage]:
         if self.stages == "both":
@@ -182,6 +194,8 @@ class SearchResult:
     evaluations: int
     cache_hits: int
     seconds: float
+    # The best few of the front again, pruned as shipped (refit weights); empty without refit.
+    refitted: list[Scored] = field(default_factory=list)
 
     @property
     def front(self) -> list[Scored]:
@@ -199,9 +213,14 @@ class SearchResult:
             "evaluations": self.evaluations,
             "cache_hits": self.cache_hits,
             "seconds": self.seconds,
-            "selection_rule": "lowest reconstruction error among front members whose "
-            f"parameter-weighted sparsity is within {GAP_TOLERANCE:g} of "
-            "the target",
+            "refitted": [s.to_dict() for s in self.refitted],
+            "selection_rule": (
+                f"of the {len(self.refitted)} best front members meeting the target, refit by "
+                "least squares, the lowest error after the refit"
+                if self.refitted
+                else "lowest reconstruction error among front members whose "
+                f"parameter-weighted sparsity is within {GAP_TOLERANCE:g} of the target"
+            ),
         }
 
 
@@ -462,6 +481,17 @@ class _Search:
         final = st.outcomes[-1].front
         meeting = [s for s in final if s.meets_target]
         recommended = meeting[0] if meeting else min(final, key=lambda s: s.gap)
+        refitted: list[Scored] = []
+        if self.settings.refit_top and meeting:
+            # Mask-only errors rank masks; the refit changes how much each mask costs, so the
+            # best few are re-scored as they will be shipped (sorted by error already).
+            top = meeting[: self.settings.refit_top]
+            evals = self.evaluator.refit([s.candidate for s in top])
+            refitted = sorted(
+                (Scored(s.candidate, e, s.gap) for s, e in zip(top, evals, strict=True)),
+                key=lambda s: s.evaluation.error,
+            )
+            recommended = refitted[0]
         return SearchResult(
             self.settings,
             st.outcomes,
@@ -470,6 +500,7 @@ class _Search:
             st.evaluations,
             st.cache_hits,
             time.perf_counter() - clock,
+            refitted,
         )
 
     def _save(self) -> bytes | None:

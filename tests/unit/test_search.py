@@ -169,6 +169,29 @@ def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> No
         )
 
 
+def test_refit_step_rescores_the_best_of_the_front_as_shipped() -> None:
+    engine, _, _ = _engine()
+    before = [lin.weight.clone() for _, _, lin in engine.layers]
+    settings = SearchSettings(0.5, population=4, generations=1, seed=3, refit_top=2)
+    result = run_search(InProcessEvaluator(engine), settings)
+    assert 1 <= len(result.refitted) <= 2
+    assert result.recommended is result.refitted[0]
+    errors = [s.evaluation.error for s in result.refitted]
+    assert errors == sorted(errors)
+    for s in result.refitted:
+        assert s.meets_target
+        mask_only = next(f for f in result.front if f.candidate == s.candidate)
+        assert s.evaluation.error < mask_only.evaluation.error  # the refit pays off
+    # the refit error is reproducible and leaves the engine's weights dense
+    again = engine.evaluate(result.recommended.candidate, refit=True)
+    assert again.error == pytest.approx(result.recommended.evaluation.error, rel=1e-6)
+    assert again.sparsity == pytest.approx(0.5, abs=1e-9)
+    assert all(
+        torch.equal(b, lin.weight) for b, (_, _, lin) in zip(before, engine.layers, strict=True)
+    )
+    assert "refit by least squares" in result.to_dict()["selection_rule"]
+
+
 def test_low_fidelity_front_is_reported_at_full_fidelity() -> None:
     engine, _, _ = _engine(Pattern(2, 4))
     result = run_search(
