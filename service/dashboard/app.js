@@ -90,14 +90,22 @@ async function readBody(response) {
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   setAttrs(el, attrs);
-  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  el.append(...children.flat(Infinity).filter(keep));
   return el;
+}
+
+function keep(c) {
+  return c !== null && c !== undefined && c !== false;
+}
+
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter(keep));
 }
 
 function s(tag, attrs = {}, ...children) {
   const el = document.createElementNS(SVG_NS, tag);
   setAttrs(el, attrs);
-  el.append(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
+  el.append(...children.flat(Infinity).filter(keep));
   return el;
 }
 
@@ -289,7 +297,7 @@ async function refresh() {
 async function loadModels() {
   try {
     const models = await api("/api/models");
-    $("#models").replaceChildren(
+    fill($("#models"),
       ...models.map((m) => h("option", { value: m.name }, `${m.description}${m.cached ? "" : " (not cached yet)"}`)),
     );
   } catch {
@@ -305,10 +313,10 @@ function renderList() {
   $("#search-count").textContent =
     state.total > state.searches.length ? `(newest ${state.searches.length} of ${state.total})` : `(${state.total})`;
   if (!state.searches.length) {
-    list.replaceChildren(h("li", { class: "muted empty-list" }, "No searches yet."));
+    fill(list, h("li", { class: "muted empty-list" }, "No searches yet."));
     return;
   }
-  list.replaceChildren(
+  fill(list,
     ...state.searches.map((x) => {
       const p = x.progress;
       const r = x.request;
@@ -393,7 +401,7 @@ function setupForm() {
       refresh();
     } catch (err) {
       errorBox.hidden = false;
-      errorBox.replaceChildren(
+      fill(errorBox,
         h("strong", {}, err.status ? `HTTP ${err.status}: ` : ""),
         document.createTextNode(err.message),
       );
@@ -423,10 +431,10 @@ function select(id) {
   state.candidateId = null;
   renderList();
   if (!id) {
-    $("#detail").replaceChildren(h("div", { class: "card empty" }, "Select a search, or submit one."));
+    fill($("#detail"), h("div", { class: "card empty" }, "Select a search, or submit one."));
     return;
   }
-  $("#detail").replaceChildren(h("div", { class: "card empty" }, "Loading…"));
+  fill($("#detail"), h("div", { class: "card empty" }, "Loading…"));
   refresh();
 }
 
@@ -437,7 +445,7 @@ async function loadSelected() {
     search = await api(`/api/searches/${id}`);
   } catch (err) {
     if (err.status === 404 || err.status === 422) {
-      $("#detail").replaceChildren(h("div", { class: "card error" }, err.message));
+      fill($("#detail"), h("div", { class: "card error" }, err.message));
       return false;
     }
     throw err;
@@ -472,7 +480,7 @@ async function loadSelected() {
 function renderDetail() {
   const detail = $("#detail");
   if (!detail.querySelector("#d-head")) {
-    detail.replaceChildren(
+    fill(detail,
       h("div", { id: "d-head", class: "card" }),
       h(
         "div",
@@ -511,7 +519,7 @@ function renderHeader() {
   ];
   const result = x.result;
   const factsOpen = head.querySelector("details.facts")?.open ?? false;
-  head.replaceChildren(
+  fill(head,
     h(
       "div",
       { class: "title-row" },
@@ -624,7 +632,7 @@ function renderProgressChart() {
   const gens = state.generations;
   const title = h("h3", {}, "Best error per generation");
   if (!gens.length) {
-    box.replaceChildren(title, h("p", { class: "muted" }, ACTIVE.has(state.search?.status) ? "Waiting for the first generation…" : "No generation was completed."));
+    fill(box, title, h("p", { class: "muted" }, ACTIVE.has(state.search?.status) ? "Waiting for the first generation…" : "No generation was completed."));
     return;
   }
   const xs = gens.map((g) => g.number);
@@ -664,7 +672,7 @@ function renderProgressChart() {
     );
   }
   const last = gens.at(-1);
-  box.replaceChildren(
+  fill(box,
     title,
     svg,
     h("p", { class: "muted small" }, `${gens.length} generations, ${last.total_evaluations} evaluations, ${duration(last.elapsed_s)} of search time.`),
@@ -705,7 +713,7 @@ function renderFront() {
   chooser.value = state.frontGeneration;
   const title = h("div", { class: "title-row" }, h("h3", {}, "Pareto front"), chooser);
   if (!front || !front.candidates.length) {
-    box.replaceChildren(title, h("p", { class: "muted" }, ACTIVE.has(search.status) ? "No front yet: it appears after the first generation." : "This search has no front."));
+    fill(box, title, h("p", { class: "muted" }, ACTIVE.has(search.status) ? "No front yet: it appears after the first generation." : "This search has no front."));
     return;
   }
   const cands = front.candidates;
@@ -786,7 +794,7 @@ function renderFront() {
     `${cands.length} candidate${cands.length === 1 ? "" : "s"}${front.generation ? ` in generation ${front.generation}` : " on the final front"}. Click one for details. `,
     baselines.length ? "Diamonds: baselines reported by the API." : "The API reports no baseline evaluations for this search.",
   );
-  box.replaceChildren(title, svg, legend, table);
+  fill(box, title, svg, legend, table);
 }
 
 function chooseCandidate(id) {
@@ -831,12 +839,12 @@ function renderCandidate() {
   if (!box) return;
   const c = state.front?.candidates.find((x) => x.id === state.candidateId);
   if (!c) {
-    box.replaceChildren(h("h3", {}, "Candidate"), h("p", { class: "muted" }, "Click a point of the front to see its metric, its per-block sparsity and to export it."));
+    fill(box, h("h3", {}, "Candidate"), h("p", { class: "muted" }, "Click a point of the front to see its metric, its per-block sparsity and to export it."));
     return;
   }
   const gnm = c.genome;
   const search = state.search;
-  box.replaceChildren(
+  fill(box,
     h(
       "div",
       { class: "title-row" },
@@ -972,7 +980,7 @@ async function pollExports() {
     }
     const candidate = state.front?.candidates.find((c) => c.id === candidateId);
     const box = $("#export");
-    if (candidate && candidateId === state.candidateId && box) box.replaceChildren(exportView(candidate));
+    if (candidate && candidateId === state.candidateId && box) fill(box, exportView(candidate));
   }
   return busy;
 }

@@ -1,0 +1,126 @@
+"""Dashboard fixtures: the real app served by uvicorn on a free port, a queue runner beside it,
+and a headless Debian Chromium driven by Playwright (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service import db
+from service.app import create_app
+from service.runner import QueueRunner
+from service.settings import ServiceSettings
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # gitignored
+
+
+class LiveServer:
+    """The API in a uvicorn thread, listening on a socket bound before it starts (no port race)."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the API did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+class RunnerThread:
+    """A QueueRunner claiming searches and exports in a background thread."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        url = settings.resolved_database_url()
+        db.upgrade(url)
+        self.engine = db.make_engine(url)
+        self.runner = QueueRunner(settings, db.make_sessions(self.engine))
+        self.thread = threading.Thread(target=self.runner.run, daemon=True)
+
+    def stop(self) -> None:
+        self.runner.stop.set()
+        self.thread.join(timeout=60)
+        self.engine.dispose()
+
+
+@pytest.fixture
+def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """make_service(runner=True, **settings): a started API (and runner) on a fresh SQLite DB."""
+    started: list[LiveServer | RunnerThread] = []
+
+    def make(*, runner: bool = True, **overrides: Any) -> LiveServer:
+        values: dict[str, Any] = {
+            "database_url": f"sqlite:///{tmp_path / 'optishear.db'}",
+            "checkpoint_dir": tmp_path / "checkpoints",
+            "heartbeat_seconds": 0.5,
+            "poll_seconds": 0.1,
+            "api_keys": (),
+            **overrides,
+        }
+        settings = ServiceSettings(**values)
+        if runner:
+            worker = RunnerThread(settings)
+            worker.thread.start()
+            started.append(worker)
+        server = LiveServer(settings).start()
+        started.append(server)
+        return server
+
+    yield make
+    for thing in reversed(started):
+        thing.stop()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium (the test module skips when it is missing); no browser download."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install -y chromium` provides it")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'")
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM))
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def artifacts() -> Path:
+    """Where screenshots are kept for CI to collect (gitignored)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture
+def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context per test; page errors fail the test, a screenshot is kept."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    page.screenshot(path=artifacts / f"{request.node.name}.png", full_page=True)
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

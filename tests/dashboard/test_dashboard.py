@@ -1,0 +1,150 @@
+"""The dashboard in a real headless Chromium against the real API, runner and a tiny model."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+if not Path("/usr/bin/chromium").is_file():
+    pytest.skip(
+        "/usr/bin/chromium is missing: Debian's `apt-get install -y chromium` provides it "
+        "(.ci/run installs it)",
+        allow_module_level=True,
+    )
+expect = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[dev]'").expect
+
+UUID = r"[0-9a-f-]{36}"
+
+
+def _fill_tiny_search(page, tiny: Path, **fields: str) -> None:
+    values = {
+        "model": str(tiny / "model"),
+        "population": "4",
+        "generations": "2",
+        "seed": "0",
+        "calibration.source": str(tiny / "calib.txt"),
+        "calibration.n_samples": "4",
+        "calibration.seq_len": "16",
+        "evaluation.text": str(tiny / "eval.txt"),
+        "evaluation.seq_len": "32",
+        "evaluation.windows": "4",
+        **fields,
+    }
+    page.locator("details.more > summary").click()
+    page.select_option("select[name=stages]", "metric")
+    for name, value in values.items():
+        page.fill(f'#search-form [name="{name}"]', value)
+
+
+def test_submit_watch_front_export_download(
+    make_service, page, artifacts, tiny_model_dir, tmp_path, request
+) -> None:
+    server = make_service()
+    api = httpx.Client(base_url=server.url, timeout=30)
+    request.addfinalizer(api.close)
+    page.goto(server.url)
+    expect(page.locator("#conn")).to_have_text("connected")
+    expect(page.locator("#search-list")).to_contain_text("No searches yet")
+
+    # A 4xx from the API is shown as the API wrote it, and the field is marked.
+    _fill_tiny_search(page, tiny_model_dir, population="2")
+    page.click("#submit")
+    bad = api.post(
+        "/api/searches",
+        json={"model": str(tiny_model_dir / "model"), "population": 2, "stages": "metric"},
+    )
+    assert bad.status_code == 422
+    expect(page.locator("#form-error")).to_contain_text(bad.json()["detail"])
+    expect(page.locator('[name="population"]')).to_have_attribute("aria-invalid", "true")
+
+    page.fill('[name="population"]', "4")
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(rf"#/search/{UUID}$"))
+    sid = page.url.rsplit("/", 1)[1]
+    item = page.locator(f'#search-list li[data-id="{sid}"]')
+    first_status = item.get_attribute("data-status")
+    assert first_status in ("queued", "running", "succeeded")
+    expect(item).to_have_attribute("data-status", "succeeded", timeout=90_000)
+    expect(page.locator("#d-head .badge")).to_have_text("succeeded")
+
+    # The charts show what the API holds: one point per generation, one per front candidate.
+    search = api.get(f"/api/searches/{sid}").json()
+    front = api.get(f"/api/searches/{sid}/front").json()
+    gens = api.get(f"/api/searches/{sid}/generations").json()
+    expect(page.locator("#progress-chart .gen-point")).to_have_count(len(gens))
+    points = page.locator("#front-chart .point")
+    expect(points).to_have_count(len(front["candidates"]))
+    assert front["candidates"]
+    rec = page.locator("#front-chart .point.recommended")
+    expect(rec).to_have_count(1)
+    assert rec.get_attribute("data-candidate") == search["result"]["recommended_id"]
+    expect(page.locator("#d-front")).to_contain_text("The API reports no baseline evaluations")
+
+    # Clicking a candidate shows its formula and one bar per block.
+    chosen = front["candidates"][-1]
+    page.locator(f'#front-chart .point[data-candidate="{chosen["id"]}"] circle').click()
+    expect(page.locator("#formula")).to_have_text(chosen["genome"]["formula"])
+    expect(page.locator("#block-chart .block-bar")).to_have_count(len(chosen["block_sparsity"]))
+
+    # Export, watch it finish, download it, and check the bytes against the API's record.
+    page.click("#export-button")
+    download_link = page.locator("#download")
+    expect(download_link).to_be_visible(timeout=60_000)
+    href = download_link.get_attribute("href")
+    cid = re.fullmatch(rf"/api/checkpoints/({UUID})/download", href).group(1)
+    ck = api.get(f"/api/checkpoints/{cid}").json()
+    assert ck["candidate_id"] == chosen["id"]
+    assert ck["status"] == "succeeded"
+    expect(page.locator("#export-sha")).to_have_text(f"sha256 {ck['sha256']}")
+    with page.expect_download() as info:
+        download_link.click()
+    saved = tmp_path / info.value.suggested_filename
+    info.value.save_as(saved)
+    data = saved.read_bytes()
+    assert len(data) == ck["size_bytes"]
+    assert hashlib.sha256(data).hexdigest() == ck["sha256"]
+
+    page.screenshot(path=artifacts / "dashboard-finished-search.png", full_page=True)
+
+
+def test_failed_search_shows_its_error(make_service, page, tiny_model_dir, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")  # passes the API's check, fails to load
+    server = make_service()
+    page.goto(server.url)
+    _fill_tiny_search(page, tiny_model_dir, model=str(broken))
+    page.click("#submit")
+    expect(page.locator("#d-head .badge")).to_have_text("failed", timeout=60_000)
+    expect(page.locator("#d-head .failure")).to_contain_text("cannot load model")
+    expect(page.locator("#search-list li .error")).to_contain_text("cannot load model")
+
+
+def test_api_key_prompt_and_unreachable_api(make_service, page) -> None:
+    server = make_service(runner=False, api_keys="right-key")
+    page.goto(server.url)
+    expect(page.locator("#auth")).to_be_visible()
+    expect(page.locator("#auth-message")).to_contain_text("a valid API key is required")
+
+    page.fill("#auth-key", "wrong-key")
+    page.click("#auth-form button")
+    expect(page.locator("#auth-message")).to_contain_text("refused this key")
+
+    page.fill("#auth-key", "right-key")
+    page.click("#auth-form button")
+    expect(page.locator("#auth")).to_be_hidden()
+    expect(page.locator("#search-list")).to_contain_text("No searches yet")
+    assert page.evaluate("sessionStorage.getItem('optishear.apiKey')") == "right-key"
+    page.reload()  # the key lasts for the browser session
+    expect(page.locator("#conn")).to_have_text("connected")
+    expect(page.locator("#auth")).to_be_hidden()
+
+    # The page says so when the API goes away, instead of going blank.
+    server.stop()
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    expect(page.locator("#banner")).to_contain_text("Cannot reach the API")
+    expect(page.locator("#conn")).to_have_text("offline")
