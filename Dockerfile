@@ -1,14 +1,15 @@
-# OptiShear image: the library and CLI (the service and workers join it in later releases).
+# OptiShear image: the library, CLI, REST service and Ray workers.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 OPTISHEAR_CACHE=/cache
 # CPU torch from PyTorch's index keeps the image small; use the default index for CUDA builds.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "$TORCH_INDEX" "torch==2.13.0"
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY optishear ./optishear
 COPY service ./service
 COPY workers ./workers
+COPY migrations ./migrations
 RUN pip install ".[service,workers]"
 VOLUME ["/cache", "/out"]
 ENTRYPOINT ["optishear"]

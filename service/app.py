@@ -41,6 +41,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
             db.upgrade(url)
         engine = db.make_engine(url)
         app.state.sessions = db.make_sessions(engine)
+        app.state.write_sessions = db.make_sessions(engine, write=True)
         if not settings.api_keys:
             logger.warning(
                 "OPTISHEAR_API_KEYS is not set: the API is open to anyone who can reach it"

@@ -52,10 +52,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+WRITE = "optishear_write"  # execution option: this transaction will write
+
+
 def _sqlite_begin(conn: Any) -> None:
-    # BEGIN IMMEDIATE takes the write lock up front: a claim (read, then conditional update)
-    # cannot be interleaved with another runner's, and no deferred upgrade fails with BUSY.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Writers BEGIN IMMEDIATE: the write lock is taken up front, so a claim (read, then
+    # conditional update) cannot interleave with another runner's, and a read-then-write
+    # transaction never fails on a stale snapshot. Readers stay deferred: under WAL they
+    # neither wait for writers nor hold up each other.
+    immediate = conn.get_execution_options().get(WRITE, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -70,8 +76,16 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, **kwargs)
 
 
-def make_sessions(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def make_sessions(engine: Engine, *, write: bool = False) -> sessionmaker[Session]:
+    """Sessions for reading, or (write=True) for transactions that write (see _sqlite_begin)."""
+    bind = engine.execution_options(**{WRITE: True}) if write else engine
+    return sessionmaker(bind, expire_on_commit=False)
+
+
+def for_writing(sessions: sessionmaker[Session]) -> sessionmaker[Session]:
+    """The write flavour of a session factory made by make_sessions (same engine and pool)."""
+    bind = sessions.kw["bind"]
+    return make_sessions(bind.engine if hasattr(bind, "engine") else bind, write=True)
 
 
 def alembic_config(url: str) -> Any:

@@ -23,8 +23,15 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+def get_write_session(request: Request) -> Iterator[Session]:
+    """For routes that write: on SQLite their transactions take the write lock up front."""
+    with request.app.state.write_sessions() as session:
+        yield session
+
+
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
+WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
 _bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token")

@@ -46,7 +46,7 @@ from optishear.search.loop import (
     run_search,
 )
 from optishear.settings import LibrarySettings
-from service import queue
+from service import db, queue
 from service.db import utcnow
 from service.models import Candidate, Checkpoint, Generation, JobStatus, Runner, Search
 from service.schemas import SearchCreate
@@ -107,7 +107,7 @@ class QueueRunner:
         runner_id: str | None = None,
     ) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.sessions = db.for_writing(sessions)  # a runner's transactions mostly write
         self.library = library or LibrarySettings()
         self.id = runner_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stop = threading.Event()

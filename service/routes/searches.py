@@ -11,7 +11,7 @@ from sqlalchemy import select
 from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
 from service import repository
-from service.deps import SessionDep
+from service.deps import SessionDep, WriteSessionDep
 from service.models import Candidate, JobStatus, Search
 from service.schemas import (
     CheckpointCreate,
@@ -35,7 +35,12 @@ def search_or_404(search_id: uuid.UUID, session: SessionDep) -> Search:
     return search
 
 
+def search_for_write(search_id: uuid.UUID, session: WriteSessionDep) -> Search:
+    return search_or_404(search_id, session)
+
+
 SearchDep = Annotated[Search, Depends(search_or_404)]
+WritableSearchDep = Annotated[Search, Depends(search_for_write)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -58,7 +63,7 @@ IdempotencyKey = Annotated[
 )
 def submit_search(
     spec: SearchCreate,
-    session: SessionDep,
+    session: WriteSessionDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> SearchRead:
@@ -134,7 +139,7 @@ def read_generations(search: SearchDep, session: SessionDep) -> list[GenerationR
     status_code=status.HTTP_202_ACCEPTED,
     responses={**NOT_FOUND, 409: {"model": Message, "description": "already finished"}},
 )
-def cancel_search(search: SearchDep, session: SessionDep) -> SearchRead:
+def cancel_search(search: WritableSearchDep, session: WriteSessionDep) -> SearchRead:
     """Queued searches end at once; running ones after the current batch of evaluations."""
     if not repository.request_cancel(session=session, search=search):
         raise HTTPException(
@@ -153,8 +158,8 @@ def cancel_search(search: SearchDep, session: SessionDep) -> SearchRead:
     },
 )
 def create_checkpoint(
-    search: SearchDep,
-    session: SessionDep,
+    search: WritableSearchDep,
+    session: WriteSessionDep,
     response: Response,
     body: Annotated[CheckpointCreate | None, Body()] = None,
 ) -> CheckpointRead:

@@ -22,7 +22,7 @@ SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
 
 def _sessions(url):
     engine = db.make_engine(url)
-    return engine, db.make_sessions(engine)
+    return engine, db.make_sessions(engine, write=True)
 
 
 def test_two_runners_racing_exactly_one_claims(client, search_body, settings) -> None:

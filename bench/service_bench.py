@@ -1,0 +1,239 @@
+"""Service latency under concurrent clients while a search runs, and its persistence share.
+
+Starts the API (`optishear serve --runner no`) and one runner (`optishear worker`) as
+separate processes on loopback, submits one search, and while the runner works on it:
+N concurrent clients poll GET /api/searches/{id} for --seconds (status-poll latency) while,
+at the same time, N other clients each submit --submits searches (submit latency; those are
+cancelled afterwards, so the runner never starts them).
+When the search ends, the share of its time spent persisting is read from its result: the
+seconds inside the per-generation DB transaction (generation row, front, serialized search
+state) over the runner's wall time for the search.
+
+    .venv/bin/python bench/service_bench.py --backend postgres --clients 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from tiny_models import build_tiny, tiny_tokenizer, word_text
+
+from service import db
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def _summary(ms: list[float], seconds: float) -> dict[str, Any]:
+    return {
+        "requests": len(ms),
+        "p50_ms": round(_pct(ms, 50), 2),
+        "p99_ms": round(_pct(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+        "requests_per_s": round(len(ms) / seconds, 1),
+    }
+
+
+async def _poll_load(base: str, sid: str, clients: int, seconds: float) -> dict[str, Any]:
+    ms: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+
+    async def one(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while time.perf_counter() < stop:
+            t = time.perf_counter()
+            r = await client.get(f"/api/searches/{sid}")
+            ms.append((time.perf_counter() - t) * 1000)
+            errors += r.status_code != 200
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        await asyncio.gather(*(one(client) for _ in range(clients)))
+    return {**_summary(ms, time.perf_counter() - start), "errors": errors}
+
+
+async def _submit_load(
+    base: str, body: dict[str, Any], clients: int, per_client: int
+) -> tuple[dict[str, Any], list[str]]:
+    ms: list[float] = []
+    ids: list[str] = []
+    errors = 0
+
+    async def one(client: httpx.AsyncClient, c: int) -> None:
+        nonlocal errors
+        for i in range(per_client):
+            payload = {**body, "seed": 1000 + c * per_client + i}
+            t = time.perf_counter()
+            r = await client.post(
+                "/api/searches", json=payload, headers={"Idempotency-Key": uuid.uuid4().hex}
+            )
+            ms.append((time.perf_counter() - t) * 1000)
+            if r.status_code == 201:
+                ids.append(r.json()["id"])
+            else:
+                errors += 1
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=base, timeout=60) as client:
+        await asyncio.gather(*(one(client, c) for c in range(clients)))
+    return {**_summary(ms, time.perf_counter() - start), "errors": errors}, ids
+
+
+async def _load(
+    base: str, sid: str, body: dict[str, Any], args: argparse.Namespace
+) -> tuple[dict[str, Any], tuple[dict[str, Any], list[str]]]:
+    """Pollers and submitters at the same time, N clients each."""
+    return await asyncio.gather(
+        _poll_load(base, sid, args.clients, args.seconds),
+        _submit_load(base, body, args.clients, args.submits),
+    )
+
+
+def _tiny_model(root: Path, hidden: int, layers: int) -> None:
+    build_tiny("llama", hidden=hidden, layers=layers).save_pretrained(root / "model")
+    tiny_tokenizer().save_pretrained(root / "model")
+    (root / "calib.txt").write_text(word_text(20000, seed=1))
+    (root / "eval.txt").write_text(word_text(5000, seed=2))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=10.0, help="status-poll phase")
+    p.add_argument("--submits", type=int, default=10, help="submits per client")
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--population", type=int, default=8)
+    p.add_argument("--generations", type=int, default=30)
+    p.add_argument("--nsamples", type=int, default=16)
+    p.add_argument("--seqlen", type=int, default=64)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="optishear-bench-"))
+    _tiny_model(tmp, args.hidden, args.layers)
+    admin = None
+    if args.backend == "postgres":
+        name = f"optishear_bench_{uuid.uuid4().hex[:10]}"
+        admin = db.make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    else:
+        url = f"sqlite:///{tmp / 'bench.db'}"
+    env = {
+        **os.environ,
+        "OPTISHEAR_DATABASE_URL": url,
+        "OPTISHEAR_CACHE": str(tmp / "cache"),
+        "OPTISHEAR_CHECKPOINT_DIR": str(tmp / "checkpoints"),
+    }
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "optishear.cli"]
+    subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
+    api = subprocess.Popen(
+        [*cli, "serve", "--runner", "no", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [*cli, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        body = {
+            "model": str(tmp / "model"),
+            "population": args.population,
+            "generations": args.generations,
+            "stages": "both",
+            "calibration": {
+                "source": str(tmp / "calib.txt"),
+                "n_samples": args.nsamples,
+                "seq_len": args.seqlen,
+            },
+            "evaluation": {"text": str(tmp / "eval.txt"), "seq_len": 64, "windows": 8},
+        }
+        sid = httpx.post(f"{base}/api/searches", json=body).json()["id"]
+        while httpx.get(f"{base}/api/searches/{sid}").json()["progress"]["generation"] < 1:
+            time.sleep(0.1)
+        polls, (submits, ids) = asyncio.run(_load(base, sid, body, args))
+        mid = httpx.get(f"{base}/api/searches/{sid}").json()
+        for queued in ids:
+            httpx.post(f"{base}/api/searches/{queued}/cancel")
+        while (done := httpx.get(f"{base}/api/searches/{sid}").json())["status"] in (
+            "queued",
+            "running",
+        ):
+            time.sleep(0.2)
+        gens = httpx.get(f"{base}/api/searches/{sid}/generations").json()
+    finally:
+        for proc in (worker, api):
+            proc.send_signal(signal.SIGTERM)
+        for proc in (worker, api):
+            proc.wait(timeout=120)
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+    result = done["result"] or {}
+    report = {
+        "backend": args.backend,
+        "clients": args.clients,
+        "search": {
+            "status": done["status"],
+            "generations": len(gens),
+            "search_seconds": round(result.get("attempt_seconds", 0.0), 2),
+            "persist_seconds": round(result.get("persist_seconds", 0.0), 4),
+            "persist_share": round(
+                result.get("persist_seconds", 0.0) / max(result.get("attempt_seconds", 1.0), 1e-9),
+                4,
+            ),
+            "still_running_after_the_load": mid["status"] == "running",
+        },
+        "status_polls": polls,
+        "submits": submits,
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
