@@ -589,6 +589,11 @@ function extent(values, { zero = false } = {}) {
   return [zero && lo >= 0 ? Math.max(0, lo - pad) : lo - pad, hi + pad];
 }
 
+function padLeft([lo, hi]) {
+  // Room between the y axis and points at the domain's start, so they never hide its labels.
+  return [lo - (hi - lo) * 0.04, hi];
+}
+
 function ticks([lo, hi], count = 5) {
   const step0 = (hi - lo) / count;
   const mag = 10 ** Math.floor(Math.log10(step0));
@@ -636,7 +641,7 @@ function renderProgressChart() {
     return;
   }
   const xs = gens.map((g) => g.number);
-  const xDomain = xs.length === 1 ? [xs[0] - 1, xs[0] + 1] : [xs[0], xs.at(-1)];
+  const xDomain = padLeft(xs.length === 1 ? [xs[0] - 1, xs[0] + 1] : [xs[0], xs.at(-1)]);
   const yDomain = extent(gens.map((g) => g.best_error));
   const step = Math.max(1, Math.ceil(xs.length / 10));
   const xTicks = xs.filter((_, i) => i % step === 0);
@@ -719,7 +724,7 @@ function renderFront() {
   const cands = front.candidates;
   const baselines = baselinesOf(front, search);
   const all = [...cands.map((c) => c.objectives), ...baselines];
-  const xDomain = extent(all.map((o) => o.gap), { zero: true });
+  const xDomain = padLeft(extent(all.map((o) => o.gap), { zero: true }));
   const yDomain = extent(all.map((o) => o.error));
   const { x, y, g } = frame(xDomain, yDomain, "sparsity gap |achieved − target|", "reconstruction error");
   const svg = svgRoot("Pareto front: reconstruction error against sparsity gap", "front-chart");
@@ -834,6 +839,11 @@ function renderBars(values, targetValue) {
   return svg;
 }
 
+function isWanda(g) {
+  // The all-identity genome is exactly Wanda's score (README: the meta metric).
+  return g.f1 === "identity" && g.f2 === "identity" && g.alpha === "one" && g.beta === "one";
+}
+
 function renderCandidate() {
   const box = $("#d-candidate");
   if (!box) return;
@@ -851,6 +861,7 @@ function renderCandidate() {
       h("h3", {}, "Candidate"),
       c.recommended ? h("span", { class: "badge recommended" }, "recommended") : null,
       c.meets_target ? h("span", { class: "badge ok" }, "meets target") : h("span", { class: "badge warn" }, "misses target"),
+      isWanda(gnm) ? h("span", { class: "badge", title: "the all-identity genome is Wanda's |W|·sqrt(X)" }, "Wanda's metric") : null,
     ),
     h("div", { class: "muted small mono" }, `${c.key} · ${c.id}`),
     h("div", { class: "cols" },
