@@ -272,7 +272,7 @@ async function refresh() {
     busy = (await pollExports()) || busy;
     setConnection(true);
     setBanner(null);
-    next = busy ? FAST_POLL_MS : IDLE_POLL_MS;
+    next = busy && !document.hidden ? FAST_POLL_MS : IDLE_POLL_MS; // a hidden tab polls slowly
   } catch (err) {
     if (err.status === 0) {
       setConnection(false);

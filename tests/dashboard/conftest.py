@@ -26,6 +26,7 @@ class LiveServer:
     """The API in a uvicorn thread, listening on a socket bound before it starts (no port race)."""
 
     def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -42,6 +43,9 @@ class LiveServer:
                 raise RuntimeError("the API did not start")
             time.sleep(0.05)
         return self
+
+    def start_runner(self) -> None:
+        raise NotImplementedError("set by make_service")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -67,8 +71,14 @@ class RunnerThread:
 
 @pytest.fixture
 def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
-    """make_service(runner=True, **settings): a started API (and runner) on a fresh SQLite DB."""
+    """make_service(runner=True, **settings): a started API (and runner) on a fresh SQLite DB;
+    with runner=False, `server.start_runner()` starts one later."""
     started: list[LiveServer | RunnerThread] = []
+
+    def start_runner(settings: ServiceSettings) -> None:
+        worker = RunnerThread(settings)
+        worker.thread.start()
+        started.append(worker)
 
     def make(*, runner: bool = True, **overrides: Any) -> LiveServer:
         values: dict[str, Any] = {
@@ -81,10 +91,9 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         }
         settings = ServiceSettings(**values)
         if runner:
-            worker = RunnerThread(settings)
-            worker.thread.start()
-            started.append(worker)
+            start_runner(settings)
         server = LiveServer(settings).start()
+        server.start_runner = lambda: start_runner(settings)  # type: ignore[method-assign]
         started.append(server)
         return server
 

@@ -40,13 +40,20 @@ def _fill_tiny_search(page, tiny: Path, **fields: str) -> None:
         page.fill(f'#search-form [name="{name}"]', value)
 
 
+# The same path with API keys on: every call carries X-API-Key, the download goes through fetch.
+@pytest.mark.parametrize("key", [None, "s3cret"], ids=["open", "api-key"])
 def test_submit_watch_front_export_download(
-    make_service, page, artifacts, tiny_model_dir, tmp_path, request
+    make_service, page, artifacts, tiny_model_dir, tmp_path, request, key
 ) -> None:
-    server = make_service()
-    api = httpx.Client(base_url=server.url, timeout=30)
+    server = make_service(runner=False, api_keys=key or ())
+    headers = {"X-API-Key": key} if key else {}
+    api = httpx.Client(base_url=server.url, timeout=30, headers=headers)
     request.addfinalizer(api.close)
     page.goto(server.url)
+    if key:
+        expect(page.locator("#auth")).to_be_visible()
+        page.fill("#auth-key", key)
+        page.click("#auth-form button")
     expect(page.locator("#conn")).to_have_text("connected")
     expect(page.locator("#search-list")).to_contain_text("No searches yet")
 
@@ -66,10 +73,13 @@ def test_submit_watch_front_export_download(
     expect(page).to_have_url(re.compile(rf"#/search/{UUID}$"))
     sid = page.url.rsplit("/", 1)[1]
     item = page.locator(f'#search-list li[data-id="{sid}"]')
-    first_status = item.get_attribute("data-status")
-    assert first_status in ("queued", "running", "succeeded")
+    # No runner yet: the search waits as queued; then the page follows it on its own.
+    expect(item).to_have_attribute("data-status", "queued")
+    expect(page.locator("#d-head .badge")).to_have_text("queued")
+    server.start_runner()
     expect(item).to_have_attribute("data-status", "succeeded", timeout=90_000)
     expect(page.locator("#d-head .badge")).to_have_text("succeeded")
+    expect(page.locator("#d-gen")).to_have_text("generation 2 of 2")
 
     # The charts show what the API holds: one point per generation, one per front candidate.
     search = api.get(f"/api/searches/{sid}").json()
@@ -108,7 +118,9 @@ def test_submit_watch_front_export_download(
     assert len(data) == ck["size_bytes"]
     assert hashlib.sha256(data).hexdigest() == ck["sha256"]
 
-    page.screenshot(path=artifacts / "dashboard-finished-search.png", full_page=True)
+    page.screenshot(
+        path=artifacts / f"dashboard-finished-search-{request.node.callspec.id}.png", full_page=True
+    )
 
 
 def test_failed_search_shows_its_error(make_service, page, tiny_model_dir, tmp_path) -> None:
