@@ -7,7 +7,7 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -242,6 +242,7 @@ class _State:
     algorithm: Any = None
     full: dict[Any, Evaluation] = field(default_factory=dict)
     low: dict[Any, Evaluation] = field(default_factory=dict)
+    estimated: dict[Any, Evaluation] = field(default_factory=dict)  # not promoted (see _estimate)
     outcomes: list[StageOutcome] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
@@ -316,11 +317,28 @@ class _Search:
                 st.low[c.key()] = e
             st.evaluations += len(fresh)
             pending.sort(key=lambda c: st.low[c.key()].error)
-            promote = pending[: max(1, math.ceil(self.settings.promote_fraction * len(pending)))]
+            n_up = max(1, math.ceil(self.settings.promote_fraction * len(pending)))
+            promote, held = pending[:n_up], pending[n_up:]
             self._full(promote)
+            self._estimate(promote, held)
         else:
             self._full(pending)
-        return [st.full.get(c.key()) or st.low[c.key()] for c in cands]
+        return [st.full.get(c.key()) or st.estimated[c.key()] for c in cands]
+
+    def _estimate(self, promoted: list[Candidate], held: list[Candidate]) -> None:
+        """Full-fidelity stand-ins for candidates the screening did not promote.
+
+        A screening error is on other (fewer) sequences, so it is not comparable with full
+        errors: it is scaled by the full/screening ratio seen on the promoted candidates, and
+        never ranks above a promoted one, since the screening already ranked it below them.
+        """
+        st = self.state
+        ratios = [st.full[c.key()].error / max(st.low[c.key()].error, 1e-12) for c in promoted]
+        scale = float(np.median(ratios))
+        floor = max(st.full[c.key()].error for c in promoted)
+        for c in held:
+            low = st.low[c.key()]
+            st.estimated[c.key()] = replace(low, error=max(low.error * scale, floor))
 
     def ensure_full(self, cands: Sequence[Candidate]) -> list[Evaluation]:
         missing = list({c.key(): c for c in cands if c.key() not in self.state.full}.values())
@@ -405,7 +423,7 @@ class _Search:
         """The population's non-dominated set with the evaluations known now (no new ones)."""
         st = self.state
         cands = [space.decode(x) for x in algorithm.pop.get("X")]
-        evals = [st.full.get(c.key()) or st.low[c.key()] for c in cands]
+        evals = [st.full.get(c.key()) or st.estimated[c.key()] for c in cands]
         F = self.objectives(space, cands, evals)
         best = NonDominatedSorting().do(F, only_non_dominated_front=True)
         seen: dict[Any, Scored] = {}

@@ -192,6 +192,30 @@ def test_refit_step_rescores_the_best_of_the_front_as_shipped() -> None:
     assert "refit by least squares" in result.to_dict()["selection_rule"]
 
 
+def test_screening_errors_never_pass_for_full_ones() -> None:
+    class ScreeningScale(FakeEvaluator):
+        """Screening errors on fewer sequences come out 10x smaller, as KL on other text may."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.full_errors: set[float] = set()
+
+        def evaluate(self, candidates, n_samples=None):
+            out = super().evaluate(candidates, n_samples)
+            if n_samples is None:
+                self.full_errors |= {e.error for e in out}
+                return out
+            return [Evaluation(e.error / 10, e.sparsity, e.n_samples, 0.0) for e in out]
+
+    ev = ScreeningScale()
+    settings = SearchSettings(
+        0.5, population=8, generations=4, seed=2, low_fidelity_samples=2, promote_fraction=0.25
+    )
+    result = run_search(ev, settings)
+    assert all(h["best_error"] in ev.full_errors for h in result.history)
+    assert all(s.evaluation.error in ev.full_errors for s in result.front)
+
+
 def test_low_fidelity_front_is_reported_at_full_fidelity() -> None:
     engine, _, _ = _engine(Pattern(2, 4))
     result = run_search(
