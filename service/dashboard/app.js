@@ -343,7 +343,7 @@ function renderList() {
             h("span", { class: "gen" }, `gen ${p.generation}/${p.total_generations}`),
             p.best_error !== null ? h("span", { class: "muted" }, `best ${fmt(p.best_error)}`) : null,
           ),
-          x.status === "failed" && x.error ? h("div", { class: "line error small clamp" }, x.error) : null,
+          x.status === "failed" && x.error ? h("div", { class: "line error small clamp", title: x.error }, x.error) : null,
         ),
       );
     }),
@@ -716,7 +716,7 @@ function renderFront() {
     Array.from({ length: done }, (_, i) => h("option", { value: String(i + 1) }, `generation ${i + 1}`)),
   );
   chooser.value = state.frontGeneration;
-  const title = h("div", { class: "title-row" }, h("h3", {}, "Pareto front"), chooser);
+  const title = h("div", { class: "title-row" }, h("h3", {}, "Pareto front"), done ? chooser : null);
   if (!front || !front.candidates.length) {
     fill(box, title, h("p", { class: "muted" }, ACTIVE.has(search.status) ? "No front yet: it appears after the first generation." : "This search has no front."));
     return;
@@ -848,6 +848,7 @@ function renderCandidate() {
   const box = $("#d-candidate");
   if (!box) return;
   const c = state.front?.candidates.find((x) => x.id === state.candidateId);
+  box.hidden = !state.front?.candidates.length;
   if (!c) {
     fill(box, h("h3", {}, "Candidate"), h("p", { class: "muted" }, "Click a point of the front to see its metric, its per-block sparsity and to export it."));
     return;
