@@ -25,8 +25,9 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # gitignored
 class LiveServer:
     """The API in a uvicorn thread, listening on a socket bound before it starts (no port race)."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: ServiceSettings, start_runner: Callable[[], None]) -> None:
         self.settings = settings
+        self.start_runner = start_runner  # a runner beside it, for tests that start one late
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -43,9 +44,6 @@ class LiveServer:
                 raise RuntimeError("the API did not start")
             time.sleep(0.05)
         return self
-
-    def start_runner(self) -> None:
-        raise NotImplementedError("set by make_service")
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -92,8 +90,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
         settings = ServiceSettings(**values)
         if runner:
             start_runner(settings)
-        server = LiveServer(settings).start()
-        server.start_runner = lambda: start_runner(settings)  # type: ignore[method-assign]
+        server = LiveServer(settings, lambda: start_runner(settings)).start()
         started.append(server)
         return server
 
