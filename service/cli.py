@@ -52,8 +52,8 @@ def _db(args: argparse.Namespace) -> int:
 
 def _worker(args: argparse.Namespace) -> int:
     from service import db
-    from service.runner import QueueRunner
     from service.settings import get_settings
+    from workers.runner import QueueRunner
 
     settings = get_settings()
     url = settings.resolved_database_url()

@@ -12,13 +12,12 @@ from contextlib import contextmanager
 # otherwise, and every process of a cluster must use the same mode. We keep Ray's secure
 # choice but say it explicitly, before Ray is imported (Ray caches the mode at import; its
 # local processes inherit the variable). A user who joins a cluster without authentication
-# sets RAY_AUTH_MODE=disabled.
+# sets RAY_AUTH_MODE=disabled. Ray itself is imported only where it is used: the job runner
+# (workers/runner.py) lives in this package too and must import without Ray installed.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 DEFAULT_AUTH_MODE = "token"
 _STALE_AUTH_MODE = "ray" in sys.modules and AUTH_MODE_ENV not in os.environ
 os.environ.setdefault(AUTH_MODE_ENV, DEFAULT_AUTH_MODE)
-
-import ray  # after the auth mode is set
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> boo
     `num_cpus` (default: this machine's cores) and no dashboard. With one, it joins that
     cluster, whose own resources then apply.
     """
+    import ray  # after the auth mode is set
+
     if ray.is_initialized():
         return False
     if _STALE_AUTH_MODE:
@@ -55,6 +56,8 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> boo
 @contextmanager
 def ray_runtime(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[None]:
     """Ray for the duration of a block; shut down afterwards only if this block started it."""
+    import ray
+
     started = start_ray(address, num_cpus=num_cpus)
     try:
         yield

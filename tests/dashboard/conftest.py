@@ -15,8 +15,8 @@ import uvicorn
 
 from service import db
 from service.app import create_app
-from service.runner import QueueRunner
 from service.settings import ServiceSettings
+from workers.runner import QueueRunner
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # gitignored

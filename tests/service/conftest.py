@@ -17,8 +17,8 @@ from sqlalchemy import text
 
 from service import db
 from service.app import create_app
-from service.runner import QueueRunner
 from service.settings import ServiceSettings
+from workers.runner import QueueRunner
 
 PG_ADMIN_URL = os.environ.get(
     "OPTISHEAR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

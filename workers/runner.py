@@ -1,4 +1,8 @@
-"""The runner: claims jobs from the queue and runs them (searches and checkpoint exports).
+"""The job runner: claims jobs from the queue and runs them (searches and checkpoint exports).
+
+Data flows service -> DB queue -> this runner -> Ray workers (or in process) -> `optishear`: the
+runner reads and writes the service's tables (service.db, models, queue), the service never
+imports the runner except to start it (`optishear worker`, `optishear serve`).
 
 Every completed generation is written in one transaction (generation summary, that
 generation's front and the library's serialized search state), guarded by the lease, so a
