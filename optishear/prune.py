@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -178,15 +178,28 @@ def build_plan(
         return explicit_plan(config.plan.ratios, params, float(config.sparsity))
     if dense_stats is None:
         raise RuntimeError("an OWL plan needs dense statistics")
-    ratios = []
+    blocks = []
     for block, stats in zip(decoder_blocks(model), dense_stats, strict=True):
         lins = linear_sublayers(block)
-        ratios.append(
-            outlier_ratio(
-                [wanda_score(lins[n].weight, s.act_sq) for n, s in stats.items()], config.plan.owl_m
-            )
-        )
-    return owl_plan(ratios, params, float(config.sparsity), config.plan.owl_lambda)
+        blocks.append([(lins[n].weight, s.act_sq) for n, s in stats.items()])
+    return owl_plan_from_dense(blocks, params, float(config.sparsity), config.plan)
+
+
+def owl_plan_from_dense(
+    blocks: Sequence[Sequence[tuple[Tensor, Tensor]]],
+    block_params: Sequence[int],
+    target: float,
+    spec: PlanSpec,
+) -> SparsityPlan:
+    """OWL's per-block sparsity from every block's dense (W, act_sq) pairs (Yin et al., 2024).
+
+    A block's outlier ratio is the share of its Wanda scores above M times their mean; the
+    fitness engine's OWL baseline and `build_plan` both come through here.
+    """
+    ratios = [
+        outlier_ratio([wanda_score(W, a) for W, a in layers], spec.owl_m) for layers in blocks
+    ]
+    return owl_plan(ratios, block_params, target, spec.owl_lambda)
 
 
 def _prune_block(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from service.db import utcnow
 from service.models import FINISHED, Candidate, Checkpoint, Generation, JobStatus, Search
 from service.schemas import (
+    BaselineRead,
     CandidateRead,
     CheckpointRead,
     FrontRead,
@@ -174,6 +175,9 @@ def front(*, session: Session, search: Search, generation: int | None) -> FrontR
         generation=generation,
         candidates=[candidate_read(c) for c in rows],
         recommended_id=recommended,
+        baselines=[
+            BaselineRead.model_validate(b) for b in (search.result or {}).get("baselines", [])
+        ],
     )
 
 

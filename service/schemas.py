@@ -195,11 +195,22 @@ class CandidateRead(BaseModel):
     recommended: bool
 
 
+class BaselineRead(BaseModel):
+    name: str = Field(description="'Wanda' (uniform plan) or 'OWL+Wanda' (unstructured only)")
+    error: float = Field(description="reconstruction error, measured as the candidates' is")
+    gap: float = Field(description="distance of the parameter-weighted sparsity from the target")
+    sparsity: float
+
+
 class FrontRead(BaseModel):
     search_id: uuid.UUID
     generation: int | None = Field(description="None: the final front of a finished search")
     candidates: list[CandidateRead]
     recommended_id: uuid.UUID | None
+    baselines: list[BaselineRead] = Field(
+        default_factory=list,
+        description="published methods at the same target, once the search has succeeded",
+    )
 
 
 class GenerationRead(BaseModel):

@@ -100,6 +100,10 @@ class ModelWorker:
             self.evaluations += 1
         return results
 
+    def owl_ratios(self, target: float) -> tuple[float, ...]:
+        """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
+        return self.engine.owl_ratios(target)
+
     def usage(self) -> WorkerUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")
         model = self.engine.model

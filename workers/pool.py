@@ -175,6 +175,13 @@ class RayEvaluator:
     def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return self._dispatch("refit", candidates)
 
+    def owl_ratios(self, target: float) -> tuple[float, ...]:
+        """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
+        try:
+            return tuple(ray.get(self._actors[0].owl_ratios.remote(target)))
+        except RayActorError as exc:
+            raise WorkerError(f"a Ray worker died while planning OWL: {_short(exc)}") from exc
+
     def _dispatch(
         self, method: str, candidates: Sequence[Candidate], *args: Any
     ) -> list[Evaluation]:

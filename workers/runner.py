@@ -295,6 +295,19 @@ class QueueRunner:
             "persist_seconds": self._persist_seconds,
             "attempt_seconds": time.perf_counter() - start,
             "stages": [{"stage": o.stage, "front_size": len(o.front)} for o in result.stages],
+            # Published methods at the same target (Wanda; OWL+Wanda when unstructured).
+            "baselines": [
+                {
+                    "name": b.name,
+                    "key": b.to_dict()["id"],
+                    "genome": b.candidate.genome.to_dict(),
+                    "ratios": [float(r) for r in b.candidate.ratios],
+                    "error": float(b.evaluation.error),
+                    "sparsity": float(b.evaluation.sparsity),
+                    "gap": float(b.gap),
+                }
+                for b in result.baselines
+            ],
         }
         with self.sessions.begin() as session:
             session.add_all(rows)

@@ -38,7 +38,7 @@ from optishear.layers import (
 from optishear.masks import Pattern, check_pattern_fits, prune_mask
 from optishear.meta import Genome, meta_log_score
 from optishear.plans import PlanSpec
-from optishear.prune import PruneConfig, collect_dense_stats, prune_model
+from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dense, prune_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +156,19 @@ class FitnessEngine:
             return float(logits.pow(2).sum())
         d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
         return float(((d @ self._gram) * d).sum())
+
+    def owl_ratios(self, target: float, spec: PlanSpec | None = None) -> tuple[float, ...]:
+        """OWL's per-block sparsity at `target`, from the dense weights and statistics held here.
+
+        OWL spreads sparsity across blocks, which an N:M pattern forbids: unstructured only.
+        """
+        if self.pattern.structured:
+            raise ConfigError(f"an {self.pattern} pattern keeps every block at N/M: no OWL plan")
+        blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
+        for pos, (idx, _name, _lin) in enumerate(self.layers):
+            blocks[idx].append((self.dense[pos], self.act_sq[pos]))
+        plan = owl_plan_from_dense(blocks, self.block_params, target, spec or PlanSpec("owl"))
+        return plan.ratios
 
     def clear_mask_cache(self) -> None:
         self._masks.clear()

@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import cloudpickle
 import numpy as np
@@ -49,6 +49,13 @@ class BatchEvaluator(Protocol):
         ...
 
 
+@runtime_checkable
+class OwlPlanner(Protocol):
+    """Optional for a BatchEvaluator: OWL's per-block plan, for the OWL+Wanda baseline."""
+
+    def owl_ratios(self, target: float) -> tuple[float, ...]: ...
+
+
 class InProcessEvaluator:
     """Evaluates on one FitnessEngine in this process."""
 
@@ -66,6 +73,9 @@ class InProcessEvaluator:
 
     def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return [self.engine.evaluate(c, refit=True) for c in candidates]
+
+    def owl_ratios(self, target: float) -> tuple[float, ...]:
+        return self.engine.owl_ratios(target)
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,16 @@ class Scored:
         }
 
 
+@dataclass(frozen=True)
+class Baseline(Scored):
+    """A published method at the search's target, evaluated like a candidate (full fidelity)."""
+
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **super().to_dict()}
+
+
 def _plan_id(ratios: Sequence[float]) -> str:
     if len(set(ratios)) == 1:
         return "uniform"
@@ -196,6 +216,8 @@ class SearchResult:
     seconds: float
     # The best few of the front again, pruned as shipped (refit weights); empty without refit.
     refitted: list[Scored] = field(default_factory=list)
+    # Wanda (and OWL+Wanda for unstructured targets) at the same target, mask-only errors.
+    baselines: list[Baseline] = field(default_factory=list)
 
     @property
     def front(self) -> list[Scored]:
@@ -214,6 +236,7 @@ class SearchResult:
             "cache_hits": self.cache_hits,
             "seconds": self.seconds,
             "refitted": [s.to_dict() for s in self.refitted],
+            "baselines": [b.to_dict() for b in self.baselines],
             "selection_rule": (
                 f"of the {len(self.refitted)} best front members meeting the target, refit by "
                 "least squares, the lowest error after the refit"
@@ -510,6 +533,7 @@ class _Search:
                 key=lambda s: s.evaluation.error,
             )
             recommended = refitted[0]
+        baselines = self.baselines()
         return SearchResult(
             self.settings,
             st.outcomes,
@@ -519,7 +543,28 @@ class _Search:
             st.cache_hits,
             time.perf_counter() - clock,
             refitted,
+            baselines,
         )
+
+    def baselines(self) -> list[Baseline]:
+        """Wanda with the uniform plan, and OWL+Wanda where the evaluator can plan OWL.
+
+        Wanda's genome with the uniform plan starts every metric stage, so its full evaluation
+        is usually cached already. OWL needs dense statistics, which only the evaluator holds,
+        and only an unstructured pattern lets blocks differ. Magnitude pruning is no genome of
+        the meta-metric space (every genome is weighted by activations), so it is not reported.
+        """
+        s = self.settings
+        named = [("Wanda", Candidate(WANDA_GENOME, (s.target,) * len(self.block_params)))]
+        if not s.pattern.structured and isinstance(self.evaluator, OwlPlanner):
+            owl = tuple(float(r) for r in self.evaluator.owl_ratios(s.target))
+            named.append(("OWL+Wanda", Candidate(WANDA_GENOME, owl)))
+        evals = self.ensure_full([c for _, c in named])
+        p = np.asarray(self.block_params, dtype=np.float64)
+        return [
+            Baseline(c, e, abs(float(np.dot(c.ratios, p) / p.sum()) - s.target), name)
+            for (name, c), e in zip(named, evals, strict=True)
+        ]
 
     def _save(self) -> bytes | None:
         if self.path is None:

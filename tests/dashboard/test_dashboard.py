@@ -92,7 +92,12 @@ def test_submit_watch_front_export_download(
     rec = page.locator("#front-chart .point.recommended")
     expect(rec).to_have_count(1)
     assert rec.get_attribute("data-candidate") == search["result"]["recommended_id"]
-    expect(page.locator("#d-front")).to_contain_text("The API reports no baseline evaluations")
+    # Baseline markers: Wanda and OWL+Wanda at the same target, as the search evaluated them.
+    assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
+    for b in front["baselines"]:
+        marker = page.locator(f'#front-chart .baseline[data-baseline="{b["name"]}"]')
+        expect(marker).to_have_count(1)
+        expect(marker).to_contain_text(b["name"])
 
     # Clicking a candidate shows its formula and one bar per block.
     chosen = front["candidates"][-1]

@@ -32,6 +32,12 @@ def test_submit_poll_front_export_download_load(
         assert rec["meets_target"]
         assert "sqrt(X)" in rec["genome"]["formula"] or "X" in rec["genome"]["formula"]
         assert len(rec["block_sparsity"]) == 2
+        # published methods at the same target, evaluated by the search (unstructured: OWL too)
+        assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
+        for b in front["baselines"]:
+            assert set(b) == {"name", "error", "gap", "sparsity"}
+            assert b["error"] > 0
+            assert b["gap"] < 1e-6
         gens = client.get(f"/api/searches/{sid}/generations").json()
         assert [g["number"] for g in gens] == [1, 2]
         g1 = client.get(f"/api/searches/{sid}/front", params={"generation": 1}).json()

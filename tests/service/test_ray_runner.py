@@ -23,3 +23,10 @@ def test_search_on_a_ray_worker(client, search_body, make_settings, thread_runne
         return [(c["key"], round(c["objectives"]["error"], 6)) for c in rows]
 
     assert front(sid) == front(in_process)
+
+    def baselines(search_id):  # OWL planned on a worker equals OWL planned in process
+        rows = client.get(f"/api/searches/{search_id}/front").json()["baselines"]
+        return [(b["name"], round(b["error"], 6)) for b in rows]
+
+    assert [name for name, _ in baselines(sid)] == ["Wanda", "OWL+Wanda"]
+    assert baselines(sid) == baselines(in_process)

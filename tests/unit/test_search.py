@@ -236,3 +236,45 @@ def test_settings_validation() -> None:
         SearchSettings(0.5, population=2)
     with pytest.raises(ConfigError, match="within"):
         SearchSpace("layerwise", 0.97, (1, 1), step=0.05)
+
+
+def test_baselines_are_wanda_and_owl_at_the_target() -> None:
+    engine, _, ids = _engine()
+    settings = SearchSettings(0.5, population=4, generations=1, seed=3)
+    result = run_search(InProcessEvaluator(engine), settings)
+    by_name = {b.name: b for b in result.baselines}
+    assert list(by_name) == ["Wanda", "OWL+Wanda"]
+    wanda = by_name["Wanda"]
+    assert wanda.candidate == Candidate(Genome(), (0.5,) * 4)
+    assert wanda.evaluation.error == pytest.approx(engine.evaluate(wanda.candidate).error, rel=1e-9)
+    owl = by_name["OWL+Wanda"]
+    assert owl.candidate.genome == Genome()
+    assert len(set(owl.candidate.ratios)) > 1  # OWL spreads the sparsity over the blocks
+    assert owl.gap == pytest.approx(0.0, abs=1e-6)
+    assert owl.evaluation.n_samples == 8  # full fidelity
+    assert owl.evaluation.error == pytest.approx(engine.evaluate(owl.candidate).error, rel=1e-9)
+    # the same plan as `optishear prune --plan owl` gives this model
+    from optishear.plans import PlanSpec
+
+    config = PruneConfig("wanda", 0.5, plan=PlanSpec("owl"), batch_size=4)
+    report = prune_model(build_tiny("llama", layers=4), ids, config)
+    assert owl.candidate.ratios == pytest.approx(report.plan, abs=1e-9)
+    assert [b["name"] for b in result.to_dict()["baselines"]] == ["Wanda", "OWL+Wanda"]
+
+
+def test_baselines_for_n_m_are_wanda_only() -> None:
+    engine, _, _ = _engine(Pattern(2, 4))
+    result = run_search(
+        InProcessEvaluator(engine), SearchSettings(0.5, Pattern(2, 4), population=4, generations=1)
+    )
+    assert [b.name for b in result.baselines] == ["Wanda"]
+    assert result.baselines[0].meets_target
+    with pytest.raises(ConfigError, match="no OWL plan"):
+        engine.owl_ratios(0.5)
+
+
+def test_baselines_of_an_evaluator_without_owl_reuse_the_cached_wanda() -> None:
+    ev = FakeEvaluator()
+    result = run_search(ev, SearchSettings(0.5, population=6, generations=2, seed=1))
+    assert [b.name for b in result.baselines] == ["Wanda"]
+    assert len({c.key() for c in ev.calls}) == len(ev.calls)  # Wanda came from the cache
