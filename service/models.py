@@ -104,6 +104,11 @@ class Generation(Base):
     seconds: Mapped[float] = mapped_column(Float)
     elapsed_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Every distinct candidate of the population after this generation (its front is a
+    # subset): [{key, genome, ratios, error, sparsity, gap, n_samples, on_front}]. One JSON
+    # value, written with the generation and only read whole, for plotting. None: a
+    # generation persisted before populations were kept.
+    population: Mapped[list[dict[str, Any]] | None] = deferred(mapped_column(JSONType))
 
 
 class Candidate(Base):

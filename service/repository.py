@@ -18,6 +18,8 @@ from service.schemas import (
     GenerationRead,
     GenomeRead,
     Objectives,
+    PopulationMember,
+    PopulationRead,
     Progress,
     SearchCreate,
     SearchRead,
@@ -176,7 +178,41 @@ def front(*, session: Session, search: Search, generation: int | None) -> FrontR
         candidates=[candidate_read(c) for c in rows],
         recommended_id=recommended,
         baselines=[
-            BaselineRead.model_validate(b) for b in (search.result or {}).get("baselines", [])
+            BaselineRead.model_validate({**b, "block_sparsity": b.get("ratios", [])})
+            for b in (search.result or {}).get("baselines", [])
+        ],
+    )
+
+
+def population(
+    *, session: Session, search: Search, generation: int | None
+) -> PopulationRead | None:
+    """A generation's whole population (default: the last one persisted); None: no such one."""
+    number = generation if generation is not None else search.generations_done or None
+    if number is None:
+        return PopulationRead(search_id=search.id, generation=None, candidates=[])
+    members = session.scalars(
+        select(Generation.population)
+        .where(Generation.search_id == search.id, Generation.number == number)
+        .limit(1)
+    ).all()
+    if not members:
+        return None
+    return PopulationRead(
+        search_id=search.id,
+        generation=number,
+        candidates=[
+            PopulationMember(
+                key=m["key"],
+                genome=GenomeRead.model_validate(m["genome"]),
+                block_sparsity=m["ratios"],
+                objectives=Objectives(error=m["error"], gap=m["gap"]),
+                sparsity=m["sparsity"],
+                meets_target=m["meets_target"],
+                n_samples=m["n_samples"],
+                on_front=m["on_front"],
+            )
+            for m in members[0] or []
         ],
     )
 

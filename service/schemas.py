@@ -200,6 +200,7 @@ class BaselineRead(BaseModel):
     error: float = Field(description="reconstruction error, measured as the candidates' is")
     gap: float = Field(description="distance of the parameter-weighted sparsity from the target")
     sparsity: float
+    block_sparsity: list[float] = Field(default_factory=list, description="its per-block plan")
 
 
 class FrontRead(BaseModel):
@@ -210,6 +211,25 @@ class FrontRead(BaseModel):
     baselines: list[BaselineRead] = Field(
         default_factory=list,
         description="published methods at the same target, once the search has succeeded",
+    )
+
+
+class PopulationMember(BaseModel):
+    key: str
+    genome: GenomeRead
+    block_sparsity: list[float]
+    objectives: Objectives
+    sparsity: float
+    meets_target: bool
+    n_samples: int = Field(description="calibration sequences behind the error")
+    on_front: bool = Field(description="on this generation's Pareto front")
+
+
+class PopulationRead(BaseModel):
+    search_id: uuid.UUID
+    generation: int | None = Field(description="None: no generation completed yet")
+    candidates: list[PopulationMember] = Field(
+        description="every distinct candidate of the population after this generation"
     )
 
 

@@ -99,6 +99,28 @@ def candidate_rows(
     return rows
 
 
+def population_json(snap: GenerationSnapshot) -> list[dict[str, Any]]:
+    """The generation's population as stored with it; `on_front` marks its front members."""
+    on_front = {s.to_dict()["id"] for s in snap.front}
+    rows = []
+    for s in snap.population:
+        key = s.to_dict()["id"]
+        rows.append(
+            {
+                "key": key,
+                "genome": s.candidate.genome.to_dict(),
+                "ratios": [float(r) for r in s.candidate.ratios],
+                "error": float(s.evaluation.error),
+                "sparsity": float(s.evaluation.sparsity),
+                "gap": float(s.gap),
+                "meets_target": s.meets_target,
+                "n_samples": s.evaluation.n_samples,
+                "on_front": key in on_front,
+            }
+        )
+    return rows
+
+
 class QueueRunner:
     """Works the queue: checkpoint exports first (short, someone waits), then searches."""
 
@@ -354,6 +376,7 @@ class QueueRunner:
                     best_error=p.best_error,
                     seconds=snap.record["seconds"],
                     elapsed_s=p.elapsed,
+                    population=population_json(snap),
                 )
             )
             session.add_all(candidate_rows(search_id, snap.number, snap.front, None))

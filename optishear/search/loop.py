@@ -188,8 +188,10 @@ class GenerationSnapshot:
     """What a caller may persist after each generation (the service writes it to its DB).
 
     `front` is the non-dominated set of the current population with the evaluations known so
-    far (low-fidelity ones included); `state` is the same serialized state that `state_path`
-    receives, which `run_search(resume_from=...)` continues from.
+    far (low-fidelity ones included); `population` is that whole population (the survivors of
+    this generation, one entry per distinct candidate), of which `front` is a subset; `state`
+    is the same serialized state that `state_path` receives, which
+    `run_search(resume_from=...)` continues from.
     """
 
     progress: SearchProgress
@@ -197,6 +199,7 @@ class GenerationSnapshot:
     record: dict[str, Any]
     front: list[Scored]
     state: bytes
+    population: list[Scored] = field(default_factory=list)
 
 
 @dataclass
@@ -442,6 +445,16 @@ class _Search:
             seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
         return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
 
+    def population(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+        """The current population with the evaluations known now, once per distinct candidate."""
+        st = self.state
+        seen: dict[Any, Scored] = {}
+        for x in algorithm.pop.get("X"):
+            c = space.decode(x)
+            e = st.full.get(c.key()) or st.estimated[c.key()]
+            seen.setdefault(c.key(), Scored(c, e, space.gap(c)))
+        return list(seen.values())
+
     def current_front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
         """The population's non-dominated set with the evaluations known now (no new ones)."""
         st = self.state
@@ -510,6 +523,7 @@ class _Search:
                             dict(record),
                             self.current_front(space, algorithm),
                             state_bytes if state_bytes is not None else cloudpickle.dumps(st),
+                            self.population(space, algorithm),
                         )
                     )
                 if progress:

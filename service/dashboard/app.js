@@ -16,6 +16,7 @@ const state = {
   search: null,
   generations: [],
   front: null,
+  population: null, // the shown generation's whole population (GET .../candidates)
   frontGeneration: "", // "" = default: the final front when finished, else the latest
   loadedFor: null, // "<id>:<generations done>:<status>:<front generation>" of the loaded charts
   candidateId: null,
@@ -426,6 +427,7 @@ function select(id) {
   state.search = null;
   state.generations = [];
   state.front = null;
+  state.population = null;
   state.frontGeneration = "";
   state.loadedFor = null;
   state.candidateId = null;
@@ -455,16 +457,19 @@ async function loadSelected() {
   const frontKey = `${id}:${search.progress.generation}:${search.status}:${state.frontGeneration}`;
   if (frontKey !== state.loadedFor) {
     const gen = state.frontGeneration ? `?generation=${state.frontGeneration}` : "";
-    const [generations, front] = await Promise.all([
+    const orNull = (err) => {
+      if (err.status === 404) return null;
+      throw err;
+    };
+    const [generations, front, population] = await Promise.all([
       api(`/api/searches/${id}/generations`),
-      api(`/api/searches/${id}/front${gen}`).catch((err) => {
-        if (err.status === 404) return null;
-        throw err;
-      }),
+      api(`/api/searches/${id}/front${gen}`).catch(orNull),
+      api(`/api/searches/${id}/candidates${gen}`).catch(orNull),
     ]);
     if (id !== state.selectedId) return false;
     state.generations = generations;
     state.front = front;
+    state.population = population;
     state.loadedFor = frontKey;
     if (state.candidateId && !front?.candidates.some((c) => c.id === state.candidateId)) {
       state.candidateId = null;
@@ -684,6 +689,14 @@ function renderProgressChart() {
   );
 }
 
+function spread(ratios) {
+  // Standard deviation of a plan's per-block sparsity: 0 for a uniform plan. Every candidate
+  // meets the target exactly (gap 0), so this, not the gap, tells plans apart on the chart.
+  if (!ratios?.length) return 0;
+  const mean = ratios.reduce((a, r) => a + r, 0) / ratios.length;
+  return Math.sqrt(ratios.reduce((a, r) => a + (r - mean) ** 2, 0) / ratios.length);
+}
+
 function baselinesOf(front, search) {
   // Shown only when the API reports them; the dashboard never computes or invents any.
   const raw = front?.baselines ?? search?.result?.baselines ?? [];
@@ -693,6 +706,7 @@ function baselinesOf(front, search) {
       name: b.name ?? b.method ?? "baseline",
       error: b.objectives?.error ?? b.error,
       gap: b.objectives?.gap ?? b.gap ?? 0,
+      spread: spread(b.block_sparsity ?? b.ratios),
     }))
     .filter((b) => Number.isFinite(b.error) && Number.isFinite(b.gap));
 }
@@ -723,29 +737,47 @@ function renderFront() {
   }
   const cands = front.candidates;
   const baselines = baselinesOf(front, search);
-  const all = [...cands.map((c) => c.objectives), ...baselines];
-  const xDomain = padLeft(extent(all.map((o) => o.gap), { zero: true }));
+  // The whole population of the shown generation (grey); the front is part of it.
+  const members = state.population?.candidates ?? [];
+  const all = [
+    ...members.map((c) => ({ spread: spread(c.block_sparsity), error: c.objectives.error })),
+    ...cands.map((c) => ({ spread: spread(c.block_sparsity), error: c.objectives.error })),
+    ...baselines,
+  ];
+  const xDomain = padLeft(extent(all.map((o) => o.spread), { zero: true }));
   const yDomain = extent(all.map((o) => o.error));
-  const { x, y, g } = frame(xDomain, yDomain, "sparsity gap |achieved − target|", "reconstruction error");
-  const svg = svgRoot("Pareto front: reconstruction error against sparsity gap", "front-chart");
+  const { x, y, g } = frame(xDomain, yDomain, "per-block sparsity spread (std across blocks)", "reconstruction error");
+  const svg = svgRoot("Candidates: reconstruction error against the spread of per-block sparsity", "front-chart");
   svg.append(g);
+  for (const m of members) {
+    svg.append(
+      s(
+        "circle",
+        { class: `pop-point${m.on_front ? " on-front" : ""}`, cx: x(spread(m.block_sparsity)), cy: y(m.objectives.error), r: 4, "data-key": m.key },
+        s("title", {}, `${m.genome.formula}\nerror ${fmt(m.objectives.error)}, spread ${fmt(spread(m.block_sparsity))}, gap ${fmt(m.objectives.gap)}${m.on_front ? " (front)" : ""}`),
+      ),
+    );
+  }
   for (const b of baselines) {
-    const bx = x(b.gap);
+    const bx = x(b.spread);
     const by = y(b.error);
     svg.append(
       s(
         "g",
         { class: "baseline", "data-baseline": b.name },
         s("path", { d: `M${bx},${by - 7} L${bx + 7},${by} L${bx},${by + 7} L${bx - 7},${by} Z` }),
-        s("text", { x: bx + 10, y: by + 4 }, b.name),
-        s("title", {}, `${b.name}: error ${fmt(b.error)}, gap ${fmt(b.gap)}`),
+        // Near the right edge the label goes to the marker's left, so it is never cut off.
+        bx > W - M.right - 90
+          ? s("text", { x: bx - 10, y: by + 4, "text-anchor": "end" }, b.name)
+          : s("text", { x: bx + 10, y: by + 4 }, b.name),
+        s("title", {}, `${b.name}: error ${fmt(b.error)}, spread ${fmt(b.spread)}, gap ${fmt(b.gap)}`),
       ),
     );
   }
   // The recommended point is drawn last so that it stays on top.
   const order = [...cands].sort((a, b) => Number(a.recommended) - Number(b.recommended));
   for (const c of order) {
-    const cx = x(c.objectives.gap);
+    const cx = x(spread(c.block_sparsity));
     const cy = y(c.objectives.error);
     const point = s(
       "g",
@@ -796,7 +828,8 @@ function renderFront() {
   const legend = h(
     "p",
     { class: "muted small" },
-    `${cands.length} candidate${cands.length === 1 ? "" : "s"}${front.generation ? ` in generation ${front.generation}` : " on the final front"}. Click one for details. `,
+    `${cands.length} candidate${cands.length === 1 ? "" : "s"}${front.generation ? ` on the front of generation ${front.generation}` : " on the final front"}. Click one for details. `,
+    members.length ? `Grey: all ${members.length} candidates of generation ${state.population.generation}'s population. ` : "",
     baselines.length ? "Diamonds: baselines reported by the API." : "The API reports no baseline evaluations for this search.",
   );
   fill(box, title, svg, legend, table);

@@ -1,4 +1,4 @@
-"""Searches: submit, list, read, front, generations, cancel, and queue a checkpoint export."""
+"""Searches: submit, list, read, front, population, generations, cancel, export a checkpoint."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from service.schemas import (
     FrontRead,
     GenerationRead,
     Message,
+    PopulationRead,
     SearchCreate,
     SearchPage,
     SearchRead,
@@ -126,6 +127,27 @@ def read_front(
             f"({search.generations_done} completed)",
         )
     return front
+
+
+@router.get("/{search_id}/candidates", responses=NOT_FOUND)
+def read_population(
+    search: SearchDep,
+    session: SessionDep,
+    generation: Annotated[int | None, Query(ge=1, le=10**6)] = None,
+) -> PopulationRead:
+    """Every evaluated candidate of a generation's population (default: the last generation).
+
+    The front is the non-dominated part of it (`on_front`); with the exact-target repair every
+    gap is 0, so the population shows what the front alone cannot: the spread of errors.
+    """
+    found = repository.population(session=session, search=search, generation=generation)
+    if found is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"search {search.id} has no generation {generation} "
+            f"({search.generations_done} completed)",
+        )
+    return found
 
 
 @router.get("/{search_id}/generations", responses=NOT_FOUND)

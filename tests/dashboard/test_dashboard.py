@@ -92,6 +92,18 @@ def test_submit_watch_front_export_download(
     rec = page.locator("#front-chart .point.recommended")
     expect(rec).to_have_count(1)
     assert rec.get_attribute("data-candidate") == search["result"]["recommended_id"]
+    # Every candidate of the shown generation's population is plotted too (grey), not just
+    # the front: with the exact-target repair the front alone is often a single point.
+    population = api.get(f"/api/searches/{sid}/candidates").json()["candidates"]
+    assert len(population) > 1
+    pop_points = page.locator("#front-chart .pop-point")
+    expect(pop_points).to_have_count(len(population))
+    assert {pop_points.nth(i).get_attribute("data-key") for i in range(len(population))} == {
+        c["key"] for c in population
+    }
+    expect(page.locator("#front-chart")).to_contain_text("per-block sparsity spread")
+    expect(page.locator("#front-chart")).to_contain_text("reconstruction error")
+
     # Baseline markers: Wanda and OWL+Wanda at the same target, as the search evaluated them.
     assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
     for b in front["baselines"]:

@@ -35,7 +35,7 @@ def test_submit_poll_front_export_download_load(
         # published methods at the same target, evaluated by the search (unstructured: OWL too)
         assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
         for b in front["baselines"]:
-            assert set(b) == {"name", "error", "gap", "sparsity"}
+            assert set(b) == {"name", "error", "gap", "sparsity", "block_sparsity"}
             assert b["error"] > 0
             assert b["gap"] < 1e-6
         gens = client.get(f"/api/searches/{sid}/generations").json()
@@ -44,6 +44,24 @@ def test_submit_poll_front_export_download_load(
         assert g1["generation"] == 1
         assert g1["candidates"]
         assert client.get(f"/api/searches/{sid}/front", params={"generation": 9}).status_code == 404
+        # every evaluated member of a generation's population, its front marked
+        pop = client.get(f"/api/searches/{sid}/candidates").json()
+        assert pop["generation"] == 2
+        assert len(pop["candidates"]) > 1
+        keys = {c["key"] for c in pop["candidates"]}
+        assert len(keys) == len(pop["candidates"])
+        assert {c["key"] for c in front["candidates"]} <= keys
+        assert {c["key"] for c in pop["candidates"] if c["on_front"]} == {
+            c["key"]
+            for c in client.get(f"/api/searches/{sid}/front", params={"generation": 2}).json()[
+                "candidates"
+            ]
+        }
+        pop1 = client.get(f"/api/searches/{sid}/candidates", params={"generation": 1}).json()
+        assert pop1["generation"] == 1
+        assert pop1["candidates"]
+        missing = client.get(f"/api/searches/{sid}/candidates", params={"generation": 9})
+        assert missing.status_code == 404
         assert client.post(f"/api/searches/{sid}/cancel").status_code == 409
 
         r = client.post(f"/api/searches/{sid}/checkpoints", json={})

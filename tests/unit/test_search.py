@@ -278,3 +278,17 @@ def test_baselines_of_an_evaluator_without_owl_reuse_the_cached_wanda() -> None:
     result = run_search(ev, SearchSettings(0.5, population=6, generations=2, seed=1))
     assert [b.name for b in result.baselines] == ["Wanda"]
     assert len({c.key() for c in ev.calls}) == len(ev.calls)  # Wanda came from the cache
+
+
+def test_generation_snapshots_carry_the_population_around_their_front() -> None:
+    snaps = []
+    run_search(
+        FakeEvaluator(),
+        SearchSettings(0.5, population=6, generations=2, seed=1),
+        on_generation=snaps.append,
+    )
+    assert len(snaps) == 4
+    for snap in snaps:
+        keys = [s.candidate.key() for s in snap.population]
+        assert len(keys) == len(set(keys)) > 1
+        assert {s.candidate.key() for s in snap.front} <= set(keys)
