@@ -70,6 +70,11 @@ def main() -> int:
         default=0,
         help="also refit the K best of the front and report the refit recommendation (issue 7)",
     )
+    p.add_argument(
+        "--wanda-refit",
+        action="store_true",
+        help="with --refit-top, also a Wanda-mask + refit row (about 4 minutes per pattern)",
+    )
     p.add_argument("--out", type=Path, default=Path("bench/out/search.json"))
     args = p.parse_args()
 
@@ -187,7 +192,7 @@ def main() -> int:
             ("wanda", PruneConfig("wanda", args.sparsity, pattern)),
             ("sparsegpt", PruneConfig("sparsegpt", args.sparsity, pattern)),
         ]
-        if args.refit_top:
+        if args.refit_top and args.wanda_refit:
             base.insert(
                 1, ("wanda+refit", PruneConfig("wanda", args.sparsity, pattern, reconstruct=True))
             )
