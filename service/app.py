@@ -17,17 +17,10 @@ from service import db
 from service.deps import require_api_key
 from service.middleware import BodyLimit
 from service.routes import checkpoints, dashboard, meta, searches
+from service.schemas import validation_message
 from service.settings import ServiceSettings, get_settings
 
 logger = logging.getLogger(__name__)
-
-
-def _validation_message(exc: RequestValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
-    return "; ".join(parts) or "invalid request"
 
 
 def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True) -> FastAPI:
@@ -78,7 +71,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
             for e in exc.errors()
         ]
         return JSONResponse(
-            {"detail": _validation_message(exc), "errors": errors},
+            {"detail": validation_message(exc.errors()), "errors": errors},
             status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,15 @@ from optishear.settings import LibrarySettings
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's errors as one line, 'field: message; ...' (the API's 422 detail, the CLI's)."""
+    parts = []
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
 
 
 class _In(BaseModel):
