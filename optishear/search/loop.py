@@ -434,16 +434,22 @@ class _Search:
         ]
         return np.array(rows, dtype=float)
 
-    def front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
-        pop = algorithm.pop
-        cands = [space.decode(x) for x in pop.get("X")]
-        evals = self.ensure_full(cands)  # the reported front is always at full fidelity
+    def _non_dominated(
+        self, space: SearchSpace, cands: Sequence[Candidate], evals: Sequence[Evaluation]
+    ) -> list[Scored]:
+        """The non-dominated candidates, once each, those meeting the target first by error."""
         F = self.objectives(space, cands, evals)
         best = NonDominatedSorting().do(F, only_non_dominated_front=True)
         seen: dict[Any, Scored] = {}
         for i in best:
             seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
         return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
+
+    def front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+        pop = algorithm.pop
+        cands = [space.decode(x) for x in pop.get("X")]
+        evals = self.ensure_full(cands)  # the reported front is always at full fidelity
+        return self._non_dominated(space, cands, evals)
 
     def population(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
         """The current population with the evaluations known now, once per distinct candidate."""
@@ -460,12 +466,7 @@ class _Search:
         st = self.state
         cands = [space.decode(x) for x in algorithm.pop.get("X")]
         evals = [st.full.get(c.key()) or st.estimated[c.key()] for c in cands]
-        F = self.objectives(space, cands, evals)
-        best = NonDominatedSorting().do(F, only_non_dominated_front=True)
-        seen: dict[Any, Scored] = {}
-        for i in best:
-            seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
-        return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
+        return self._non_dominated(space, cands, evals)
 
     def run(self, progress: Callable[[SearchProgress], None] | None) -> SearchResult:
         st = self.state
