@@ -90,6 +90,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
     p.add_argument("--out", type=Path, help="write every row as JSON here")
     p.add_argument("--skip-reference", action="store_true", help="library methods only")
+    p.add_argument(
+        "--methods",
+        default=",".join((*LIBRARY_METHODS, "owl+wanda")),
+        help="comma-separated library methods to run (default: all); the reference checks "
+        "need magnitude and wanda",
+    )
     return p.parse_args()
 
 
@@ -144,6 +150,12 @@ def tie_equivalent(
 
 def main() -> int:
     args = parse_args()
+    methods = {m.strip() for m in args.methods.split(",") if m.strip()}
+    unknown = methods - {*LIBRARY_METHODS, "owl+wanda"}
+    if unknown:
+        sys.exit(f"unknown methods: {sorted(unknown)}")
+    if not args.skip_reference and not set(REFERENCE_METHODS) <= methods:
+        sys.exit("the reference checks need --methods to include magnitude and wanda")
     if not args.skip_reference:
         tiny_mask_check()
     model, tokenizer, _ = load_model(MODEL)
@@ -177,6 +189,8 @@ def main() -> int:
         runs = [(m, PlanSpec()) for m in LIBRARY_METHODS] + [("wanda", PlanSpec("owl"))]
         for method, plan in runs:
             label = "owl+wanda" if plan.kind == "owl" else method
+            if label not in methods:
+                continue
             if pattern.structured and plan.kind == "owl":
                 rows.append(
                     {
