@@ -6,6 +6,10 @@ search pays per genome (masking every layer from the dense backup, the forward p
 lm_head input, the error accumulation, and the restore).
 
     .venv/bin/python bench/search_cost.py --nsamples 16 --seqlen 256 --repeats 3
+
+On a GPU machine that cannot fetch the bundled weights, `--config-dir` builds the same
+architecture with random weights from a config.json and feeds random token ids: the timing
+depends on shapes, not on weight values.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import statistics
 import time
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from optishear.data import CalibrationConfig, sample_calibration
 from optishear.masks import Pattern
@@ -32,10 +37,32 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--pattern", default="unstructured")
     parser.add_argument("--objective", choices=("kl", "logits_fro"), default="kl")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    parser.add_argument("--config-dir", help="random weights of this config.json's architecture")
+    parser.add_argument(
+        "--profile", action="store_true", help="print where one new-genome evaluation spends"
+    )
     args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
-    model, tok, _ = load_model(args.model)
-    ids = sample_calibration(tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen))
+    if args.config_dir:
+        torch.manual_seed(0)
+        config = AutoConfig.from_pretrained(args.config_dir)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
+        ids = torch.randint(0, config.vocab_size, (args.nsamples, args.seqlen))
+        source = f"{args.config_dir} (random weights)"
+    else:
+        model, tok, _ = load_model(args.model, device=device, dtype=dtype)
+        ids = sample_calibration(
+            tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
+        )
+        source = args.model
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     pattern = Pattern.parse(args.pattern)
     t0 = time.perf_counter()
     engine = FitnessEngine(
@@ -46,10 +73,19 @@ def main() -> None:
     genomes = [Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3)]
 
     def dense_forward() -> float:
+        sync()
         start = time.perf_counter()
         with torch.no_grad():
             for i in range(0, ids.shape[0], engine.batch_size):
-                model(ids[i : i + engine.batch_size], use_cache=False)
+                model(ids[i : i + engine.batch_size].to(device), use_cache=False)
+        sync()
+        return time.perf_counter() - start
+
+    def timed(fn, *fn_args) -> float:
+        sync()
+        start = time.perf_counter()
+        fn(*fn_args)
+        sync()
         return time.perf_counter() - start
 
     dense, cand, cached, apply_t = [], [], [], []
@@ -58,18 +94,17 @@ def main() -> None:
         dense.append(dense_forward())
         c = Candidate(genomes[r % len(genomes)], (ratio,) * n_blocks)
         engine.clear_mask_cache()  # a new genome: masks are computed, not looked up
-        cand.append(engine.evaluate(c).seconds)
+        cand.append(timed(engine.evaluate, c))
         # a layer-wise-stage candidate: its per-layer masks are already cached
-        cached.append(engine.evaluate(c).seconds)
+        cached.append(timed(engine.evaluate, c))
         engine.clear_mask_cache()
-        start = time.perf_counter()
-        engine.apply(c)
-        apply_t.append(time.perf_counter() - start)
+        apply_t.append(timed(engine.apply, c))
         engine.restore()
     d, c, k, a = (statistics.median(x) for x in (dense, cand, cached, apply_t))
     print(
-        f"model {args.model}, calibration {args.nsamples}x{args.seqlen}, pattern {pattern}, "
-        f"{torch.get_num_threads()} threads, {args.repeats} alternating repeats (medians)"
+        f"model {source}, {args.dtype} on {device}, calibration {args.nsamples}x{args.seqlen}, "
+        f"pattern {pattern}, {torch.get_num_threads()} threads, {args.repeats} alternating "
+        "repeats (medians)"
     )
     print(f"engine setup (block inputs, dense statistics, dense reference): {setup:.2f}s")
     print(
@@ -77,6 +112,16 @@ def main() -> None:
         f"(of which masking {a:.2f}s); ratio {c / d:.2f}"
     )
     print(f"candidate with cached masks (layer-wise stage): {k:.2f}s; ratio {k / d:.2f}")
+    if args.profile:
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        engine.clear_mask_cache()
+        with torch.profiler.profile(activities=activities) as prof:
+            engine.evaluate(Candidate(genomes[1], (ratio,) * n_blocks))
+            sync()
+        sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=sort_by, row_limit=15))
 
 
 if __name__ == "__main__":

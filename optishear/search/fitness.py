@@ -40,6 +40,8 @@ from optishear.meta import Genome, meta_log_score
 from optishear.plans import PlanSpec
 from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dense, prune_model
 
+_KL_CHUNK_TOKENS = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -129,11 +131,16 @@ class FitnessEngine:
         self._ref_norm_sq = [
             self._sq_norm(self.reference[i : i + 1], None) for i in range(self.n_fitness)
         ]
-        self._kl_terms = (
-            [self._dense_kl_terms(self.reference[i]) for i in range(self.n_fitness)]
-            if objective == "kl" and not self._softcap
-            else None
-        )
+        self._kl_terms: tuple[Tensor, Tensor] | None = None  # u (n, seq, d_model), c (n, seq)
+        if objective == "kl" and not self._softcap:
+            terms = [self._dense_kl_terms(self.reference[i]) for i in range(self.n_fitness)]
+            self._kl_terms = (
+                torch.stack([u for u, _ in terms]),
+                torch.stack([c for _, c in terms]),
+            )
+        # Sequences whose logits are made at once by the fast KL: few kernel launches on a GPU,
+        # bounded float32 logits (tokens x vocab) in memory.
+        self._kl_chunk = max(1, _KL_CHUNK_TOKENS // calib_ids.shape[1])
 
     @torch.no_grad()
     def _final_hidden(self, n_samples: int) -> Tensor:
@@ -217,11 +224,17 @@ class FitnessEngine:
             c -= p @ self._head.bias.float()
         return p @ self._head.weight.float(), c
 
-    def _kl_fast(self, h: Tensor, i: int) -> float:
+    def _kl_fast(self, hidden: Tensor) -> float:
+        """Mean over sequences of `_kl`, a chunk of sequences at a time, with one sync."""
         assert self._kl_terms is not None
-        u, c = self._kl_terms[i]
-        lse = torch.logsumexp(self._logits(h), dim=-1)  # (seq,)
-        return float((c - (u * h).sum(dim=-1) + lse).mean())
+        u, c = self._kl_terms
+        per_seq = []
+        for i in range(0, hidden.shape[0], self._kl_chunk):
+            h = hidden[i : i + self._kl_chunk]  # (b, seq, d_model)
+            lse = torch.logsumexp(self._logits(h), dim=-1)  # (b, seq)
+            j = i + h.shape[0]
+            per_seq.append((c[i:j] - (u[i:j] * h).sum(dim=-1) + lse).mean(dim=-1))
+        return float(torch.cat(per_seq).double().mean())
 
     def _kl(self, h: Tensor, ref: Tensor) -> float:
         """Mean over one sequence's tokens of KL(dense || pruned) of the next-token softmax."""
@@ -236,14 +249,14 @@ class FitnessEngine:
             raise ValueError(
                 f"candidate has {len(candidate.ratios)} ratios for {self.n_blocks} blocks"
             )
-        pruned = 0
+        pruned = torch.zeros((), dtype=torch.int64, device=self.device)
         total = 0
         for pos, (idx, _name, lin) in enumerate(self.layers):
             mask = self._mask(pos, candidate.genome, candidate.ratios[idx])
             lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
-            pruned += int(mask.sum())
+            pruned += mask.sum()  # stays on the device: one sync per candidate, not per layer
             total += mask.numel()
-        return pruned / total
+        return int(pruned) / total
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -292,7 +305,7 @@ class FitnessEngine:
             hidden = self._final_hidden(n)
             if self.objective == "kl":
                 if self._kl_terms is not None:
-                    error = sum(self._kl_fast(hidden[i], i) for i in range(n)) / n
+                    error = self._kl_fast(hidden[:n])
                 else:  # a logit soft-cap is not linear in h: compare the real distributions
                     error = sum(self._kl(hidden[i], self.reference[i]) for i in range(n)) / n
             else:
