@@ -83,6 +83,7 @@ _SEARCH_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--promote", "promote_fraction", float, "share of screened candidates promoted"),
     ("--objective", "objective", str, "kl (token KL to the dense model) or logits_fro"),
     ("--fitness-samples", "fitness_samples", int, "calibration samples scoring the error"),
+    ("--refit-top", "refit_top", int, "refit the K best of the front; ship the best refit"),
     ("--batch-size", "batch_size", int, "sequences per forward pass"),
     ("--calib", "calibration.source", str, "calibration text: 'wiki' (bundled) or a file"),
     ("--nsamples", "calibration.n_samples", int, "calibration samples"),

@@ -81,6 +81,13 @@ class SearchCreate(_In):
     promote_fraction: float = Field(0.5, gt=0, le=1)
     objective: Literal["kl", "logits_fro"] = "kl"
     fitness_samples: int | None = Field(None, ge=1, le=1024)
+    refit_top: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="refit the K best of the front by least squares and recommend the best "
+        "after refit; exports are then refit too (0: masks only)",
+    )
     batch_size: int = Field(8, ge=1, le=256)
     calibration: CalibrationIn = Field(default_factory=CalibrationIn)
     evaluation: EvaluationIn = Field(default_factory=EvaluationIn)
@@ -104,6 +111,7 @@ class SearchCreate(_In):
             self.levels,
             low_fidelity_samples=self.low_fidelity_samples,
             promote_fraction=self.promote_fraction,
+            refit_top=self.refit_top,
         )
 
     def total_generations(self) -> int:

@@ -317,6 +317,15 @@ class QueueRunner:
             "persist_seconds": self._persist_seconds,
             "attempt_seconds": time.perf_counter() - start,
             "stages": [{"stage": o.stage, "front_size": len(o.front)} for o in result.stages],
+            # With refit_top: the best of the front again, as shipped (survivors refit).
+            "refitted": [
+                {
+                    "key": s.to_dict()["id"],
+                    "error": float(s.evaluation.error),
+                    "sparsity": float(s.evaluation.sparsity),
+                }
+                for s in result.refitted
+            ],
             # Published methods at the same target (Wanda; OWL+Wanda when unstructured).
             "baselines": [
                 {
@@ -412,6 +421,7 @@ class QueueRunner:
             genome,
             "pruned",
             request.batch_size,
+            reconstruct=request.refit_top > 0,  # shipped as the search scored it
         )
         report = prune_model(model, calib, config)
         stream = tokenize_stream(

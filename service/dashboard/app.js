@@ -517,6 +517,7 @@ function renderHeader() {
     ["objective", r.objective],
     ["calibration", `${r.calibration.n_samples} × ${r.calibration.seq_len} tokens (${r.calibration.source})`],
     ["fitness samples", r.fitness_samples ?? "all"],
+    ["refit", r.refit_top ? `best ${r.refit_top} of the front, shipped refit` : "off (masks only)"],
     ["created", when(x.created_at)],
     ["started", when(x.started_at)],
     ["finished", when(x.finished_at)],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -147,3 +148,34 @@ def test_bad_model_folder_fails_with_the_reason(
         done = poll(client, f"/api/searches/{sid}")
     assert done["status"] == "failed"
     assert "cannot load model" in done["error"]
+
+
+def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    sid = client.post("/api/searches", json=search_body(refit_top=2, pattern="2:4")).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+        assert done["status"] == "succeeded", done
+        refitted = done["result"]["refitted"]
+        assert 1 <= len(refitted) <= 2
+        assert refitted == sorted(refitted, key=lambda r: r["error"])
+        assert done["result"]["recommended_key"] == refitted[0]["key"]
+        ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
+        ck = poll(client, f"/api/checkpoints/{ck['id']}")
+    assert ck["status"] == "succeeded", ck
+    with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
+        tar.extractall(tmp_path / "ck", filter="data")
+    folder = tmp_path / "ck" / f"optishear-{ck['id']}"
+    manifest = json.loads((folder / "optishear_manifest.json").read_text())
+    assert manifest["prune"]["reconstructed"] is True
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    for _idx, _name, lin in iter_linears(model):  # refit keeps the 2:4 masks exact
+        groups = (lin.weight == 0).reshape(lin.weight.shape[0], -1, 4).sum(-1)
+        assert torch.all(groups == 2)
+
+
+def test_refit_top_is_validated(client, search_body) -> None:
+    r = client.post("/api/searches", json=search_body(refit_top=-1))
+    assert r.status_code == 422
+    assert "refit_top" in r.text
