@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import uuid
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -27,6 +28,17 @@ def get_write_session(request: Request) -> Iterator[Session]:
     """For routes that write: on SQLite their transactions take the write lock up front."""
     with request.app.state.write_sessions() as session:
         yield session
+
+
+Row = TypeVar("Row")
+
+
+def get_or_404(session: Session, model: type[Row], ident: uuid.UUID, what: str) -> Row:
+    """The row with this primary key, or a 404 that names what was looked for."""
+    row = session.get(model, ident)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
+    return row
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]

@@ -201,8 +201,9 @@ class Objectives(BaseModel):
     gap: float = Field(description="distance of the parameter-weighted sparsity from the target")
 
 
-class CandidateRead(BaseModel):
-    id: uuid.UUID
+class _ScoredRead(BaseModel):
+    """A scored candidate: what a front member and a population member both show."""
+
     key: str
     genome: GenomeRead
     block_sparsity: list[float]
@@ -210,6 +211,10 @@ class CandidateRead(BaseModel):
     sparsity: float
     meets_target: bool
     n_samples: int = Field(description="calibration sequences behind the error")
+
+
+class CandidateRead(_ScoredRead):
+    id: uuid.UUID
     recommended: bool
 
 
@@ -232,14 +237,7 @@ class FrontRead(BaseModel):
     )
 
 
-class PopulationMember(BaseModel):
-    key: str
-    genome: GenomeRead
-    block_sparsity: list[float]
-    objectives: Objectives
-    sparsity: float
-    meets_target: bool
-    n_samples: int = Field(description="calibration sequences behind the error")
+class PopulationMember(_ScoredRead):
     on_front: bool = Field(description="on this generation's Pareto front")
 
 

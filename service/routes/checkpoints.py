@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.responses import FileResponse
 
 from service import repository
-from service.deps import SessionDep, SettingsDep
+from service.deps import SessionDep, SettingsDep, get_or_404
 from service.models import Checkpoint, JobStatus
 from service.schemas import CheckpointRead, Message
 
@@ -18,10 +18,7 @@ NOT_FOUND = {404: {"model": Message, "description": "no checkpoint with this id"
 
 
 def checkpoint_or_404(checkpoint_id: uuid.UUID, session: SessionDep) -> Checkpoint:
-    ckpt = session.get(Checkpoint, checkpoint_id)
-    if ckpt is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"checkpoint {checkpoint_id} not found")
-    return ckpt
+    return get_or_404(session, Checkpoint, checkpoint_id, "checkpoint")
 
 
 CheckpointDep = Annotated[Checkpoint, Depends(checkpoint_or_404)]

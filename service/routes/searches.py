@@ -11,7 +11,7 @@ from sqlalchemy import select
 from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
 from service import repository
-from service.deps import SessionDep, WriteSessionDep
+from service.deps import SessionDep, WriteSessionDep, get_or_404
 from service.models import Candidate, JobStatus, Search
 from service.schemas import (
     CheckpointCreate,
@@ -30,10 +30,7 @@ NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
 
 
 def search_or_404(search_id: uuid.UUID, session: SessionDep) -> Search:
-    search = session.get(Search, search_id)
-    if search is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search_id} not found")
-    return search
+    return get_or_404(session, Search, search_id, "search")
 
 
 def search_for_write(search_id: uuid.UUID, session: WriteSessionDep) -> Search:
