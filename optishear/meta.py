@@ -188,29 +188,37 @@ def log_transform(name: str, v: Tensor) -> Tensor:
 
 
 def log_coefficient(name: str, M: Tensor) -> Tensor:
-    """log of a positive normalising coefficient of the non-negative matrix M (rows, cols)."""
+    """log of a positive normalising coefficient of the non-negative matrix M (rows, cols).
+
+    M may carry leading batch dimensions (a stack of equally shaped matrices): every
+    coefficient is then taken per matrix.
+    """
     if name == "one":
         return torch.zeros((), dtype=M.dtype, device=M.device)
     if name == "inv_row_sum":
-        return -_log(M.sum(dim=1, keepdim=True))
+        return -_log(M.sum(dim=-1, keepdim=True))
     if name == "inv_col_sum":
-        return -_log(M.sum(dim=0, keepdim=True))
+        return -_log(M.sum(dim=-2, keepdim=True))
     if name == "inv_row_col_sum":
-        return -_log(M.sum(dim=1, keepdim=True) + M.sum(dim=0, keepdim=True))
+        return -_log(M.sum(dim=-1, keepdim=True) + M.sum(dim=-2, keepdim=True))
     if name == "inv_total_sum":
-        return -_log(M.sum())
+        return -_log(M.sum(dim=(-2, -1), keepdim=True))
     if name == "inv_mean":
-        return -_log(M.mean())
+        return -_log(M.mean(dim=(-2, -1), keepdim=True))
     if name == "inv_fro":
-        return -_log(torch.linalg.vector_norm(M))
+        return -_log(torch.linalg.vector_norm(M, dim=(-2, -1), keepdim=True))
     raise ConfigError(f"unknown coefficient {name!r}")
 
 
 def meta_log_score(W: Tensor, act_sq: Tensor, genome: Genome) -> Tensor:
-    """log of the meta-metric score of every weight, (d_out, d_in) float32."""
+    """log of the meta-metric score of every weight, (..., d_out, d_in) float32.
+
+    W is (d_out, d_in) with act_sq (d_in,), or a stack (B, d_out, d_in) with act_sq (B, d_in):
+    one launch of each kernel for many layers (what keeps a GPU busy on small models).
+    """
     n = genome.names()
-    A = W.detach().abs().float()  # (d_out, d_in)
-    X = act_sq.detach().float().clamp_min(0)[None, :]  # (1, d_in): one row of channel stats
+    A = W.detach().abs().float()  # (..., d_out, d_in)
+    X = act_sq.detach().float().clamp_min(0).unsqueeze(-2)  # (..., 1, d_in): a row of stats
     return (
         log_coefficient(n["alpha"], A)
         + log_transform(n["f1"], A)

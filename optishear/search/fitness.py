@@ -41,6 +41,8 @@ from optishear.plans import PlanSpec
 from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dense, prune_model
 
 _KL_CHUNK_TOKENS = 4096
+# Weights scored at once when layers are masked together: bounds the float32 score temporaries.
+_MASK_CHUNK_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +109,20 @@ class FitnessEngine:
             check_pattern_fits(pattern, lin.in_features, f"{idx}.{name}")
         self.n_blocks = len(decoder_blocks(model))
         self.block_params = block_param_counts(model)
-        self.dense = [lin.weight.detach().clone() for _, _, lin in self.layers]
+        # Equally shaped layers (the same projection of every block) are backed up as one stack
+        # and masked together: a few large kernels instead of hundreds of small ones.
+        groups: dict[tuple[str, torch.Size], list[int]] = {}
+        for pos, (_, name, lin) in enumerate(self.layers):
+            groups.setdefault((name, lin.weight.shape), []).append(pos)
+        self._groups = list(groups.values())
+        self._dense_stacks = [
+            torch.stack([self.layers[pos][2].weight.detach() for pos in group])
+            for group in self._groups
+        ]
+        self.dense: list[Tensor] = [torch.empty(0)] * len(self.layers)  # views of the stacks
+        for group, stack in zip(self._groups, self._dense_stacks, strict=True):
+            for j, pos in enumerate(group):
+                self.dense[pos] = stack[j]
         # A layer-wise stage revisits the same (genome, layer, ratio) masks again and again.
         self._masks: OrderedDict[tuple[int, int, float], Tensor] = OrderedDict()
         self._mask_bytes = 0
@@ -124,7 +139,14 @@ class FitnessEngine:
         with torch.no_grad():
             inputs = capture_block_inputs(model, calib_ids, self.batch_size)
             stats = collect_dense_stats(model, inputs)
-        self.act_sq = [stats[idx][name].act_sq for idx, name, _ in self.layers]
+        self._act_stacks = [
+            torch.stack([stats[self.layers[pos][0]][self.layers[pos][1]].act_sq for pos in group])
+            for group in self._groups
+        ]
+        self.act_sq: list[Tensor] = [torch.empty(0)] * len(self.layers)
+        for group, stack in zip(self._groups, self._act_stacks, strict=True):
+            for j, pos in enumerate(group):
+                self.act_sq[pos] = stack[j]
         del inputs, stats
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
@@ -186,22 +208,51 @@ class FitnessEngine:
         self._masks.clear()
         self._mask_bytes = 0
 
-    def _mask(self, pos: int, genome: Genome, ratio: float) -> Tensor:
-        key = (genome.row_canonical().index, pos, round(ratio, 9))
-        mask = self._masks.get(key)
-        if mask is not None:
-            self._masks.move_to_end(key)
-            return mask
-        mask = prune_mask(
-            meta_log_score(self.dense[pos], self.act_sq[pos], genome), ratio, self.pattern
-        )
-        if mask.numel() <= self._mask_budget:
-            self._masks[key] = mask
-            self._mask_bytes += mask.numel()
-            while self._mask_bytes > self._mask_budget:
-                _, old = self._masks.popitem(last=False)
-                self._mask_bytes -= old.numel()
-        return mask
+    def _layer_masks(self, candidate: Candidate) -> list[Tensor]:
+        """Every layer's mask for the candidate: cached ones looked up, the others computed a
+        stack of equally shaped layers with equal sparsity at a time."""
+        canonical = candidate.genome.row_canonical().index
+        masks: list[Tensor | None] = [None] * len(self.layers)
+        for group, dense, act in zip(
+            self._groups, self._dense_stacks, self._act_stacks, strict=True
+        ):
+            missing: dict[float, list[int]] = {}  # ratio -> indices into the stack
+            for j, pos in enumerate(group):
+                ratio = round(candidate.ratios[self.layers[pos][0]], 9)
+                key = (canonical, pos, ratio)
+                cached = self._masks.get(key)
+                if cached is None:
+                    missing.setdefault(ratio, []).append(j)
+                else:
+                    self._masks.move_to_end(key)
+                    masks[pos] = cached
+            per_chunk = max(1, _MASK_CHUNK_ELEMENTS // dense[0].numel())
+            for ratio, js in missing.items():
+                for c in range(0, len(js), per_chunk):
+                    chunk = js[c : c + per_chunk]
+                    if len(chunk) == len(group):  # the whole stack: no gather copy
+                        W, X = dense, act
+                    else:
+                        idx = torch.tensor(chunk, device=dense.device)
+                        W, X = dense[idx], act[idx]
+                    score = meta_log_score(W, X, candidate.genome)
+                    mask = prune_mask(score.flatten(0, 1), ratio, self.pattern).view(score.shape)
+                    for b, j in enumerate(chunk):
+                        masks[group[j]] = mask[b]
+                        self._remember((canonical, group[j], ratio), mask[b])
+        assert all(m is not None for m in masks)
+        return masks  # type: ignore[return-value]
+
+    def _remember(self, key: tuple[int, int, float], mask: Tensor) -> None:
+        # Masks are views of their chunk's stack: an evicted one frees its memory once the
+        # rest of its chunk is evicted too, so the budget may be overrun by a chunk per group.
+        if mask.numel() > self._mask_budget:
+            return
+        self._masks[key] = mask
+        self._mask_bytes += mask.numel()
+        while self._mask_bytes > self._mask_budget:
+            _, old = self._masks.popitem(last=False)
+            self._mask_bytes -= old.numel()
 
     def _logits(self, h: Tensor) -> Tensor:
         logits = self._head(h.to(self._head.weight.dtype)).float()
@@ -251,8 +302,9 @@ class FitnessEngine:
             )
         pruned = torch.zeros((), dtype=torch.int64, device=self.device)
         total = 0
-        for pos, (idx, _name, lin) in enumerate(self.layers):
-            mask = self._mask(pos, candidate.genome, candidate.ratios[idx])
+        masks = self._layer_masks(candidate)
+        for pos, (_idx, _name, lin) in enumerate(self.layers):
+            mask = masks[pos]
             lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
             pruned += mask.sum()  # stays on the device: one sync per candidate, not per layer
             total += mask.numel()

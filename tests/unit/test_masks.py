@@ -60,3 +60,16 @@ def test_ties_go_to_the_lower_index_first() -> None:
     assert nm.tolist() == [[False, True, True, False, False, True, True, False]]
     nm8 = prune_mask(score, 0.5, Pattern(4, 8))
     assert nm8.tolist() == [[False, True, True, True, False, True, False, False]]
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4), (3, 4)])
+def test_rank_n_m_path_equals_the_stable_sort(n: int, m: int) -> None:
+    """The comparison-rank N:M selection (used on CUDA) gives the CPU sort's masks, ties too."""
+    from optishear.masks import _lowest_in_groups_by_rank
+
+    gen = torch.Generator().manual_seed(0)
+    score = torch.randint(0, 4, (16, 64), generator=gen).float()  # many ties
+    score[:8] = torch.rand(8, 64, generator=gen)
+    expected = prune_mask(score, n / m, Pattern(n, m))
+    ranked = _lowest_in_groups_by_rank(score.view(16, 64 // m, m), n).view(16, 64)
+    assert torch.equal(ranked, expected)
