@@ -40,9 +40,12 @@ from optishear.meta import Genome, meta_log_score
 from optishear.plans import PlanSpec
 from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dense, prune_model
 
-_KL_CHUNK_TOKENS = 4096
-# Weights scored at once when layers are masked together: bounds the float32 score temporaries.
-_MASK_CHUNK_ELEMENTS = 1 << 25
+# How much work one kernel launch gets on a GPU, where small models are bound by launches: the
+# fast KL's tokens per lm_head call, and the weights scored at once when equally shaped layers
+# are masked together (this bounds the float32 temporaries). On a CPU one sequence and one
+# matrix at a time are faster (measured in bench/RESULTS.md): the temporaries stay in cache.
+_GPU_KL_CHUNK_TOKENS = 4096
+_GPU_MASK_CHUNK_ELEMENTS = 1 << 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +165,9 @@ class FitnessEngine:
             )
         # Sequences whose logits are made at once by the fast KL: few kernel launches on a GPU,
         # bounded float32 logits (tokens x vocab) in memory.
-        self._kl_chunk = max(1, _KL_CHUNK_TOKENS // calib_ids.shape[1])
+        gpu = self.device.type == "cuda"
+        self._kl_chunk = max(1, _GPU_KL_CHUNK_TOKENS // calib_ids.shape[1]) if gpu else 1
+        self._mask_chunk = _GPU_MASK_CHUNK_ELEMENTS if gpu else 0
 
     @torch.no_grad()
     def _final_hidden(self, n_samples: int) -> Tensor:
@@ -226,12 +231,14 @@ class FitnessEngine:
                 else:
                     self._masks.move_to_end(key)
                     masks[pos] = cached
-            per_chunk = max(1, _MASK_CHUNK_ELEMENTS // dense[0].numel())
+            per_chunk = max(1, self._mask_chunk // dense[0].numel())
             for ratio, js in missing.items():
                 for c in range(0, len(js), per_chunk):
                     chunk = js[c : c + per_chunk]
                     if len(chunk) == len(group):  # the whole stack: no gather copy
                         W, X = dense, act
+                    elif len(chunk) == 1:
+                        W, X = dense[chunk[0]].unsqueeze(0), act[chunk[0]].unsqueeze(0)
                     else:
                         idx = torch.tensor(chunk, device=dense.device)
                         W, X = dense[idx], act[idx]
