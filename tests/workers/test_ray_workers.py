@@ -141,7 +141,9 @@ def test_bad_model_path_fails_within_seconds_with_a_clear_error(
     start = time.perf_counter()
     with pytest.raises(WorkerStartError, match=r"could not load model .*missing.*not a registered"):
         RayEvaluator(EngineSpec(str(tmp_path / "missing")), 2)
-    assert time.perf_counter() - start < 30
+    # Not a speed target: it must fail rather than wait for actors that never come up (about
+    # 13 s idle here, 80 s with a benchmark sharing the 2 cores).
+    assert time.perf_counter() - start < 180
     assert _cpus_free_again()  # the actors that did start were stopped
 
 
