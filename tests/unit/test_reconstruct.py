@@ -91,3 +91,15 @@ def test_reconstruct_is_refused_where_it_means_nothing() -> None:
         PruneConfig("sparsegpt", 0.5, reconstruct=True)
     with pytest.raises(ConfigError, match="magnitude"):
         PruneConfig("magnitude", 0.5, reconstruct=True)
+
+
+def test_refit_on_too_few_tokens_warns(calib_ids, caplog) -> None:
+    model = build_tiny("llama")  # widest layer: 64 inputs; calib_ids hold 8 x 24 = 192 tokens
+    with caplog.at_level("WARNING", logger="optishear.prune"):
+        prune_model(model, calib_ids, PruneConfig("wanda", 0.5, reconstruct=True))
+    assert "192 calibration tokens for layers with up to 64 inputs" in caplog.text
+    caplog.clear()
+    many = torch.randint(0, 128, (16, 24), generator=torch.Generator().manual_seed(2))
+    with caplog.at_level("WARNING", logger="optishear.prune"):
+        prune_model(build_tiny("llama"), many, PruneConfig("wanda", 0.5, reconstruct=True))
+    assert "calibration tokens" not in caplog.text
