@@ -233,7 +233,7 @@ def _prune_block(
 
 # Calibration tokens per input of the widest layer below which a least-squares refit fits the
 # calibration sample more than the data: on the bundled model, 16 x 128 tokens (1.3 per input of
-# its 1,536-input down_proj) gave a refit held-out perplexity of 53.75 against 52.95 for the
+# its 1,536-input down_proj) gave a refit held-out perplexity of 53.75 against 52.98 for the
 # same search without refit (`make demo`'s settings); 32 x 256 (5.3) beat SparseGPT.
 _REFIT_TOKENS_PER_INPUT = 4
 
