@@ -118,14 +118,9 @@ class FitnessEngine:
         for pos, (_, name, lin) in enumerate(self.layers):
             groups.setdefault((name, lin.weight.shape), []).append(pos)
         self._groups = list(groups.values())
-        self._dense_stacks = [
-            torch.stack([self.layers[pos][2].weight.detach() for pos in group])
-            for group in self._groups
-        ]
-        self.dense: list[Tensor] = [torch.empty(0)] * len(self.layers)  # views of the stacks
-        for group, stack in zip(self._groups, self._dense_stacks, strict=True):
-            for j, pos in enumerate(group):
-                self.dense[pos] = stack[j]
+        self._dense_stacks, self.dense = self._stacked(
+            [lin.weight.detach() for _, _, lin in self.layers]
+        )
         # A layer-wise stage revisits the same (genome, layer, ratio) masks again and again.
         self._masks: OrderedDict[tuple[int, int, float], Tensor] = OrderedDict()
         self._mask_bytes = 0
@@ -142,14 +137,9 @@ class FitnessEngine:
         with torch.no_grad():
             inputs = capture_block_inputs(model, calib_ids, self.batch_size)
             stats = collect_dense_stats(model, inputs)
-        self._act_stacks = [
-            torch.stack([stats[self.layers[pos][0]][self.layers[pos][1]].act_sq for pos in group])
-            for group in self._groups
-        ]
-        self.act_sq: list[Tensor] = [torch.empty(0)] * len(self.layers)
-        for group, stack in zip(self._groups, self._act_stacks, strict=True):
-            for j, pos in enumerate(group):
-                self.act_sq[pos] = stack[j]
+        self._act_stacks, self.act_sq = self._stacked(
+            [stats[idx][name].act_sq for idx, name, _ in self.layers]
+        )
         del inputs, stats
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
@@ -168,6 +158,15 @@ class FitnessEngine:
         gpu = self.device.type == "cuda"
         self._kl_chunk = max(1, _GPU_KL_CHUNK_TOKENS // calib_ids.shape[1]) if gpu else 1
         self._mask_chunk = _GPU_MASK_CHUNK_ELEMENTS if gpu else 0
+
+    def _stacked(self, per_layer: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """One stack per group of equally shaped layers (copies), and per layer a view into it."""
+        stacks = [torch.stack([per_layer[pos] for pos in group]) for group in self._groups]
+        views: list[Tensor] = [torch.empty(0)] * len(per_layer)
+        for group, stack in zip(self._groups, stacks, strict=True):
+            for j, pos in enumerate(group):
+                views[pos] = stack[j]
+        return stacks, views
 
     @torch.no_grad()
     def _final_hidden(self, n_samples: int) -> Tensor:
