@@ -60,6 +60,11 @@ def main() -> int:
         help="also rerun the first N:M search with this many screening samples",
     )
     p.add_argument(
+        "--baselines",
+        default="wanda,owl+wanda,sparsegpt,wanda+refit",
+        help="comma-separated baselines to run (wanda+refit needs --refit-top and --wanda-refit)",
+    )
+    p.add_argument(
         "--skip-baselines",
         action="store_true",
         help="search rows only (baselines with the same settings: bench/quality.py)",
@@ -69,6 +74,12 @@ def main() -> int:
         type=int,
         default=0,
         help="also refit the K best of the front and report the refit recommendation (issue 7)",
+    )
+    p.add_argument(
+        "--rescore-top",
+        type=int,
+        default=0,
+        help="also re-score the K best (and Wanda) pruned as shipped and report that pick",
     )
     p.add_argument(
         "--wanda-refit",
@@ -116,6 +127,7 @@ def main() -> int:
             args.seed,
             low_fidelity_samples=low,
             refit_top=0 if low else args.refit_top,
+            rescore_top=0 if low or args.refit_top else args.rescore_top,
         )
         result = run_search(
             InProcessEvaluator(engine),
@@ -132,6 +144,32 @@ def main() -> int:
         out = held_out(PruneConfig("meta", args.sparsity, pattern, plan, rec.genome))
         baseline = engine.evaluate(Candidate(WANDA_GENOME, (args.sparsity,) * engine.n_blocks))
         del engine
+        if result.rescored:
+            best = result.recommended
+            rows.append(
+                {
+                    **held_out(
+                        PruneConfig(
+                            "meta",
+                            args.sparsity,
+                            pattern,
+                            _plan(best.candidate.ratios),
+                            best.candidate.genome,
+                        )
+                    ),
+                    "method": "search, re-scored as shipped",
+                    "pattern": str(pattern),
+                    "formula": best.candidate.genome.formula(),
+                    "genome": best.candidate.genome.to_dict(),
+                    "ratios": list(best.candidate.ratios),
+                    "finalists": [s.to_dict() for s in result.finalists],
+                    "rescored": [s.to_dict() for s in result.rescored],
+                    "search_seconds": result.seconds,
+                    "rescore_step_seconds": sum(s.evaluation.seconds for s in result.rescored),
+                    "wall_seconds": wall,
+                }
+            )
+            log(f"  re-scored pick ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
         if result.refitted:
             best = result.recommended
             refit_seconds = sum(s.evaluation.seconds for s in result.refitted)
@@ -198,7 +236,8 @@ def main() -> int:
             )
         if not pattern.structured:
             base.insert(1, ("owl+wanda", PruneConfig("wanda", args.sparsity, plan=PlanSpec("owl"))))
-        for name, cfg in [] if args.skip_baselines else base:
+        wanted = set(args.baselines.split(","))
+        for name, cfg in [] if args.skip_baselines else [b for b in base if b[0] in wanted]:
             log(f"{name} {pattern} ...")
             rows.append({"method": name, "pattern": str(pattern), **held_out(cfg)})
             log(f"  ppl {rows[-1]['perplexity']:.3f}")

@@ -287,8 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="K",
-        help="refit the K best of the front by least squares, recommend the best after refit, "
-        "and ship it refit (default 0: masks only)",
+        help="refit the K best candidates (and Wanda) by least squares, recommend the best "
+        "after refit, and ship it refit (default 0: masks only)",
+    )
+    search.add_argument(
+        "--rescore-top",
+        type=int,
+        default=0,
+        metavar="K",
+        help="re-score the K best candidates (and Wanda) pruned as shipped, with statistics "
+        "from the pruned prefix, and recommend the best of them (default 0: the engine's best)",
     )
     search.add_argument("--no-eval", action="store_true")
     search.add_argument(
@@ -566,7 +574,13 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
         low_fidelity_samples=args.low_fidelity,
         promote_fraction=args.promote,
         refit_top=args.refit_top,
+        rescore_top=args.rescore_top,
     )
+    if (args.refit_top or args.rescore_top) and args.final_stats != "pruned":
+        raise ConfigError(
+            "--refit-top and --rescore-top score candidates pruned with statistics from the "
+            "pruned prefix: --final-stats dense would ship a different model"
+        )
     out: Path = args.out
     state_path = out / "state.pkl"
     if state_path.exists() and not args.resume:

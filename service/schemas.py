@@ -85,8 +85,16 @@ class SearchCreate(_In):
         0,
         ge=0,
         le=16,
-        description="refit the K best of the front by least squares and recommend the best "
-        "after refit; exports are then refit too (0: masks only)",
+        description="refit the K best candidates (and Wanda) by least squares and recommend "
+        "the best after refit; exports are then refit too (0: masks only)",
+    )
+    rescore_top: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="re-score the K best candidates (and Wanda) pruned as shipped, with "
+        "statistics from the pruned prefix, and recommend the best (0: the engine's best); "
+        "not with refit_top, which re-scores as shipped already",
     )
     batch_size: int = Field(8, ge=1, le=256)
     calibration: CalibrationIn = Field(default_factory=CalibrationIn)
@@ -112,6 +120,7 @@ class SearchCreate(_In):
             low_fidelity_samples=self.low_fidelity_samples,
             promote_fraction=self.promote_fraction,
             refit_top=self.refit_top,
+            rescore_top=self.rescore_top,
         )
 
     def total_generations(self) -> int:

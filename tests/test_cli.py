@@ -216,3 +216,28 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
     assert main([*args, "--resume", "--no-eval"]) == 0
     again = json.loads((out / "search.json").read_text())
     assert again["front"] == report["front"]
+
+
+def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "search"
+    args = [
+        "--no-progress",
+        "search",
+        "--model",
+        str(tiny_model_dir / "model"),
+        "--population",
+        "6",
+        "--generations",
+        "1",
+        *_common(tiny_model_dir),
+        "--rescore-top",
+        "2",
+    ]
+    assert main([*args, "--final-stats", "dense", "--out", str(tmp_path / "x")]) == 2
+    assert "--final-stats dense would ship a different model" in capsys.readouterr().err
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads((out / "search.json").read_text())
+    assert report["rescored"][0] == report["recommended"]
+    assert report["refitted"] == []
+    assert report["recommended_prune"]["reconstructed"] is False
+    assert "pruned as shipped" in report["selection_rule"]

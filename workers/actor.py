@@ -93,10 +93,10 @@ class ModelWorker:
             self.evaluations += 1
         return results
 
-    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
         results = []
         for candidate in candidates:
-            results.append(self.engine.evaluate(candidate, refit=True))
+            results.append(self.engine.evaluate(candidate, shipped=True, refit=refit))
             self.evaluations += 1
         return results
 

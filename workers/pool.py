@@ -172,8 +172,8 @@ class RayEvaluator:
     ) -> list[Evaluation]:
         return self._dispatch("evaluate", candidates, n_samples)
 
-    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
-        return self._dispatch("refit", candidates)
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+        return self._dispatch("shipped", candidates, refit)
 
     def owl_ratios(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""

@@ -305,7 +305,8 @@ class QueueRunner:
                 on_generation=lambda snap: self._persist_generation(search_id, snap),
             )
         recommended = result.recommended.to_dict()["id"]
-        rows = candidate_rows(search_id, None, result.front, recommended)
+        # The front, and the recommendation where the as-shipped re-score picked one off it.
+        rows = candidate_rows(search_id, None, result.listed(), recommended)
         rec_row = next(r for r in rows if r.recommended)
         summary = {
             "recommended_id": str(rec_row.id),
@@ -317,15 +318,18 @@ class QueueRunner:
             "persist_seconds": self._persist_seconds,
             "attempt_seconds": time.perf_counter() - start,
             "stages": [{"stage": o.stage, "front_size": len(o.front)} for o in result.stages],
-            # With refit_top: the best of the front again, as shipped (survivors refit).
-            "refitted": [
-                {
-                    "key": s.to_dict()["id"],
-                    "error": float(s.evaluation.error),
-                    "sparsity": float(s.evaluation.sparsity),
-                }
-                for s in result.refitted
-            ],
+            # With refit_top / rescore_top: the finalists again, as shipped (refit / mask only).
+            **{
+                name: [
+                    {
+                        "key": s.to_dict()["id"],
+                        "error": float(s.evaluation.error),
+                        "sparsity": float(s.evaluation.sparsity),
+                    }
+                    for s in shipped
+                ]
+                for name, shipped in (("refitted", result.refitted), ("rescored", result.rescored))
+            },
             # Published methods at the same target (Wanda; OWL+Wanda when unstructured).
             "baselines": [
                 {

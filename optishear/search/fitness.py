@@ -322,12 +322,13 @@ class FitnessEngine:
             lin.weight.data.copy_(W)
 
     @torch.no_grad()
-    def apply_refit(self, candidate: Candidate) -> float:
-        """Prune as the final model is pruned, with refit survivors; returns its sparsity.
+    def apply_shipped(self, candidate: Candidate, *, refit: bool = False) -> float:
+        """Prune as the final model is pruned; returns its sparsity.
 
-        Unlike `apply`, statistics come from the already-pruned prefix and every layer's
-        surviving weights are refit by least squares (optishear.reconstruct): what a user
-        downloads. It costs a sequential pass over the blocks with input Gram matrices.
+        Unlike `apply`, statistics come from the already-pruned prefix, and with `refit` every
+        layer's surviving weights are refit by least squares (optishear.reconstruct): what a
+        user downloads. It costs a sequential pass over the blocks (with input Gram matrices
+        when refitting).
         """
         self.restore()
         ratios = candidate.ratios
@@ -344,22 +345,31 @@ class FitnessEngine:
             plan,
             candidate.genome,
             batch_size=self.batch_size,
-            reconstruct=True,
+            reconstruct=refit,
         )
         return prune_model(self.model, self.calib_ids, config).achieved
 
     @torch.no_grad()
     def evaluate(
-        self, candidate: Candidate, n_samples: int | None = None, *, refit: bool = False
+        self,
+        candidate: Candidate,
+        n_samples: int | None = None,
+        *,
+        shipped: bool = False,
+        refit: bool = False,
     ) -> Evaluation:
         """Prune with the candidate, measure the error on n_samples sequences, restore.
 
-        With `refit`, the candidate is pruned as the final model is (see `apply_refit`).
+        With `shipped` the candidate is pruned as the final model is (see `apply_shipped`);
+        `refit` implies it and refits the survivors too.
         """
         start = time.perf_counter()
         n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
         try:
-            sparsity = self.apply_refit(candidate) if refit else self.apply(candidate)
+            if shipped or refit:
+                sparsity = self.apply_shipped(candidate, refit=refit)
+            else:
+                sparsity = self.apply(candidate)
             hidden = self._final_hidden(n)
             if self.objective == "kl":
                 if self._kl_terms is not None:

@@ -26,7 +26,7 @@ from optishear.errors import ConfigError, OptiShearError
 from optishear.masks import Pattern, check_target
 from optishear.meta import WANDA_GENOME, Genome
 from optishear.search.fitness import Candidate, Evaluation, FitnessEngine
-from optishear.search.space import BalanceRepair, SearchSpace, Stage
+from optishear.search.space import BalanceRepair, SearchSpace, Stage, plan_gap
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ class BatchEvaluator(Protocol):
         self, candidates: Sequence[Candidate], n_samples: int | None = None
     ) -> list[Evaluation]: ...
 
-    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
-        """Errors of the candidates pruned as shipped: pruned-prefix masks, refit weights."""
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+        """Errors of the candidates pruned as shipped: pruned-prefix masks (refit weights)."""
         ...
 
 
@@ -71,8 +71,8 @@ class InProcessEvaluator:
     ) -> list[Evaluation]:
         return [self.engine.evaluate(c, n_samples) for c in candidates]
 
-    def refit(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
-        return [self.engine.evaluate(c, refit=True) for c in candidates]
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+        return [self.engine.evaluate(c, shipped=True, refit=refit) for c in candidates]
 
     def owl_ratios(self, target: float) -> tuple[float, ...]:
         return self.engine.owl_ratios(target)
@@ -93,9 +93,12 @@ class SearchSettings:
     genome: Genome = WANDA_GENOME  # fixed metric of a layerwise-only search
     low_fidelity_samples: int | None = None
     promote_fraction: float = 0.5
-    # After the last stage, refit the best few of the front (least squares, as shipped) and
+    # After the last stage, refit the best few candidates (least squares, as shipped) and
     # recommend the best of them after the refit; 0 recommends on mask-only errors.
     refit_top: int = 0
+    # Or re-score the best few as shipped without a refit (pruned-prefix statistics, as the
+    # final prune computes them) and recommend the best of those.
+    rescore_top: int = 0
 
     def __post_init__(self) -> None:
         check_target(self.target, self.pattern)
@@ -118,6 +121,13 @@ class SearchSettings:
             raise ConfigError("promote fraction must be in (0, 1]")
         if self.refit_top < 0:
             raise ConfigError(f"refit top must be >= 0, got {self.refit_top}")
+        if self.rescore_top < 0:
+            raise ConfigError(f"rescore top must be >= 0, got {self.rescore_top}")
+        if self.refit_top and self.rescore_top:
+            raise ConfigError(
+                "refit top already re-scores its candidates as shipped: set refit top or "
+                "rescore top, not both"
+            )
 
     def stage_list(self) -> list[Stage]:
         if self.stages == "both":
@@ -206,6 +216,10 @@ class GenerationSnapshot:
 class StageOutcome:
     stage: str
     front: list[Scored]
+    # The stage's last population and the baseline candidate it started from (class-level
+    # defaults: states saved before these fields existed still load).
+    population: tuple[Scored, ...] = ()
+    baseline: Candidate | None = None
 
 
 @dataclass
@@ -217,14 +231,23 @@ class SearchResult:
     evaluations: int
     cache_hits: int
     seconds: float
-    # The best few of the front again, pruned as shipped (refit weights); empty without refit.
+    # The best few again, pruned as shipped (refit weights); empty without refit.
     refitted: list[Scored] = field(default_factory=list)
+    # The best few again, pruned as shipped (mask only); empty without rescore top.
+    rescored: list[Scored] = field(default_factory=list)
+    # The candidates re-scored as shipped, with their engine (mask-only) errors.
+    finalists: list[Scored] = field(default_factory=list)
     # Wanda (and OWL+Wanda for unstructured targets) at the same target, mask-only errors.
     baselines: list[Baseline] = field(default_factory=list)
 
     @property
     def front(self) -> list[Scored]:
         return self.stages[-1].front
+
+    def listed(self) -> list[Scored]:
+        """The front, then the finalists off it (the recommendation may be one of them)."""
+        keys = {s.candidate.key() for s in self.front}
+        return [*self.front, *(s for s in self.finalists if s.candidate.key() not in keys)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -239,15 +262,27 @@ class SearchResult:
             "cache_hits": self.cache_hits,
             "seconds": self.seconds,
             "refitted": [s.to_dict() for s in self.refitted],
+            "rescored": [s.to_dict() for s in self.rescored],
             "baselines": [b.to_dict() for b in self.baselines],
-            "selection_rule": (
-                f"of the {len(self.refitted)} best front members meeting the target, refit by "
-                "least squares, the lowest error after the refit"
-                if self.refitted
-                else "lowest reconstruction error among front members whose "
-                f"parameter-weighted sparsity is within {GAP_TOLERANCE:g} of the target"
-            ),
+            "selection_rule": self.selection_rule(),
         }
+
+    def selection_rule(self) -> str:
+        finalists = self.refitted or self.rescored
+        if not finalists:
+            return (
+                "lowest reconstruction error among front members whose parameter-weighted "
+                f"sparsity is within {GAP_TOLERANCE:g} of the target"
+            )
+        how = (
+            "refit by least squares, the lowest error after the refit"
+            if self.refitted
+            else "pruned as shipped (statistics from the pruned prefix), the lowest error"
+        )
+        return (
+            f"of {len(finalists)} finalists meeting the target (the best distinct candidates "
+            f"of the last population, and Wanda), {how}"
+        )
 
 
 class _IntProblem(Problem):
@@ -529,7 +564,14 @@ class _Search:
                     )
                 if progress:
                     progress(report)
-            st.outcomes.append(StageOutcome(stage, self.front(space, algorithm)))
+            st.outcomes.append(
+                StageOutcome(
+                    stage,
+                    self.front(space, algorithm),
+                    tuple(self.population(space, algorithm)),
+                    space.decode(self._baseline_genes(space)),
+                )
+            )
             st.stage_index += 1
             st.algorithm = None
             st.space = None
@@ -538,16 +580,26 @@ class _Search:
         meeting = [s for s in final if s.meets_target]
         recommended = meeting[0] if meeting else min(final, key=lambda s: s.gap)
         refitted: list[Scored] = []
-        if self.settings.refit_top and meeting:
-            # Mask-only errors rank masks; the refit changes how much each mask costs, so the
-            # best few are re-scored as they will be shipped (sorted by error already).
-            top = meeting[: self.settings.refit_top]
-            evals = self.evaluator.refit([s.candidate for s in top])
-            refitted = sorted(
-                (Scored(s.candidate, e, s.gap) for s, e in zip(top, evals, strict=True)),
+        rescored: list[Scored] = []
+        finalists: list[Scored] = []
+        top = self.settings.refit_top or self.settings.rescore_top
+        if top and meeting:
+            # The engine scores masks from dense statistics; the shipped model is pruned with
+            # statistics from its pruned prefix (and maybe refit), which ranks close genomes
+            # differently, so the best few are re-scored as they will be shipped.
+            finalists = self._finalists(st.outcomes[-1], top)
+            evals = self.evaluator.shipped(
+                [s.candidate for s in finalists], refit=bool(self.settings.refit_top)
+            )
+            shipped = sorted(
+                (Scored(s.candidate, e, s.gap) for s, e in zip(finalists, evals, strict=True)),
                 key=lambda s: s.evaluation.error,
             )
-            recommended = refitted[0]
+            recommended = shipped[0]
+            if self.settings.refit_top:
+                refitted = shipped
+            else:
+                rescored = shipped
         baselines = self.baselines()
         return SearchResult(
             self.settings,
@@ -558,8 +610,32 @@ class _Search:
             st.cache_hits,
             time.perf_counter() - clock,
             refitted,
+            rescored,
+            finalists,
             baselines,
         )
+
+    def _finalists(self, outcome: StageOutcome, k: int) -> list[Scored]:
+        """The k best distinct candidates meeting the target, and the stage's baseline.
+
+        The baseline (Wanda's metric, or the fixed metric with the uniform plan) joins them
+        even when the engine ranked it lower, so that the recommendation is never worse than
+        it as shipped, on the fitness sequences.
+        """
+        pool: dict[Any, Scored] = {}
+        for s in (*outcome.front, *outcome.population):  # a front member wins a shared key
+            pool.setdefault(s.candidate.key(), s)
+        ranked = sorted(
+            (s for s in pool.values() if s.meets_target), key=lambda s: s.evaluation.error
+        )
+        best = ranked[:k]
+        base = outcome.baseline
+        if base is not None and base.key() not in {s.candidate.key() for s in best}:
+            best.append(Scored(base, self.ensure_full([base])[0], self._gap(base)))
+        return best
+
+    def _gap(self, candidate: Candidate) -> float:
+        return plan_gap(candidate.ratios, self.block_params, self.settings.target)
 
     def baselines(self) -> list[Baseline]:
         """Wanda with the uniform plan, and OWL+Wanda where the evaluator can plan OWL.
@@ -575,10 +651,8 @@ class _Search:
             owl = tuple(float(r) for r in self.evaluator.owl_ratios(s.target))
             named.append(("OWL+Wanda", Candidate(WANDA_GENOME, owl)))
         evals = self.ensure_full([c for _, c in named])
-        p = np.asarray(self.block_params, dtype=np.float64)
         return [
-            Baseline(c, e, abs(float(np.dot(c.ratios, p) / p.sum()) - s.target), name)
-            for (name, c), e in zip(named, evals, strict=True)
+            Baseline(c, e, self._gap(c), name) for (name, c), e in zip(named, evals, strict=True)
         ]
 
     def _save(self) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -94,9 +95,7 @@ class SearchSpace:
         return Candidate(genome, ratios)
 
     def gap(self, candidate: Candidate) -> float:
-        """|parameter-weighted mean sparsity - target| of the candidate's plan."""
-        p = np.asarray(self.block_params, dtype=np.float64)
-        return abs(float(np.dot(candidate.ratios, p) / p.sum()) - self.target)
+        return plan_gap(candidate.ratios, self.block_params, self.target)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -107,6 +106,12 @@ class SearchSpace:
             "n_var": self.n_var,
             "n_obj": self.n_obj,
         }
+
+
+def plan_gap(ratios: Sequence[float], block_params: Sequence[int], target: float) -> float:
+    """|parameter-weighted mean sparsity - target| of a per-block plan."""
+    p = np.asarray(block_params, dtype=np.float64)
+    return abs(float(np.dot(ratios, p) / p.sum()) - target)
 
 
 def balance_offsets(

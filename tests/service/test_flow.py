@@ -158,7 +158,7 @@ def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
         done = poll(client, f"/api/searches/{sid}")
         assert done["status"] == "succeeded", done
         refitted = done["result"]["refitted"]
-        assert 1 <= len(refitted) <= 2
+        assert 1 <= len(refitted) <= 3  # the 2 best and Wanda
         assert refitted == sorted(refitted, key=lambda r: r["error"])
         assert done["result"]["recommended_key"] == refitted[0]["key"]
         ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
@@ -175,7 +175,40 @@ def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
         assert torch.all(groups == 2)
 
 
+def test_rescore_search_recommends_the_best_as_shipped_and_exports_it(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    body = search_body(rescore_top=2, pattern="2:4", population=6)
+    sid = client.post("/api/searches", json=body).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+        assert done["status"] == "succeeded", done
+        rescored = done["result"]["rescored"]
+        assert 2 <= len(rescored) <= 3  # the 2 best and Wanda
+        assert rescored == sorted(rescored, key=lambda r: r["error"])
+        assert done["result"]["refitted"] == []
+        assert done["result"]["recommended_key"] == rescored[0]["key"]
+        # the recommendation has its row, on the front or after it
+        front = client.get(f"/api/searches/{sid}/front").json()
+        [rec] = [c for c in front["candidates"] if c["recommended"]]
+        assert rec["key"] == rescored[0]["key"]
+        ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
+        ck = poll(client, f"/api/checkpoints/{ck['id']}")
+    assert ck["status"] == "succeeded", ck
+    assert ck["candidate_id"] == rec["id"]
+    with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
+        tar.extractall(tmp_path / "ck", filter="data")
+    manifest = json.loads(
+        (tmp_path / "ck" / f"optishear-{ck['id']}" / "optishear_manifest.json").read_text()
+    )
+    assert manifest["prune"]["reconstructed"] is False
+    assert manifest["prune"]["genome"]["index"] == rec["genome"]["index"]
+
+
 def test_refit_top_is_validated(client, search_body) -> None:
     r = client.post("/api/searches", json=search_body(refit_top=-1))
     assert r.status_code == 422
     assert "refit_top" in r.text
+    r = client.post("/api/searches", json=search_body(refit_top=2, rescore_top=2))
+    assert r.status_code == 422
+    assert "not both" in r.text

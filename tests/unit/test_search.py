@@ -1,3 +1,6 @@
+import copy
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -169,18 +172,19 @@ def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> No
         )
 
 
-def test_refit_step_rescores_the_best_of_the_front_as_shipped() -> None:
+def test_refit_step_rescores_the_best_candidates_as_shipped() -> None:
     engine, _, _ = _engine()
     before = [lin.weight.clone() for _, _, lin in engine.layers]
     settings = SearchSettings(0.5, population=4, generations=1, seed=3, refit_top=2)
     result = run_search(InProcessEvaluator(engine), settings)
-    assert 1 <= len(result.refitted) <= 2
+    assert 1 <= len(result.refitted) <= 3  # the 2 best and the stage's baseline
     assert result.recommended is result.refitted[0]
+    assert not result.rescored
     errors = [s.evaluation.error for s in result.refitted]
     assert errors == sorted(errors)
     for s in result.refitted:
         assert s.meets_target
-        mask_only = next(f for f in result.front if f.candidate == s.candidate)
+        mask_only = next(f for f in result.finalists if f.candidate == s.candidate)
         assert s.evaluation.error < mask_only.evaluation.error  # the refit pays off
     # the refit error is reproducible and leaves the engine's weights dense
     again = engine.evaluate(result.recommended.candidate, refit=True)
@@ -190,6 +194,83 @@ def test_refit_step_rescores_the_best_of_the_front_as_shipped() -> None:
         torch.equal(b, lin.weight) for b, (_, _, lin) in zip(before, engine.layers, strict=True)
     )
     assert "refit by least squares" in result.to_dict()["selection_rule"]
+
+
+class ShippedDiffers(FakeEvaluator):
+    """As shipped, the engine's ranking is reversed: its best candidate ships worst."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shipped_calls: list[tuple[list[Candidate], bool]] = []
+
+    def shipped(self, candidates, refit):
+        self.shipped_calls.append((list(candidates), refit))
+        return [replace(e, error=10.0 - e.error) for e in self.evaluate(candidates)]
+
+
+def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
+    ev = ShippedDiffers()
+    settings = SearchSettings(0.5, Pattern(2, 4), population=8, generations=2, rescore_top=3)
+    result = run_search(ev, settings)
+    [(shipped, refit)] = ev.shipped_calls
+    assert refit is False
+    keys = [c.key() for c in shipped]
+    assert len(keys) == len(set(keys)) in (3, 4)
+    wanda = Candidate(Genome(), (0.5,) * 6)
+    assert wanda.key() in keys  # the stage's baseline is always a finalist
+    # the three best by the engine's error, then Wanda if it was not among them
+    engine_errors = [s.evaluation.error for s in result.finalists[:3]]
+    assert engine_errors == sorted(engine_errors)
+    assert engine_errors[0] == min(s.evaluation.error for s in result.front)
+    # recommended: the lowest error as shipped, which the engine ranked last among them
+    assert [s.evaluation.error for s in result.rescored] == sorted(
+        s.evaluation.error for s in result.rescored
+    )
+    assert result.recommended is result.rescored[0]
+    worst = max(result.finalists, key=lambda s: s.evaluation.error)
+    assert result.recommended.candidate.key() == worst.candidate.key()
+    # listed: the whole front, then the finalists off it, so the recommendation has a row
+    listed = [s.candidate.key() for s in result.listed()]
+    assert listed[: len(result.front)] == [s.candidate.key() for s in result.front]
+    assert result.recommended.candidate.key() in listed
+    assert len(listed) == len(set(listed))
+    d = result.to_dict()
+    assert "pruned as shipped" in d["selection_rule"]
+    assert [r["id"] for r in d["rescored"]] == [s.to_dict()["id"] for s in result.rescored]
+
+
+def test_engine_error_as_shipped_is_the_error_of_the_final_prune() -> None:
+    engine, model, ids = _engine()
+    dense = copy.deepcopy(model)
+    genome = Genome.parse("f1=sqrt,alpha=inv_col_sum")
+    cand = Candidate(genome, (0.5,) * 4)
+    e = engine.evaluate(cand, shipped=True)
+    assert e.error != pytest.approx(engine.evaluate(cand).error, rel=1e-6)  # other statistics
+    assert engine.evaluate(cand, shipped=True).error == pytest.approx(e.error, rel=1e-9)
+    assert all(
+        torch.equal(W, lin.weight)
+        for W, (_, _, lin) in zip(engine.dense, engine.layers, strict=True)
+    )
+    # the KL to the dense model of the model `optishear prune` ships, computed directly
+    shipped_model = copy.deepcopy(dense)
+    prune_model(shipped_model, ids, PruneConfig("meta", 0.5, genome=genome, batch_size=4))
+    with torch.no_grad():
+        log_p = torch.log_softmax(dense(ids).logits.double(), -1)
+        log_q = torch.log_softmax(shipped_model(ids).logits.double(), -1)
+    kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
+    assert e.error == pytest.approx(kl, rel=1e-4)
+    assert e.sparsity == pytest.approx(0.5, abs=1e-9)
+
+
+def test_rescore_step_on_a_real_engine_recommends_the_best_as_shipped() -> None:
+    engine, _, _ = _engine(Pattern(2, 4))
+    settings = SearchSettings(0.5, Pattern(2, 4), population=6, generations=2, rescore_top=2)
+    result = run_search(InProcessEvaluator(engine), settings)
+    assert 2 <= len(result.rescored) <= 3
+    for s in result.rescored:
+        again = engine.evaluate(s.candidate, shipped=True)
+        assert again.error == pytest.approx(s.evaluation.error, rel=1e-9)
+    assert result.recommended is result.rescored[0]
 
 
 def test_screening_errors_never_pass_for_full_ones() -> None:
@@ -234,6 +315,10 @@ def test_settings_validation() -> None:
         SearchSettings(0.6, Pattern(2, 4))
     with pytest.raises(ConfigError, match="population"):
         SearchSettings(0.5, population=2)
+    with pytest.raises(ConfigError, match="not both"):
+        SearchSettings(0.5, refit_top=2, rescore_top=2)
+    with pytest.raises(ConfigError, match="rescore top"):
+        SearchSettings(0.5, rescore_top=-1)
     with pytest.raises(ConfigError, match="within"):
         SearchSpace("layerwise", 0.97, (1, 1), step=0.05)
 

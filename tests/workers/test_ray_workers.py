@@ -89,6 +89,15 @@ def test_two_actors_give_the_in_process_front(
         assert os.getpid() not in {i.pid for i in evaluator.infos}
         result = run_search(evaluator, SETTINGS)
         done = [i.evaluations for i in evaluator.worker_info()]
+        # the finalists' step: candidates pruned as shipped, on the actors as in process
+        finalists = [s.candidate for s in reference.front[:1]] + [
+            Candidate(reference.baselines[0].candidate.genome, (0.5,) * 4)
+        ]
+        remote = {refit: evaluator.shipped(finalists, refit) for refit in (False, True)}
+    engine = spec.build()
+    for refit, evals in remote.items():
+        local = [engine.evaluate(c, shipped=True, refit=refit) for c in finalists]
+        assert [e.error for e in evals] == pytest.approx([e.error for e in local], rel=1e-4)
     assert _front(result) == _front(reference)
     assert result.evaluations == reference.evaluations
     assert sum(done) == result.evaluations
