@@ -178,23 +178,25 @@ def test_real_process_exit_code_and_message() -> None:
     assert "Traceback" not in proc.stderr
 
 
-def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> None:
-    out = tmp_path / "search"
-    args = [
+def _search(root, generations: int) -> list[str]:
+    """`optishear search` on the tiny model, population 6."""
+    model = str(root / "model")
+    return [
         "--no-progress",
         "search",
         "--model",
-        str(tiny_model_dir / "model"),
+        model,
         "--population",
         "6",
         "--generations",
-        "2",
-        *_common(tiny_model_dir),
-        "--refit-top",
-        "2",
-        "--out",
-        str(out),
+        str(generations),
+        *_common(root),
     ]
+
+
+def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "search"
+    args = [*_search(tiny_model_dir, 2), "--refit-top", "2", "--out", str(out)]
     assert main([*args, "--export"]) == 0
     printed = capsys.readouterr().out
     assert "recommended:" in printed
@@ -220,19 +222,7 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
 
 def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "search"
-    args = [
-        "--no-progress",
-        "search",
-        "--model",
-        str(tiny_model_dir / "model"),
-        "--population",
-        "6",
-        "--generations",
-        "1",
-        *_common(tiny_model_dir),
-        "--rescore-top",
-        "2",
-    ]
+    args = [*_search(tiny_model_dir, 1), "--rescore-top", "2"]
     assert main([*args, "--final-stats", "dense", "--out", str(tmp_path / "x")]) == 2
     assert "--final-stats dense would ship a different model" in capsys.readouterr().err
     assert main([*args, "--out", str(out)]) == 0

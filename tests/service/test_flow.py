@@ -150,6 +150,13 @@ def test_bad_model_folder_fails_with_the_reason(
     assert "cannot load model" in done["error"]
 
 
+def _download(client, ck: dict, tmp_path: Path) -> Path:
+    """The checkpoint's archive, unpacked: its folder."""
+    with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
+        tar.extractall(tmp_path / "ck", filter="data")
+    return tmp_path / "ck" / f"optishear-{ck['id']}"
+
+
 def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
     client, search_body, thread_runner, poll, tmp_path
 ) -> None:
@@ -164,9 +171,7 @@ def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
         ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
         ck = poll(client, f"/api/checkpoints/{ck['id']}")
     assert ck["status"] == "succeeded", ck
-    with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
-        tar.extractall(tmp_path / "ck", filter="data")
-    folder = tmp_path / "ck" / f"optishear-{ck['id']}"
+    folder = _download(client, ck, tmp_path)
     manifest = json.loads((folder / "optishear_manifest.json").read_text())
     assert manifest["prune"]["reconstructed"] is True
     model = AutoModelForCausalLM.from_pretrained(folder)
@@ -196,11 +201,7 @@ def test_rescore_search_recommends_the_best_as_shipped_and_exports_it(
         ck = poll(client, f"/api/checkpoints/{ck['id']}")
     assert ck["status"] == "succeeded", ck
     assert ck["candidate_id"] == rec["id"]
-    with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
-        tar.extractall(tmp_path / "ck", filter="data")
-    manifest = json.loads(
-        (tmp_path / "ck" / f"optishear-{ck['id']}" / "optishear_manifest.json").read_text()
-    )
+    manifest = json.loads((_download(client, ck, tmp_path) / "optishear_manifest.json").read_text())
     assert manifest["prune"]["reconstructed"] is False
     assert manifest["prune"]["genome"]["index"] == rec["genome"]["index"]
 
