@@ -49,6 +49,12 @@ def main() -> int:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--fitness-samples", type=int, default=8)
     p.add_argument("--objective", choices=("kl", "logits_fro"), default="kl")
+    p.add_argument(
+        "--engine-stats",
+        choices=("dense", "baseline"),
+        default="dense",
+        help="score masks with dense statistics or with those of Wanda's pruned model",
+    )
     p.add_argument("--population", type=int, default=12)
     p.add_argument("--generations", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +121,12 @@ def main() -> int:
         model.load_state_dict(dense)
         t0 = time.perf_counter()
         engine = FitnessEngine(
-            model, calib, pattern, fitness_samples=args.fitness_samples, objective=args.objective
+            model,
+            calib,
+            pattern,
+            fitness_samples=args.fitness_samples,
+            objective=args.objective,
+            stats_target=args.sparsity if args.engine_stats == "baseline" else None,
         )
         setup = time.perf_counter() - t0
         settings = SearchSettings(

@@ -291,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         "after refit, and ship it refit (default 0: masks only)",
     )
     search.add_argument(
+        "--engine-stats",
+        choices=("baseline", "dense"),
+        default="baseline",
+        help="score masks with the activation statistics of Wanda's pruned model at the target "
+        "(default; closer to how the shipped model is pruned) or of the dense model",
+    )
+    search.add_argument(
         "--rescore-top",
         type=int,
         default=0,
@@ -597,6 +604,7 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
     )
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     out.mkdir(parents=True, exist_ok=True)
+    stats_target = target if args.engine_stats == "baseline" else None
     evaluator: contextlib.AbstractContextManager[Any]
     if plugin is not None:  # each actor loads its own model; only the calibration ids travel
         spec = EngineSpec(
@@ -607,6 +615,7 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
             args.fitness_samples,
             args.objective,
             dtype=args.dtype,
+            stats_target=stats_target,
         )
         evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
     else:
@@ -617,6 +626,7 @@ def _run_search(args: argparse.Namespace, settings: LibrarySettings, bars: _Bars
             batch_size=args.batch_size,
             fitness_samples=args.fitness_samples,
             objective=args.objective,
+            stats_target=stats_target,
         )
         evaluator = contextlib.nullcontext(InProcessEvaluator(engine))
     total = args.generations * len(search_settings.stage_list())

@@ -83,6 +83,7 @@ _SEARCH_FLAGS: tuple[tuple[str, str, Any, str], ...] = (
     ("--promote", "promote_fraction", float, "share of screened candidates promoted"),
     ("--objective", "objective", str, "kl (token KL to the dense model) or logits_fro"),
     ("--fitness-samples", "fitness_samples", int, "calibration samples scoring the error"),
+    ("--engine-stats", "engine_stats", str, "baseline (Wanda's pruned model) or dense"),
     ("--refit-top", "refit_top", int, "refit the K best candidates; ship the best refit"),
     ("--rescore-top", "rescore_top", int, "re-score the K best as shipped; ship the best"),
     ("--batch-size", "batch_size", int, "sequences per forward pass"),

@@ -81,6 +81,12 @@ class SearchCreate(_In):
     promote_fraction: float = Field(0.5, gt=0, le=1)
     objective: Literal["kl", "logits_fro"] = "kl"
     fitness_samples: int | None = Field(None, ge=1, le=1024)
+    engine_stats: Literal["baseline", "dense"] = Field(
+        "baseline",
+        description="activation statistics that score masks during the search: those of "
+        "Wanda's pruned model at the target (closer to how the shipped model is pruned) or "
+        "of the dense model",
+    )
     refit_top: int = Field(
         0,
         ge=0,

@@ -272,6 +272,7 @@ class QueueRunner:
             request.batch_size,
             request.fitness_samples,
             request.objective,
+            stats_target=request.target() if request.engine_stats == "baseline" else None,
         )
         if self.settings.workers < 1:
             yield InProcessEvaluator(spec.build(settings=self.library))

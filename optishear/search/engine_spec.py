@@ -36,6 +36,8 @@ class EngineSpec:
     objective: Objective = "kl"
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
     dtype: str = "float32"
+    # Score masks with the statistics of Wanda's pruned model at this target (None: dense).
+    stats_target: float | None = None
 
     def __post_init__(self) -> None:
         Pattern.parse(self.pattern)  # fails early, on the driver, with a readable message
@@ -78,4 +80,5 @@ class EngineSpec:
             batch_size=self.batch_size,
             fitness_samples=self.fitness_samples,
             objective=self.objective,
+            stats_target=self.stats_target,
         )

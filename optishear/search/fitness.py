@@ -97,8 +97,17 @@ class FitnessEngine:
         fitness_samples: int | None = None,
         objective: Objective = "kl",
         mask_cache_bytes: int = 2 << 30,
+        stats_target: float | None = None,
     ) -> None:
-        """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`."""
+        """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`.
+
+        With `stats_target`, the masks are scored with the activation statistics of the model
+        pruned by Wanda at that target and pattern, not of the dense model. A shipped model is
+        pruned block by block with statistics from its already-pruned prefix; the baseline's
+        pruned model is a one-off stand-in for every candidate's prefix, and it ranks close
+        genomes as the shipped prune does far better than dense statistics (bench/RESULTS.md).
+        OWL's plan still uses dense statistics, as OWL defines it.
+        """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
         self.model = model.eval()
@@ -137,10 +146,12 @@ class FitnessEngine:
         with torch.no_grad():
             inputs = capture_block_inputs(model, calib_ids, self.batch_size)
             stats = collect_dense_stats(model, inputs)
-        self._act_stacks, self.act_sq = self._stacked(
-            [stats[idx][name].act_sq for idx, name, _ in self.layers]
-        )
-        del inputs, stats
+            self._dense_act_sq = [stats[idx][name].act_sq for idx, name, _ in self.layers]
+            del inputs, stats
+            scoring = self._dense_act_sq
+            if stats_target is not None:
+                scoring = self._baseline_act_sq(stats_target)
+        self._act_stacks, self.act_sq = self._stacked(scoring)
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
         self._ref_norm_sq = [
@@ -195,6 +206,17 @@ class FitnessEngine:
         d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
         return float(((d @ self._gram) * d).sum())
 
+    def _baseline_act_sq(self, target: float) -> list[Tensor]:
+        """Statistics of the model pruned by Wanda at `target`; the dense weights come back."""
+        config = PruneConfig("wanda", target, self.pattern, batch_size=self.batch_size)
+        try:
+            prune_model(self.model, self.calib_ids, config)
+            inputs = capture_block_inputs(self.model, self.calib_ids, self.batch_size)
+            stats = collect_dense_stats(self.model, inputs)
+            return [stats[idx][name].act_sq for idx, name, _ in self.layers]
+        finally:
+            self.restore()
+
     def owl_ratios(self, target: float, spec: PlanSpec | None = None) -> tuple[float, ...]:
         """OWL's per-block sparsity at `target`, from the dense weights and statistics held here.
 
@@ -204,7 +226,7 @@ class FitnessEngine:
             raise ConfigError(f"an {self.pattern} pattern keeps every block at N/M: no OWL plan")
         blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
         for pos, (idx, _name, _lin) in enumerate(self.layers):
-            blocks[idx].append((self.dense[pos], self.act_sq[pos]))
+            blocks[idx].append((self.dense[pos], self._dense_act_sq[pos]))
         plan = owl_plan_from_dense(blocks, self.block_params, target, spec or PlanSpec("owl"))
         return plan.ratios
 

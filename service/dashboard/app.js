@@ -517,6 +517,7 @@ function renderHeader() {
     ["objective", r.objective],
     ["calibration", `${r.calibration.n_samples} × ${r.calibration.seq_len} tokens (${r.calibration.source})`],
     ["fitness samples", r.fitness_samples ?? "all"],
+    ["mask statistics", r.engine_stats === "dense" ? "dense model" : "Wanda's pruned model"],
     ["refit", r.refit_top ? `best ${r.refit_top} and Wanda re-scored refit, shipped refit` : "off (masks only)"],
     ["as-shipped re-score", r.rescore_top ? `best ${r.rescore_top} and Wanda` : "off"],
     ["created", when(x.created_at)],

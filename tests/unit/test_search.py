@@ -7,9 +7,10 @@ import torch
 from tiny_models import build_tiny
 
 from optishear.errors import ConfigError
+from optishear.layers import capture_block_inputs
 from optishear.masks import Pattern
 from optishear.meta import Genome
-from optishear.prune import PruneConfig, prune_model
+from optishear.prune import PruneConfig, collect_dense_stats, prune_model
 from optishear.search.fitness import Candidate, Evaluation, FitnessEngine
 from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
 from optishear.search.space import SearchSpace, balance_offsets
@@ -260,6 +261,40 @@ def test_engine_error_as_shipped_is_the_error_of_the_final_prune() -> None:
     kl = float((log_p.exp() * (log_p - log_q)).sum(-1).mean())
     assert e.error == pytest.approx(kl, rel=1e-4)
     assert e.sparsity == pytest.approx(0.5, abs=1e-9)
+
+
+def test_engine_can_score_with_the_statistics_of_wandas_pruned_model() -> None:
+    engine, model, ids = _engine(Pattern(2, 4))
+    dense_model = copy.deepcopy(model)
+    baseline = FitnessEngine(model, ids, Pattern(2, 4), batch_size=4, stats_target=0.5)
+    # the weights are dense again, and the dense reference is the same
+    assert all(
+        torch.equal(W, lin.weight)
+        for W, (_, _, lin) in zip(engine.dense, baseline.layers, strict=True)
+    )
+    assert torch.equal(baseline.reference, engine.reference)
+    # the statistics are those of the model Wanda prunes, block by block
+    wanda = copy.deepcopy(dense_model)
+    prune_model(wanda, ids, PruneConfig("wanda", 0.5, Pattern(2, 4), batch_size=4))
+    stats = collect_dense_stats(wanda, capture_block_inputs(wanda, ids, 4))
+    for (idx, name, _), act in zip(baseline.layers, baseline.act_sq, strict=True):
+        assert torch.allclose(act, stats[idx][name].act_sq, rtol=1e-5)
+    assert any(
+        not torch.allclose(a, b) for a, b in zip(baseline.act_sq, engine.act_sq, strict=True)
+    )
+    genome = Genome.parse("alpha=inv_col_sum")
+    cand = Candidate(genome, (0.5,) * 4)
+    assert baseline.evaluate(cand).error != pytest.approx(engine.evaluate(cand).error, rel=1e-6)
+    # shipped errors do not depend on how the engine scores masks
+    assert baseline.evaluate(cand, shipped=True).error == pytest.approx(
+        engine.evaluate(cand, shipped=True).error, rel=1e-6
+    )
+
+
+def test_baseline_statistics_leave_owl_on_dense_statistics() -> None:
+    engine, model, ids = _engine()
+    baseline = FitnessEngine(model, ids, Pattern(), batch_size=4, stats_target=0.5)
+    assert baseline.owl_ratios(0.5) == pytest.approx(engine.owl_ratios(0.5), abs=1e-12)
 
 
 def test_rescore_step_on_a_real_engine_recommends_the_best_as_shipped() -> None:
