@@ -281,7 +281,7 @@ class SearchResult:
         )
         return (
             f"of {len(finalists)} finalists meeting the target (the best distinct candidates "
-            f"of the last population, and Wanda), {how}"
+            f"of the last population, and its baseline with the uniform plan), {how}"
         )
 
 
