@@ -143,14 +143,16 @@ class FitnessEngine:
         self._gram = W_head.T @ W_head  # (d_model, d_model)
         self._softcap = getattr(model.config, "final_logit_softcapping", None)
 
-        with torch.no_grad():
-            inputs = capture_block_inputs(model, calib_ids, self.batch_size)
-            stats = collect_dense_stats(model, inputs)
-            self._dense_act_sq = [stats[idx][name].act_sq for idx, name, _ in self.layers]
-            del inputs, stats
+        # Dense statistics score the masks without a stats target, and give OWL its plan
+        # (unstructured only): an N:M search on Wanda's statistics skips that forward pass.
+        self._dense_act_sq: list[Tensor] | None = None
+        if stats_target is None or not pattern.structured:
+            self._dense_act_sq = self._activation_stats()
+        if stats_target is None:
+            assert self._dense_act_sq is not None
             scoring = self._dense_act_sq
-            if stats_target is not None:
-                scoring = self._baseline_act_sq(stats_target)
+        else:
+            scoring = self._baseline_act_sq(stats_target)
         self._act_stacks, self.act_sq = self._stacked(scoring)
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
@@ -206,14 +208,19 @@ class FitnessEngine:
         d = (h if ref is None else h - ref).reshape(-1, h.shape[-1])  # (tokens, d_model)
         return float(((d @ self._gram) * d).sum())
 
+    @torch.no_grad()
+    def _activation_stats(self) -> list[Tensor]:
+        """Per layer, the mean squared input activation of the model as its weights are now."""
+        inputs = capture_block_inputs(self.model, self.calib_ids, self.batch_size)
+        stats = collect_dense_stats(self.model, inputs)
+        return [stats[idx][name].act_sq for idx, name, _ in self.layers]
+
     def _baseline_act_sq(self, target: float) -> list[Tensor]:
         """Statistics of the model pruned by Wanda at `target`; the dense weights come back."""
         config = PruneConfig("wanda", target, self.pattern, batch_size=self.batch_size)
         try:
             prune_model(self.model, self.calib_ids, config)
-            inputs = capture_block_inputs(self.model, self.calib_ids, self.batch_size)
-            stats = collect_dense_stats(self.model, inputs)
-            return [stats[idx][name].act_sq for idx, name, _ in self.layers]
+            return self._activation_stats()
         finally:
             self.restore()
 
@@ -224,6 +231,7 @@ class FitnessEngine:
         """
         if self.pattern.structured:
             raise ConfigError(f"an {self.pattern} pattern keeps every block at N/M: no OWL plan")
+        assert self._dense_act_sq is not None  # kept for every unstructured engine
         blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
         for pos, (idx, _name, _lin) in enumerate(self.layers):
             blocks[idx].append((self.dense[pos], self._dense_act_sq[pos]))
