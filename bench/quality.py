@@ -24,8 +24,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
 from optishear.evaluate import EvalConfig, perplexity
-from optishear.masks import Pattern
-from optishear.models import load_model
+from optishear.hf import load_model
+from optishear.patterns import Pattern
 from optishear.plans import PlanSpec
 from optishear.prune import PruneConfig, prune_model
 

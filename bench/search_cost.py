@@ -22,9 +22,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from optishear.data import CalibrationConfig, sample_calibration
-from optishear.masks import Pattern
-from optishear.meta import Genome
-from optishear.models import load_model
+from optishear.genome import Genome
+from optishear.hf import load_model
+from optishear.patterns import Pattern
 from optishear.search.fitness import Candidate, FitnessEngine
 
 

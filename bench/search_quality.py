@@ -22,9 +22,9 @@ import torch
 
 from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
 from optishear.evaluate import EvalConfig, perplexity
-from optishear.masks import Pattern
-from optishear.meta import WANDA_GENOME
-from optishear.models import load_model
+from optishear.genome import WANDA_GENOME
+from optishear.hf import load_model
+from optishear.patterns import Pattern
 from optishear.plans import PlanSpec
 from optishear.prune import PruneConfig, prune_model
 from optishear.search.fitness import Candidate, FitnessEngine
@@ -151,7 +151,7 @@ def main() -> int:
         # the mask-only recommendation: the front's best member meeting the target
         mask_only = next(s for s in result.front if s.meets_target)
         rec = mask_only.candidate
-        plan = _plan(rec.ratios)
+        plan = _plan(rec.block_sparsity)
         out = held_out(PruneConfig("meta", args.sparsity, pattern, plan, rec.genome))
         baseline = engine.evaluate(Candidate(WANDA_GENOME, (args.sparsity,) * engine.n_blocks))
         del engine
@@ -164,7 +164,7 @@ def main() -> int:
                             "meta",
                             args.sparsity,
                             pattern,
-                            _plan(best.candidate.ratios),
+                            _plan(best.candidate.block_sparsity),
                             best.candidate.genome,
                         )
                     ),
@@ -172,7 +172,7 @@ def main() -> int:
                     "pattern": str(pattern),
                     "formula": best.candidate.genome.formula(),
                     "genome": best.candidate.genome.to_dict(),
-                    "ratios": list(best.candidate.ratios),
+                    "ratios": list(best.candidate.block_sparsity),
                     "finalists": [s.to_dict() for s in result.finalists],
                     "rescored": [s.to_dict() for s in result.rescored],
                     "search_seconds": result.seconds,
@@ -188,7 +188,7 @@ def main() -> int:
                 "meta",
                 args.sparsity,
                 pattern,
-                _plan(best.candidate.ratios),
+                _plan(best.candidate.block_sparsity),
                 best.candidate.genome,
                 reconstruct=True,
             )
@@ -199,7 +199,7 @@ def main() -> int:
                     "pattern": str(pattern),
                     "formula": best.candidate.genome.formula(),
                     "genome": best.candidate.genome.to_dict(),
-                    "ratios": list(best.candidate.ratios),
+                    "ratios": list(best.candidate.block_sparsity),
                     "refitted": [s.to_dict() for s in result.refitted],
                     "search_seconds": result.seconds,
                     "refit_step_seconds": refit_seconds,
@@ -207,9 +207,9 @@ def main() -> int:
                 }
             )
             log(f"  search+refit ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
-            if not pattern.structured and len(set(best.candidate.ratios)) > 1:
+            if not pattern.structured and len(set(best.candidate.block_sparsity)) > 1:
                 plan_cfg = PruneConfig(
-                    "sparsegpt", args.sparsity, pattern, _plan(best.candidate.ratios)
+                    "sparsegpt", args.sparsity, pattern, _plan(best.candidate.block_sparsity)
                 )
                 rows.append(
                     {
@@ -225,7 +225,7 @@ def main() -> int:
             "pattern": str(pattern),
             "formula": rec.genome.formula(),
             "genome": rec.genome.to_dict(),
-            "ratios": list(rec.ratios),
+            "ratios": list(rec.block_sparsity),
             "search_error": result.recommended.evaluation.error,
             "wanda_search_error": baseline.error,
             "evaluations": result.evaluations,

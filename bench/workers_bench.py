@@ -29,9 +29,9 @@ import ray
 import torch
 
 from optishear.data import BUNDLED, CalibrationConfig
-from optishear.meta import N_GENOMES, Genome
+from optishear.genome import N_GENOMES, Genome
 from optishear.search.engine_spec import EngineSpec
-from optishear.search.fitness import Candidate
+from optishear.candidates import Candidate
 from optishear.search.loop import InProcessEvaluator
 from workers.actor import WorkerUsage
 from workers.pool import RayEvaluator

@@ -6,8 +6,8 @@ from alembic import context
 from sqlalchemy import pool
 
 from service.db import make_engine
-from service.models import Base
 from service.settings import ServiceSettings
+from service.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

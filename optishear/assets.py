@@ -217,7 +217,8 @@ def pull_text(settings: LibrarySettings, progress: ByteProgress | None = None) -
 
 def pull_model(settings: LibrarySettings, progress: ByteProgress | None = None) -> Path:
     """Cache SmolLM2-135M-Instruct as a plain HF folder (converted once from the GGUF)."""
-    from optishear.models import load_gguf, registered_model_dir
+    from optishear.hf import load_gguf
+    from optishear.sources import registered_model_dir
 
     final = registered_model_dir("smollm2-135m", settings)
     if verify_folder(final):
@@ -249,7 +250,7 @@ def pull_assets(settings: LibrarySettings, progress: ByteProgress | None = None)
 
 def assets_ready(settings: LibrarySettings) -> bool:
     """Cheap check (manifests present) that a pull has completed."""
-    from optishear.models import registered_model_dir
+    from optishear.sources import registered_model_dir
 
     return (text_dir(settings) / MANIFEST).is_file() and (
         registered_model_dir("smollm2-135m", settings) / MANIFEST

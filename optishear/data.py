@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,26 +10,9 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from optishear.assets import text_dir
-from optishear.errors import ConfigError, DataError
+from optishear.config import BUNDLED, CalibrationConfig
+from optishear.errors import DataError
 from optishear.settings import LibrarySettings
-
-BUNDLED = "wiki"  # the bundled Wikipedia sample (calibration split / evaluation split)
-
-
-@dataclass(frozen=True, slots=True)
-class CalibrationConfig:
-    """How many sequences of how many tokens, from which text, with which seed."""
-
-    source: str = BUNDLED
-    n_samples: int = 32
-    seq_len: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.n_samples < 1:
-            raise ConfigError(f"calibration samples must be >= 1, got {self.n_samples}")
-        if self.seq_len < 8:
-            raise ConfigError(f"calibration sequence length must be >= 8, got {self.seq_len}")
 
 
 def _read_jsonl(path: Path) -> list[str]:

@@ -11,22 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from optishear.errors import ConfigError, DataError
-
-
-@dataclass(frozen=True, slots=True)
-class EvalConfig:
-    seq_len: int = 512
-    max_windows: int | None = 64
-    batch_size: int = 4
-
-    def __post_init__(self) -> None:
-        if self.seq_len < 2:
-            raise ConfigError(f"evaluation window must be >= 2 tokens, got {self.seq_len}")
-        if self.max_windows is not None and self.max_windows < 1:
-            raise ConfigError(f"max windows must be >= 1, got {self.max_windows}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+from optishear.config import EvaluationConfig
+from optishear.errors import DataError
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +28,10 @@ class Perplexity:
         return asdict(self)
 
 
-def eval_windows(stream: Tensor, config: EvalConfig) -> Tensor:
+def eval_windows(stream: Tensor, config: EvaluationConfig) -> Tensor:
     """(n_windows, seq_len): the first windows of the stream, back to back."""
     n = stream.numel() // config.seq_len
-    if config.max_windows is not None:
-        n = min(n, config.max_windows)
+    n = min(n, config.windows)
     if n == 0:
         raise DataError(
             f"evaluation text has {stream.numel()} tokens, fewer than one {config.seq_len}-token "
@@ -56,7 +41,7 @@ def eval_windows(stream: Tensor, config: EvalConfig) -> Tensor:
 
 
 @torch.no_grad()
-def perplexity(model: nn.Module, stream: Tensor, config: EvalConfig) -> Perplexity:
+def perplexity(model: nn.Module, stream: Tensor, config: EvaluationConfig) -> Perplexity:
     """exp(mean next-token NLL) over every predicted token of the evaluation windows."""
     start = time.perf_counter()
     windows = eval_windows(stream, config)

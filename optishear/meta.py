@@ -11,157 +11,15 @@ log(0) is clamped, and every genome gives a finite, valid ranking. float32 is en
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from optishear.errors import ConfigError
-
-TRANSFORMS = ("identity", "sqrt", "square", "exp", "log", "sigmoid", "softmax")
-COEFFICIENTS = (
-    "one",
-    "inv_row_sum",
-    "inv_col_sum",
-    "inv_row_col_sum",
-    "inv_total_sum",
-    "inv_mean",
-    "inv_fro",
-)
-N_GENOMES = len(TRANSFORMS) ** 2 * len(COEFFICIENTS) ** 2
-
-_TRANSFORM_TEXT = {
-    "identity": "{}",
-    "sqrt": "sqrt({})",
-    "square": "({})^2",
-    "exp": "exp({})",
-    "log": "log(1+{})",
-    "sigmoid": "sigmoid({})",
-    "softmax": "softmax_row({})",
-}
-_COEFF_TEXT = {
-    "one": "",
-    "inv_row_sum": "1/rowsum({})",
-    "inv_col_sum": "1/colsum({})",
-    "inv_row_col_sum": "1/(rowsum({0})+colsum({0}))",
-    "inv_total_sum": "1/sum({})",
-    "inv_mean": "1/mean({})",
-    "inv_fro": "1/||{}||_F",
-}
-# Coefficients that are constant along a row when applied to |W| (d_out, d_in) or to X as a
-# (1, d_in) row: they scale whole rows and cannot change a per-row (or N:M) ranking.
-_ROW_CONSTANT_ALPHA = {"one", "inv_row_sum", "inv_total_sum", "inv_mean", "inv_fro"}
-_ROW_CONSTANT_BETA = {"one", "inv_row_sum", "inv_total_sum", "inv_mean", "inv_fro"}
+from optishear.genome import Genome
 
 _LOG_TINY = math.log(1e-30)  # finite in float32
-
-
-@dataclass(frozen=True, slots=True)
-class Genome:
-    """Indices into TRANSFORMS (f1 on |W|, f2 on sqrt(X)) and COEFFICIENTS (alpha, beta)."""
-
-    f1: int = 0
-    f2: int = 0
-    alpha: int = 0
-    beta: int = 0
-
-    def __post_init__(self) -> None:
-        for field, value, options in (
-            ("f1", self.f1, TRANSFORMS),
-            ("f2", self.f2, TRANSFORMS),
-            ("alpha", self.alpha, COEFFICIENTS),
-            ("beta", self.beta, COEFFICIENTS),
-        ):
-            if not isinstance(value, int) or not 0 <= value < len(options):
-                raise ConfigError(f"genome {field} must be an index in 0..{len(options) - 1}")
-
-    @classmethod
-    def from_names(cls, f1: str, f2: str, alpha: str, beta: str) -> Genome:
-        try:
-            return cls(
-                TRANSFORMS.index(f1),
-                TRANSFORMS.index(f2),
-                COEFFICIENTS.index(alpha),
-                COEFFICIENTS.index(beta),
-            )
-        except ValueError as exc:
-            raise ConfigError(
-                f"bad genome names; transforms: {TRANSFORMS}, coefficients: {COEFFICIENTS}"
-            ) from exc
-
-    @classmethod
-    def parse(cls, text: str) -> Genome:
-        """'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum' (missing keys keep Wanda's choice)."""
-        names = {"f1": "identity", "f2": "identity", "alpha": "one", "beta": "one"}
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            key, sep, value = part.partition("=")
-            if not sep or key.strip() not in names:
-                raise ConfigError(
-                    f"bad genome item {part!r}: expected f1=, f2=, alpha= or beta= entries"
-                )
-            names[key.strip()] = value.strip()
-        return cls.from_names(**names)
-
-    @classmethod
-    def from_index(cls, index: int) -> Genome:
-        if not 0 <= index < N_GENOMES:
-            raise ConfigError(f"genome index must be in 0..{N_GENOMES - 1}")
-        index, beta = divmod(index, len(COEFFICIENTS))
-        index, alpha = divmod(index, len(COEFFICIENTS))
-        f1, f2 = divmod(index, len(TRANSFORMS))
-        return cls(f1, f2, alpha, beta)
-
-    @property
-    def index(self) -> int:
-        return ((self.f1 * len(TRANSFORMS) + self.f2) * len(COEFFICIENTS) + self.alpha) * len(
-            COEFFICIENTS
-        ) + self.beta
-
-    def names(self) -> dict[str, str]:
-        return {
-            "f1": TRANSFORMS[self.f1],
-            "f2": TRANSFORMS[self.f2],
-            "alpha": COEFFICIENTS[self.alpha],
-            "beta": COEFFICIENTS[self.beta],
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.names(), "index": self.index, "formula": self.formula()}
-
-    def formula(self) -> str:
-        """Readable formula, e.g. '|W| * sqrt(X)' for Wanda."""
-        n = self.names()
-        parts = [
-            _COEFF_TEXT[n["alpha"]].format("|W|"),
-            _TRANSFORM_TEXT[n["f1"]].format("|W|"),
-            _COEFF_TEXT[n["beta"]].format("X"),
-            _TRANSFORM_TEXT[n["f2"]].format("sqrt(X)"),
-        ]
-        text = " * ".join(p for p in parts if p)
-        return (
-            text.replace("sqrt(sqrt(X))", "X^(1/4)")
-            .replace("(sqrt(X))^2", "X")
-            .replace("|||W|||", "||W||")
-        )
-
-    def row_canonical(self) -> Genome:
-        """An equivalent genome under per-row or N:M comparison (same masks, fewer variants).
-
-        Row-constant coefficients become 'one'; a row softmax equals exp up to a per-row factor.
-        """
-        softmax, exp = TRANSFORMS.index("softmax"), TRANSFORMS.index("exp")
-        n = self.names()
-        return Genome(
-            exp if self.f1 == softmax else self.f1,
-            exp if self.f2 == softmax else self.f2,
-            0 if n["alpha"] in _ROW_CONSTANT_ALPHA else self.alpha,
-            0 if n["beta"] in _ROW_CONSTANT_BETA else self.beta,
-        )
-
-
-WANDA_GENOME = Genome()
 
 
 def _log(v: Tensor) -> Tensor:

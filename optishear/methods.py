@@ -9,9 +9,11 @@ from functools import partial
 from torch import Tensor
 
 from optishear.errors import ConfigError, UnknownMethodError
-from optishear.masks import Pattern, prune_mask
-from optishear.meta import Genome, meta_log_score
+from optishear.genome import Genome
+from optishear.masks import prune_mask
+from optishear.meta import meta_log_score
 from optishear.metrics import ScoreFn, get_metric
+from optishear.patterns import Pattern
 from optishear.sparsegpt import sparsegpt_prune
 from optishear.stats import LayerStats
 

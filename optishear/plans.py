@@ -3,55 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from optishear.errors import ConfigError
 
-PlanKind = Literal["uniform", "owl", "explicit"]
 _TOL = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class PlanSpec:
-    """How to choose per-block sparsity; OWL's lambda and M follow Yin et al. (2024)."""
-
-    kind: PlanKind = "uniform"
-    owl_lambda: float = 0.08
-    owl_m: float = 5.0
-    ratios: tuple[float, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("uniform", "owl", "explicit"):
-            raise ConfigError(f"plan must be uniform, owl or explicit, got {self.kind!r}")
-        if self.kind == "explicit" and not self.ratios:
-            raise ConfigError("an explicit plan needs one sparsity per block")
-        if self.kind != "explicit" and self.ratios:
-            raise ConfigError("per-block sparsities are only given with an explicit plan")
-        if not 0 < self.owl_lambda < 0.5:
-            raise ConfigError(f"OWL lambda must be in (0, 0.5), got {self.owl_lambda}")
-        if self.owl_m <= 0:
-            raise ConfigError(f"OWL M must be > 0, got {self.owl_m}")
-        for r in self.ratios:
-            if not 0 <= r < 1:
-                raise ConfigError(f"per-block sparsity must be in [0, 1), got {r}")
 
 
 @dataclass(frozen=True, slots=True)
 class SparsityPlan:
     """The sparsity of every decoder block."""
 
-    ratios: tuple[float, ...]
+    block_sparsity: tuple[float, ...]
 
     def ratio(self, block: int) -> float:
-        return self.ratios[block]
+        return self.block_sparsity[block]
 
     def weighted_mean(self, block_params: Sequence[int]) -> float:
         total = sum(block_params)
-        return sum(r * p for r, p in zip(self.ratios, block_params, strict=True)) / total
+        return sum(r * p for r, p in zip(self.block_sparsity, block_params, strict=True)) / total
 
 
 def uniform_plan(n_blocks: int, target: float) -> SparsityPlan:

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from optishear.candidates import Candidate
+from optishear.config import PlanConfig, PruneConfig
 from optishear.errors import ConfigError
 from optishear.layers import (
     BlockInputs,
@@ -21,12 +23,11 @@ from optishear.layers import (
     linear_sublayers,
     run_block,
 )
-from optishear.masks import Pattern, check_pattern_fits, check_target
-from optishear.meta import Genome
+from optishear.masks import check_pattern_fits
 from optishear.methods import LayerTask, Method, build_method
 from optishear.metrics import wanda_score
+from optishear.patterns import Pattern
 from optishear.plans import (
-    PlanSpec,
     SparsityPlan,
     explicit_plan,
     outlier_ratio,
@@ -38,45 +39,8 @@ from optishear.stats import LayerStats, recording_inputs
 
 logger = logging.getLogger(__name__)
 
-StatsSource = Literal["pruned", "dense"]
 # (steps done, steps in all, what is being done)
 ProgressFn = Callable[[int, int, str], None]
-
-
-@dataclass(frozen=True, slots=True)
-class PruneConfig:
-    """What to prune and how; validated here so that every caller gets the same messages."""
-
-    method: str = "wanda"
-    sparsity: float = 0.5
-    pattern: Pattern = field(default_factory=Pattern)
-    plan: PlanSpec = field(default_factory=PlanSpec)
-    genome: Genome | None = None
-    # Statistics of block i from the already-pruned prefix (Wanda/SparseGPT) or the dense model.
-    stats_source: StatsSource = "pruned"
-    batch_size: int = 8
-    # After the method picks a mask, refit the surviving weights to minimise each layer's
-    # output error on the calibration inputs (exact per-row least squares, mask fixed).
-    reconstruct: bool = False
-
-    def __post_init__(self) -> None:
-        build_method(self.method, self.genome)  # raises for unknown names or a stray genome
-        check_target(self.sparsity, self.pattern)
-        if self.pattern.structured and self.plan.kind != "uniform":
-            raise ConfigError(
-                f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
-            )
-        if self.stats_source not in ("pruned", "dense"):
-            raise ConfigError(
-                f"stats source must be 'pruned' or 'dense', got {self.stats_source!r}"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
-            raise ConfigError(
-                "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "
-                "sparsegpt always reconstructs, and magnitude gathers no calibration inputs"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,7 +140,7 @@ def build_plan(
     if config.plan.kind == "uniform":
         return uniform_plan(len(params), float(config.sparsity))
     if config.plan.kind == "explicit":
-        return explicit_plan(config.plan.ratios, params, float(config.sparsity))
+        return explicit_plan(config.plan.block_sparsity, params, float(config.sparsity))
     if dense_stats is None:
         raise RuntimeError("an OWL plan needs dense statistics")
     blocks = []
@@ -190,7 +154,7 @@ def owl_plan_from_dense(
     blocks: Sequence[Sequence[tuple[Tensor, Tensor]]],
     block_params: Sequence[int],
     target: float,
-    spec: PlanSpec,
+    spec: PlanConfig,
 ) -> SparsityPlan:
     """OWL's per-block sparsity from every block's dense (W, act_sq) pairs (Yin et al., 2024).
 
@@ -269,6 +233,8 @@ def prune_model(
     """
     start = time.perf_counter()
     method = build_method(config.method, config.genome)
+    if config.reconstruct and config.method in ("sparsegpt", "magnitude"):
+        raise ConfigError("reconstruct applies to wanda, ria and meta")
     blocks = decoder_blocks(model)
     for idx, block in enumerate(blocks):
         for name, lin in linear_sublayers(block).items():
@@ -283,24 +249,24 @@ def prune_model(
     if config.reconstruct and calib_ids is not None:
         _warn_if_few_tokens(model, calib_ids)
     wants_dense = config.plan.kind == "owl" or (
-        method.needs_activations and config.stats_source == "dense"
+        method.needs_activations and config.stats == "dense"
     )
     if wants_dense and dense_stats is None:
         assert inputs is not None
         dense_stats = collect_dense_stats(
-            model, inputs, hessian=needs_hessian and config.stats_source == "dense"
+            model, inputs, hessian=needs_hessian and config.stats == "dense"
         )
     plan = build_plan(model, config, dense_stats)
     report = PruneReport(
         config.method,
         str(config.pattern),
         float(config.sparsity),
-        list(plan.ratios),
+        list(plan.block_sparsity),
         config.genome.to_dict() if config.genome else None,
         reconstructed=config.reconstruct or method.needs_hessian,
     )
 
-    sequential = method.needs_activations and config.stats_source == "pruned"
+    sequential = method.needs_activations and config.stats == "pruned"
     hidden = inputs.hidden if (sequential and inputs is not None) else None
     for idx, block in enumerate(blocks):
         if sequential:
@@ -339,3 +305,63 @@ def prune_model(
         logger.debug("block %d/%d pruned to %.3f", idx + 1, len(blocks), plan.ratio(idx))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def shipped_config(
+    candidate: Candidate,
+    pattern: Pattern,
+    block_params: Sequence[int],
+    *,
+    refit: bool = False,
+    stats: Literal["pruned", "dense"] = "pruned",
+    batch_size: int = 8,
+) -> PruneConfig:
+    """The prune that ships a candidate: its genome, and its plan when the blocks differ.
+
+    The target is the plan's parameter-weighted mean, so a searched plan is kept as it is.
+    """
+    ratios = candidate.block_sparsity
+    if len(set(ratios)) == 1:
+        plan, target = PlanConfig(), ratios[0]
+    else:
+        target = sum(r * w for r, w in zip(ratios, block_params, strict=True)) / sum(block_params)
+        plan = PlanConfig(kind="explicit", block_sparsity=ratios)
+    return PruneConfig(
+        method="meta",
+        sparsity=target,
+        pattern=pattern,
+        plan=plan,
+        genome=candidate.genome,
+        stats=stats,
+        batch_size=batch_size,
+        reconstruct=refit,
+    )
+
+
+def prune_candidate(
+    model: nn.Module,
+    calib_ids: Tensor,
+    candidate: Candidate,
+    pattern: Pattern,
+    *,
+    refit: bool = False,
+    stats: Literal["pruned", "dense"] = "pruned",
+    batch_size: int = 8,
+    progress: ProgressFn | None = None,
+) -> PruneReport:
+    """Prune `model` in place as a candidate ships: the one recipe of every shipped model.
+
+    The CLI's search export, the runner's checkpoint export, the fitness engine's as-shipped
+    re-score and the benchmarks all build their model here: the candidate's genome with
+    statistics from the pruned prefix (or `stats="dense"`), its per-block plan, and with
+    `refit` a least-squares refit of the surviving weights.
+    """
+    config = shipped_config(
+        candidate,
+        pattern,
+        block_param_counts(model),
+        refit=refit,
+        stats=stats,
+        batch_size=batch_size,
+    )
+    return prune_model(model, calib_ids, config, progress=progress)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from optishear.masks import Pattern, n_pruned
+from optishear.masks import n_pruned
+from optishear.patterns import Pattern
 
 
 def _inverse_hessian_factor(H: Tensor, percdamp: float) -> Tensor:

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import utcnow
-from service.models import Checkpoint, JobStatus, Search
+from service.tables import Checkpoint, JobStatus, Search
 
 Job = type[Search] | type[Checkpoint]
 

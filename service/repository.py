@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from optishear.candidates import ScoredCandidate
 from service.db import utcnow
-from service.models import FINISHED, Candidate, Checkpoint, Generation, JobStatus, Search
 from service.schemas import (
-    BaselineRead,
     CandidateRead,
     CheckpointRead,
     FrontRead,
     GenerationRead,
-    GenomeRead,
-    Objectives,
     PopulationMember,
     PopulationRead,
     Progress,
     SearchCreate,
+    SearchOutcome,
     SearchRead,
 )
+from service.tables import FINISHED, CandidateRow, Checkpoint, Generation, JobStatus, Search
 
 
 class IdempotencyConflictError(Exception):
@@ -50,8 +50,43 @@ def search_read(search: Search) -> SearchRead:
         cancel_requested=search.cancel_requested,
         error=search.error,
         request=SearchCreate.model_validate(search.request),
-        result=search.result,
+        result=outcome(search.result),
     )
+
+
+def stored_scored(m: dict[str, Any]) -> dict[str, Any]:
+    """A stored scored candidate in today's ScoredCandidate shape.
+
+    Rows written before the one schema were flat ({key, genome, ratios, error, gap, ...});
+    they are read as they are, never rewritten.
+    """
+    if "objectives" in m:
+        return m
+    gap = float(m.get("gap", 0.0))
+    out = {
+        "key": m.get("key", ""),
+        "name": m.get("name"),
+        "genome": m["genome"],
+        "block_sparsity": m.get("ratios", []),
+        "objectives": {"error": m["error"], "gap": gap},
+        "sparsity": m["sparsity"],
+        "meets_target": m.get("meets_target", gap <= 1e-6),
+        "n_samples": m.get("n_samples", 0),
+    }
+    if "on_front" in m:
+        out["on_front"] = m["on_front"]
+    return out
+
+
+def outcome(result: dict[str, Any] | None) -> SearchOutcome | None:
+    """A succeeded search's stored summary; older summaries' flat rows are read as today's."""
+    if result is None:
+        return None
+    data = dict(result)
+    data["baselines"] = [stored_scored(b) for b in data.get("baselines", [])]
+    for name in ("refitted", "rescored"):  # older ones kept only key and error: not shown
+        data[name] = [stored_scored(s) for s in data.get(name, []) if "genome" in s]
+    return SearchOutcome.model_validate(data)
 
 
 def create_search(
@@ -137,13 +172,13 @@ def request_cancel(*, session: Session, search: Search) -> bool:
     return bool(done)
 
 
-def candidate_read(c: Candidate) -> CandidateRead:
+def candidate_read(c: CandidateRow) -> CandidateRead:
     return CandidateRead(
         id=c.id,
         key=c.key,
-        genome=GenomeRead.model_validate(c.genome),
-        block_sparsity=c.ratios,
-        objectives=Objectives(error=c.error, gap=c.gap),
+        genome=c.genome,
+        block_sparsity=c.block_sparsity,
+        objectives={"error": c.error, "gap": c.gap},
         sparsity=c.sparsity,
         meets_target=c.meets_target,
         n_samples=c.n_samples,
@@ -160,14 +195,14 @@ def front(*, session: Session, search: Search, generation: int | None) -> FrontR
                 search_id=search.id, generation=None, candidates=[], recommended_id=None
             )
     rows = session.scalars(
-        select(Candidate)
+        select(CandidateRow)
         .where(
-            Candidate.search_id == search.id,
-            Candidate.generation.is_(None)
+            CandidateRow.search_id == search.id,
+            CandidateRow.generation.is_(None)
             if generation is None
-            else Candidate.generation == generation,
+            else CandidateRow.generation == generation,
         )
-        .order_by(Candidate.rank)
+        .order_by(CandidateRow.rank)
     ).all()
     if generation is not None and not rows:
         return None
@@ -178,7 +213,7 @@ def front(*, session: Session, search: Search, generation: int | None) -> FrontR
         candidates=[candidate_read(c) for c in rows],
         recommended_id=recommended,
         baselines=[
-            BaselineRead.model_validate({**b, "block_sparsity": b.get("ratios", [])})
+            ScoredCandidate.model_validate(stored_scored(b))
             for b in (search.result or {}).get("baselines", [])
         ],
     )
@@ -202,17 +237,7 @@ def population(
         search_id=search.id,
         generation=number,
         candidates=[
-            PopulationMember(
-                key=m["key"],
-                genome=GenomeRead.model_validate(m["genome"]),
-                block_sparsity=m["ratios"],
-                objectives=Objectives(error=m["error"], gap=m["gap"]),
-                sparsity=m["sparsity"],
-                meets_target=m["meets_target"],
-                n_samples=m["n_samples"],
-                on_front=m["on_front"],
-            )
-            for m in members[0] or []
+            PopulationMember.model_validate(stored_scored(m)) for m in members[0] or []
         ],
     )
 
@@ -225,7 +250,7 @@ def generations(*, session: Session, search_id: uuid.UUID) -> list[GenerationRea
 
 
 def create_checkpoint(
-    *, session: Session, search: Search, candidate: Candidate
+    *, session: Session, search: Search, candidate: CandidateRow
 ) -> tuple[Checkpoint, bool]:
     """Queue an export; an existing one of the same candidate (not failed) is reused."""
     existing = session.scalars(

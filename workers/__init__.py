@@ -1,4 +1,4 @@
-"""OptiShear workers: the job runner that drives searches, and Ray actors that evaluate candidates."""
+"""OptiShear workers: Ray actors that hold a model and evaluate candidates, and their pool."""
 
 # The runtime module sets Ray's auth mode; importing it first means that happens before any
 # module of this package imports Ray.

@@ -15,7 +15,7 @@ import transformers
 from torch import Tensor
 
 from optishear.search.engine_spec import EngineSpec
-from optishear.search.fitness import Candidate, Evaluation
+from optishear.candidates import Candidate, Evaluation
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,9 +100,9 @@ class ModelWorker:
             self.evaluations += 1
         return results
 
-    def owl_ratios(self, target: float) -> tuple[float, ...]:
+    def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
-        return self.engine.owl_ratios(target)
+        return self.engine.owl_plan(target)
 
     def usage(self) -> WorkerUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")

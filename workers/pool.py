@@ -20,7 +20,7 @@ from torch import Tensor
 
 from optishear.errors import ConfigError
 from optishear.search.engine_spec import EngineSpec
-from optishear.search.fitness import Candidate, Evaluation
+from optishear.candidates import Candidate, Evaluation
 from workers.actor import ModelWorkerActor, WorkerInfo, WorkerUsage
 from workers.errors import WorkerError, WorkerStartError
 from workers.runtime import ADDRESS_ENV, ray_runtime
@@ -175,10 +175,10 @@ class RayEvaluator:
     def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
         return self._dispatch("shipped", candidates, refit)
 
-    def owl_ratios(self, target: float) -> tuple[float, ...]:
+    def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
         try:
-            return tuple(ray.get(self._actors[0].owl_ratios.remote(target)))
+            return tuple(ray.get(self._actors[0].owl_plan.remote(target)))
         except RayActorError as exc:
             raise WorkerError(f"a Ray worker died while planning OWL: {_short(exc)}") from exc
 

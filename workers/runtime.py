@@ -12,8 +12,8 @@ from contextlib import contextmanager
 # otherwise, and every process of a cluster must use the same mode. We keep Ray's secure
 # choice but say it explicitly, before Ray is imported (Ray caches the mode at import; its
 # local processes inherit the variable). A user who joins a cluster without authentication
-# sets RAY_AUTH_MODE=disabled. Ray itself is imported only where it is used: the job runner
-# (workers/runner.py) lives in this package too and must import without Ray installed.
+# sets RAY_AUTH_MODE=disabled. Ray itself is imported only where it is used (workers.pool,
+# workers.actor), so that importing this package stays cheap.
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 DEFAULT_AUTH_MODE = "token"
 _STALE_AUTH_MODE = "ray" in sys.modules and AUTH_MODE_ENV not in os.environ

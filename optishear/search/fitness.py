@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from optishear.candidates import Candidate, Evaluation
+from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.errors import ConfigError, UnsupportedModelError
 from optishear.layers import (
     block_param_counts,
@@ -35,10 +36,10 @@ from optishear.layers import (
     inputs_of,
     iter_linears,
 )
-from optishear.masks import Pattern, check_pattern_fits, prune_mask
-from optishear.meta import Genome, meta_log_score
-from optishear.plans import PlanSpec
-from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dense, prune_model
+from optishear.masks import check_pattern_fits, prune_mask
+from optishear.meta import meta_log_score
+from optishear.patterns import Pattern
+from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
 
 # How much work one kernel launch gets on a GPU, where small models are bound by launches: the
 # fast KL's tokens per lm_head call, and the weights scored at once when equally shaped layers
@@ -46,42 +47,6 @@ from optishear.prune import PruneConfig, collect_dense_stats, owl_plan_from_dens
 # matrix at a time are faster (measured in bench/RESULTS.md): the temporaries stay in cache.
 _GPU_KL_CHUNK_TOKENS = 4096
 _GPU_MASK_CHUNK_ELEMENTS = 1 << 25
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A point of the search space: a metric genome and one sparsity per decoder block."""
-
-    genome: Genome
-    ratios: tuple[float, ...]
-
-    def key(self) -> tuple[int, tuple[float, ...]]:
-        """Candidates with equal keys give identical masks (per-row/N:M comparison)."""
-        return self.genome.row_canonical().index, tuple(round(r, 9) for r in self.ratios)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"genome": self.genome.to_dict(), "ratios": list(self.ratios)}
-
-
-Objective = Literal["kl", "logits_fro"]
-
-
-@dataclass(frozen=True, slots=True)
-class Evaluation:
-    """Objectives of one candidate: model-wise reconstruction error and achieved sparsity."""
-
-    error: float  # mean token KL(dense || pruned), or relative logits Frobenius error
-    sparsity: float  # achieved share of pruned weights (parameter-weighted)
-    n_samples: int  # calibration sequences used (fewer for a low-fidelity pass)
-    seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "error": self.error,
-            "sparsity": self.sparsity,
-            "n_samples": self.n_samples,
-            "seconds": self.seconds,
-        }
 
 
 class FitnessEngine:
@@ -97,12 +62,13 @@ class FitnessEngine:
         fitness_samples: int | None = None,
         objective: Objective = "kl",
         mask_cache_bytes: int = 2 << 30,
-        stats_target: float | None = None,
+        stats: Literal["baseline", "dense"] = "dense",
+        sparsity: float | None = None,
     ) -> None:
         """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`.
 
-        With `stats_target`, the masks are scored with the activation statistics of the model
-        pruned by Wanda at that target and pattern, not of the dense model. A shipped model is
+        With `stats="baseline"`, the masks are scored with the activation statistics of the model
+        pruned by Wanda at `sparsity` and the pattern, not of the dense model. A shipped model is
         pruned block by block with statistics from its already-pruned prefix; the baseline's
         pruned model is a one-off stand-in for every candidate's prefix, and it ranks close
         genomes as the shipped prune does far better than dense statistics (bench/RESULTS.md).
@@ -110,6 +76,8 @@ class FitnessEngine:
         """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
+        if stats == "baseline" and sparsity is None:
+            raise ConfigError("baseline statistics need the target sparsity")
         self.model = model.eval()
         self.objective = objective
         self.pattern = pattern
@@ -146,13 +114,14 @@ class FitnessEngine:
         # Dense statistics score the masks without a stats target, and give OWL its plan
         # (unstructured only): an N:M search on Wanda's statistics skips that forward pass.
         self._dense_act_sq: list[Tensor] | None = None
-        if stats_target is None or not pattern.structured:
+        if stats == "dense" or not pattern.structured:
             self._dense_act_sq = self._activation_stats()
-        if stats_target is None:
+        if stats == "dense":
             assert self._dense_act_sq is not None
             scoring = self._dense_act_sq
         else:
-            scoring = self._baseline_act_sq(stats_target)
+            assert sparsity is not None
+            scoring = self._baseline_act_sq(sparsity)
         self._act_stacks, self.act_sq = self._stacked(scoring)
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
@@ -217,14 +186,16 @@ class FitnessEngine:
 
     def _baseline_act_sq(self, target: float) -> list[Tensor]:
         """Statistics of the model pruned by Wanda at `target`; the dense weights come back."""
-        config = PruneConfig("wanda", target, self.pattern, batch_size=self.batch_size)
+        config = PruneConfig(
+            method="wanda", sparsity=target, pattern=self.pattern, batch_size=self.batch_size
+        )
         try:
             prune_model(self.model, self.calib_ids, config)
             return self._activation_stats()
         finally:
             self.restore()
 
-    def owl_ratios(self, target: float, spec: PlanSpec | None = None) -> tuple[float, ...]:
+    def owl_plan(self, target: float, spec: PlanConfig | None = None) -> tuple[float, ...]:
         """OWL's per-block sparsity at `target`, from the dense weights and statistics held here.
 
         OWL spreads sparsity across blocks, which an N:M pattern forbids: unstructured only.
@@ -235,8 +206,8 @@ class FitnessEngine:
         blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
         for pos, (idx, _name, _lin) in enumerate(self.layers):
             blocks[idx].append((self.dense[pos], self._dense_act_sq[pos]))
-        plan = owl_plan_from_dense(blocks, self.block_params, target, spec or PlanSpec("owl"))
-        return plan.ratios
+        plan = owl_plan_from_dense(blocks, self.block_params, target, spec or PlanConfig(kind="owl"))
+        return plan.block_sparsity
 
     def clear_mask_cache(self) -> None:
         self._masks.clear()
@@ -252,7 +223,7 @@ class FitnessEngine:
         ):
             missing: dict[float, list[int]] = {}  # ratio -> indices into the stack
             for j, pos in enumerate(group):
-                ratio = round(candidate.ratios[self.layers[pos][0]], 9)
+                ratio = round(candidate.block_sparsity[self.layers[pos][0]], 9)
                 key = (canonical, pos, ratio)
                 cached = self._masks.get(key)
                 if cached is None:
@@ -332,9 +303,9 @@ class FitnessEngine:
     @torch.no_grad()
     def apply(self, candidate: Candidate) -> float:
         """Write the candidate's masked dense weights into the model; returns its sparsity."""
-        if len(candidate.ratios) != self.n_blocks:
+        if len(candidate.block_sparsity) != self.n_blocks:
             raise ValueError(
-                f"candidate has {len(candidate.ratios)} ratios for {self.n_blocks} blocks"
+                f"candidate has {len(candidate.block_sparsity)} ratios for {self.n_blocks} blocks"
             )
         pruned = torch.zeros((), dtype=torch.int64, device=self.device)
         total = 0
@@ -361,23 +332,15 @@ class FitnessEngine:
         when refitting).
         """
         self.restore()
-        ratios = candidate.ratios
-        if len(set(ratios)) == 1:
-            plan, target = PlanSpec(), ratios[0]
-        else:
-            weights = self.block_params
-            target = sum(r * w for r, w in zip(ratios, weights, strict=True)) / sum(weights)
-            plan = PlanSpec("explicit", ratios=ratios)
-        config = PruneConfig(
-            "meta",
-            target,
+        report = prune_candidate(
+            self.model,
+            self.calib_ids,
+            candidate,
             self.pattern,
-            plan,
-            candidate.genome,
+            refit=refit,
             batch_size=self.batch_size,
-            reconstruct=refit,
         )
-        return prune_model(self.model, self.calib_ids, config).achieved
+        return report.achieved
 
     @torch.no_grad()
     def evaluate(
@@ -414,3 +377,17 @@ class FitnessEngine:
         finally:
             self.restore()
         return Evaluation(error, sparsity, n, time.perf_counter() - start)
+
+
+def engine_for(model: nn.Module, calib_ids: Tensor, config: SearchConfig) -> FitnessEngine:
+    """The fitness engine a search config asks for, on a loaded model and its calibration."""
+    return FitnessEngine(
+        model,
+        calib_ids,
+        config.pattern,
+        batch_size=config.batch_size,
+        fitness_samples=config.fitness_samples,
+        objective=config.objective,
+        stats=config.engine_stats,
+        sparsity=config.target,
+    )

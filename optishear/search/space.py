@@ -11,8 +11,8 @@ import numpy as np
 from pymoo.core.repair import Repair
 
 from optishear.errors import ConfigError
-from optishear.meta import COEFFICIENTS, TRANSFORMS, WANDA_GENOME, Genome
-from optishear.search.fitness import Candidate
+from optishear.genome import COEFFICIENTS, TRANSFORMS, WANDA_GENOME, Genome
+from optishear.candidates import Candidate
 
 Stage = Literal["metric", "layerwise", "joint"]
 _N_METRIC = 4
@@ -32,7 +32,7 @@ class SearchSpace:
     step: float = 0.05
     levels: int = 1
     genome: Genome = WANDA_GENOME  # fixed genome of a layerwise-only stage
-    ratios: tuple[float, ...] = field(default_factory=tuple)  # fixed plan of a metric stage
+    block_sparsity: tuple[float, ...] = field(default_factory=tuple)  # fixed plan of a metric stage
 
     def __post_init__(self) -> None:
         if self.stage not in ("metric", "layerwise", "joint"):
@@ -44,7 +44,7 @@ class SearchSpace:
                     f"per-block sparsity {self.target} +- {self.levels} x {self.step} must stay "
                     "within [0, 1)"
                 )
-        elif len(self.ratios) != len(self.block_params):
+        elif len(self.block_sparsity) != len(self.block_params):
             raise ConfigError("a metric stage needs a fixed per-block plan")
 
     @property
@@ -91,11 +91,11 @@ class SearchSpace:
             offsets = x[_N_METRIC:] if self.has_metric else x
             ratios = tuple(self.target + self.step * (int(o) - self.levels) for o in offsets)
         else:
-            ratios = self.ratios
+            ratios = self.block_sparsity
         return Candidate(genome, ratios)
 
     def gap(self, candidate: Candidate) -> float:
-        return plan_gap(candidate.ratios, self.block_params, self.target)
+        return plan_gap(candidate.block_sparsity, self.block_params, self.target)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -10,8 +10,8 @@ from fastapi.responses import FileResponse
 
 from service import repository
 from service.deps import SessionDep, SettingsDep, get_or_404
-from service.models import Checkpoint, JobStatus
 from service.schemas import CheckpointRead, Message
+from service.tables import Checkpoint, JobStatus
 
 router = APIRouter(prefix="/checkpoints", tags=["checkpoints"])
 NOT_FOUND = {404: {"model": Message, "description": "no checkpoint with this id"}}

@@ -8,10 +8,16 @@ from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse, RedirectResponse
 
 STATIC = Path(__file__).resolve().parent.parent / "dashboard"
-# The only files served: the name in the URL is looked up here, never joined onto a path.
+TYPES = {
+    ".js": "text/javascript; charset=utf-8",  # ES modules need a JavaScript MIME type
+    ".css": "text/css; charset=utf-8",
+}
+# The only files served, listed once at import: the path in the URL is looked up here, never
+# joined onto a path. index.html is served at `/` only.
 FILES = {
-    "app.js": "text/javascript; charset=utf-8",
-    "style.css": "text/css; charset=utf-8",
+    path.relative_to(STATIC).as_posix(): TYPES[path.suffix]
+    for path in sorted(STATIC.rglob("*"))
+    if path.is_file() and path.suffix in TYPES
 }
 # Everything the page loads comes from this origin; API text is inserted as text, never markup.
 HEADERS = {
@@ -39,8 +45,9 @@ def dashboard_redirect() -> RedirectResponse:
     return RedirectResponse("/")
 
 
-@router.get("/dashboard/{name}")
+@router.get("/dashboard/{name:path}")
 def dashboard_file(name: str) -> FileResponse:
+    """style.css and the page's modules (js/main.js, js/views/...)."""
     media_type = FILES.get(name)
     if media_type is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no dashboard file {name!r}")

@@ -12,7 +12,6 @@ from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
 from service import repository
 from service.deps import SessionDep, WriteSessionDep, get_or_404
-from service.models import Candidate, JobStatus, Search
 from service.schemas import (
     CheckpointCreate,
     CheckpointRead,
@@ -24,6 +23,7 @@ from service.schemas import (
     SearchPage,
     SearchRead,
 )
+from service.tables import CandidateRow, JobStatus, Search
 
 router = APIRouter(prefix="/searches", tags=["searches"])
 NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
@@ -188,11 +188,11 @@ def create_checkpoint(
             status.HTTP_409_CONFLICT,
             f"search {search.id} is {search.status}: checkpoints need a succeeded search",
         )
-    query = select(Candidate).where(Candidate.search_id == search.id)
+    query = select(CandidateRow).where(CandidateRow.search_id == search.id)
     if body is not None and body.candidate_id is not None:
-        query = query.where(Candidate.id == body.candidate_id)
+        query = query.where(CandidateRow.id == body.candidate_id)
     else:
-        query = query.where(Candidate.generation.is_(None), Candidate.recommended.is_(True))
+        query = query.where(CandidateRow.generation.is_(None), CandidateRow.recommended.is_(True))
     candidate = session.scalars(query).first()
     if candidate is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search.id} has no such candidate")

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from service.runner import QueueRunner
 
 from service import db
 from service.app import create_app
 from service.settings import ServiceSettings
-from workers.runner import QueueRunner
 
 PG_ADMIN_URL = os.environ.get(
     "OPTISHEAR_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
-from optishear.search.loop import InProcessEvaluator
-from service.cli import main
+from optishear.search.evaluator import InProcessEvaluator
+from service.commands import main
 
 _evaluate = InProcessEvaluator.evaluate
 

@@ -35,10 +35,12 @@ def test_submit_poll_front_export_download_load(
         assert len(rec["block_sparsity"]) == 2
         # published methods at the same target, evaluated by the search (unstructured: OWL too)
         assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
-        for b in front["baselines"]:
-            assert set(b) == {"name", "error", "gap", "sparsity", "block_sparsity"}
-            assert b["error"] > 0
-            assert b["gap"] < 1e-6
+        for b in front["baselines"]:  # one schema: a baseline is a scored candidate
+            assert set(b) == set(front["candidates"][0]) - {"id", "recommended"}
+            assert b["objectives"]["error"] > 0
+            assert b["objectives"]["gap"] < 1e-6
+            assert b["meets_target"]
+        assert front["baselines"] == done["result"]["baselines"]
         gens = client.get(f"/api/searches/{sid}/generations").json()
         assert [g["number"] for g in gens] == [1, 2]
         g1 = client.get(f"/api/searches/{sid}/front", params={"generation": 1}).json()
@@ -166,7 +168,7 @@ def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
         assert done["status"] == "succeeded", done
         refitted = done["result"]["refitted"]
         assert 1 <= len(refitted) <= 3  # the 2 best and Wanda
-        assert refitted == sorted(refitted, key=lambda r: r["error"])
+        assert refitted == sorted(refitted, key=lambda r: r["objectives"]["error"])
         assert done["result"]["recommended_key"] == refitted[0]["key"]
         ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
         ck = poll(client, f"/api/checkpoints/{ck['id']}")
@@ -190,7 +192,7 @@ def test_rescore_search_recommends_the_best_as_shipped_and_exports_it(
         assert done["status"] == "succeeded", done
         rescored = done["result"]["rescored"]
         assert 2 <= len(rescored) <= 3  # the 2 best and Wanda
-        assert rescored == sorted(rescored, key=lambda r: r["error"])
+        assert rescored == sorted(rescored, key=lambda r: r["objectives"]["error"])
         assert done["result"]["refitted"] == []
         assert done["result"]["recommended_key"] == rescored[0]["key"]
         # the recommendation has its row, on the front or after it

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select, update
 
 from service import db, queue
-from service.models import Generation, JobStatus, Search
+from service.tables import Generation, JobStatus, Search
 
 SLOW_WORKER = Path(__file__).with_name("slow_worker.py")
 

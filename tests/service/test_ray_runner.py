@@ -26,7 +26,7 @@ def test_search_on_a_ray_worker(client, search_body, make_settings, thread_runne
 
     def baselines(search_id):  # OWL planned on a worker equals OWL planned in process
         rows = client.get(f"/api/searches/{search_id}/front").json()["baselines"]
-        return [(b["name"], round(b["error"], 6)) for b in rows]
+        return [(b["name"], round(b["objectives"]["error"], 6)) for b in rows]
 
     assert [name for name, _ in baselines(sid)] == ["Wanda", "OWL+Wanda"]
     assert baselines(sid) == baselines(in_process)

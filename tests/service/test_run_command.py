@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from optishear.cli import main
 from service import db
-from service.models import Checkpoint, JobStatus, Search
 from service.settings import get_settings
+from service.tables import Checkpoint, JobStatus, Search
 
 
 @pytest.fixture

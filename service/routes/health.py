@@ -9,12 +9,12 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from optishear.models import REGISTERED_MODELS, registered_model_dir
 from optishear.settings import LibrarySettings
+from optishear.sources import REGISTERED_MODELS, registered_model_dir
 from service.db import utcnow
 from service.deps import SessionDep, SettingsDep
-from service.models import Runner
 from service.schemas import Health, ModelRead
+from service.tables import RunnerRow
 
 api = APIRouter(tags=["models"])
 health = APIRouter(tags=["health"])
@@ -49,7 +49,7 @@ def readyz(session: SessionDep, settings: SettingsDep, response: Response) -> He
         checks["database"] = "ok"
         fresh = utcnow() - timedelta(seconds=max(3 * settings.heartbeat_seconds, 5.0))
         n = session.scalar(
-            select(func.count()).select_from(Runner).where(Runner.heartbeat_at > fresh)
+            select(func.count()).select_from(RunnerRow).where(RunnerRow.heartbeat_at > fresh)
         )
         checks["runners"] = f"{n} alive" if n else "no runner heartbeat"
     except SQLAlchemyError as exc:

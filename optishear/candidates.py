@@ -1,0 +1,146 @@
+"""Candidates, their evaluations, and the one record of a scored candidate and of a search.
+
+A *candidate* is a metric genome plus a per-block plan. `ScoredCandidate` is the single shape
+in which a scored candidate leaves the library: the search's results, the runner's stored rows
+and populations, the API's front, population and baselines, and the dashboard all read it.
+No torch here: the API serves these without loading the maths.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from optishear.genome import Genome
+
+GAP_TOLERANCE = 1e-6  # a plan meets the target when its weighted mean is this close
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A point of the search space: a metric genome and one sparsity per decoder block."""
+
+    genome: Genome
+    block_sparsity: tuple[float, ...]
+
+    def key(self) -> tuple[int, tuple[float, ...]]:
+        """Candidates with equal keys give identical masks (per-row/N:M comparison)."""
+        return self.genome.row_canonical().index, tuple(round(r, 9) for r in self.block_sparsity)
+
+    def label(self) -> str:
+        """A short stable id: '<genome index>-<plan>' ('uniform' or a checksum of the plan)."""
+        return f"{self.genome.index}-{plan_label(self.block_sparsity)}"
+
+
+def plan_label(block_sparsity: Sequence[float]) -> str:
+    if len(set(block_sparsity)) == 1:
+        return "uniform"
+    return format(zlib.crc32(",".join(f"{r:.9f}" for r in block_sparsity).encode()), "08x")
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """Objectives of one candidate: model-wise reconstruction error and achieved sparsity."""
+
+    error: float  # mean token KL(dense || pruned), or relative logits Frobenius error
+    sparsity: float  # achieved share of pruned weights (parameter-weighted)
+    n_samples: int  # calibration sequences used (fewer for a low-fidelity pass)
+    seconds: float
+
+
+class GenomeRecord(BaseModel):
+    f1: str
+    f2: str
+    alpha: str
+    beta: str
+    index: int
+    formula: str
+
+    @classmethod
+    def of(cls, genome: Genome) -> GenomeRecord:
+        return cls(**genome.to_dict())
+
+
+class Objectives(BaseModel):
+    error: float = Field(description="model-wise reconstruction error (minimised)")
+    gap: float = Field(description="distance of the parameter-weighted sparsity from the target")
+
+
+class ScoredCandidate(BaseModel):
+    """A scored candidate as every layer shows it (front member, population member, baseline)."""
+
+    key: str = Field(description="'<genome index>-<plan>': equal keys, equal candidates")
+    name: str | None = Field(
+        None, description="a baseline's name: 'Wanda' (uniform plan) or 'OWL+Wanda'"
+    )
+    genome: GenomeRecord
+    block_sparsity: list[float] = Field(description="the per-block plan")
+    objectives: Objectives
+    sparsity: float = Field(description="achieved parameter-weighted sparsity")
+    meets_target: bool
+    n_samples: int = Field(description="calibration sequences behind the error")
+
+    def candidate(self) -> Candidate:
+        return Candidate(Genome.from_index(self.genome.index), tuple(self.block_sparsity))
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A candidate with its evaluation and its distance from the target."""
+
+    candidate: Candidate
+    evaluation: Evaluation
+    gap: float
+    name: str | None = None  # set on baselines
+
+    @property
+    def meets_target(self) -> bool:
+        return self.gap <= GAP_TOLERANCE
+
+    def record(self) -> ScoredCandidate:
+        c, e = self.candidate, self.evaluation
+        return ScoredCandidate(
+            key=c.label(),
+            name=self.name,
+            genome=GenomeRecord.of(c.genome),
+            block_sparsity=[float(r) for r in c.block_sparsity],
+            objectives=Objectives(error=float(e.error), gap=float(self.gap)),
+            sparsity=float(e.sparsity),
+            meets_target=self.meets_target,
+            n_samples=int(e.n_samples),
+        )
+
+
+class StageSummary(BaseModel):
+    stage: str
+    front_size: int
+
+
+class SearchSummary(BaseModel):
+    """What a finished search reports, next to its front (library, runner, API, dashboard)."""
+
+    recommended_key: str
+    evaluations: int
+    cache_hits: int
+    search_seconds: float
+    stages: list[StageSummary] = Field(default_factory=list)
+    refitted: list[ScoredCandidate] = Field(
+        default_factory=list, description="refit_top: the finalists as shipped, refit"
+    )
+    rescored: list[ScoredCandidate] = Field(
+        default_factory=list, description="rescore_top: the finalists as shipped, masks only"
+    )
+    baselines: list[ScoredCandidate] = Field(
+        default_factory=list,
+        description="published methods at the same target (Wanda; OWL+Wanda when unstructured)",
+    )
+    selection_rule: str = ""
+
+
+def records(scored: Sequence[Scored]) -> list[dict[str, Any]]:
+    """The JSON form of scored candidates, as stored with a generation."""
+    return [s.record().model_dump(mode="json") for s in scored]

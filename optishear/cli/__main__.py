@@ -1,0 +1,5 @@
+import sys
+
+from optishear.cli import main
+
+sys.exit(main())

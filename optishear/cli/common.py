@@ -1,0 +1,46 @@
+"""What the commands share: model and runtime flags, assets on demand, held-out perplexity."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from optishear.assets import assets_ready, pull_assets
+from optishear.cli.progress import Bars
+from optishear.config import BUNDLED, DTYPES, EvaluationConfig
+from optishear.data import load_texts, tokenize_stream
+from optishear.evaluate import Perplexity, perplexity
+from optishear.settings import LibrarySettings
+from optishear.sources import REGISTERED_MODELS
+
+
+def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    if model:
+        p.add_argument(
+            "--model",
+            required=True,
+            help=f"registered name ({', '.join(REGISTERED_MODELS)}), HF folder, .gguf file or "
+            "hub id",
+        )
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+
+
+def add_dtype_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+
+
+def ensure_assets(
+    settings: LibrarySettings, bars: Bars, model: str | None, *texts: str | None
+) -> None:
+    """Fetch the bundled model and text once, when a command names them."""
+    if (model in REGISTERED_MODELS or BUNDLED in texts) and not assets_ready(settings):
+        pull_assets(settings, bars.bytes)
+
+
+def held_out(
+    model: torch.nn.Module, tokenizer: Any, config: EvaluationConfig, settings: LibrarySettings
+) -> Perplexity:
+    stream = tokenize_stream(tokenizer, load_texts(config.text, "evaluation", settings))
+    return perplexity(model, stream, config)

@@ -1,0 +1,188 @@
+"""`optishear search`: the NSGA-III search in this process or on Ray actors, without a database."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from optishear.cli.common import ensure_assets, held_out
+from optishear.cli.flags import add_config_flags, config_from_flags
+from optishear.cli.progress import Bars
+from optishear.config import SearchConfig
+from optishear.data import sample_calibration
+from optishear.errors import ConfigError
+from optishear.export import export_checkpoint
+from optishear.hf import load_model, torch_device, torch_dtype
+from optishear.prune import prune_candidate
+from optishear.settings import LibrarySettings
+
+logger = logging.getLogger("optishear")
+
+EVALUATOR_PLUGINS = "optishear.evaluators"  # entry-point group; the workers package adds "ray"
+STATE_FILE = "state.json"
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("search", help="NSGA-III search for the metric and per-block plan")
+    add_config_flags(p, SearchConfig)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--out", type=Path, required=True, help="folder for results and state")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out")
+    p.add_argument(
+        "--export",
+        action="store_true",
+        help="also write the recommended pruned checkpoint to OUT/checkpoint",
+    )
+    p.add_argument(
+        "--final-stats",
+        choices=("pruned", "dense"),
+        default="pruned",
+        help="statistics used when pruning the recommended solution",
+    )
+    p.add_argument("--no-eval", action="store_true", help="skip held-out perplexity")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="evaluate candidates on N Ray actors, one model each (default 1: in this process)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster (also RAY_ADDRESS) instead of starting Ray locally",
+    )
+    p.set_defaults(handler=run)
+
+
+def _evaluator_plugin(name: str) -> Callable[..., Any]:
+    """An evaluator factory registered by another package (the library never imports Ray)."""
+    found = entry_points(group=EVALUATOR_PLUGINS, name=name)
+    if not found:
+        raise ConfigError(
+            f"--workers > 1 and --ray-address need the {name!r} evaluator plugin (entry point "
+            f"group {EVALUATOR_PLUGINS}), which the workers package provides: "
+            "pip install 'optishear[workers]'"
+        )
+    try:
+        return found[name].load()  # type: ignore[no-any-return]
+    except ImportError as exc:
+        raise ConfigError(
+            f"the {name!r} evaluator plugin cannot be loaded ({exc}): "
+            "pip install 'optishear[workers]'"
+        ) from exc
+
+
+def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
+    from optishear.search.engine_spec import EngineSpec
+    from optishear.search.evaluator import InProcessEvaluator
+    from optishear.search.fitness import engine_for
+    from optishear.search.loop import run_search
+
+    config = config_from_flags(SearchConfig, args)
+    if args.workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+    if (config.refit_top or config.rescore_top) and args.final_stats != "pruned":
+        raise ConfigError(
+            "--refit-top and --rescore-top score candidates pruned with statistics from the "
+            "pruned prefix: --final-stats dense would ship a different model"
+        )
+    out: Path = args.out
+    state_path = out / STATE_FILE
+    if state_path.exists() and not args.resume:
+        raise ConfigError(
+            f"{out} holds a search already: pass --resume to continue it, or choose another folder"
+        )
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is not a folder")
+    use_ray = args.workers > 1 or args.ray_address is not None
+    plugin = _evaluator_plugin("ray") if use_ray else None
+    device = torch_device(args.device)
+    ensure_assets(settings, bars, config.model, config.calibration.source, config.evaluation.text)
+    model, tokenizer, source = load_model(
+        config.model, settings=settings, device=device, dtype=torch_dtype(config.dtype)
+    )
+    calib = sample_calibration(tokenizer, config.calibration, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator: contextlib.AbstractContextManager[Any]
+    if plugin is not None:  # each actor loads its own model; only the calibration ids travel
+        spec = EngineSpec(config)
+        evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
+    else:
+        evaluator = contextlib.nullcontext(InProcessEvaluator(engine_for(model, calib, config)))
+    bar = tqdm(total=config.total_generations(), desc="search", unit="gen", disable=not bars.enabled)
+
+    def show(p: Any) -> None:
+        bar.update(p.stage_index * config.generations + p.generation - bar.n)
+        bar.set_postfix(
+            stage=p.stage, best=f"{p.best_error:.4f}", evals=p.evaluations, eta=f"{p.eta:.0f}s"
+        )
+        logger.info(
+            "stage %s generation %d/%d: best error %.5f, %d evaluations, %d cache hits",
+            p.stage,
+            p.generation,
+            p.n_generations,
+            p.best_error,
+            p.evaluations,
+            p.cache_hits,
+        )
+
+    with evaluator as batch_evaluator:
+        result = run_search(
+            batch_evaluator, config, state_path=state_path, resume=args.resume, progress=show
+        )
+    bar.close()
+    report = result.to_dict()
+    rec = result.recommended
+    if not args.no_eval or args.export:
+        pruned = prune_candidate(
+            model,
+            calib,
+            rec.candidate,
+            config.pattern,
+            refit=bool(result.refitted),
+            stats=args.final_stats,
+            batch_size=config.batch_size,
+            progress=bars.steps,
+        )
+        report["recommended_prune"] = pruned.to_dict()
+        if not args.no_eval:
+            ppl = held_out(model, tokenizer, config.evaluation, settings)
+            report["recommended_eval"] = ppl.to_dict()
+        if args.export:
+            manifest = export_checkpoint(
+                model,
+                tokenizer,
+                out / "checkpoint",
+                {
+                    "source_model": config.model,
+                    "source_kind": source.kind,
+                    "search": {k: report[k] for k in ("config", "recommended")},
+                    "prune": pruned.to_dict(),
+                    "eval": report.get("recommended_eval"),
+                },
+                overwrite=True,
+            )
+            report["checkpoint"] = {"path": str(out / "checkpoint"), "files": manifest["files"]}
+    (out / "search.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "recommended.json").write_text(json.dumps(report["recommended"], indent=2))
+    print(
+        f"search done: {result.evaluations} evaluations, {result.cache_hits} cache hits, "
+        f"{result.seconds:.0f}s; front of {len(result.front)}"
+    )
+    print(
+        f"recommended: {rec.candidate.genome.formula()}; per-block sparsity "
+        f"{', '.join(f'{x:.2f}' for x in rec.candidate.block_sparsity)}; reconstruction error "
+        f"{rec.evaluation.error:.5f}"
+    )
+    if "recommended_eval" in report:
+        print(f"held-out perplexity {report['recommended_eval']['perplexity']:.3f}")
+    print(f"results in {out / 'search.json'}")
+    return 0

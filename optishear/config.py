@@ -1,0 +1,354 @@
+"""Every setting of a calibration, an evaluation, a prune and a search: defaults and rules, once.
+
+These pydantic models are the one typed config. The library reads them directly, the API's
+request model extends `SearchConfig`, and the command lines generate their flags from them
+(`optishear.cli.flags`): a new setting is one field here. No torch is imported, so the API
+validates a request without loading the maths. Each field's `flag` (in `json_schema_extra`)
+is its command-line name where that differs from the field's name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    model_validator,
+)
+
+from optishear.errors import ConfigError
+from optishear.genome import WANDA_GENOME, Genome
+from optishear.patterns import Pattern, check_target
+
+BUNDLED = "wiki"  # the bundled Wikipedia sample (calibration split / evaluation split)
+METHODS = ("magnitude", "wanda", "ria", "sparsegpt", "meta")  # optishear.methods builds each
+DTYPES = ("float32", "bfloat16", "float16")
+
+# No NUL characters: Postgres text and file paths both reject them.
+Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
+Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]
+Stages = Literal["metric", "layerwise", "both", "joint"]
+Objective = Literal["kl", "logits_fro"]
+Dtype = Literal["float32", "bfloat16", "float16"]
+
+
+def _pattern(value: Any) -> Pattern:
+    if isinstance(value, Pattern):
+        return value
+    if not isinstance(value, str) or len(value) > 32:
+        raise ValueError("pattern must be 'unstructured' or 'N:M' (like 2:4)")
+    return Pattern.parse(value)  # ConfigError is a ValueError: pydantic reports its message
+
+
+def _genome(value: Any) -> Genome:
+    if isinstance(value, Genome):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Genome.from_index(value)
+    if isinstance(value, str) and len(value) <= 256:
+        return Genome.parse(value)
+    if isinstance(value, dict) and set(value) >= {"f1", "f2", "alpha", "beta"}:
+        return Genome.from_names(value["f1"], value["f2"], value["alpha"], value["beta"])
+    raise ValueError("a genome is 'f1=...,f2=...,alpha=...,beta=...', its index or its names")
+
+
+def _block_sparsity(value: Any) -> tuple[float, ...]:
+    if isinstance(value, str):  # the command line's comma-separated list
+        try:
+            value = [float(x) for x in value.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValueError(f"expected comma-separated numbers, got {value!r}") from None
+    if not isinstance(value, list | tuple) or len(value) > 4096:
+        raise ValueError("expected a list of at most 4096 per-block sparsities")
+    out = []
+    for r in value:
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 0 <= r < 1:
+            raise ValueError(f"a per-block sparsity must be a number in [0, 1), got {r!r}")
+        out.append(float(r))
+    return tuple(out)
+
+
+PatternField = Annotated[
+    Pattern,
+    PlainValidator(_pattern),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["unstructured", "2:4", "4:8"]}),
+]
+GenomeField = Annotated[
+    Genome,
+    PlainValidator(_genome),
+    PlainSerializer(lambda g: g.spec(), return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["f1=sqrt,f2=identity,alpha=one,beta=one"]}),
+]
+BlockSparsity = Annotated[
+    tuple[float, ...],
+    PlainValidator(_block_sparsity),
+    PlainSerializer(list, return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}}),
+]
+
+
+def _flag(name: str, **extra: Any) -> dict[str, Any]:
+    return {"flag": name, **extra}
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
+
+
+def default_sparsity(pattern: Pattern) -> float:
+    """The target when none is given: N/M for an N:M pattern, else half the weights."""
+    return pattern.sparsity if pattern.structured else 0.5
+
+
+class _Target(_Config):
+    """A target sparsity and pattern; the one place where the default target is chosen."""
+
+    sparsity: float | None = Field(
+        None, gt=0, lt=1, description="target (parameter-weighted mean) share of pruned weights"
+    )
+    pattern: PatternField = Field(Pattern(), description="unstructured, 2:4, 4:8, ...")
+
+    def _fill_target(self, fallback: float | None = None) -> None:
+        if self.sparsity is None:  # frozen: written once, before anyone can read it
+            value = default_sparsity(self.pattern) if fallback is None else fallback
+            object.__setattr__(self, "sparsity", value)
+        assert self.sparsity is not None
+        check_target(self.sparsity, self.pattern)
+
+    @property
+    def target(self) -> float:
+        """The resolved sparsity (never None once validated)."""
+        assert self.sparsity is not None
+        return self.sparsity
+
+
+class CalibrationConfig(_Config):
+    """Calibration: how many sequences of how many tokens, from which text, with which seed."""
+
+    source: Text = Field(
+        BUNDLED,
+        description="calibration text: 'wiki' (bundled), a .txt/.jsonl file or hf:NAME",
+        json_schema_extra=_flag("calib"),
+    )
+    n_samples: int = Field(
+        32, ge=1, le=1024, description="calibration sequences", json_schema_extra=_flag("nsamples")
+    )
+    seq_len: int = Field(
+        256, ge=8, le=8192, description="tokens per sequence", json_schema_extra=_flag("seqlen")
+    )
+    seed: Seed = Field(
+        0, description="seed of the sequences' offsets", json_schema_extra=_flag("calib-seed")
+    )
+
+
+class EvaluationConfig(_Config):
+    """Held-out perplexity: fixed windows of text the pruning never saw."""
+
+    text: Text = Field(
+        BUNDLED,
+        description="held-out text: 'wiki' (bundled), a .txt/.jsonl file or hf:NAME",
+        json_schema_extra=_flag("eval-text"),
+    )
+    seq_len: int = Field(
+        512, ge=2, le=8192, description="tokens per window", json_schema_extra=_flag("eval-seqlen")
+    )
+    windows: int = Field(
+        64, ge=1, le=4096, description="at most this many windows",
+        json_schema_extra=_flag("eval-windows"),
+    )  # fmt: skip
+    batch_size: int = Field(
+        4, ge=1, le=256, description="windows per forward pass",
+        json_schema_extra=_flag("eval-batch-size"),
+    )  # fmt: skip
+
+
+class PlanConfig(_Config):
+    """How the per-block sparsity is chosen; OWL's lambda and M follow Yin et al. (2024)."""
+
+    kind: Literal["uniform", "owl", "explicit"] = Field(
+        "uniform", description="per-block sparsity plan", json_schema_extra=_flag("plan")
+    )
+    owl_lambda: float = Field(0.08, gt=0, lt=0.5, description="OWL: largest deviation")
+    owl_m: float = Field(5.0, gt=0, description="OWL: outlier threshold (times the mean)")
+    block_sparsity: BlockSparsity = Field(
+        (),
+        description="explicit plan: one sparsity per block, comma-separated",
+        json_schema_extra=_flag("block-sparsity", aliases=["--layer-sparsity"]),
+    )
+
+    @model_validator(mode="after")
+    def _explicit(self) -> PlanConfig:
+        if self.kind == "explicit" and not self.block_sparsity:
+            raise ValueError("an explicit plan needs one sparsity per block")
+        if self.kind != "explicit" and self.block_sparsity:
+            raise ValueError("per-block sparsities are only given with an explicit plan")
+        return self
+
+
+class PruneConfig(_Target):
+    """One prune: method (and genome for 'meta'), target, pattern, plan and statistics."""
+
+    method: Method = Field("wanda", description="pruning method")
+    genome: GenomeField | None = Field(
+        None,
+        description="meta metric genome (method meta; default Wanda's), e.g. "
+        "'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum'",
+    )
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    stats: Literal["pruned", "dense"] = Field(
+        "pruned",
+        description="activation statistics from the pruned prefix (Wanda, SparseGPT) or the "
+        "dense model",
+    )
+    batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
+    reconstruct: bool = Field(
+        False,
+        description="refit the surviving weights by least squares after masking (wanda, ria, meta)",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> PruneConfig:
+        if self.method == "meta" and self.genome is None:
+            object.__setattr__(self, "genome", WANDA_GENOME)
+        if self.method != "meta" and self.genome is not None:
+            raise ValueError("a genome is given with method 'meta', and only with it")
+        explicit = self.plan.block_sparsity
+        # An explicit plan without a target is its own (unweighted) mean.
+        self._fill_target(sum(explicit) / len(explicit) if explicit else None)
+        if self.pattern.structured and self.plan.kind != "uniform":
+            raise ValueError(
+                f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
+            )
+        if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
+            raise ValueError(
+                "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "
+                "sparsegpt always reconstructs, and magnitude gathers no calibration inputs"
+            )
+        return self
+
+
+class SearchConfig(_Target):
+    """A search: model, target, search space and budget, fitness, calibration, evaluation.
+
+    Equal configs and seeds give equal fronts. The API's request body is this model.
+    """
+
+    model: Text = Field(
+        description="a registered name (smollm2-135m), an HF folder, a .gguf file or a hub id"
+    )
+    stages: Stages = Field(
+        "both", description="metric, layerwise, both (metric, then plan) or joint"
+    )
+    population: int = Field(16, ge=4, le=512, description="candidates per generation")
+    generations: int = Field(8, ge=1, le=1000, description="generations per stage")
+    seed: Seed = Field(0, description="search seed")
+    step: float = Field(0.05, gt=0, lt=0.5, description="per-block sparsity step")
+    levels: int = Field(1, ge=1, le=10, description="per-block offsets -levels..levels steps")
+    genome: GenomeField = Field(
+        WANDA_GENOME, description="the fixed metric of a layerwise-only search"
+    )
+    low_fidelity_samples: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="screen candidates on N calibration sequences first (default off)",
+        json_schema_extra=_flag("low-fidelity"),
+    )
+    promote_fraction: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="share of screened candidates promoted to the full evaluation",
+        json_schema_extra=_flag("promote"),
+    )
+    objective: Objective = Field(
+        "kl", description="token KL to the dense model, or the paper's logits Frobenius error"
+    )
+    fitness_samples: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="of the calibration sequences, how many score the error (default all)",
+    )
+    engine_stats: Literal["baseline", "dense"] = Field(
+        "baseline",
+        description="activation statistics that score masks during the search: those of "
+        "Wanda's pruned model at the target (closer to how the shipped model is pruned) or "
+        "of the dense model",
+    )
+    refit_top: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="refit the K best candidates (and Wanda) by least squares and recommend "
+        "the best after refit; exports are then refit too (0: masks only)",
+    )
+    rescore_top: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="re-score the K best candidates (and Wanda) pruned as shipped, with "
+        "statistics from the pruned prefix, and recommend the best (0: the engine's best); "
+        "not with refit_top, which re-scores as shipped already",
+    )
+    batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
+    dtype: Dtype = Field("float32", description="dtype the model is loaded in")
+    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(n_samples=16))
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _rules(self) -> SearchConfig:
+        self._fill_target()
+        if self.pattern.structured and self.stages in ("layerwise", "joint"):
+            raise ValueError(
+                f"an {self.pattern} pattern keeps every block at N/M: only the metric can be "
+                "searched"
+            )
+        if self.refit_top and self.rescore_top:
+            raise ValueError(
+                "refit top already re-scores its candidates as shipped: set refit top or "
+                "rescore top, not both"
+            )
+        return self
+
+    def stage_list(self) -> list[Literal["metric", "layerwise", "joint"]]:
+        if self.stages == "both":
+            return ["metric"] if self.pattern.structured else ["metric", "layerwise"]
+        return [self.stages]
+
+    def total_generations(self) -> int:
+        return self.generations * len(self.stage_list())
+
+    def search_space_dump(self) -> dict[str, Any]:
+        """The settings that decide the search's trajectory (a stored state must match them)."""
+        keep = (
+            "sparsity", "pattern", "stages", "population", "generations", "seed", "step",
+            "levels", "genome", "low_fidelity_samples", "promote_fraction",
+        )  # fmt: skip
+        return self.model_dump(mode="json", include=set(keep))
+
+
+def config_error(exc: Exception) -> ConfigError:
+    """A pydantic ValidationError as one ConfigError line, 'field: message; ...'."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return ConfigError(str(exc))
+    return ConfigError(validation_message(errors()))
+
+
+def validation_message(errors: Any) -> str:
+    """pydantic's errors as one line, 'field: message; ...' (the API's 422 detail, the CLI's)."""
+    parts = []
+    for err in list(errors)[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    return "; ".join(parts) or "invalid request"

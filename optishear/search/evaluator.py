@@ -1,0 +1,56 @@
+"""How the search evaluates candidates: the protocol, and the in-process implementation.
+
+The Ray actors (workers/) implement the same protocol; the search never imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from optishear.candidates import Candidate, Evaluation
+from optishear.search.fitness import FitnessEngine
+
+
+class BatchEvaluator(Protocol):
+    """Evaluates candidates, returning one Evaluation each, in the order given."""
+
+    @property
+    def block_params(self) -> tuple[int, ...]: ...
+
+    def evaluate(
+        self, candidates: Sequence[Candidate], n_samples: int | None = None
+    ) -> list[Evaluation]: ...
+
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+        """Errors of the candidates pruned as shipped: pruned-prefix masks (refit weights)."""
+        ...
+
+
+@runtime_checkable
+class OwlPlanner(Protocol):
+    """Optional for a BatchEvaluator: OWL's per-block plan, for the OWL+Wanda baseline."""
+
+    def owl_plan(self, target: float) -> tuple[float, ...]: ...
+
+
+class InProcessEvaluator:
+    """Evaluates on one FitnessEngine in this process."""
+
+    def __init__(self, engine: FitnessEngine) -> None:
+        self.engine = engine
+
+    @property
+    def block_params(self) -> tuple[int, ...]:
+        return tuple(self.engine.block_params)
+
+    def evaluate(
+        self, candidates: Sequence[Candidate], n_samples: int | None = None
+    ) -> list[Evaluation]:
+        return [self.engine.evaluate(c, n_samples) for c in candidates]
+
+    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+        return [self.engine.evaluate(c, shipped=True, refit=refit) for c in candidates]
+
+    def owl_plan(self, target: float) -> tuple[float, ...]:
+        return self.engine.owl_plan(target)

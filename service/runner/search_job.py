@@ -1,0 +1,159 @@
+"""A search job: run the library's search, one DB transaction per completed generation.
+
+Every completed generation is written in one transaction (its summary, population, front and
+the search's JSON state), guarded by the lease, so a runner that lost its job never writes
+into it and a runner that resumes it continues after the last persisted generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import undefer
+
+from optishear.assets import assets_ready, pull_assets
+from optishear.config import BUNDLED
+from optishear.search.engine_spec import EngineSpec
+from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
+from optishear.search.loop import run_search
+from optishear.search.results import GenerationSnapshot
+from optishear.sources import REGISTERED_MODELS
+from service import queue
+from service.runner.errors import CancelledError, LeaseLostError, StoppedError
+from service.runner.rows import candidate_rows, population_json
+from service.schemas import SearchCreate, SearchOutcome
+from service.tables import Generation, JobStatus, Search
+
+if TYPE_CHECKING:
+    from service.runner.loop import QueueRunner
+
+logger = logging.getLogger(__name__)
+
+
+def ensure_assets(runner: QueueRunner, request: SearchCreate, *, evaluation: bool) -> None:
+    bundled = (
+        request.model in REGISTERED_MODELS
+        or request.calibration.source == BUNDLED
+        or (evaluation and request.evaluation.text == BUNDLED)  # only exports evaluate
+    )
+    if bundled and not assets_ready(runner.library):
+        logger.info("bundled assets not cached on this runner: fetching them once")
+        pull_assets(runner.library)
+
+
+@contextlib.contextmanager
+def evaluator_for(runner: QueueRunner, request: SearchCreate) -> Iterator[BatchEvaluator]:
+    """In this process (OPTISHEAR_WORKERS=0) or on Ray actors (workers.pool)."""
+    spec = EngineSpec(request)
+    if runner.settings.workers < 1:
+        yield InProcessEvaluator(spec.build(settings=runner.library))
+        return
+    from workers.pool import ray_evaluator  # Ray is imported only where actors are wanted
+
+    with ray_evaluator(
+        spec, workers=runner.settings.workers, address=runner.settings.ray_address
+    ) as ev:
+        yield ev
+
+
+def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
+    with runner.sessions() as session:
+        search = session.scalars(
+            select(Search).options(undefer(Search.state)).where(Search.id == search_id)
+        ).one()
+        request = SearchCreate.model_validate(search.request)
+        state = search.state
+    ensure_assets(runner, request, evaluation=False)
+    persist = _Persister(runner, search_id)
+    start = time.perf_counter()
+    with evaluator_for(runner, request) as evaluator:
+        result = run_search(evaluator, request, resume_from=state, on_generation=persist)
+    summary = result.summary()
+    # The front, and the recommendation where the as-shipped re-score picked one off it.
+    rows = candidate_rows(search_id, None, result.listed(), summary.recommended_key)
+    rec_row = next(r for r in rows if r.recommended)
+    outcome = SearchOutcome(
+        **summary.model_dump(),
+        recommended_id=rec_row.id,
+        persist_seconds=persist.seconds,
+        attempt_seconds=time.perf_counter() - start,
+    )
+    with runner.sessions.begin() as session:
+        session.add_all(rows)
+        if not queue.finish(
+            session,
+            Search,
+            search_id,
+            runner.id,
+            JobStatus.SUCCEEDED,
+            result=outcome.model_dump(mode="json"),
+            eta_s=0.0,
+        ):
+            raise LeaseLostError  # rolls the final front back too
+    logger.info("search %s succeeded: recommended %s", search_id, summary.recommended_key)
+
+
+class _Persister:
+    """Writes each generation in one transaction, only while this runner holds the job."""
+
+    def __init__(self, runner: QueueRunner, search_id: uuid.UUID) -> None:
+        self.runner = runner
+        self.search_id = search_id
+        self.seconds = 0.0  # this attempt's time in the per-generation transactions
+
+    def __call__(self, snap: GenerationSnapshot) -> None:
+        runner = self.runner
+        if runner.lost.is_set():
+            raise LeaseLostError
+        start = time.perf_counter()
+        p = snap.progress
+        with runner.sessions.begin() as session:
+            owned = session.execute(
+                update(Search)
+                .where(
+                    Search.id == self.search_id,
+                    Search.lease_owner == runner.id,
+                    Search.status == JobStatus.RUNNING,
+                )
+                .values(
+                    state=snap.state,
+                    generations_done=snap.number,
+                    evaluations=p.evaluations,
+                    best_error=p.best_error,
+                    elapsed_s=p.elapsed,
+                    eta_s=p.eta,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if owned.rowcount != 1:
+                raise LeaseLostError
+            session.add(
+                Generation(
+                    search_id=self.search_id,
+                    number=snap.number,
+                    stage=p.stage,
+                    stage_generation=p.generation,
+                    evaluations=snap.record["evaluations"],
+                    total_evaluations=p.evaluations,
+                    best_error=p.best_error,
+                    seconds=snap.record["seconds"],
+                    elapsed_s=p.elapsed,
+                    population=population_json(snap.population, snap.front),
+                )
+            )
+            session.add_all(candidate_rows(self.search_id, snap.number, snap.front, None))
+            session.flush()
+            cancel = session.scalar(
+                select(Search.cancel_requested).where(Search.id == self.search_id)
+            )
+        self.seconds += time.perf_counter() - start
+        if cancel:
+            raise CancelledError
+        if runner.stop.is_set():
+            raise StoppedError
