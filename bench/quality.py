@@ -22,12 +22,12 @@ from reference_prune import reference_prune
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import EvalConfig, perplexity
+from optishear.config import CalibrationConfig, EvaluationConfig, PlanConfig, PruneConfig
+from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluate import perplexity
 from optishear.hf import load_model
 from optishear.patterns import Pattern
-from optishear.plans import PlanSpec
-from optishear.prune import PruneConfig, prune_model
+from optishear.prune import prune_model
 
 MODEL = "smollm2-135m"
 EVAL_SEQ_LEN = 512
@@ -166,7 +166,7 @@ def main() -> int:
         ),
     )
     stream = tokenize_stream(tokenizer, load_texts("wiki", "evaluation"))
-    eval_cfg = EvalConfig(seq_len=EVAL_SEQ_LEN, max_windows=args.eval_windows, batch_size=4)
+    eval_cfg = EvaluationConfig(seq_len=EVAL_SEQ_LEN, windows=args.eval_windows, batch_size=4)
     dense_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     log(
         f"loaded {MODEL}; calibration {tuple(calib.shape)}; held-out stream {stream.numel()} tokens"
@@ -186,7 +186,7 @@ def main() -> int:
     for pattern in PATTERNS:
         ratio = pattern.sparsity if pattern.structured else 0.5
         library: dict[str, tuple[float, dict[str, Tensor]]] = {}  # ppl and masks, for checks
-        runs = [(m, PlanSpec()) for m in LIBRARY_METHODS] + [("wanda", PlanSpec("owl"))]
+        runs = [(m, PlanConfig()) for m in LIBRARY_METHODS] + [("wanda", PlanConfig(kind="owl"))]
         for method, plan in runs:
             label = "owl+wanda" if plan.kind == "owl" else method
             if label not in methods:

@@ -21,7 +21,8 @@ import time
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from optishear.data import CalibrationConfig, sample_calibration
+from optishear.config import CalibrationConfig
+from optishear.data import sample_calibration
 from optishear.genome import Genome
 from optishear.hf import load_model
 from optishear.patterns import Pattern

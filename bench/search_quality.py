@@ -15,30 +15,35 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import EvalConfig, perplexity
+from optishear.candidates import Candidate
+from optishear.config import (
+    CalibrationConfig,
+    EvaluationConfig,
+    PlanConfig,
+    PruneConfig,
+    SearchConfig,
+)
+from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluate import perplexity
 from optishear.genome import WANDA_GENOME
 from optishear.hf import load_model
 from optishear.patterns import Pattern
-from optishear.plans import PlanSpec
-from optishear.prune import PruneConfig, prune_model
-from optishear.search.fitness import Candidate, FitnessEngine
-from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
+from optishear.prune import PruneReport, prune_candidate, prune_model
+from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.fitness import engine_for
+from optishear.search.loop import run_search
 
 START = time.perf_counter()
 
 
 def log(msg: str) -> None:
     print(f"[{time.perf_counter() - START:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-
-def _plan(ratios: tuple[float, ...]) -> PlanSpec:
-    return PlanSpec("explicit", ratios=ratios) if len(set(ratios)) > 1 else PlanSpec()
 
 
 def main() -> int:
@@ -101,11 +106,18 @@ def main() -> int:
         tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen, seed=args.seed)
     )
     stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
-    ev_cfg = EvalConfig(seq_len=512, max_windows=args.eval_windows)
+    ev_cfg = EvaluationConfig(seq_len=512, windows=args.eval_windows)
 
     def held_out(config: PruneConfig) -> dict[str, Any]:
+        return measured(lambda: prune_model(model, calib, config))
+
+    def held_out_candidate(candidate: Candidate, pattern: Pattern, refit: bool) -> dict[str, Any]:
+        """The candidate pruned as it ships (optishear.prune.prune_candidate), measured."""
+        return measured(lambda: prune_candidate(model, calib, candidate, pattern, refit=refit))
+
+    def measured(prune: Callable[[], PruneReport]) -> dict[str, Any]:
         model.load_state_dict(dense)
-        report = prune_model(model, calib, config)
+        report = prune()
         ppl = perplexity(model, stream, ev_cfg)
         model.load_state_dict(dense)
         return {
@@ -120,29 +132,25 @@ def main() -> int:
     def search(pattern: Pattern, low: int | None) -> dict[str, Any]:
         model.load_state_dict(dense)
         t0 = time.perf_counter()
-        engine = FitnessEngine(
-            model,
-            calib,
-            pattern,
-            fitness_samples=args.fitness_samples,
-            objective=args.objective,
-            stats_target=args.sparsity if args.engine_stats == "baseline" else None,
-        )
-        setup = time.perf_counter() - t0
-        settings = SearchSettings(
-            args.sparsity,
-            pattern,
-            "both",
-            args.population,
-            args.generations,
-            args.seed,
+        config = SearchConfig(
+            model="smollm2-135m",
+            sparsity=args.sparsity,
+            pattern=pattern,
+            population=args.population,
+            generations=args.generations,
+            seed=args.seed,
             low_fidelity_samples=low,
             refit_top=0 if low else args.refit_top,
             rescore_top=0 if low or args.refit_top else args.rescore_top,
+            objective=args.objective,
+            fitness_samples=args.fitness_samples,
+            engine_stats=args.engine_stats,
         )
+        engine = engine_for(model, calib, config)
+        setup = time.perf_counter() - t0
         result = run_search(
             InProcessEvaluator(engine),
-            settings,
+            config,
             progress=lambda pr: log(
                 f"  {pattern} {pr.stage} gen {pr.generation}: best {pr.best_error:.5f}"
             ),
@@ -151,30 +159,21 @@ def main() -> int:
         # the mask-only recommendation: the front's best member meeting the target
         mask_only = next(s for s in result.front if s.meets_target)
         rec = mask_only.candidate
-        plan = _plan(rec.block_sparsity)
-        out = held_out(PruneConfig("meta", args.sparsity, pattern, plan, rec.genome))
+        out = held_out_candidate(rec, pattern, refit=False)
         baseline = engine.evaluate(Candidate(WANDA_GENOME, (args.sparsity,) * engine.n_blocks))
         del engine
         if result.rescored:
             best = result.recommended
             rows.append(
                 {
-                    **held_out(
-                        PruneConfig(
-                            "meta",
-                            args.sparsity,
-                            pattern,
-                            _plan(best.candidate.block_sparsity),
-                            best.candidate.genome,
-                        )
-                    ),
+                    **held_out_candidate(best.candidate, pattern, refit=False),
                     "method": "search, re-scored as shipped",
                     "pattern": str(pattern),
                     "formula": best.candidate.genome.formula(),
                     "genome": best.candidate.genome.to_dict(),
-                    "ratios": list(best.candidate.block_sparsity),
-                    "finalists": [s.to_dict() for s in result.finalists],
-                    "rescored": [s.to_dict() for s in result.rescored],
+                    "block_sparsity": list(best.candidate.block_sparsity),
+                    "finalists": [s.record().model_dump(mode="json") for s in result.finalists],
+                    "rescored": [s.record().model_dump(mode="json") for s in result.rescored],
                     "search_seconds": result.seconds,
                     "rescore_step_seconds": sum(s.evaluation.seconds for s in result.rescored),
                     "wall_seconds": wall,
@@ -184,23 +183,15 @@ def main() -> int:
         if result.refitted:
             best = result.recommended
             refit_seconds = sum(s.evaluation.seconds for s in result.refitted)
-            refit_cfg = PruneConfig(
-                "meta",
-                args.sparsity,
-                pattern,
-                _plan(best.candidate.block_sparsity),
-                best.candidate.genome,
-                reconstruct=True,
-            )
             rows.append(
                 {
-                    **held_out(refit_cfg),
+                    **held_out_candidate(best.candidate, pattern, refit=True),
                     "method": "search+refit",
                     "pattern": str(pattern),
                     "formula": best.candidate.genome.formula(),
                     "genome": best.candidate.genome.to_dict(),
-                    "ratios": list(best.candidate.block_sparsity),
-                    "refitted": [s.to_dict() for s in result.refitted],
+                    "block_sparsity": list(best.candidate.block_sparsity),
+                    "refitted": [s.record().model_dump(mode="json") for s in result.refitted],
                     "search_seconds": result.seconds,
                     "refit_step_seconds": refit_seconds,
                     "wall_seconds": wall,
@@ -209,7 +200,10 @@ def main() -> int:
             log(f"  search+refit ppl {rows[-1]['perplexity']:.3f} ({rows[-1]['formula']})")
             if not pattern.structured and len(set(best.candidate.block_sparsity)) > 1:
                 plan_cfg = PruneConfig(
-                    "sparsegpt", args.sparsity, pattern, _plan(best.candidate.block_sparsity)
+                    method="sparsegpt",
+                    sparsity=args.sparsity,
+                    pattern=pattern,
+                    plan=PlanConfig(kind="explicit", block_sparsity=best.candidate.block_sparsity),
                 )
                 rows.append(
                     {
@@ -225,7 +219,7 @@ def main() -> int:
             "pattern": str(pattern),
             "formula": rec.genome.formula(),
             "genome": rec.genome.to_dict(),
-            "ratios": list(rec.block_sparsity),
+            "block_sparsity": list(rec.block_sparsity),
             "search_error": result.recommended.evaluation.error,
             "wanda_search_error": baseline.error,
             "evaluations": result.evaluations,
@@ -238,15 +232,22 @@ def main() -> int:
     for text in args.patterns.split(","):
         pattern = Pattern.parse(text)
         base = [
-            ("wanda", PruneConfig("wanda", args.sparsity, pattern)),
-            ("sparsegpt", PruneConfig("sparsegpt", args.sparsity, pattern)),
+            ("wanda", PruneConfig(method="wanda", sparsity=args.sparsity, pattern=pattern)),
+            ("sparsegpt", PruneConfig(method="sparsegpt", sparsity=args.sparsity, pattern=pattern)),
         ]
         if args.refit_top and args.wanda_refit:
             base.insert(
-                1, ("wanda+refit", PruneConfig("wanda", args.sparsity, pattern, reconstruct=True))
+                1,
+                (
+                    "wanda+refit",
+                    PruneConfig(
+                        method="wanda", sparsity=args.sparsity, pattern=pattern, reconstruct=True
+                    ),
+                ),
             )
         if not pattern.structured:
-            base.insert(1, ("owl+wanda", PruneConfig("wanda", args.sparsity, plan=PlanSpec("owl"))))
+            owl = PruneConfig(method="wanda", sparsity=args.sparsity, plan=PlanConfig(kind="owl"))
+            base.insert(1, ("owl+wanda", owl))
         wanted = set(args.baselines.split(","))
         for name, cfg in [] if args.skip_baselines else [b for b in base if b[0] in wanted]:
             log(f"{name} {pattern} ...")

@@ -28,11 +28,11 @@ import numpy as np
 import ray
 import torch
 
-from optishear.data import BUNDLED, CalibrationConfig
+from optishear.candidates import Candidate
+from optishear.config import BUNDLED, CalibrationConfig, SearchConfig
 from optishear.genome import N_GENOMES, Genome
 from optishear.search.engine_spec import EngineSpec
-from optishear.candidates import Candidate
-from optishear.search.loop import InProcessEvaluator
+from optishear.search.evaluator import InProcessEvaluator
 from workers.actor import WorkerUsage
 from workers.pool import RayEvaluator
 from workers.runtime import ray_runtime
@@ -111,11 +111,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
-    spec = EngineSpec(
-        args.model,
-        CalibrationConfig(args.calib, args.nsamples, args.seqlen),
+    config = SearchConfig(
+        model=args.model,
+        calibration=CalibrationConfig(
+            source=args.calib, n_samples=args.nsamples, seq_len=args.seqlen
+        ),
         batch_size=args.batch_size,
+        engine_stats="dense",  # the engine as before engine_stats existed: comparable figures
     )
+    spec = EngineSpec(config)
     counts = [int(w) for w in args.workers.split(",")]
     loads = [os.getloadavg()[0]]
     print(

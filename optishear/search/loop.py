@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +24,9 @@ from optishear.errors import OptiShearError
 from optishear.genome import WANDA_GENOME
 from optishear.search.evaluator import BatchEvaluator, OwlPlanner
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
+from optishear.search.screening import Screening
 from optishear.search.space import BalanceRepair, SearchSpace, Stage, plan_gap
-from optishear.search.state import SearchState, Tell, replay_mismatch
+from optishear.search.state import SearchState, SearchStateError, Tell, replay_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -55,59 +54,9 @@ class _Search:
         self.on_generation = on_generation
         self.config = config
         self.block_params = tuple(evaluator.block_params)
-
-    # -- evaluation with de-duplication and the low-fidelity pass -------------------------
-    def _full(self, cands: list[Candidate]) -> None:
-        for c, e in zip(cands, self.evaluator.evaluate(cands), strict=True):
-            self.state.full[c.key()] = e
-        self.state.evaluations += len(cands)
-
-    def evaluate(self, cands: Sequence[Candidate]) -> list[Evaluation]:
-        st = self.state
-        todo: dict[Any, Candidate] = {}
-        for c in cands:
-            if c.key() in st.full:
-                st.cache_hits += 1
-            elif c.key() not in todo:
-                todo[c.key()] = c
-            else:
-                st.cache_hits += 1
-        pending = list(todo.values())
-        n_low = self.config.low_fidelity_samples
-        if n_low and len(pending) > 1:
-            fresh = [c for c in pending if c.key() not in st.low]
-            for c, e in zip(fresh, self.evaluator.evaluate(fresh, n_low), strict=True):
-                st.low[c.key()] = e
-            st.evaluations += len(fresh)
-            pending.sort(key=lambda c: st.low[c.key()].error)
-            n_up = max(1, math.ceil(self.config.promote_fraction * len(pending)))
-            promote, held = pending[:n_up], pending[n_up:]
-            self._full(promote)
-            self._estimate(promote, held)
-        else:
-            self._full(pending)
-        return [st.full.get(c.key()) or st.estimated[c.key()] for c in cands]
-
-    def _estimate(self, promoted: list[Candidate], held: list[Candidate]) -> None:
-        """Full-fidelity stand-ins for candidates the screening did not promote.
-
-        A screening error is on other (fewer) sequences, so it is not comparable with full
-        errors: it is scaled by the full/screening ratio seen on the promoted candidates, and
-        never ranks above a promoted one, since the screening already ranked it below them.
-        """
-        st = self.state
-        ratios = [st.full[c.key()].error / max(st.low[c.key()].error, 1e-12) for c in promoted]
-        scale = float(np.median(ratios))
-        floor = max(st.full[c.key()].error for c in promoted)
-        for c in held:
-            low = st.low[c.key()]
-            st.estimated[c.key()] = replace(low, error=max(low.error * scale, floor))
-
-    def ensure_full(self, cands: Sequence[Candidate]) -> list[Evaluation]:
-        missing = list({c.key(): c for c in cands if c.key() not in self.state.full}.values())
-        if missing:
-            self._full(missing)
-        return [self.state.full[c.key()] for c in cands]
+        self.screening = Screening(evaluator, state, config)
+        self.evaluate = self.screening.evaluate
+        self.ensure_full = self.screening.ensure_full
 
     # -- one stage -------------------------------------------------------------------------
     def _space(self, stage: Stage) -> SearchSpace:
@@ -350,9 +299,7 @@ class _Search:
             owl = tuple(float(r) for r in self.evaluator.owl_plan(s.target))
             named.append(("OWL+Wanda", Candidate(WANDA_GENOME, owl)))
         evals = self.ensure_full([c for _, c in named])
-        return [
-            Scored(c, e, self._gap(c), name) for (name, c), e in zip(named, evals, strict=True)
-        ]
+        return [Scored(c, e, self._gap(c), name) for (name, c), e in zip(named, evals, strict=True)]
 
     def _replayed(self, space: SearchSpace) -> NSGA3:
         """The stage's algorithm, set up from its seed, with the stored generations told again.
@@ -366,6 +313,11 @@ class _Search:
             if pop is None or not np.array_equal(pop.get("X"), np.asarray(tell.X)):
                 raise replay_mismatch("the search state", number)
             F = np.asarray(tell.F, dtype=float)
+            if F.shape != (len(pop), algorithm.problem.n_obj):
+                raise SearchStateError(
+                    f"the search state is damaged: generation {number} stores objectives of "
+                    f"shape {F.shape}, not {(len(pop), algorithm.problem.n_obj)}"
+                )
             Evaluator().eval(StaticProblem(algorithm.problem, F=F), pop)
             algorithm.tell(infills=pop)
         return algorithm

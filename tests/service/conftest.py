@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from service.runner import QueueRunner
 
 from service import db
 from service.app import create_app
+from service.runner import QueueRunner
 from service.settings import ServiceSettings
 
 PG_ADMIN_URL = os.environ.get(

@@ -13,7 +13,7 @@ from sqlalchemy import update
 
 from optishear.search.evaluator import InProcessEvaluator
 from service import db
-from service.tables import JobStatus, Search
+from service.tables import Generation, JobStatus, Search
 
 
 def _set_state(settings, search_id: str, state: bytes) -> None:
@@ -97,9 +97,7 @@ def test_migration_fails_unfinished_searches_saved_as_pickles(tmp_path) -> None:
                 )
         db.upgrade(url)
         with engine.connect() as conn:
-            got = {
-                r.id: (r.status, r.error) for r in conn.execute(Search.__table__.select()).all()
-            }
+            got = {r.id: (r.status, r.error) for r in conn.execute(Search.__table__.select()).all()}
     finally:
         engine.dispose()
     status, error = got[ids["pickled"]]
@@ -117,3 +115,85 @@ def test_the_api_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_results_stored_before_the_one_schema_are_still_served(client, settings) -> None:
+    """Rows written by the previous release (flat baselines and populations) read as today's."""
+    sid = uuid.uuid4()
+    genome = {"f1": "identity", "f2": "identity", "alpha": "one", "beta": "one", "index": 0}
+    genome["formula"] = "|W| * sqrt(X)"
+    flat = {"key": "0-uniform", "genome": genome, "ratios": [0.5, 0.5], "error": 0.25}
+    legacy_result = {
+        "recommended_id": str(uuid.uuid4()),
+        "recommended_key": "0-uniform",
+        "evaluations": 4,
+        "cache_hits": 1,
+        "search_seconds": 2.0,
+        "persist_seconds": 0.1,
+        "attempt_seconds": 3.0,
+        "stages": [{"stage": "metric", "front_size": 1}],
+        "refitted": [{"key": "0-uniform", "error": 0.2, "sparsity": 0.5}],
+        "rescored": [],
+        "baselines": [{**flat, "name": "Wanda", "sparsity": 0.5, "gap": 0.0}],
+    }
+    member = {"sparsity": 0.5, "gap": 0.0, "meets_target": True, "n_samples": 2}
+    engine = db.make_engine(settings.resolved_database_url())
+    try:
+        with db.make_sessions(engine, write=True).begin() as session:
+            session.add(
+                Search(
+                    id=sid,
+                    model="m",
+                    request={"model": "m", "sparsity": None, "population": 4, "generations": 1},
+                    request_hash="h",
+                    total_generations=1,
+                    status=JobStatus.SUCCEEDED,
+                    generations_done=1,
+                    evaluations=4,
+                    elapsed_s=1.0,
+                    attempts=1,
+                    cancel_requested=False,
+                    created_at=datetime.now(UTC),
+                    result=legacy_result,
+                )
+            )
+            session.flush()  # the search row first: the generation refers to it
+            session.add(
+                Generation(
+                    search_id=sid,
+                    number=1,
+                    stage="metric",
+                    stage_generation=1,
+                    evaluations=4,
+                    total_evaluations=4,
+                    best_error=0.25,
+                    seconds=1.0,
+                    elapsed_s=1.0,
+                    population=[
+                        {
+                            **flat,
+                            "sparsity": 0.5,
+                            "gap": 0.0,
+                            "meets_target": True,
+                            "n_samples": 2,
+                            "on_front": True,
+                        }
+                    ],
+                )
+            )
+    finally:
+        engine.dispose()
+    search = client.get(f"/api/searches/{sid}")
+    assert search.status_code == 200, search.text
+    assert search.json()["request"]["sparsity"] == 0.5  # the default rule, applied on read
+    result = search.json()["result"]
+    assert result["refitted"] == []  # kept only key and error then: not a scored candidate
+    [wanda] = result["baselines"]
+    assert wanda["name"] == "Wanda"
+    assert wanda["objectives"] == {"error": 0.25, "gap": 0.0}
+    assert wanda["block_sparsity"] == [0.5, 0.5]
+    front = client.get(f"/api/searches/{sid}/front").json()
+    assert front["baselines"] == [wanda]
+    [member] = client.get(f"/api/searches/{sid}/candidates").json()["candidates"]
+    assert member["objectives"]["error"] == 0.25
+    assert member["on_front"] is True

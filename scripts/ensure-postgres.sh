@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The service tests need the local PostgreSQL server (127.0.0.1:5432): start it if it is down.
+set -uo pipefail
+command -v pg_isready >/dev/null || exit 0  # no server here: the tests say so themselves
+pg_isready -h 127.0.0.1 -p 5432 -q && exit 0
+if command -v pg_ctlcluster >/dev/null; then
+  cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $1, $2}')
+  # shellcheck disable=SC2086
+  pg_ctlcluster --skip-systemctl-redirect ${cluster:-15 main} start || true
+fi
+for _ in $(seq 1 20); do
+  pg_isready -h 127.0.0.1 -p 5432 -q && exit 0
+  sleep 0.5
+done
+echo "ensure-postgres: PostgreSQL at 127.0.0.1:5432 is not accepting connections" >&2
+exit 1
