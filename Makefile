@@ -18,6 +18,11 @@ demo: venv
 lint: venv
 	$(VENV)/ruff check .
 	$(VENV)/ruff format --check .
+	$(VENV)/lint-imports
 
+# The service tests need the local PostgreSQL server (started when down); the dashboard tests
+# drive Debian's Chromium (installed first when missing, never a download).
 test: lint
+	@bash scripts/ensure-postgres.sh
+	@bash scripts/ensure-chromium.sh
 	$(VENV)/python -m pytest -m "not gpu"

@@ -1,0 +1,203 @@
+// The chosen front member: its metric, its per-block sparsity, and its checkpoint export.
+
+import { api, apiKey, readBody } from "../api.js";
+import { blockChart } from "../charts.js";
+import { $, fill, h, progressBar, stat } from "../dom.js";
+import { bytes, duration, fmt, pct, target } from "../format.js";
+import { ACTIVE, schedule, state } from "../state.js";
+
+function isWanda(g) {
+  // The all-identity genome is exactly Wanda's score (README: the meta metric).
+  return g.f1 === "identity" && g.f2 === "identity" && g.alpha === "one" && g.beta === "one";
+}
+
+export function renderCandidate() {
+  const box = $("#d-candidate");
+  if (!box) return;
+  const c = state.front?.candidates.find((x) => x.id === state.candidateId);
+  box.hidden = !state.front?.candidates.length;
+  if (!c) {
+    fill(box, h("h3", {}, "Candidate"), h("p", { class: "muted" }, "Click a point of the front to see its metric, its per-block sparsity and to export it."));
+    return;
+  }
+  const gnm = c.genome;
+  const search = state.search;
+  fill(box,
+    h(
+      "div",
+      { class: "title-row" },
+      h("h3", {}, "Candidate"),
+      c.recommended ? h("span", { class: "badge recommended" }, "recommended") : null,
+      c.meets_target ? h("span", { class: "badge ok" }, "meets target") : h("span", { class: "badge warn" }, "misses target"),
+      isWanda(gnm) ? h("span", { class: "badge", title: "the all-identity genome is Wanda's |W|·sqrt(X)" }, "Wanda's metric") : null,
+    ),
+    h("div", { class: "muted small mono" }, `${c.key} · ${c.id}`),
+    h("div", { class: "cols" },
+      h(
+        "div",
+        {},
+        h("h4", {}, "Metric"),
+        h("p", { class: "formula", id: "formula" }, gnm.formula),
+        h(
+          "dl",
+          { class: "kv" },
+          [
+            ["F1 (on |W|)", gnm.f1],
+            ["F2 (on X)", gnm.f2],
+            ["α (|W| coefficient)", gnm.alpha],
+            ["β (X coefficient)", gnm.beta],
+            ["genome index", gnm.index],
+          ].map(([k, v]) => [h("dt", {}, k), h("dd", { class: "mono" }, String(v))]),
+        ),
+        h(
+          "dl",
+          { class: "stats" },
+          stat("error", fmt(c.objectives.error)),
+          stat("sparsity gap", fmt(c.objectives.gap)),
+          stat("sparsity", pct(c.sparsity)),
+          stat("error samples", c.n_samples),
+        ),
+      ),
+      h("div", {}, h("h4", {}, `Per-block sparsity (${c.block_sparsity.length} blocks)`), blockChart(c.block_sparsity, target(search.request))),
+    ),
+    h("div", { id: "export", class: "export" }, exportView(c)),
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Export and download
+
+function exportView(c) {
+  const search = state.search;
+  const job = state.exports.get(c.id);
+  if (search.status !== "succeeded") {
+    return h("p", { class: "muted" }, `Checkpoints can be exported once the search has succeeded (it is ${search.status}).`);
+  }
+  if (!job) {
+    return h("button", { id: "export-button", type: "button", onclick: () => startExport(c.id) }, "Export checkpoint");
+  }
+  if (job.error) {
+    return h(
+      "div",
+      {},
+      h("div", { class: "error", role: "alert" }, `Export failed: ${job.error}`),
+      h("button", { id: "export-button", type: "button", onclick: () => startExport(c.id) }, "Try again"),
+    );
+  }
+  const ck = job.checkpoint;
+  if (!ck || ACTIVE.has(ck.status)) {
+    const elapsed = (Date.now() - job.started) / 1000;
+    return h(
+      "div",
+      { class: "export-progress" },
+      h("span", { id: "export-status" }, `Export ${ck ? ck.status : "requested"}… ${duration(elapsed)}`),
+      progressBar(0, 1, { indeterminate: true }),
+    );
+  }
+  if (ck.status !== "succeeded") {
+    return h(
+      "div",
+      {},
+      h("div", { class: "error", role: "alert" }, `Export ${ck.status}: ${ck.error ?? "no reason recorded"}`),
+      h("button", { id: "export-button", type: "button", onclick: () => startExport(c.id) }, "Try again"),
+    );
+  }
+  const link = h(
+    "a",
+    {
+      id: "download",
+      class: "button",
+      href: ck.download_url,
+      download: `optishear-${ck.id}.tar`,
+      onclick: (ev) => downloadWithKey(ev, ck),
+    },
+    `Download checkpoint (${bytes(ck.size_bytes)})`,
+  );
+  return h(
+    "div",
+    {},
+    h(
+      "dl",
+      { class: "stats" },
+      stat("status", ck.status),
+      stat("held-out perplexity", fmt(ck.perplexity)),
+      stat("eval tokens", ck.eval_tokens ?? "–"),
+      stat("measured sparsity", pct(ck.sparsity)),
+      stat("size", bytes(ck.size_bytes)),
+    ),
+    h("div", { class: "small mono", id: "export-sha" }, `sha256 ${ck.sha256}`),
+    link,
+    h("span", { id: "download-status", class: "muted small" }),
+  );
+}
+
+async function startExport(candidateId) {
+  const search = state.search;
+  state.exports.set(candidateId, { checkpoint: null, started: Date.now(), error: null });
+  renderCandidate();
+  try {
+    const ck = await api(`/api/searches/${search.id}/checkpoints`, { method: "POST", body: { candidate_id: candidateId } });
+    state.exports.set(candidateId, { checkpoint: ck, started: Date.now(), error: null });
+  } catch (err) {
+    state.exports.set(candidateId, { checkpoint: null, started: Date.now(), error: err.message });
+  }
+  if (candidateId === state.candidateId) renderCandidate();
+  schedule(1000);
+}
+
+/** One poll of the exports in progress; true while any is queued or running. */
+export async function pollExports() {
+  let busy = false;
+  for (const [candidateId, job] of state.exports) {
+    const ck = job.checkpoint;
+    if (!ck || !ACTIVE.has(ck.status)) continue;
+    busy = true;
+    try {
+      job.checkpoint = await api(`/api/checkpoints/${ck.id}`);
+    } catch (err) {
+      if (err.status === 0 || err.status === 401) throw err;
+      job.error = err.message;
+    }
+    const candidate = state.front?.candidates.find((c) => c.id === candidateId);
+    const box = $("#export");
+    if (candidate && candidateId === state.candidateId && box) fill(box, exportView(candidate));
+  }
+  return busy;
+}
+
+async function downloadWithKey(ev, ck) {
+  // A plain link cannot send the X-API-Key header: with a key, fetch the archive and hand the
+  // browser a blob. Without one, the link streams the file directly.
+  const key = apiKey();
+  if (!key) return;
+  ev.preventDefault();
+  const status = $("#download-status");
+  status.textContent = "downloading…";
+  try {
+    const response = await fetch(ck.download_url, { headers: { "X-API-Key": key } });
+    if (!response.ok) {
+      const body = await readBody(response);
+      throw new Error(body?.detail ?? `HTTP ${response.status}`);
+    }
+    const total = Number(response.headers.get("content-length")) || ck.size_bytes;
+    const reader = response.body.getReader();
+    const chunks = [];
+    let got = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      got += value.length;
+      status.textContent = `downloading… ${total ? Math.floor((100 * got) / total) : 0}%`;
+    }
+    const url = URL.createObjectURL(new Blob(chunks, { type: "application/x-tar" }));
+    const a = h("a", { href: url, download: `optishear-${ck.id}.tar` });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+    status.textContent = "downloaded";
+  } catch (err) {
+    status.textContent = `download failed: ${err.message}`;
+  }
+}

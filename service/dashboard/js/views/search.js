@@ -1,0 +1,252 @@
+// The selected search: its header, its progress chart and its front (chart and table).
+
+import { api } from "../api.js";
+import { frontChart, progressChart } from "../charts.js";
+import { $, badge, fill, h, progressBar, stat } from "../dom.js";
+import { duration, fmt, modelLabel, pct, target, when } from "../format.js";
+import { ACTIVE, refresh, state } from "../state.js";
+import { setBanner } from "./auth.js";
+import { renderCandidate } from "./candidate.js";
+import { renderList } from "./list.js";
+
+/** Show search `id` (null: none), loading it on the next poll. */
+export function select(id) {
+  if (id === state.selectedId) return;
+  state.selectedId = id;
+  state.search = null;
+  state.generations = [];
+  state.front = null;
+  state.population = null;
+  state.frontGeneration = "";
+  state.loadedFor = null;
+  state.candidateId = null;
+  renderList();
+  if (!id) {
+    fill($("#detail"), h("div", { class: "card empty" }, "Select a search, or submit one."));
+    return;
+  }
+  fill($("#detail"), h("div", { class: "card empty" }, "Loading…"));
+  refresh();
+}
+
+/** One poll of the selected search; true while it is queued or running. */
+export async function loadSelected() {
+  const id = state.selectedId;
+  let search;
+  try {
+    search = await api(`/api/searches/${id}`);
+  } catch (err) {
+    if (err.status === 404 || err.status === 422) {
+      fill($("#detail"), h("div", { class: "card error" }, err.message));
+      return false;
+    }
+    throw err;
+  }
+  if (id !== state.selectedId) return false; // the user moved on meanwhile
+  state.search = search;
+  const frontKey = `${id}:${search.progress.generation}:${search.status}:${state.frontGeneration}`;
+  if (frontKey !== state.loadedFor) {
+    const gen = state.frontGeneration ? `?generation=${state.frontGeneration}` : "";
+    const orNull = (err) => {
+      if (err.status === 404) return null;
+      throw err;
+    };
+    const [generations, front, population] = await Promise.all([
+      api(`/api/searches/${id}/generations`),
+      api(`/api/searches/${id}/front${gen}`).catch(orNull),
+      api(`/api/searches/${id}/candidates${gen}`).catch(orNull),
+    ]);
+    if (id !== state.selectedId) return false;
+    state.generations = generations;
+    state.front = front;
+    state.population = population;
+    state.loadedFor = frontKey;
+    if (state.candidateId && !front?.candidates.some((c) => c.id === state.candidateId)) {
+      state.candidateId = null;
+    }
+    if (!state.candidateId && front?.recommended_id) state.candidateId = front.recommended_id;
+    renderDetail();
+  } else {
+    renderHeader();
+  }
+  return ACTIVE.has(search.status);
+}
+
+function renderDetail() {
+  const detail = $("#detail");
+  if (!detail.querySelector("#d-head")) {
+    fill(detail,
+      h("div", { id: "d-head", class: "card" }),
+      h(
+        "div",
+        { class: "charts" },
+        h("div", { id: "d-progress", class: "card" }),
+        h("div", { id: "d-front", class: "card" }),
+      ),
+      h("div", { id: "d-candidate", class: "card" }),
+    );
+  }
+  renderHeader();
+  renderProgress();
+  renderFront();
+  renderCandidate();
+}
+
+function renderHeader() {
+  const x = state.search;
+  const head = $("#d-head");
+  if (!x || !head) return;
+  const p = x.progress;
+  const r = x.request;
+  const facts = [
+    ["target", `${pct(target(r))} ${r.pattern}`],
+    ["stages", r.stages],
+    ["population", r.population],
+    ["generations", `${r.generations} per stage`],
+    ["seed", r.seed],
+    ["objective", r.objective],
+    ["calibration", `${r.calibration.n_samples} × ${r.calibration.seq_len} tokens (${r.calibration.source})`],
+    ["fitness samples", r.fitness_samples ?? "all"],
+    ["mask statistics", r.engine_stats === "dense" ? "dense model" : "Wanda's pruned model"],
+    ["refit", r.refit_top ? `best ${r.refit_top} and Wanda re-scored refit, shipped refit` : "off (masks only)"],
+    ["as-shipped re-score", r.rescore_top ? `best ${r.rescore_top} and Wanda` : "off"],
+    ["created", when(x.created_at)],
+    ["started", when(x.started_at)],
+    ["finished", when(x.finished_at)],
+    ["attempts", x.attempts],
+  ];
+  const result = x.result; // SearchOutcome, only when succeeded
+  const factsOpen = head.querySelector("details.facts")?.open ?? false;
+  fill(head,
+    h(
+      "div",
+      { class: "title-row" },
+      h("h2", {}, modelLabel(x.model)),
+      badge(x.status),
+      x.cancel_requested && ACTIVE.has(x.status) ? h("span", { class: "muted" }, "cancelling…") : null,
+      ACTIVE.has(x.status) && !x.cancel_requested
+        ? h("button", { class: "secondary", type: "button", id: "cancel", onclick: () => cancel(x.id) }, "Cancel")
+        : null,
+    ),
+    h("div", { class: "muted small mono" }, `search ${x.id}`),
+    x.model !== modelLabel(x.model) ? h("div", { class: "muted small mono" }, x.model) : null,
+    x.status === "failed"
+      ? h("div", { class: "error failure", role: "alert" }, h("strong", {}, "Search failed: "), x.error ?? "no reason recorded")
+      : null,
+    x.status === "cancelled" ? h("div", { class: "notice" }, "This search was cancelled.") : null,
+    h(
+      "div",
+      { class: "progress-row" },
+      progressBar(p.generation, p.total_generations),
+      h("span", { id: "d-gen" }, `generation ${p.generation} of ${p.total_generations}`),
+    ),
+    h(
+      "dl",
+      { class: "stats" },
+      stat("evaluations", p.evaluations),
+      stat("best error", fmt(p.best_error)),
+      stat("elapsed", duration(p.elapsed_s)),
+      stat("ETA", ACTIVE.has(x.status) ? duration(p.eta_s) : "–"),
+      result ? stat("cache hits", result.cache_hits) : null,
+      result ? stat("search time", duration(result.search_seconds)) : null,
+    ),
+    h("details", { class: "facts", open: factsOpen }, h("summary", {}, "Request"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]))),
+  );
+}
+
+async function cancel(id) {
+  try {
+    await api(`/api/searches/${id}/cancel`, { method: "POST" });
+  } catch (err) {
+    if (err.status !== 401) setBanner(err.message);
+  }
+  refresh();
+}
+
+function renderProgress() {
+  const box = $("#d-progress");
+  const gens = state.generations;
+  const title = h("h3", {}, "Best error per generation");
+  if (!gens.length) {
+    fill(box, title, h("p", { class: "muted" }, ACTIVE.has(state.search?.status) ? "Waiting for the first generation…" : "No generation was completed."));
+    return;
+  }
+  const last = gens.at(-1);
+  fill(box,
+    title,
+    progressChart(gens),
+    h("p", { class: "muted small" }, `${gens.length} generations, ${last.total_evaluations} evaluations, ${duration(last.elapsed_s)} of search time.`),
+  );
+}
+
+function renderFront() {
+  const box = $("#d-front");
+  const front = state.front;
+  const search = state.search;
+  const done = search.progress.generation;
+  const chooser = h(
+    "select",
+    {
+      id: "front-generation",
+      "aria-label": "front of generation",
+      onchange: (ev) => {
+        state.frontGeneration = ev.target.value;
+        refresh();
+      },
+    },
+    h("option", { value: "" }, search.status === "succeeded" ? "final front" : "latest generation"),
+    Array.from({ length: done }, (_, i) => h("option", { value: String(i + 1) }, `generation ${i + 1}`)),
+  );
+  chooser.value = state.frontGeneration;
+  const title = h("div", { class: "title-row" }, h("h3", {}, "Pareto front"), done ? chooser : null);
+  if (!front || !front.candidates.length) {
+    fill(box, title, h("p", { class: "muted" }, ACTIVE.has(search.status) ? "No front yet: it appears after the first generation." : "This search has no front."));
+    return;
+  }
+  const cands = front.candidates;
+  // Shown only as the API reports them (Wanda, OWL+Wanda); the dashboard never computes any.
+  const baselines = front.baselines;
+  // The whole population of the shown generation (grey); the front is part of it.
+  const members = state.population?.candidates ?? [];
+  const svg = frontChart({ members, candidates: cands, baselines, selectedId: state.candidateId, onChoose: chooseCandidate });
+  const table = h(
+    "table",
+    { class: "front-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "metric"), h("th", { class: "num" }, "error"), h("th", { class: "num" }, "gap"), h("th", { class: "num" }, "sparsity"))),
+    h(
+      "tbody",
+      {},
+      cands.map((c) =>
+        h(
+          "tr",
+          {
+            class: `${c.id === state.candidateId ? "selected" : ""}`,
+            "data-candidate": c.id,
+            onclick: () => chooseCandidate(c.id),
+          },
+          h("td", {}, c.recommended ? h("span", { class: "star", title: "recommended" }, "★") : ""),
+          h("td", { class: "mono clamp" }, c.genome.formula),
+          h("td", { class: "num" }, fmt(c.objectives.error)),
+          h("td", { class: "num" }, fmt(c.objectives.gap)),
+          h("td", { class: "num" }, pct(c.sparsity)),
+        ),
+      ),
+    ),
+  );
+  const legend = h(
+    "p",
+    { class: "muted small" },
+    `${cands.length} candidate${cands.length === 1 ? "" : "s"}${front.generation ? ` on the front of generation ${front.generation}` : " on the final front"}. Click one for details. `,
+    members.length ? `Grey: all ${members.length} candidates of generation ${state.population.generation}'s population. ` : "",
+    baselines.length ? "Diamonds: baselines reported by the API." : "The API reports no baseline evaluations for this search.",
+  );
+  fill(box, title, svg, legend, table);
+}
+
+function chooseCandidate(id) {
+  state.candidateId = id;
+  for (const el of document.querySelectorAll("[data-candidate]")) {
+    el.classList.toggle("selected", el.dataset.candidate === id);
+  }
+  renderCandidate();
+}
