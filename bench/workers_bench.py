@@ -33,7 +33,7 @@ from optishear.config import BUNDLED, CalibrationConfig, SearchConfig
 from optishear.genome import N_GENOMES, Genome
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import InProcessEvaluator
-from workers.actor import WorkerUsage
+from workers.actor import ActorUsage
 from workers.pool import RayEvaluator
 from workers.runtime import ray_runtime
 
@@ -68,17 +68,17 @@ def measure(spec: EngineSpec, n: int, warm: Candidate, cands: list[Candidate]) -
     start = time.perf_counter()
     with RayEvaluator(spec, n) as evaluator:
         startup = time.perf_counter() - start
-        loaded = evaluator.worker_usage()
+        loaded = evaluator.actor_usage()
         evaluator.evaluate([warm] * n)  # one warm-up call per actor
-        before = evaluator.worker_usage()
+        before = evaluator.actor_usage()
         start = time.perf_counter()
         errors = [e.error for e in evaluator.evaluate(cands)]
         seconds = time.perf_counter() - start
-        after = evaluator.worker_usage()
-        done = [i.evaluations - 1 for i in evaluator.worker_info()]  # less the warm-up
+        after = evaluator.actor_usage()
+        done = [i.evaluations - 1 for i in evaluator.actor_info()]  # less the warm-up
     cpu = [a.cpu_seconds - b.cpu_seconds for a, b in zip(after, before, strict=True)]
 
-    def mib(usage: list[WorkerUsage], field: str) -> list[float]:
+    def mib(usage: list[ActorUsage], field: str) -> list[float]:
         return [round((getattr(u, field) or 0) / MiB) for u in usage]
 
     return {

@@ -149,6 +149,18 @@ class CalibrationConfig(_Config):
     )
 
 
+class SearchCalibrationConfig(CalibrationConfig):
+    """A search's calibration: fewer sequences by default than a prune's, as each candidate
+    is scored on them (every other field as in CalibrationConfig)."""
+
+    # A CalibrationConfig given by a caller is taken field by field.
+    model_config = ConfigDict(from_attributes=True)
+
+    n_samples: int = Field(
+        16, ge=1, le=1024, description="calibration sequences", json_schema_extra=_flag("nsamples")
+    )
+
+
 class EvaluationConfig(_Config):
     """Held-out perplexity: fixed windows of text the pruning never saw."""
 
@@ -301,7 +313,7 @@ class SearchConfig(_Target):
     )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
     dtype: Dtype = Field("float32", description="dtype the model is loaded in")
-    calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(n_samples=16))
+    calibration: SearchCalibrationConfig = Field(default_factory=lambda: SearchCalibrationConfig())
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
@@ -327,13 +339,10 @@ class SearchConfig(_Target):
     def total_generations(self) -> int:
         return self.generations * len(self.stage_list())
 
-    def search_space_dump(self) -> dict[str, Any]:
-        """The settings that decide the search's trajectory (a stored state must match them)."""
-        keep = (
-            "sparsity", "pattern", "stages", "population", "generations", "seed", "step",
-            "levels", "genome", "low_fidelity_samples", "promote_fraction",
-        )  # fmt: skip
-        return self.model_dump(mode="json", include=set(keep))
+    def resume_identity(self) -> dict[str, Any]:
+        """What a stored state must match to be resumed: every setting that shapes the search
+        or its evaluations (all but the held-out evaluation, which only exports use)."""
+        return self.model_dump(mode="json", exclude={"evaluation"})
 
 
 def config_error(exc: Exception) -> ConfigError:

@@ -3,12 +3,13 @@
 import pytest
 
 from optishear.assets import pull_assets
-from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
+from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
+from optishear.data import load_texts, sample_calibration, tokenize_stream
 from optishear.errors import AssetError
-from optishear.evaluate import EvalConfig, perplexity
-from optishear.masks import Pattern
-from optishear.models import load_model
-from optishear.prune import PruneConfig, prune_model
+from optishear.evaluate import perplexity
+from optishear.hf import load_model
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
 from optishear.settings import LibrarySettings
 
 # Five prunes and perplexities of a real model: about 2 minutes on 2 free cores.
@@ -37,15 +38,17 @@ def _ppl(bundled, config):
     if config is not None:
         report = prune_model(model, calib, config)
         assert report.achieved == pytest.approx(config.sparsity, abs=1e-9)
-    return perplexity(model, stream, EvalConfig(seq_len=256, max_windows=6)).perplexity
+    return perplexity(model, stream, EvaluationConfig(seq_len=256, windows=6)).perplexity
 
 
 def test_methods_rank_as_published(bundled) -> None:
     dense = _ppl(bundled, None)
-    magnitude = _ppl(bundled, PruneConfig("magnitude", 0.5))
-    wanda = _ppl(bundled, PruneConfig("wanda", 0.5))
-    wanda_24 = _ppl(bundled, PruneConfig("wanda", 0.5, Pattern(2, 4)))
-    sparsegpt_24 = _ppl(bundled, PruneConfig("sparsegpt", 0.5, Pattern(2, 4)))
+    magnitude = _ppl(bundled, PruneConfig(method="magnitude", sparsity=0.5))
+    wanda = _ppl(bundled, PruneConfig(method="wanda", sparsity=0.5))
+    wanda_24 = _ppl(bundled, PruneConfig(method="wanda", sparsity=0.5, pattern=Pattern(2, 4)))
+    sparsegpt_24 = _ppl(
+        bundled, PruneConfig(method="sparsegpt", sparsity=0.5, pattern=Pattern(2, 4))
+    )
     # a real pretrained model (random weights give ~49,000)
     assert 10 < dense < 40
     assert dense < wanda < magnitude

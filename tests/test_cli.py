@@ -112,10 +112,10 @@ def odd_model_dir(tmp_path_factory):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "foo"], "unknown pruning method 'foo'; known: magnitude, wanda"),
-        (["--sparsity", "1.5"], "sparsity must be in (0, 1), got 1.5"),
-        (["--sparsity", "0"], "sparsity must be in (0, 1), got 0.0"),
-        (["--sparsity", "half"], "not a number: 'half'"),
+        (["--method", "foo"], "method: Input should be 'magnitude', 'wanda', 'ria'"),
+        (["--sparsity", "1.5"], "sparsity: Input should be less than 1"),
+        (["--sparsity", "0"], "sparsity: Input should be greater than 0"),
+        (["--sparsity", "half"], "sparsity: Input should be a valid number"),
         (["--pattern", "2:4", "--sparsity", "0.6"], "prunes exactly 0.5 of the weights"),
         (["--pattern", "2-4"], "pattern must be 'unstructured' or 'N:M'"),
         (["--pattern", "4:8", "--odd"], "4:8 does not divide layer 0.self_attn.q_proj"),
@@ -206,7 +206,7 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
     assert report["front"]
     assert report["recommended_prune"]["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
     # the recommendation was re-scored with refit weights, and shipped refit
-    assert report["refitted"][0] == report["recommended"]
+    assert report["summary"]["refitted"][0] == report["recommended"]
     assert report["recommended_prune"]["reconstructed"] is True
     model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
     manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())
@@ -227,7 +227,7 @@ def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, 
     assert "--final-stats dense would ship a different model" in capsys.readouterr().err
     assert main([*args, "--out", str(out)]) == 0
     report = json.loads((out / "search.json").read_text())
-    assert report["rescored"][0] == report["recommended"]
-    assert report["refitted"] == []
+    assert report["summary"]["rescored"][0] == report["recommended"]
+    assert report["summary"]["refitted"] == []
     assert report["recommended_prune"]["reconstructed"] is False
-    assert "pruned as shipped" in report["selection_rule"]
+    assert "pruned as shipped" in report["summary"]["selection_rule"]

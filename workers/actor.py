@@ -14,12 +14,12 @@ import torch
 import transformers
 from torch import Tensor
 
-from optishear.search.engine_spec import EngineSpec
 from optishear.candidates import Candidate, Evaluation
+from optishear.search.engine_spec import EngineSpec
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerInfo:
+class ActorInfo:
     """What a started worker reports back: enough to check it and to size the search."""
 
     pid: int
@@ -31,7 +31,7 @@ class WorkerInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerUsage:
+class ActorUsage:
     """CPU time and resident memory of a worker process, and the size of the model it holds."""
 
     pid: int
@@ -56,7 +56,7 @@ def _proc_status_bytes(*keys: str) -> dict[str, int | None]:
     return found
 
 
-class ModelWorker:
+class ModelActor:
     """Holds one model and its FitnessEngine (dense backup, statistics, reference outputs).
 
     The model is loaded here, from the worker's own cache or folder: only the small spec and
@@ -73,8 +73,8 @@ class ModelWorker:
         self.evaluations = 0
         gc.collect()  # loading leaves garbage behind; free it before the first evaluation
 
-    def ready(self) -> WorkerInfo:
-        return WorkerInfo(
+    def ready(self) -> ActorInfo:
+        return ActorInfo(
             os.getpid(),
             ray.util.get_node_ip_address(),
             str(self.engine.device),
@@ -104,11 +104,11 @@ class ModelWorker:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
         return self.engine.owl_plan(target)
 
-    def usage(self) -> WorkerUsage:
+    def usage(self) -> ActorUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")
         model = self.engine.model
         tensors = [*model.parameters(), *model.buffers()]
-        return WorkerUsage(
+        return ActorUsage(
             os.getpid(),
             time.process_time(),
             status["VmHWM"],
@@ -120,4 +120,4 @@ class ModelWorker:
 
 # The remote class, defined once. Resources, restarts and retries are set per pool through
 # .options(), so that the same class serves CPU-only machines and GPU clusters.
-ModelWorkerActor = ray.remote(ModelWorker)
+ModelActorRemote = ray.remote(ModelActor)

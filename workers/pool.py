@@ -18,10 +18,10 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import RayActorError
 from torch import Tensor
 
+from optishear.candidates import Candidate, Evaluation
 from optishear.errors import ConfigError
 from optishear.search.engine_spec import EngineSpec
-from optishear.candidates import Candidate, Evaluation
-from workers.actor import ModelWorkerActor, WorkerInfo, WorkerUsage
+from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError, WorkerStartError
 from workers.runtime import ADDRESS_ENV, ray_runtime
 
@@ -72,7 +72,7 @@ class RayEvaluator:
         max_task_retries: int = 3,
         start_timeout_s: float = 600.0,
         chunk_size: int = 1,
-        actor_class: ActorClass[Any] = ModelWorkerActor,
+        actor_class: ActorClass[Any] = ModelActorRemote,
     ) -> None:
         if workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
@@ -120,12 +120,12 @@ class RayEvaluator:
             threads_per_worker,
         )
 
-    def _wait_ready(self, timeout_s: float) -> list[WorkerInfo]:
+    def _wait_ready(self, timeout_s: float) -> list[ActorInfo]:
         # No retries here: a worker that cannot start must fail the start, not be waited for.
         index = {
             a.ready.options(max_task_retries=0).remote(): i for i, a in enumerate(self._actors)
         }
-        infos: list[WorkerInfo | None] = [None] * len(self._actors)
+        infos: list[ActorInfo | None] = [None] * len(self._actors)
         pending = list(index)
         deadline = time.monotonic() + timeout_s
         while pending:
@@ -144,11 +144,11 @@ class RayEvaluator:
             except RayActorError as exc:
                 if exc.actor_init_failed:
                     raise WorkerStartError(
-                        f"a Ray worker could not load model {self.spec.model!r}: "
+                        f"a Ray worker could not load model {self.spec.config.model!r}: "
                         f"{_raised_in_worker(exc)}"
                     ) from exc
                 raise WorkerStartError(
-                    f"a Ray worker died while loading model {self.spec.model!r} (out of "
+                    f"a Ray worker died while loading model {self.spec.config.model!r} (out of "
                     f"memory?): {_short(exc)}"
                 ) from exc
             infos[index[done[0]]] = info
@@ -185,6 +185,10 @@ class RayEvaluator:
     def _dispatch(
         self, method: str, candidates: Sequence[Candidate], *args: Any
     ) -> list[Evaluation]:
+        # Not ray.util.ActorPool: its ordered `map` hands the next chunk out only once the
+        # oldest call returns (a fast actor idles behind a slow one), and `map_unordered`
+        # loses which candidate a result belongs to. This keeps both: any free actor takes the
+        # next chunk, and one ray.get in submission order gives pymoo its order back.
         cands = list(candidates)
         chunks = [cands[i : i + self.chunk_size] for i in range(0, len(cands), self.chunk_size)]
         refs = []
@@ -208,11 +212,11 @@ class RayEvaluator:
             ) from exc
         return [e for batch in batches for e in batch]
 
-    def worker_info(self) -> list[WorkerInfo]:
+    def actor_info(self) -> list[ActorInfo]:
         """Ask every worker again (after restarts, the pids differ from `self.infos`)."""
         return list(ray.get([a.ready.remote() for a in self._actors]))
 
-    def worker_usage(self) -> list[WorkerUsage]:
+    def actor_usage(self) -> list[ActorUsage]:
         return list(ray.get([a.usage.remote() for a in self._actors]))
 
     def close(self) -> None:

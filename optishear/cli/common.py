@@ -13,7 +13,7 @@ from optishear.config import BUNDLED, DTYPES, EvaluationConfig
 from optishear.data import load_texts, tokenize_stream
 from optishear.evaluate import Perplexity, perplexity
 from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS
+from optishear.sources import REGISTERED_MODELS, resolve_source
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
@@ -34,7 +34,12 @@ def add_dtype_flag(p: argparse.ArgumentParser) -> None:
 def ensure_assets(
     settings: LibrarySettings, bars: Bars, model: str | None, *texts: str | None
 ) -> None:
-    """Fetch the bundled model and text once, when a command names them."""
+    """Fetch the bundled model and text once, when a command names them.
+
+    A model path that does not exist is reported first: no download for a command that fails.
+    """
+    if model is not None:
+        resolve_source(model, settings)
     if (model in REGISTERED_MODELS or BUNDLED in texts) and not assets_ready(settings):
         pull_assets(settings, bars.bytes)
 

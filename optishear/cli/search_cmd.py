@@ -117,7 +117,9 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
     else:
         evaluator = contextlib.nullcontext(InProcessEvaluator(engine_for(model, calib, config)))
-    bar = tqdm(total=config.total_generations(), desc="search", unit="gen", disable=not bars.enabled)
+    bar = tqdm(
+        total=config.total_generations(), desc="search", unit="gen", disable=not bars.enabled
+    )
 
     def show(p: Any) -> None:
         bar.update(p.stage_index * config.generations + p.generation - bar.n)

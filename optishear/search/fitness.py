@@ -206,7 +206,9 @@ class FitnessEngine:
         blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
         for pos, (idx, _name, _lin) in enumerate(self.layers):
             blocks[idx].append((self.dense[pos], self._dense_act_sq[pos]))
-        plan = owl_plan_from_dense(blocks, self.block_params, target, spec or PlanConfig(kind="owl"))
+        plan = owl_plan_from_dense(
+            blocks, self.block_params, target, spec or PlanConfig(kind="owl")
+        )
         return plan.block_sparsity
 
     def clear_mask_cache(self) -> None:

@@ -356,7 +356,7 @@ def run_search(
     JSON state) before `progress` is called; `resume_from` continues from such a snapshot's
     `state` instead of from `state_path`.
     """
-    wanted = config.search_space_dump()
+    wanted = config.resume_identity()
     if resume_from is not None:
         state = SearchState.from_json(resume_from)
         state.check_config(wanted, "the given state")

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import numpy as np
 from pymoo.core.repair import Repair
 
+from optishear.candidates import Candidate
 from optishear.errors import ConfigError
 from optishear.genome import COEFFICIENTS, TRANSFORMS, WANDA_GENOME, Genome
-from optishear.candidates import Candidate
 
 Stage = Literal["metric", "layerwise", "joint"]
 _N_METRIC = 4

@@ -11,6 +11,7 @@ and type checks; a state of another format, version or search is refused with a 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -41,7 +42,7 @@ class Tell:
 class SearchState:
     """Everything needed to continue a search after the last completed generation."""
 
-    config: dict[str, Any]  # SearchConfig.search_space_dump() of the search it belongs to
+    config: dict[str, Any]  # SearchConfig.resume_identity() of the search it belongs to
     stage_index: int = 0
     tells: list[Tell] = field(default_factory=list)  # of the stage in progress
     full: dict[Key, Evaluation] = field(default_factory=dict)
@@ -128,8 +129,12 @@ class SearchState:
             history=[_dict(h) for h in obj["history"]],
             evaluations=_int(obj["evaluations"]),
             cache_hits=_int(obj["cache_hits"]),
-            elapsed=float(obj["elapsed"]),
+            elapsed=_float(obj["elapsed"]),
         )
+        if state.stage_index != len(state.outcomes):  # a stage's outcome is kept as it ends
+            raise ValueError(
+                f"stage index {state.stage_index} with {len(state.outcomes)} finished stages"
+            )
         for name in ("full", "low", "estimated"):
             getattr(state, name).update((_key_in(k), _eval_in(e)) for k, e in caches[name])
         return state
@@ -172,16 +177,25 @@ def _dict(v: Any) -> dict[str, Any]:
     return v
 
 
+def _float(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise TypeError(f"expected a finite number, got {v!r}")
+    return float(v)
+
+
 def _floats(v: Any) -> tuple[float, ...]:
     if not isinstance(v, list):
         raise TypeError(f"expected a list of numbers, got {type(v).__name__}")
-    return tuple(float(x) for x in v)
+    return tuple(_float(x) for x in v)
 
 
 def _matrix(v: Any) -> list[list[float]]:
     if not isinstance(v, list):
         raise TypeError("expected a list of rows")
-    return [list(_floats(row)) for row in v]
+    rows = [list(_floats(row)) for row in v]
+    if len({len(row) for row in rows}) > 1:
+        raise ValueError("expected rows of equal length")
+    return rows
 
 
 def _key_out(k: Key) -> list[Any]:
@@ -198,7 +212,7 @@ def _eval_out(e: Evaluation) -> list[Any]:
 
 def _eval_in(v: Any) -> Evaluation:
     error, sparsity, n_samples, seconds = v
-    return Evaluation(float(error), float(sparsity), _int(n_samples), float(seconds))
+    return Evaluation(_float(error), _float(sparsity), _int(n_samples), _float(seconds))
 
 
 def _cand_out(c: Candidate) -> dict[str, Any]:
@@ -223,6 +237,6 @@ def _scored_in(v: Any) -> Scored:
     return Scored(
         _cand_in(v["candidate"]),
         _eval_in(v["evaluation"]),
-        float(v["gap"]),
+        _float(v["gap"]),
         _str(name) if name is not None else None,
     )

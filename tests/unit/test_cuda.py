@@ -9,13 +9,16 @@ import torch
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
+from optishear.candidates import Candidate
+from optishear.config import PruneConfig, SearchConfig
 from optishear.export import export_checkpoint
+from optishear.genome import Genome
 from optishear.layers import iter_linears
-from optishear.masks import Pattern
-from optishear.meta import Genome
-from optishear.prune import PruneConfig, prune_model
-from optishear.search.fitness import Candidate, FitnessEngine
-from optishear.search.loop import InProcessEvaluator, SearchSettings, run_search
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
+from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.fitness import FitnessEngine
+from optishear.search.loop import run_search
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,7 +40,7 @@ def _agreement(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 def _config(method: str, pattern: str, **kw) -> PruneConfig:
     genome = GENOME if method == "meta" else None
-    return PruneConfig(method, 0.5, Pattern.parse(pattern), genome=genome, **kw)
+    return PruneConfig(method=method, sparsity=0.5, pattern=pattern, genome=genome, **kw)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
@@ -84,7 +87,7 @@ def test_fitness_engine_and_search_on_cuda_match_the_cpu(calib_ids) -> None:
     ):
         assert torch.equal(lin.weight.cpu(), ref.weight)  # restored after the evaluation
 
-    settings = SearchSettings(0.5, population=6, generations=2, seed=2)
+    settings = SearchConfig(model="tiny", sparsity=0.5, population=6, generations=2, seed=2)
     first, again = (run_search(InProcessEvaluator(engines[1]), settings) for _ in range(2))
     assert [(s.candidate, s.evaluation.error) for s in first.front] == [
         (s.candidate, s.evaluation.error) for s in again.front

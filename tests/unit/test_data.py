@@ -1,11 +1,13 @@
 import json
 
 import pytest
+from pydantic import ValidationError
 from tiny_models import tiny_tokenizer, word_text
 
-from optishear.data import CalibrationConfig, load_texts, sample_calibration, tokenize_stream
-from optishear.errors import ConfigError, DataError
-from optishear.evaluate import EvalConfig, eval_windows
+from optishear.config import CalibrationConfig, EvaluationConfig
+from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.errors import DataError
+from optishear.evaluate import eval_windows
 from optishear.settings import LibrarySettings
 
 
@@ -13,9 +15,15 @@ def test_calibration_is_seeded_and_shaped(tmp_path) -> None:
     path = tmp_path / "c.txt"
     path.write_text(word_text(500, seed=0))
     tok = tiny_tokenizer()
-    a = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=3))
-    b = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=3))
-    c = sample_calibration(tok, CalibrationConfig(str(path), 6, 16, seed=4))
+    a = sample_calibration(
+        tok, CalibrationConfig(source=str(path), n_samples=6, seq_len=16, seed=3)
+    )
+    b = sample_calibration(
+        tok, CalibrationConfig(source=str(path), n_samples=6, seq_len=16, seed=3)
+    )
+    c = sample_calibration(
+        tok, CalibrationConfig(source=str(path), n_samples=6, seq_len=16, seed=4)
+    )
     assert a.shape == (6, 16)
     assert a.equal(b)
     assert not a.equal(c)
@@ -42,20 +50,22 @@ def test_missing_and_short_sources(tmp_path) -> None:
     short = tmp_path / "s.txt"
     short.write_text("w1 w2 w3")
     with pytest.raises(DataError, match="fewer than one 16-token sample"):
-        sample_calibration(tiny_tokenizer(), CalibrationConfig(str(short), 2, 16))
+        sample_calibration(
+            tiny_tokenizer(), CalibrationConfig(source=str(short), n_samples=2, seq_len=16)
+        )
 
 
 def test_config_validation() -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValidationError, match="n_samples"):
         CalibrationConfig(n_samples=0)
-    with pytest.raises(ConfigError):
-        EvalConfig(seq_len=1)
+    with pytest.raises(ValidationError, match="seq_len"):
+        EvaluationConfig(seq_len=1)
 
 
 def test_eval_windows_are_fixed_and_capped() -> None:
     stream = tokenize_stream(tiny_tokenizer(), [word_text(100, 0), word_text(100, 1)])
-    w = eval_windows(stream, EvalConfig(seq_len=32, max_windows=3))
+    w = eval_windows(stream, EvaluationConfig(seq_len=32, windows=3))
     assert w.shape == (3, 32)
     assert w.flatten().equal(stream[:96])
     with pytest.raises(DataError, match="fewer than one 512-token window"):
-        eval_windows(stream, EvalConfig(seq_len=512))
+        eval_windows(stream, EvaluationConfig(seq_len=512))

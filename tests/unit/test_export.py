@@ -5,17 +5,20 @@ import torch
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
+from optishear.config import PruneConfig
 from optishear.errors import ConfigError
 from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity
 from optishear.files import sha256_file
-from optishear.masks import Pattern
-from optishear.prune import PruneConfig, prune_model
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gemma3"])
 def test_exported_checkpoint_reloads_with_same_logits(arch, tmp_path, calib_ids) -> None:
     model = build_tiny(arch)
-    report = prune_model(model, calib_ids, PruneConfig("wanda", 0.5, Pattern(2, 4)))
+    report = prune_model(
+        model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, pattern=Pattern(2, 4))
+    )
     out = tmp_path / "ckpt"
     manifest = export_checkpoint(
         model, tiny_tokenizer(), out, {"prune": report.to_dict()}, max_shard_size="100KB"

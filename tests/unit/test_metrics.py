@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from optishear.errors import ConfigError, UnknownMethodError
+from optishear.genome import N_GENOMES, WANDA_GENOME, Genome
 from optishear.layers import capture_block_inputs, iter_linears
-from optishear.masks import Pattern, prune_mask
-from optishear.meta import N_GENOMES, WANDA_GENOME, Genome, meta_log_score
+from optishear.masks import prune_mask
+from optishear.meta import meta_log_score
 from optishear.metrics import get_metric, ria_score, wanda_score
+from optishear.patterns import Pattern
 from optishear.prune import collect_dense_stats
 
 

@@ -1,13 +1,15 @@
 import pytest
 import torch
+from pydantic import ValidationError
 from tiny_models import ARCHS, build_tiny
 
+from optishear.config import PlanConfig, PruneConfig, config_error
 from optishear.errors import ConfigError, UnknownMethodError
+from optishear.genome import Genome
 from optishear.layers import decoder_blocks, iter_linears, linear_sublayers
-from optishear.masks import Pattern
-from optishear.meta import Genome
-from optishear.plans import PlanSpec
-from optishear.prune import PruneConfig, prune_model
+from optishear.methods import build_method
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
 from optishear.sparsegpt import sparsegpt_prune
 
 PATTERNS = [Pattern(), Pattern(2, 4), Pattern(4, 8)]
@@ -23,7 +25,7 @@ def _row_zeros(W: torch.Tensor) -> torch.Tensor:
 def test_exact_sparsity_every_layer(arch, method, pattern, calib_ids) -> None:
     model = build_tiny(arch)
     genome = Genome.parse("f1=sqrt,beta=inv_col_sum") if method == "meta" else None
-    config = PruneConfig(method, 0.5, pattern, genome=genome, batch_size=4)
+    config = PruneConfig(method=method, sparsity=0.5, pattern=pattern, genome=genome, batch_size=4)
     report = prune_model(model, calib_ids, config)
     assert report.achieved == 0.5
     assert len(report.layers) == sum(1 for _ in iter_linears(model))
@@ -40,7 +42,9 @@ def test_exact_sparsity_every_layer(arch, method, pattern, calib_ids) -> None:
 
 def test_owl_plan_meets_target_and_varies(calib_ids) -> None:
     model = build_tiny("llama", layers=4)
-    report = prune_model(model, calib_ids, PruneConfig("wanda", 0.6, plan=PlanSpec("owl")))
+    report = prune_model(
+        model, calib_ids, PruneConfig(method="wanda", sparsity=0.6, plan=PlanConfig(kind="owl"))
+    )
     assert len(set(report.plan)) > 1
     assert max(report.plan) - min(report.plan) <= 2 * 0.08 + 1e-9
     assert sum(report.plan) / 4 == pytest.approx(0.6, abs=1e-9)
@@ -52,16 +56,22 @@ def test_owl_plan_meets_target_and_varies(calib_ids) -> None:
 
 def test_explicit_plan(calib_ids) -> None:
     model = build_tiny("llama", layers=2)
-    plan = PlanSpec("explicit", ratios=(0.25, 0.75))
-    report = prune_model(model, calib_ids, PruneConfig("wanda", 0.5, plan=plan))
+    plan = PlanConfig(kind="explicit", block_sparsity=(0.25, 0.75))
+    report = prune_model(model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, plan=plan))
     assert report.block_sparsity() == [0.25, 0.75]
     with pytest.raises(ConfigError, match="not the target"):
-        prune_model(build_tiny("llama"), calib_ids, PruneConfig("wanda", 0.4, plan=plan))
+        prune_model(
+            build_tiny("llama"), calib_ids, PruneConfig(method="wanda", sparsity=0.4, plan=plan)
+        )
     with pytest.raises(ConfigError, match="2 blocks"):
         prune_model(
             build_tiny("llama"),
             calib_ids,
-            PruneConfig("wanda", 0.5, plan=PlanSpec("explicit", ratios=(0.5,) * 3)),
+            PruneConfig(
+                method="wanda",
+                sparsity=0.5,
+                plan=PlanConfig(kind="explicit", block_sparsity=(0.5,) * 3),
+            ),
         )
 
 
@@ -96,7 +106,7 @@ def _brute_force_wanda(model, ids, ratio):
 def test_wanda_equals_brute_force(calib_ids) -> None:
     ours = build_tiny("llama")
     ref = build_tiny("llama")
-    prune_model(ours, calib_ids, PruneConfig("wanda", 0.5, batch_size=8))
+    prune_model(ours, calib_ids, PruneConfig(method="wanda", sparsity=0.5, batch_size=8))
     _brute_force_wanda(ref, calib_ids, 0.5)
     for (_, name, a), (_, _, b) in zip(iter_linears(ours), iter_linears(ref), strict=True):
         assert torch.equal(a.weight == 0, b.weight == 0), name
@@ -146,8 +156,8 @@ def test_sparsegpt_fixed_mask_keeps_mask_and_lowers_error() -> None:
 
 def test_dense_stats_source_matches_sequential_on_first_block(calib_ids) -> None:
     a, b = build_tiny("llama"), build_tiny("llama")
-    prune_model(a, calib_ids, PruneConfig("wanda", 0.5, stats_source="pruned"))
-    prune_model(b, calib_ids, PruneConfig("wanda", 0.5, stats_source="dense"))
+    prune_model(a, calib_ids, PruneConfig(method="wanda", sparsity=0.5, stats="pruned"))
+    prune_model(b, calib_ids, PruneConfig(method="wanda", sparsity=0.5, stats="dense"))
     la, lb = list(iter_linears(a)), list(iter_linears(b))
     # block 0 sees the same (dense) inputs either way; later blocks may differ
     for (i, _, x), (_, _, y) in zip(la, lb, strict=True):
@@ -155,23 +165,36 @@ def test_dense_stats_source_matches_sequential_on_first_block(calib_ids) -> None
             assert torch.equal(x.weight, y.weight)
 
 
+def _config_message(**fields) -> str:
+    with pytest.raises(ValidationError) as info:
+        PruneConfig(**fields)
+    return str(config_error(info.value))
+
+
 def test_bad_configs() -> None:
+    assert _config_message(method="foo").startswith("method: Input should be 'magnitude'")
     with pytest.raises(UnknownMethodError, match="unknown pruning method 'foo'"):
-        PruneConfig("foo")
+        build_method("foo")
     for bad in (0.0, 1.0, -0.1, 1.5):
-        with pytest.raises(ConfigError, match=r"sparsity must be in \(0, 1\)"):
-            PruneConfig("wanda", bad)
-    with pytest.raises(ConfigError, match=r"prunes exactly 0\.5"):
-        PruneConfig("wanda", 0.6, Pattern(2, 4))
-    with pytest.raises(ConfigError, match="uniform plan"):
-        PruneConfig("wanda", 0.5, Pattern(2, 4), plan=PlanSpec("owl"))
-    with pytest.raises(ConfigError, match="genome"):
-        PruneConfig("wanda", genome=Genome())
+        message = _config_message(method="wanda", sparsity=bad)
+        assert message in (
+            "sparsity: Input should be greater than 0",
+            "sparsity: Input should be less than 1",
+        )
+    assert "prunes exactly 0.5" in _config_message(
+        method="wanda", sparsity=0.6, pattern=Pattern(2, 4)
+    )
+    assert "uniform plan" in _config_message(
+        method="wanda", sparsity=0.5, pattern=Pattern(2, 4), plan=PlanConfig(kind="owl")
+    )
+    assert "genome" in _config_message(method="wanda", genome=Genome())
 
 
 def test_nm_not_dividing_layer_is_refused_before_pruning(calib_ids) -> None:
     model = build_tiny("llama", hidden=36, heads=2)  # 36 inputs: 2:4 fits, 4:8 does not
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(ConfigError, match="4:8 does not divide layer"):
-        prune_model(model, calib_ids, PruneConfig("wanda", 0.5, Pattern(4, 8)))
+        prune_model(
+            model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, pattern=Pattern(4, 8))
+        )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

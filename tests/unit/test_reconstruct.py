@@ -2,13 +2,15 @@
 
 import pytest
 import torch
+from pydantic import ValidationError
 from tiny_models import build_tiny
 
-from optishear.errors import ConfigError
+from optishear.config import PruneConfig
 from optishear.layers import iter_linears
-from optishear.masks import Pattern, prune_mask
+from optishear.masks import prune_mask
 from optishear.metrics import wanda_score
-from optishear.prune import PruneConfig, prune_model
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
 from optishear.reconstruct import least_squares_refit
 from optishear.sparsegpt import sparsegpt_prune
 
@@ -66,9 +68,13 @@ def test_prune_with_reconstruction_exact_sparsity_and_lower_error(pattern, calib
     with torch.no_grad():
         dense_logits = dense(calib_ids, use_cache=False).logits
     plain, rec = build_tiny("llama", layers=2), build_tiny("llama", layers=2)
-    prune_model(plain, calib_ids, PruneConfig("wanda", 0.5, pattern, batch_size=4))
+    prune_model(
+        plain, calib_ids, PruneConfig(method="wanda", sparsity=0.5, pattern=pattern, batch_size=4)
+    )
     report = prune_model(
-        rec, calib_ids, PruneConfig("wanda", 0.5, pattern, batch_size=4, reconstruct=True)
+        rec,
+        calib_ids,
+        PruneConfig(method="wanda", sparsity=0.5, pattern=pattern, batch_size=4, reconstruct=True),
     )
     assert report.achieved == 0.5
     assert report.to_dict()["reconstructed"] is True
@@ -87,19 +93,21 @@ def test_prune_with_reconstruction_exact_sparsity_and_lower_error(pattern, calib
 
 
 def test_reconstruct_is_refused_where_it_means_nothing() -> None:
-    with pytest.raises(ConfigError, match="sparsegpt always reconstructs"):
-        PruneConfig("sparsegpt", 0.5, reconstruct=True)
-    with pytest.raises(ConfigError, match="magnitude"):
-        PruneConfig("magnitude", 0.5, reconstruct=True)
+    with pytest.raises(ValidationError, match="sparsegpt always reconstructs"):
+        PruneConfig(method="sparsegpt", sparsity=0.5, reconstruct=True)
+    with pytest.raises(ValidationError, match="magnitude"):
+        PruneConfig(method="magnitude", sparsity=0.5, reconstruct=True)
 
 
 def test_refit_on_too_few_tokens_warns(calib_ids, caplog) -> None:
     model = build_tiny("llama")  # widest layer: 64 inputs; calib_ids hold 8 x 24 = 192 tokens
     with caplog.at_level("WARNING", logger="optishear.prune"):
-        prune_model(model, calib_ids, PruneConfig("wanda", 0.5, reconstruct=True))
+        prune_model(model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, reconstruct=True))
     assert "192 calibration tokens for layers with up to 64 inputs" in caplog.text
     caplog.clear()
     many = torch.randint(0, 128, (16, 24), generator=torch.Generator().manual_seed(2))
     with caplog.at_level("WARNING", logger="optishear.prune"):
-        prune_model(build_tiny("llama"), many, PruneConfig("wanda", 0.5, reconstruct=True))
+        prune_model(
+            build_tiny("llama"), many, PruneConfig(method="wanda", sparsity=0.5, reconstruct=True)
+        )
     assert "calibration tokens" not in caplog.text

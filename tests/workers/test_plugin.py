@@ -10,12 +10,13 @@ import pytest
 
 import optishear
 from optishear import cli
+from optishear.cli import search_cmd
 
 LIBRARY = Path(optishear.__file__).parent
 
 
 def test_ray_evaluator_is_registered_as_an_entry_point() -> None:
-    (ep,) = entry_points(group=cli.EVALUATOR_PLUGINS, name="ray")
+    (ep,) = entry_points(group=search_cmd.EVALUATOR_PLUGINS, name="ray")
     assert ep.value == "workers.pool:ray_evaluator"
 
 
@@ -43,7 +44,7 @@ def test_search_with_workers_but_no_plugin_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setattr(cli, "entry_points", lambda **_: EntryPoints(()))
+    monkeypatch.setattr(search_cmd, "entry_points", lambda **_: EntryPoints(()))
     args = [
         "search",
         "--model",
