@@ -9,6 +9,7 @@ is its command-line name where that differs from the field's name.
 
 from __future__ import annotations
 
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -27,16 +28,16 @@ from optishear.genome import WANDA_GENOME, Genome
 from optishear.patterns import Pattern, check_target
 
 BUNDLED = "wiki"  # the bundled Wikipedia sample (calibration split / evaluation split)
-METHODS = ("magnitude", "wanda", "ria", "sparsegpt", "meta")  # optishear.methods builds each
-DTYPES = ("float32", "bfloat16", "float16")
 
 # No NUL characters: Postgres text and file paths both reject them.
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]
+Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]  # optishear.methods builds each
+METHODS: tuple[str, ...] = typing.get_args(Method)
 Stages = Literal["metric", "layerwise", "both", "joint"]
 Objective = Literal["kl", "logits_fro"]
 Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 
 
 def _pattern(value: Any) -> Pattern:
@@ -313,7 +314,7 @@ class SearchConfig(_Target):
     )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
     dtype: Dtype = Field("float32", description="dtype the model is loaded in")
-    calibration: SearchCalibrationConfig = Field(default_factory=lambda: SearchCalibrationConfig())
+    calibration: SearchCalibrationConfig = Field(default_factory=SearchCalibrationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")

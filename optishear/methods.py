@@ -8,6 +8,7 @@ from functools import partial
 
 from torch import Tensor
 
+from optishear.config import METHODS
 from optishear.errors import ConfigError, UnknownMethodError
 from optishear.genome import Genome
 from optishear.masks import prune_mask
@@ -72,15 +73,10 @@ def sparsegpt_pruning(task: LayerTask) -> Tensor:
     return sparsegpt_prune(task.weight, task.stats.hessian, task.ratio, task.pattern)
 
 
-METHOD_NAMES = ("magnitude", "wanda", "ria", "sparsegpt", "meta")
-
-
 def build_method(name: str, genome: Genome | None = None) -> Method:
     """The Method called `name`; 'meta' needs a genome, the others refuse one."""
-    if name not in METHOD_NAMES:
-        raise UnknownMethodError(
-            f"unknown pruning method {name!r}; known: {', '.join(METHOD_NAMES)}"
-        )
+    if name not in METHODS:
+        raise UnknownMethodError(f"unknown pruning method {name!r}; known: {', '.join(METHODS)}")
     if (genome is not None) != (name == "meta"):
         raise ConfigError("a genome is given with method 'meta', and only with it")
     if name == "magnitude":

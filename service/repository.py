@@ -236,9 +236,7 @@ def population(
     return PopulationRead(
         search_id=search.id,
         generation=number,
-        candidates=[
-            PopulationMember.model_validate(stored_scored(m)) for m in members[0] or []
-        ],
+        candidates=[PopulationMember.model_validate(stored_scored(m)) for m in members[0] or []],
     )
 
 

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from optishear.candidates import ScoredCandidate, SearchSummary
-from optishear.config import BUNDLED, SearchConfig, validation_message
+from optishear.config import BUNDLED, SearchConfig, Text, validation_message
 from optishear.errors import ConfigError, ModelSourceError
 from optishear.settings import LibrarySettings
 from optishear.sources import REGISTERED_MODELS, resolve_source
@@ -34,12 +34,7 @@ class _In(BaseModel):
 class SearchCreate(SearchConfig):
     """A search request: the library's SearchConfig, plus what a service must check."""
 
-    model: str = Field(
-        min_length=1,
-        max_length=1024,
-        pattern=r"^[^\x00]+$",
-        description="a registered model name or an HF folder on the runners",
-    )
+    model: Text = Field(description="a registered model name or an HF folder on the runners")
 
     def fingerprint(self) -> str:
         """sha256 of the canonical body: equal for equal requests (defaults filled in)."""

@@ -228,5 +228,3 @@ def _print_front(front: FrontRead, request: dict[str, Any]) -> None:
         )
     rec = next(c for c in front.candidates if c.recommended)
     _say(f"recommended (*): candidate {rec.id}, genome {rec.genome.index}: {rec.genome.formula}")
-
-

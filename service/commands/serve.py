@@ -77,5 +77,3 @@ def serve_command(args: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 child.kill()  # its lease expires and another runner resumes the search
     return 0
-
-
