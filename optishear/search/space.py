@@ -89,10 +89,10 @@ class SearchSpace:
         genome = Genome(*(int(v) for v in x[:_N_METRIC])) if self.has_metric else self.genome
         if self.has_blocks:
             offsets = x[_N_METRIC:] if self.has_metric else x
-            ratios = tuple(self.target + self.step * (int(o) - self.levels) for o in offsets)
+            plan = tuple(self.target + self.step * (int(o) - self.levels) for o in offsets)
         else:
-            ratios = self.block_sparsity
-        return Candidate(genome, ratios)
+            plan = self.block_sparsity
+        return Candidate(genome, plan)
 
     def gap(self, candidate: Candidate) -> float:
         return plan_gap(candidate.block_sparsity, self.block_params, self.target)
@@ -108,10 +108,10 @@ class SearchSpace:
         }
 
 
-def plan_gap(ratios: Sequence[float], block_params: Sequence[int], target: float) -> float:
+def plan_gap(block_sparsity: Sequence[float], block_params: Sequence[int], target: float) -> float:
     """|parameter-weighted mean sparsity - target| of a per-block plan."""
     p = np.asarray(block_params, dtype=np.float64)
-    return abs(float(np.dot(ratios, p) / p.sum()) - target)
+    return abs(float(np.dot(block_sparsity, p) / p.sum()) - target)
 
 
 def balance_offsets(
