@@ -325,6 +325,13 @@ class SearchConfig(_Target):
                 f"an {self.pattern} pattern keeps every block at N/M: only the metric can be "
                 "searched"
             )
+        plans = "layerwise" in self.stage_list() or "joint" in self.stage_list()
+        low, high = self.target - self.levels * self.step, self.target + self.levels * self.step
+        if plans and not (low >= 0 and high < 1):
+            raise ValueError(
+                f"per-block sparsity {self.target:g} +- {self.levels} x {self.step:g} must stay "
+                "within [0, 1): lower step or levels"
+            )
         if self.refit_top and self.rescore_top:
             raise ValueError(
                 "refit top already re-scores its candidates as shipped: set refit top or "

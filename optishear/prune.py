@@ -233,8 +233,6 @@ def prune_model(
     """
     start = time.perf_counter()
     method = build_method(config.method, config.genome)
-    if config.reconstruct and config.method in ("sparsegpt", "magnitude"):
-        raise ConfigError("reconstruct applies to wanda, ria and meta")
     blocks = decoder_blocks(model)
     for idx, block in enumerate(blocks):
         for name, lin in linear_sublayers(block).items():

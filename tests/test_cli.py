@@ -231,3 +231,13 @@ def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, 
     assert report["summary"]["refitted"] == []
     assert report["recommended_prune"]["reconstructed"] is False
     assert "pruned as shipped" in report["summary"]["selection_rule"]
+
+
+def test_search_refuses_a_folder_of_the_old_pickle_format(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "state.pkl").write_bytes(b"\x80\x05 a pickle from before the JSON state")
+    rc = main([*_search(tiny_model_dir, 1), "--out", str(out), "--resume"])
+    assert rc == 2
+    assert "old pickle state format" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["state.pkl"]  # nothing written or run

@@ -96,6 +96,11 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         )
     out: Path = args.out
     state_path = out / STATE_FILE
+    if (out / "state.pkl").exists() and not state_path.exists():
+        raise ConfigError(
+            f"{out} holds a search saved in the old pickle state format, which OptiShear no "
+            "longer loads (loading it could run code): start the search again in another folder"
+        )
     if state_path.exists() and not args.resume:
         raise ConfigError(
             f"{out} holds a search already: pass --resume to continue it, or choose another folder"

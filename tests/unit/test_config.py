@@ -78,6 +78,17 @@ def test_a_structured_pattern_keeps_every_block_at_n_over_m() -> None:
         assert "use a uniform plan" in _invalid(PruneConfig, pattern="4:8", plan=plan)
 
 
+def test_per_block_offsets_must_stay_within_zero_and_one_when_plans_are_searched() -> None:
+    for stages in ("both", "layerwise", "joint"):
+        message = _invalid(SearchConfig, model="tiny", sparsity=0.9, step=0.1, stages=stages)
+        assert message == (
+            "per-block sparsity 0.9 +- 1 x 0.1 must stay within [0, 1): lower step or levels"
+        )
+    assert _search(sparsity=0.9, step=0.1, stages="metric").target == 0.9  # no plan searched
+    assert _search(sparsity=0.9, step=0.05, levels=1).target == 0.9
+    assert "levels" in _invalid(SearchConfig, model="tiny", sparsity=0.2, step=0.1, levels=3)
+
+
 def test_refit_top_and_rescore_top_are_not_both_set() -> None:
     message = _invalid(SearchConfig, model="tiny", refit_top=2, rescore_top=1)
     assert "set refit top or rescore top, not both" in message
