@@ -10,7 +10,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 from optishear.assets import text_dir
-from optishear.config import BUNDLED, CalibrationConfig
+from optishear.config import BUNDLED, CalibrationConfig, EvaluationConfig
 from optishear.errors import DataError
 from optishear.settings import LibrarySettings
 
@@ -96,3 +96,12 @@ def sample_calibration(
     gen = torch.Generator().manual_seed(config.seed)
     starts = torch.randint(0, stream.numel() - config.seq_len, (config.n_samples,), generator=gen)
     return torch.stack([stream[s : s + config.seq_len] for s in starts.tolist()])
+
+
+def evaluation_stream(
+    tokenizer: PreTrainedTokenizerBase,
+    config: EvaluationConfig,
+    settings: LibrarySettings | None = None,
+) -> Tensor:
+    """The held-out text of an evaluation config, tokenized as one stream."""
+    return tokenize_stream(tokenizer, load_texts(config.text, "evaluation", settings))

@@ -10,7 +10,7 @@ import torch
 from optishear.assets import assets_ready, pull_assets
 from optishear.cli.progress import Bars
 from optishear.config import BUNDLED, DTYPES, EvaluationConfig
-from optishear.data import load_texts, tokenize_stream
+from optishear.data import evaluation_stream
 from optishear.evaluate import Perplexity, perplexity
 from optishear.settings import LibrarySettings
 from optishear.sources import REGISTERED_MODELS, resolve_source
@@ -47,5 +47,4 @@ def ensure_assets(
 def held_out(
     model: torch.nn.Module, tokenizer: Any, config: EvaluationConfig, settings: LibrarySettings
 ) -> Perplexity:
-    stream = tokenize_stream(tokenizer, load_texts(config.text, "evaluation", settings))
-    return perplexity(model, stream, config)
+    return perplexity(model, evaluation_stream(tokenizer, config, settings), config)

@@ -9,15 +9,13 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from optishear.candidates import Candidate
-from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.data import evaluation_stream, sample_calibration
 from optishear.evaluate import perplexity
 from optishear.export import export_checkpoint, measured_sparsity
 from optishear.files import sha256_file
-from optishear.genome import Genome
 from optishear.hf import load_model, torch_dtype
 from optishear.prune import prune_candidate
-from service import queue
+from service import queue, repository
 from service.runner.errors import LeaseLostError
 from service.runner.search_job import ensure_assets
 from service.schemas import SearchCreate
@@ -35,7 +33,7 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
         row = session.get_one(CandidateRow, ckpt.candidate_id)
         search = session.get_one(Search, ckpt.search_id)
         request = SearchCreate.model_validate(search.request)
-        candidate = candidate_of(row)
+        candidate = repository.candidate_read(row).candidate()
         stored = {"id": str(row.id), "key": row.key, "genome": row.genome}
     library = runner.library
     ensure_assets(runner, request, evaluation=True)
@@ -51,7 +49,7 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
         refit=request.refit_top > 0,  # shipped as the search scored it
         batch_size=request.batch_size,
     )
-    stream = tokenize_stream(tokenizer, load_texts(request.evaluation.text, "evaluation", library))
+    stream = evaluation_stream(tokenizer, request.evaluation, library)
     ppl = perplexity(model, stream, request.evaluation)
     if runner.lost.is_set():
         raise LeaseLostError
@@ -93,7 +91,3 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
         ):
             raise LeaseLostError
     logger.info("checkpoint %s exported (%d bytes)", checkpoint_id, size)
-
-
-def candidate_of(row: CandidateRow) -> Candidate:
-    return Candidate(Genome.from_index(int(row.genome["index"])), tuple(row.block_sparsity))
