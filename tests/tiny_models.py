@@ -73,3 +73,14 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def word_text(n_words: int, seed: int) -> str:
     rng = random.Random(seed)
     return " ".join(rng.choice(WORDS[:40]) for _ in range(n_words))
+
+
+def tiny_engine(pattern=None, objective="kl"):  # type: ignore[no-untyped-def]
+    """A FitnessEngine on a 4-block tiny Llama with 8 x 24 random calibration ids."""
+    from optishear.patterns import Pattern
+    from optishear.search.fitness import FitnessEngine
+
+    model = build_tiny("llama", layers=4)
+    ids = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
+    engine = FitnessEngine(model, ids, pattern or Pattern(), batch_size=4, objective=objective)
+    return engine, model, ids

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import build_tiny
+from tiny_models import build_tiny, tiny_engine
 
 from optishear.candidates import Candidate
 from optishear.config import PlanConfig, PruneConfig
@@ -15,16 +15,9 @@ from optishear.prune import collect_dense_stats, prune_model
 from optishear.search.fitness import FitnessEngine
 
 
-def _engine(pattern=None, objective="kl"):
-    pattern = pattern or Pattern()
-    model = build_tiny("llama", layers=4)
-    ids = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(1))
-    return FitnessEngine(model, ids, pattern, batch_size=4, objective=objective), model, ids
-
-
 @pytest.mark.parametrize("objective", ["kl", "logits_fro"])
 def test_engine_error_equals_full_logits_and_restores_weights(objective) -> None:
-    engine, _, ids = _engine(objective=objective)
+    engine, _, ids = tiny_engine(objective=objective)
     before = [lin.weight.clone() for _, _, lin in engine.layers]
     genome = Genome.parse("f1=sqrt,beta=inv_col_sum")
     e = engine.evaluate(Candidate(genome, (0.4, 0.5, 0.5, 0.6)))
@@ -57,7 +50,7 @@ def test_engine_error_equals_full_logits_and_restores_weights(objective) -> None
 
 
 def test_layer_masks_are_reused_across_candidates_and_give_identical_errors() -> None:
-    engine, _, _ = _engine()
+    engine, _, _ = tiny_engine()
     genome = Genome.parse("f1=sqrt")
     a = Candidate(genome, (0.4, 0.5, 0.5, 0.6))
     b = Candidate(genome.parse("alpha=inv_row_sum,f1=sqrt"), (0.45, 0.5, 0.5, 0.55))
@@ -75,7 +68,7 @@ def test_layer_masks_are_reused_across_candidates_and_give_identical_errors() ->
 
 
 def test_engine_error_as_shipped_is_the_error_of_the_final_prune() -> None:
-    engine, model, ids = _engine()
+    engine, model, ids = tiny_engine()
     dense = copy.deepcopy(model)
     genome = Genome.parse("f1=sqrt,alpha=inv_col_sum")
     cand = Candidate(genome, (0.5,) * 4)
@@ -102,7 +95,7 @@ def test_engine_error_as_shipped_is_the_error_of_the_final_prune() -> None:
 
 
 def test_engine_can_score_with_the_statistics_of_wandas_pruned_model() -> None:
-    engine, model, ids = _engine(Pattern(2, 4))
+    engine, model, ids = tiny_engine(Pattern(2, 4))
     dense_model = copy.deepcopy(model)
     baseline = FitnessEngine(
         model, ids, Pattern(2, 4), batch_size=4, stats="baseline", sparsity=0.5
@@ -134,6 +127,6 @@ def test_engine_can_score_with_the_statistics_of_wandas_pruned_model() -> None:
 
 
 def test_baseline_statistics_leave_owl_on_dense_statistics() -> None:
-    engine, model, ids = _engine()
+    engine, model, ids = tiny_engine()
     baseline = FitnessEngine(model, ids, Pattern(), batch_size=4, stats="baseline", sparsity=0.5)
     assert baseline.owl_plan(0.5) == pytest.approx(engine.owl_plan(0.5), abs=1e-12)

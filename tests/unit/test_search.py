@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from tiny_models import build_tiny
+from tiny_models import build_tiny, tiny_engine
 
 from optishear.candidates import Candidate, Evaluation
 from optishear.config import PlanConfig, PruneConfig, SearchConfig, config_error
@@ -13,7 +13,6 @@ from optishear.genome import Genome
 from optishear.patterns import Pattern
 from optishear.prune import prune_model
 from optishear.search.evaluator import InProcessEvaluator
-from optishear.search.fitness import FitnessEngine
 from optishear.search.loop import run_search
 from optishear.search.space import SearchSpace, balance_offsets
 
@@ -90,15 +89,8 @@ def test_balance_offsets_meets_target_with_unequal_blocks() -> None:
         assert np.abs(b).max() <= 1
 
 
-def _engine(pattern=None, objective="kl"):
-    pattern = pattern or Pattern()
-    model = build_tiny("llama", layers=4)
-    ids = torch.randint(0, 128, (8, 24), generator=torch.Generator().manual_seed(1))
-    return FitnessEngine(model, ids, pattern, batch_size=4, objective=objective), model, ids
-
-
 def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> None:
-    engine, _, _ = _engine()
+    engine, _, _ = tiny_engine()
     settings = _config(sparsity=0.5, population=8, generations=3, seed=3)
     a = run_search(InProcessEvaluator(engine), settings)
     b = run_search(InProcessEvaluator(engine), settings)
@@ -129,7 +121,7 @@ def test_search_is_deterministic_and_resume_equals_uninterrupted(tmp_path) -> No
 
 
 def test_refit_step_rescores_the_best_candidates_as_shipped() -> None:
-    engine, _, _ = _engine()
+    engine, _, _ = tiny_engine()
     before = [lin.weight.clone() for _, _, lin in engine.layers]
     settings = _config(sparsity=0.5, population=4, generations=1, seed=3, refit_top=2)
     result = run_search(InProcessEvaluator(engine), settings)
@@ -200,7 +192,7 @@ def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
 
 
 def test_rescore_step_on_a_real_engine_recommends_the_best_as_shipped() -> None:
-    engine, _, _ = _engine(Pattern(2, 4))
+    engine, _, _ = tiny_engine(Pattern(2, 4))
     settings = _config(
         sparsity=0.5, pattern=Pattern(2, 4), population=6, generations=2, rescore_top=2
     )
@@ -242,7 +234,7 @@ def test_screening_errors_never_pass_for_full_ones() -> None:
 
 
 def test_low_fidelity_front_is_reported_at_full_fidelity() -> None:
-    engine, _, _ = _engine(Pattern(2, 4))
+    engine, _, _ = tiny_engine(Pattern(2, 4))
     result = run_search(
         InProcessEvaluator(engine),
         _config(
@@ -274,7 +266,7 @@ def test_settings_validation() -> None:
 
 
 def test_baselines_are_wanda_and_owl_at_the_target() -> None:
-    engine, _, ids = _engine()
+    engine, _, ids = tiny_engine()
     settings = _config(sparsity=0.5, population=4, generations=1, seed=3)
     result = run_search(InProcessEvaluator(engine), settings)
     by_name = {b.name: b for b in result.baselines}
@@ -296,7 +288,7 @@ def test_baselines_are_wanda_and_owl_at_the_target() -> None:
 
 
 def test_baselines_for_n_m_are_wanda_only() -> None:
-    engine, _, _ = _engine(Pattern(2, 4))
+    engine, _, _ = tiny_engine(Pattern(2, 4))
     result = run_search(
         InProcessEvaluator(engine),
         _config(sparsity=0.5, pattern=Pattern(2, 4), population=4, generations=1),
