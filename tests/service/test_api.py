@@ -157,7 +157,8 @@ def test_open_api_logs_a_warning(settings, caplog) -> None:
 
 def test_models_health_and_readiness(client, thread_runner) -> None:
     models = client.get("/api/models").json()
-    assert [m["name"] for m in models] == ["smollm2-135m"]
+    assert [m["name"] for m in models] == ["smollm2-135m", "qwen2.5-0.5b"]
+    assert all(isinstance(m["cached"], bool) and m["description"] for m in models)
     assert client.get("/healthz").json()["status"] == "ok"
     r = client.get("/readyz")
     assert r.status_code == 503  # no runner yet
