@@ -119,7 +119,7 @@ def odd_model_dir(tmp_path_factory):
         (["--pattern", "2:4", "--sparsity", "0.6"], "prunes exactly 0.5 of the weights"),
         (["--pattern", "2-4"], "pattern must be 'unstructured' or 'N:M'"),
         (["--pattern", "4:8", "--odd"], "4:8 does not divide layer 0.self_attn.q_proj"),
-        (["--model", "./no/such/model"], "is not a registered name (smollm2-135m)"),
+        (["--model", "./no/such/model"], "is not a registered name (smollm2-135m, qwen2.5-0.5b)"),
         (["--model", "/tmp/missing.gguf"], "GGUF file /tmp/missing.gguf does not exist"),
         (["--method", "meta", "--genome", "f1=cube"], "bad genome names"),
         (["--plan", "explicit", "--layer-sparsity", "0.5"], "lists 1 sparsities but the model"),
