@@ -11,7 +11,6 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -139,8 +138,3 @@ class SearchSummary(BaseModel):
         description="published methods at the same target (Wanda; OWL+Wanda when unstructured)",
     )
     selection_rule: str = ""
-
-
-def records(scored: Sequence[Scored]) -> list[dict[str, Any]]:
-    """The JSON form of scored candidates, as stored with a generation."""
-    return [s.record().model_dump(mode="json") for s in scored]
