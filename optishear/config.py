@@ -34,7 +34,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]  # optishear.methods builds each
 METHODS: tuple[str, ...] = typing.get_args(Method)
-Stages = Literal["metric", "layerwise", "both", "joint"]
+Stages = Literal["metric", "layerwise", "both", "joint", "allocation"]
 Objective = Literal["kl", "logits_fro"]
 Dtype = Literal["float32", "bfloat16", "float16"]
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
@@ -76,6 +76,58 @@ def _block_sparsity(value: Any) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _screen_steps(value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):  # the command line's "2" or "2,4"
+        try:
+            value = [int(x) for x in value.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValueError(f"expected comma-separated sequence counts, got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list | tuple) or not 1 <= len(value) <= 8:
+        raise ValueError("expected 1 to 8 screening sequence counts")
+    out = []
+    for n in value:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 1024:
+            raise ValueError(f"a screening sequence count is an integer in [1, 1024], got {n!r}")
+        out.append(n)
+    if out != sorted(set(out)):
+        raise ValueError("screening steps must grow: each step uses more sequences than the last")
+    return tuple(out)
+
+
+def _front_range(value: Any) -> tuple[float, float]:
+    if isinstance(value, str):
+        try:
+            value = [float(x) for x in value.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise ValueError(f"expected 'low,high', got {value!r}") from None
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int | float) for v in value)
+    ):
+        raise ValueError("a sparsity range is two numbers, low and high (like 0.4,0.7)")
+    low, high = float(value[0]), float(value[1])
+    if not 0 <= low < high < 1:
+        raise ValueError(f"a sparsity range needs 0 <= low < high < 1, got {low:g}, {high:g}")
+    return low, high
+
+
+ScreenSteps = Annotated[
+    tuple[int, ...],
+    PlainValidator(_screen_steps),
+    PlainSerializer(list, return_type=list),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}
+    ),
+]
+FrontRange = Annotated[
+    tuple[float, float],
+    PlainValidator(_front_range),
+    PlainSerializer(list, return_type=list),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}),
+]
 PatternField = Annotated[
     Pattern,
     PlainValidator(_pattern),
@@ -117,12 +169,14 @@ class _Target(_Config):
     )
     pattern: PatternField = Field(Pattern(), description="unstructured, 2:4, 4:8, ...")
 
-    def _fill_target(self, fallback: float | None = None) -> None:
+    def _fill_target(
+        self, fallback: float | None = None, *, dense_exceptions: bool = False
+    ) -> None:
         if self.sparsity is None:  # frozen: written once, before anyone can read it
             value = default_sparsity(self.pattern) if fallback is None else fallback
             object.__setattr__(self, "sparsity", value)
         assert self.sparsity is not None
-        check_target(self.sparsity, self.pattern)
+        check_target(self.sparsity, self.pattern, dense_exceptions=dense_exceptions)
 
     @property
     def target(self) -> float:
@@ -196,14 +250,78 @@ class PlanConfig(_Config):
         description="explicit plan: one sparsity per block, comma-separated",
         json_schema_extra=_flag("block-sparsity", aliases=["--layer-sparsity"]),
     )
+    linear_sparsity: BlockSparsity = Field(
+        (),
+        description="explicit plan: one sparsity per linear layer (blocks in order, each "
+        "block's linears in module order), comma-separated; 0 keeps a layer dense",
+        json_schema_extra=_flag("linear-sparsity"),
+    )
 
     @model_validator(mode="after")
     def _explicit(self) -> PlanConfig:
-        if self.kind == "explicit" and not self.block_sparsity:
-            raise ValueError("an explicit plan needs one sparsity per block")
-        if self.kind != "explicit" and self.block_sparsity:
-            raise ValueError("per-block sparsities are only given with an explicit plan")
+        given = bool(self.block_sparsity) + bool(self.linear_sparsity)
+        if self.kind == "explicit" and given != 1:
+            raise ValueError(
+                "an explicit plan needs one sparsity per block or one per linear layer"
+            )
+        if self.kind != "explicit" and given:
+            raise ValueError(
+                "per-block or per-layer sparsities are only given with an explicit plan"
+            )
         return self
+
+
+class AllocationConfig(_Config):
+    """The per-layer allocation stage: one sparsity level per linear layer (or per attention
+    and per MLP of each block), a budget kept exact by its mutation, and a layer database."""
+
+    granularity: Literal["layer", "part"] = Field(
+        "layer",
+        description="one level per linear layer, or per attention and per MLP of each block",
+    )
+    levels: int = Field(
+        4,
+        ge=1,
+        le=20,
+        description="levels on each side of the target (unstructured)",
+        json_schema_extra=_flag("allocation-levels"),
+    )
+    step: float = Field(
+        0.05,
+        gt=0,
+        lt=0.5,
+        description="sparsity between two levels",
+        json_schema_extra=_flag("allocation-step"),
+    )
+    selection: Literal["one_plus_lambda", "nsga3"] = Field(
+        "one_plus_lambda",
+        description="(1+lambda): the best of the parent and its `population` mutants; or "
+        "NSGA-III with the same mutation and no crossover",
+    )
+    max_moves: int = Field(
+        3, ge=1, le=64, description="level switches per mutation: 1 to this many",
+        json_schema_extra=_flag("moves"),
+    )  # fmt: skip
+    refit: bool = Field(
+        False,
+        description="layer database with SparseGPT's weight update for every stored mask, so "
+        "that candidates are scored refit",
+        json_schema_extra=_flag("refit-database"),
+    )
+    database: Literal["auto", "memory", "disk", "off"] = Field(
+        "auto",
+        description="where the pre-pruned layers live: memory, disk (the search's folder), "
+        "auto (memory when they fit in database_memory_gib) or off (mask every candidate)",
+    )
+    memory_gib: float = Field(
+        4.0, gt=0, le=4096, description="auto: the most memory the layer database may take",
+        json_schema_extra=_flag("database-memory-gib"),
+    )  # fmt: skip
+    front: FrontRange | None = Field(
+        None,
+        description="search a front of error against achieved sparsity over 'low,high' "
+        "(NSGA-III) instead of one target",
+    )
 
 
 class PruneConfig(_Target):
@@ -233,13 +351,23 @@ class PruneConfig(_Target):
             object.__setattr__(self, "genome", WANDA_GENOME)
         if self.method != "meta" and self.genome is not None:
             raise ValueError("a genome is given with method 'meta', and only with it")
-        explicit = self.plan.block_sparsity
+        explicit = self.plan.block_sparsity or self.plan.linear_sparsity
+        per_layer = bool(self.plan.linear_sparsity)
         # An explicit plan without a target is its own (unweighted) mean.
-        self._fill_target(sum(explicit) / len(explicit) if explicit else None)
-        if self.pattern.structured and self.plan.kind != "uniform":
+        self._fill_target(
+            sum(explicit) / len(explicit) if explicit else None, dense_exceptions=per_layer
+        )
+        if self.pattern.structured and self.plan.kind != "uniform" and not per_layer:
             raise ValueError(
                 f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
             )
+        if per_layer and self.pattern.structured:
+            allowed = (0.0, self.pattern.sparsity)
+            if any(min(abs(r - a) for a in allowed) > 1e-9 for r in explicit):
+                raise ValueError(
+                    f"under {self.pattern} a layer is pruned {self.pattern} "
+                    f"({self.pattern.sparsity:g}) or kept dense (0)"
+                )
         if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
             raise ValueError(
                 "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "
@@ -268,11 +396,10 @@ class SearchConfig(_Target):
     genome: GenomeField = Field(
         WANDA_GENOME, description="the fixed metric of a layerwise-only search"
     )
-    low_fidelity_samples: int | None = Field(
+    low_fidelity_samples: ScreenSteps | None = Field(
         None,
-        ge=1,
-        le=1024,
-        description="screen candidates on N calibration sequences first (default off)",
+        description="screen candidates on N calibration sequences first, or on N1,N2,... in "
+        "steps, each promoting the best share to the next (default off)",
         json_schema_extra=_flag("low-fidelity"),
     )
     promote_fraction: float = Field(
@@ -312,6 +439,15 @@ class SearchConfig(_Target):
         "statistics from the pruned prefix, and recommend the best (0: the engine's best); "
         "not with refit_top, which re-scores as shipped already",
     )
+    max_evaluations: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        description="evaluation budget per stage, in full-evaluation equivalents (a screening "
+        "on n of N sequences costs n/N); the stage stops when it is spent (default: only "
+        "generations bound it)",
+    )
+    allocation: AllocationConfig = Field(default_factory=lambda: AllocationConfig())
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
     dtype: Dtype = Field("float32", description="dtype the model is loaded in")
     calibration: SearchCalibrationConfig = Field(default_factory=SearchCalibrationConfig)
@@ -319,7 +455,13 @@ class SearchConfig(_Target):
 
     @model_validator(mode="after")
     def _rules(self) -> SearchConfig:
-        self._fill_target()
+        a = self.allocation
+        allocating = self.stages == "allocation"
+        self._fill_target(
+            sum(a.front) / 2 if allocating and a.front else None, dense_exceptions=allocating
+        )
+        if allocating:
+            self._allocation_rules()
         if self.pattern.structured and self.stages in ("layerwise", "joint"):
             raise ValueError(
                 f"an {self.pattern} pattern keeps every block at N/M: only the metric can be "
@@ -339,10 +481,50 @@ class SearchConfig(_Target):
             )
         return self
 
-    def stage_list(self) -> list[Literal["metric", "layerwise", "joint"]]:
+    def _allocation_rules(self) -> None:
+        a = self.allocation
+        if a.front:
+            low, high = a.front
+            if a.selection != "nsga3":
+                raise ValueError("a sparsity front needs selection nsga3: (1+lambda) keeps one")
+            if not low <= self.target <= high:
+                raise ValueError(
+                    f"the target {self.target:g} must lie in the front's range {low:g}-{high:g}"
+                )
+            if self.pattern.structured and high > self.pattern.sparsity + 1e-9:
+                raise ValueError(
+                    f"an {self.pattern} pattern prunes at most {self.pattern.sparsity:g}: "
+                    f"the front's range must end there"
+                )
+        if a.refit and a.database == "off":
+            raise ValueError("the refit is carried by the layer database: it cannot be off")
+
+    def allocation_levels(self) -> tuple[float, ...]:
+        """The sparsities a layer may take in the allocation stage, ascending.
+
+        N:M: dense or N:M. Unstructured: the target +- levels steps (or the front's range at
+        the step), those within [0, 1); 0 means a dense layer.
+        """
+        a = self.allocation
+        if self.pattern.structured:
+            return (0.0, self.pattern.sparsity)
+        if a.front:
+            low, high = a.front
+            count = round((high - low) / a.step + 1e-9) + 1
+            grid = [low + j * a.step for j in range(count)]
+        else:
+            grid = [self.target + j * a.step for j in range(-a.levels, a.levels + 1)]
+        return tuple(sorted({round(r, 9) for r in grid if 0 <= round(r, 9) < 1}))
+
+    def stage_list(self) -> list[Literal["metric", "layerwise", "joint", "allocation"]]:
         if self.stages == "both":
             return ["metric"] if self.pattern.structured else ["metric", "layerwise"]
         return [self.stages]
+
+    def full_samples(self) -> int:
+        """Calibration sequences of a full-fidelity evaluation."""
+        n = self.calibration.n_samples
+        return min(self.fitness_samples or n, n)
 
     def total_generations(self) -> int:
         return self.generations * len(self.stage_list())

@@ -45,10 +45,18 @@ class Pattern:
         return f"{self.n}:{self.m}" if self.m else "unstructured"
 
 
-def check_target(sparsity: float, pattern: Pattern) -> None:
-    """A target sparsity must lie in (0, 1) and, for N:M, be exactly N/M."""
+def check_target(sparsity: float, pattern: Pattern, *, dense_exceptions: bool = False) -> None:
+    """A target sparsity must lie in (0, 1) and, for N:M, be exactly N/M (at most N/M when
+    some layers may stay dense)."""
     if not (isinstance(sparsity, float | int) and 0 < sparsity < 1):
         raise ConfigError(f"sparsity must be in (0, 1), got {sparsity}")
+    if dense_exceptions and pattern.structured:
+        if sparsity > pattern.sparsity + 1e-9:
+            raise ConfigError(
+                f"an {pattern} pattern prunes at most {pattern.sparsity:g} of the weights "
+                f"(every layer pruned), but sparsity {sparsity:g} was asked for"
+            )
+        return
     if pattern.structured and not math.isclose(sparsity, pattern.sparsity, abs_tol=1e-9):
         raise ConfigError(
             f"an {pattern} pattern prunes exactly {pattern.sparsity:g} of the weights, but "

@@ -1,8 +1,9 @@
-"""Layer-wise sparsity plans: uniform, OWL (outlier-weighted), or an explicit per-block list."""
+"""Layer-wise sparsity plans: uniform, OWL (outlier-weighted), or an explicit per-block or
+per-layer list."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -15,11 +16,18 @@ _TOL = 1e-6
 
 @dataclass(frozen=True, slots=True)
 class SparsityPlan:
-    """The sparsity of every decoder block."""
+    """The sparsity of every decoder block, and optionally of every linear layer.
+
+    `layer_sparsity` maps (block, layer name) to the layer's own sparsity; the per-block
+    values are then the layers' parameter-weighted means, for reports.
+    """
 
     block_sparsity: tuple[float, ...]
+    layer_sparsity: Mapping[tuple[int, str], float] | None = None
 
-    def ratio(self, block: int) -> float:
+    def ratio(self, block: int, layer: str | None = None) -> float:
+        if self.layer_sparsity is not None and layer is not None:
+            return self.layer_sparsity[(block, layer)]
         return self.block_sparsity[block]
 
     def weighted_mean(self, block_params: Sequence[int]) -> float:
@@ -47,6 +55,36 @@ def explicit_plan(
             f"not the target {target:.4f}"
         )
     return plan
+
+
+def layer_plan(
+    ratios: Sequence[float],
+    layers: Sequence[tuple[int, str, int]],
+    n_blocks: int,
+    target: float | None,
+) -> SparsityPlan:
+    """A per-layer list over (block, name, weight count) in iter_linears order; its
+    parameter-weighted mean must equal `target` if one is set."""
+    if len(ratios) != len(layers):
+        raise ConfigError(
+            f"the plan lists {len(ratios)} per-layer sparsities but the model has "
+            f"{len(layers)} prunable linear layers"
+        )
+    total = sum(n for _, _, n in layers)
+    mean = sum(r * n for r, (_, _, n) in zip(ratios, layers, strict=True)) / total
+    if target is not None and abs(mean - target) > 1e-4:
+        raise ConfigError(
+            f"the per-layer sparsities average {mean:.4f} (weighted by parameters), "
+            f"not the target {target:.4f}"
+        )
+    pruned = [0.0] * n_blocks
+    count = [0] * n_blocks
+    for r, (b, _, n) in zip(ratios, layers, strict=True):
+        pruned[b] += r * n
+        count[b] += n
+    blocks = tuple(p / c if c else 0.0 for p, c in zip(pruned, count, strict=True))
+    mapping = {(b, name): float(r) for r, (b, name, _) in zip(ratios, layers, strict=True)}
+    return SparsityPlan(blocks, mapping)
 
 
 def rebalance(raw: Sequence[float], block_params: Sequence[int], target: float) -> SparsityPlan:

@@ -30,6 +30,7 @@ from optishear.patterns import Pattern
 from optishear.plans import (
     SparsityPlan,
     explicit_plan,
+    layer_plan,
     outlier_ratio,
     owl_plan,
     uniform_plan,
@@ -139,6 +140,11 @@ def build_plan(
     params = block_param_counts(model)
     if config.plan.kind == "uniform":
         return uniform_plan(len(params), float(config.sparsity))
+    if config.plan.linear_sparsity:
+        layers = [(b, name, lin.weight.numel()) for b, name, lin in iter_linears(model)]
+        # layers differ in size: without a given target the plan is its own weighted mean
+        given = config.target if "sparsity" in config.model_fields_set else None
+        return layer_plan(config.plan.linear_sparsity, layers, len(params), given)
     if config.plan.kind == "explicit":
         return explicit_plan(config.plan.block_sparsity, params, float(config.sparsity))
     if dense_stats is None:
@@ -172,13 +178,17 @@ def _prune_block(
     block: nn.Module,
     method: Method,
     stats: dict[str, LayerStats] | None,
-    ratio: float,
+    plan: SparsityPlan,
     pattern: Pattern,
     report: PruneReport,
     *,
     reconstruct: bool = False,
 ) -> None:
     for name, lin in linear_sublayers(block).items():
+        ratio = plan.ratio(idx, name)
+        if ratio == 0:  # a dense layer (an exception of a per-layer plan): no mask, no refit
+            report.layers.append(LayerReport(idx, name, tuple(lin.weight.shape), 0.0, 0))
+            continue
         task = LayerTask(
             f"{idx}.{name}", lin.weight.data, stats[name] if stats else None, ratio, pattern
         )
@@ -278,7 +288,7 @@ def prune_model(
                 block,
                 method,
                 stats,
-                plan.ratio(idx),
+                plan,
                 config.pattern,
                 report,
                 reconstruct=config.reconstruct,
@@ -293,7 +303,7 @@ def prune_model(
                 block,
                 method,
                 stats_i,
-                plan.ratio(idx),
+                plan,
                 config.pattern,
                 report,
                 reconstruct=config.reconstruct,
@@ -313,13 +323,20 @@ def shipped_config(
     refit: bool = False,
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
+    layer_numel: Sequence[int] | None = None,
 ) -> PruneConfig:
     """The prune that ships a candidate: its genome, and its plan when the blocks differ.
 
-    The target is the plan's parameter-weighted mean, so a searched plan is kept as it is.
+    The target is the plan's parameter-weighted mean, so a searched plan is kept as it is; a
+    per-layer candidate ships its per-layer plan (`layer_numel` weighs its mean).
     """
     ratios = candidate.block_sparsity
-    if len(set(ratios)) == 1:
+    if candidate.layer_sparsity and len(set(candidate.layer_sparsity)) > 1:
+        assert layer_numel is not None, "a per-layer plan is weighed by its layers' sizes"
+        layers = candidate.layer_sparsity
+        target = sum(r * n for r, n in zip(layers, layer_numel, strict=True)) / sum(layer_numel)
+        plan = PlanConfig(kind="explicit", linear_sparsity=layers)
+    elif len(set(ratios)) == 1:
         plan, target = PlanConfig(), ratios[0]
     else:
         target = sum(r * w for r, w in zip(ratios, block_params, strict=True)) / sum(block_params)
@@ -361,5 +378,6 @@ def prune_candidate(
         refit=refit,
         stats=stats,
         batch_size=batch_size,
+        layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],
     )
     return prune_model(model, calib_ids, config, progress=progress)

@@ -15,6 +15,7 @@ import transformers
 from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation
+from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 
 
@@ -28,6 +29,8 @@ class ActorInfo:
     threads: int
     block_params: tuple[int, ...]
     evaluations: int  # candidates this process has evaluated (a restart starts again at 0)
+    layer_layout: tuple[tuple[int, str, int], ...] = ()  # (block, name, weights) per linear
+    database: DatabaseInfo | None = None  # the allocation stage's layer database, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,8 @@ class ModelActor:
             torch.get_num_threads(),
             tuple(self.engine.block_params),
             self.evaluations,
+            self.engine.layer_layout,
+            self.engine.database_info(),
         )
 
     def evaluate(
@@ -88,7 +93,7 @@ class ModelActor:
     ) -> list[Evaluation]:
         results = []
         for candidate in candidates:
-            self.engine.restore()
+            # no restore first: a layer-database candidate rewrites only the layers that differ
             results.append(self.engine.evaluate(candidate, n_samples))
             self.evaluations += 1
         return results

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation
 from optishear.errors import ConfigError
+from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError, WorkerStartError
@@ -158,6 +159,14 @@ class RayEvaluator:
     @property
     def block_params(self) -> tuple[int, ...]:
         return self._block_params
+
+    @property
+    def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
+        return self.infos[0].layer_layout
+
+    def database_info(self) -> DatabaseInfo | None:
+        """The first worker's layer database (every worker builds the same one)."""
+        return self.infos[0].database
 
     @property
     def n_workers(self) -> int:

@@ -118,10 +118,11 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     out.mkdir(parents=True, exist_ok=True)
     evaluator: contextlib.AbstractContextManager[Any]
     if plugin is not None:  # each actor loads its own model; only the calibration ids travel
-        spec = EngineSpec(config)
+        spec = EngineSpec(config, folder=str(out.resolve()))
         evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
     else:
-        evaluator = contextlib.nullcontext(InProcessEvaluator(engine_for(model, calib, config)))
+        engine = engine_for(model, calib, config, folder=out)
+        evaluator = contextlib.closing(InProcessEvaluator(engine))
     bar = tqdm(
         total=config.total_generations(), desc="search", unit="gen", disable=not bars.enabled
     )

@@ -26,6 +26,7 @@ class EngineSpec:
 
     config: SearchConfig
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
+    folder: str | None = None  # where a layer database too big for memory goes
 
     def __post_init__(self) -> None:
         path = Path(self.config.model).expanduser()
@@ -51,4 +52,5 @@ class EngineSpec:
         )
         if calib_ids is None:
             calib_ids = sample_calibration(tokenizer, self.config.calibration, settings)
-        return engine_for(model, calib_ids, self.config)
+        folder = Path(self.folder) if self.folder is not None else None
+        return engine_for(model, calib_ids, self.config, folder=folder)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from optishear.candidates import Candidate, Evaluation
+from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
 
 
@@ -17,6 +18,11 @@ class BatchEvaluator(Protocol):
 
     @property
     def block_params(self) -> tuple[int, ...]: ...
+
+    @property
+    def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
+        """(block, name, weight count) of every prunable linear, in iter_linears order."""
+        ...
 
     def evaluate(
         self, candidates: Sequence[Candidate], n_samples: int | None = None
@@ -34,6 +40,13 @@ class OwlPlanner(Protocol):
     def owl_plan(self, target: float) -> tuple[float, ...]: ...
 
 
+@runtime_checkable
+class DatabaseReporter(Protocol):
+    """Optional for a BatchEvaluator: what its layer database is and cost (or None)."""
+
+    def database_info(self) -> DatabaseInfo | None: ...
+
+
 class InProcessEvaluator:
     """Evaluates on one FitnessEngine in this process."""
 
@@ -43,6 +56,17 @@ class InProcessEvaluator:
     @property
     def block_params(self) -> tuple[int, ...]:
         return tuple(self.engine.block_params)
+
+    @property
+    def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
+        return self.engine.layer_layout
+
+    def database_info(self) -> DatabaseInfo | None:
+        return self.engine.database_info()
+
+    def close(self) -> None:
+        """Free the engine's layer database (the model stays)."""
+        self.engine.close()
 
     def evaluate(
         self, candidates: Sequence[Candidate], n_samples: int | None = None

@@ -18,8 +18,12 @@ of all logits lowers it. The KL objective measures what perplexity measures.
 
 from __future__ import annotations
 
+import logging
+import tempfile
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -28,6 +32,7 @@ from torch import Tensor, nn
 from optishear.candidates import Candidate, Evaluation
 from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.errors import ConfigError, UnsupportedModelError
+from optishear.genome import Genome
 from optishear.layers import (
     block_param_counts,
     capture_block_inputs,
@@ -40,6 +45,17 @@ from optishear.masks import check_pattern_fits, prune_mask
 from optishear.meta import meta_log_score
 from optishear.patterns import Pattern
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
+from optishear.search.database import (
+    DatabaseInfo,
+    LayerDatabase,
+    choose_storage,
+    estimate_bytes,
+    timed_build,
+)
+from optishear.sparsegpt import sparsegpt_prune
+from optishear.stats import LayerStats
+
+logger = logging.getLogger(__name__)
 
 # How much work one kernel launch gets on a GPU, where small models are bound by launches: the
 # fast KL's tokens per lm_head call, and the weights scored at once when equally shaped layers
@@ -47,6 +63,18 @@ from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_cand
 # matrix at a time are faster (measured in bench/RESULTS.md): the temporaries stay in cache.
 _GPU_KL_CHUNK_TOKENS = 4096
 _GPU_MASK_CHUNK_ELEMENTS = 1 << 25
+
+
+@dataclass(frozen=True)
+class DatabaseRequest:
+    """The layer database an allocation search asks the engine for."""
+
+    genome: Genome
+    levels: tuple[float, ...]
+    refit: bool = False
+    storage: Literal["auto", "memory", "disk"] = "auto"
+    memory_bytes: int = 4 << 30
+    folder: Path | None = None
 
 
 class FitnessEngine:
@@ -64,6 +92,7 @@ class FitnessEngine:
         mask_cache_bytes: int = 2 << 30,
         stats: Literal["baseline", "dense"] = "dense",
         sparsity: float | None = None,
+        database: DatabaseRequest | None = None,
     ) -> None:
         """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`.
 
@@ -73,6 +102,10 @@ class FitnessEngine:
         pruned model is a one-off stand-in for every candidate's prefix, and it ranks close
         genomes as the shipped prune does far better than dense statistics (bench/RESULTS.md).
         OWL's plan still uses dense statistics, as OWL defines it.
+
+        With `database`, every layer is pruned once at every level of the request (with the
+        same statistics; with `refit`, input Hessians from the same model update the
+        survivors), and per-layer candidates are applied from it (optishear.search.database).
         """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
@@ -113,16 +146,27 @@ class FitnessEngine:
 
         # Dense statistics score the masks without a stats target, and give OWL its plan
         # (unstructured only): an N:M search on Wanda's statistics skips that forward pass.
+        hessian = database is not None and database.refit
         self._dense_act_sq: list[Tensor] | None = None
+        dense_stats: list[LayerStats] | None = None
         if stats == "dense" or not pattern.structured:
-            self._dense_act_sq = self._activation_stats()
+            dense_stats = self._layer_stats(hessian=hessian and stats == "dense")
+            self._dense_act_sq = [s.act_sq for s in dense_stats]
         if stats == "dense":
-            assert self._dense_act_sq is not None
-            scoring = self._dense_act_sq
+            assert dense_stats is not None
+            scoring_stats = dense_stats
         else:
             assert sparsity is not None
-            scoring = self._baseline_act_sq(sparsity)
-        self._act_stacks, self.act_sq = self._stacked(scoring)
+            scoring_stats = self._baseline_stats(sparsity, hessian=hessian)
+        self._act_stacks, self.act_sq = self._stacked([s.act_sq for s in scoring_stats])
+        self.database: LayerDatabase | None = None
+        self._loaded: list[int | None] = [None] * len(self.layers)  # database level per layer
+        if database is not None:
+            hessians = [s.hessian for s in scoring_stats] if hessian else None
+            del dense_stats, scoring_stats
+            self.database = self._build_database(database, hessians)
+        else:
+            del dense_stats, scoring_stats
         self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
         self.reference = self._final_hidden(self.n_fitness)  # (n, seq, d_model)
         self._ref_norm_sq = [
@@ -178,22 +222,89 @@ class FitnessEngine:
         return float(((d @ self._gram) * d).sum())
 
     @torch.no_grad()
-    def _activation_stats(self) -> list[Tensor]:
-        """Per layer, the mean squared input activation of the model as its weights are now."""
+    def _layer_stats(self, *, hessian: bool = False) -> list[LayerStats]:
+        """Per layer, the input statistics of the model as its weights are now."""
         inputs = capture_block_inputs(self.model, self.calib_ids, self.batch_size)
-        stats = collect_dense_stats(self.model, inputs)
-        return [stats[idx][name].act_sq for idx, name, _ in self.layers]
+        stats = collect_dense_stats(self.model, inputs, hessian=hessian)
+        return [stats[idx][name] for idx, name, _ in self.layers]
 
-    def _baseline_act_sq(self, target: float) -> list[Tensor]:
-        """Statistics of the model pruned by Wanda at `target`; the dense weights come back."""
+    def _baseline_stats(self, target: float, *, hessian: bool = False) -> list[LayerStats]:
+        """Statistics of the model pruned by Wanda at `target`; the dense weights come back.
+
+        Below N/M (N:M with dense exceptions) the stand-in is Wanda at N:M everywhere.
+        """
+        if self.pattern.structured:
+            target = self.pattern.sparsity
         config = PruneConfig(
             method="wanda", sparsity=target, pattern=self.pattern, batch_size=self.batch_size
         )
         try:
             prune_model(self.model, self.calib_ids, config)
-            return self._activation_stats()
+            return self._layer_stats(hessian=hessian)
         finally:
             self.restore()
+
+    @torch.no_grad()
+    def _build_database(
+        self, request: DatabaseRequest, hessians: list[Tensor] | None
+    ) -> LayerDatabase:
+        shapes = [(int(lin.weight.shape[0]), int(lin.weight.shape[1])) for _, _, lin in self.layers]
+        dtype = self.dense[0].dtype
+        size = estimate_bytes(shapes, request.levels, request.refit, dtype)
+        storage = choose_storage(request.storage, size, request.memory_bytes)
+        folder = request.folder
+        if storage == "disk":
+            # a folder of its own inside the search's (or a temporary one): close() removes it
+            parent = folder if folder is not None else Path(tempfile.gettempdir())
+            parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="layer-database-", dir=parent))
+        logger.info(
+            "building the layer database: %d layers x %d levels, %.2f GiB in %s",
+            len(shapes),
+            sum(1 for r in request.levels if r > 0),
+            size / 2**30,
+            storage,
+        )
+        db = LayerDatabase(
+            shapes,
+            request.levels,
+            refit=request.refit,
+            dtype=dtype,
+            storage=storage,
+            folder=folder,
+        )
+
+        def build(db: LayerDatabase) -> None:
+            for pos in range(len(self.layers)):
+                W = self.dense[pos]
+                score = meta_log_score(W, self.act_sq[pos], request.genome)
+                for li, ratio in enumerate(request.levels):
+                    if ratio == 0:
+                        continue
+                    mask = prune_mask(score, ratio, self.pattern)
+                    if hessians is None:
+                        db.put(pos, li, mask, int(mask.sum()))
+                        continue
+                    refit = W.clone()
+                    sparsegpt_prune(refit, hessians[pos], ratio, self.pattern, fixed_mask=mask)
+                    db.put(pos, li, refit, int(mask.sum()))
+                if hessians is not None:
+                    hessians[pos] = torch.empty(0)  # freed as the build goes
+
+        return timed_build(db, build)
+
+    @property
+    def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
+        return tuple((idx, name, lin.weight.numel()) for idx, name, lin in self.layers)
+
+    def database_info(self) -> DatabaseInfo | None:
+        return self.database.info() if self.database is not None else None
+
+    def close(self) -> None:
+        """Free the layer database (a disk one removes its files)."""
+        if self.database is not None:
+            self.database.close()
+            self.database = None
 
     def owl_plan(self, target: float, spec: PlanConfig | None = None) -> tuple[float, ...]:
         """OWL's per-block sparsity at `target`, from the dense weights and statistics held here.
@@ -225,7 +336,10 @@ class FitnessEngine:
         ):
             missing: dict[float, list[int]] = {}  # ratio -> indices into the stack
             for j, pos in enumerate(group):
-                ratio = round(candidate.block_sparsity[self.layers[pos][0]], 9)
+                ratio = round(self._ratio(candidate, pos), 9)
+                if ratio == 0:  # a dense layer
+                    masks[pos] = torch.zeros_like(dense[j], dtype=torch.bool)
+                    continue
                 key = (canonical, pos, ratio)
                 cached = self._masks.get(key)
                 if cached is None:
@@ -251,6 +365,11 @@ class FitnessEngine:
                         self._remember((canonical, group[j], ratio), mask[b])
         assert all(m is not None for m in masks)
         return masks  # type: ignore[return-value]
+
+    def _ratio(self, candidate: Candidate, pos: int) -> float:
+        if candidate.layer_sparsity:
+            return candidate.layer_sparsity[pos]
+        return candidate.block_sparsity[self.layers[pos][0]]
 
     def _remember(self, key: tuple[int, int, float], mask: Tensor) -> None:
         # Masks are views of their chunk's stack: an evicted one frees its memory once the
@@ -309,6 +428,14 @@ class FitnessEngine:
             raise ValueError(
                 f"candidate has {len(candidate.block_sparsity)} ratios for {self.n_blocks} blocks"
             )
+        if candidate.layer_sparsity and len(candidate.layer_sparsity) != len(self.layers):
+            raise ValueError(
+                f"candidate has {len(candidate.layer_sparsity)} per-layer ratios for "
+                f"{len(self.layers)} layers"
+            )
+        if candidate.layer_sparsity and self.database is not None:
+            return self._apply_database(candidate)
+        self._loaded = [None] * len(self.layers)
         pruned = torch.zeros((), dtype=torch.int64, device=self.device)
         total = 0
         masks = self._layer_masks(candidate)
@@ -320,7 +447,42 @@ class FitnessEngine:
         return int(pruned) / total
 
     @torch.no_grad()
+    def _apply_database(self, candidate: Candidate) -> float:
+        """Swap in the stored layers of a per-layer candidate; only changed layers are written.
+
+        The model keeps them after the evaluation: the next candidate of a (1+lambda) or
+        NSGA-III mutation differs in a few layers, so it costs a few copies and one forward.
+        """
+        db = self.database
+        assert db is not None
+        index = {round(r, 9): i for i, r in enumerate(db.levels)}
+        pruned = 0
+        total = 0
+        for pos, (_idx, _name, lin) in enumerate(self.layers):
+            try:
+                level = index[round(candidate.layer_sparsity[pos], 9)]
+            except KeyError:
+                raise ValueError(
+                    f"layer {pos} asks for sparsity {candidate.layer_sparsity[pos]:g}, which is "
+                    f"not a level of the layer database {db.levels}"
+                ) from None
+            if self._loaded[pos] != level:
+                self._loaded[pos] = None  # consistent even if a copy fails
+                if db.levels[level] == 0:
+                    lin.weight.data.copy_(self.dense[pos])
+                elif db.refit:
+                    lin.weight.data.copy_(db.get(pos, level))
+                else:
+                    mask = db.get(pos, level).to(self.device, non_blocking=True)
+                    lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
+                self._loaded[pos] = level
+            pruned += db.pruned(pos, level)
+            total += lin.weight.numel()
+        return pruned / total
+
+    @torch.no_grad()
     def restore(self) -> None:
+        self._loaded = [None] * len(self.layers)
         for (_, _, lin), W in zip(self.layers, self.dense, strict=True):
             lin.weight.data.copy_(W)
 
@@ -377,12 +539,34 @@ class FitnessEngine:
                 )
                 error = (err / sum(self._ref_norm_sq[:n])) ** 0.5
         finally:
-            self.restore()
+            # database candidates stay in place: the next one rewrites only what differs
+            if not (candidate.layer_sparsity and self.database is not None) or shipped or refit:
+                self.restore()
         return Evaluation(error, sparsity, n, time.perf_counter() - start)
 
 
-def engine_for(model: nn.Module, calib_ids: Tensor, config: SearchConfig) -> FitnessEngine:
-    """The fitness engine a search config asks for, on a loaded model and its calibration."""
+def database_request(config: SearchConfig, folder: Path | None = None) -> DatabaseRequest | None:
+    """The layer database an allocation search asks for (None for other stages, or off)."""
+    a = config.allocation
+    if "allocation" not in config.stage_list() or a.database == "off":
+        return None
+    return DatabaseRequest(
+        config.genome,
+        config.allocation_levels(),
+        refit=a.refit,
+        storage=a.database,
+        memory_bytes=int(a.memory_gib * 2**30),
+        folder=folder,
+    )
+
+
+def engine_for(
+    model: nn.Module, calib_ids: Tensor, config: SearchConfig, *, folder: Path | None = None
+) -> FitnessEngine:
+    """The fitness engine a search config asks for, on a loaded model and its calibration.
+
+    `folder` is where a layer database too big for memory goes (the search's folder).
+    """
     return FitnessEngine(
         model,
         calib_ids,
@@ -392,4 +576,5 @@ def engine_for(model: nn.Module, calib_ids: Tensor, config: SearchConfig) -> Fit
         objective=config.objective,
         stats=config.engine_stats,
         sparsity=config.target,
+        database=database_request(config, folder),
     )

@@ -1,4 +1,9 @@
-"""NSGA-III in ask/tell form: evaluates through a BatchEvaluator, saves state every generation."""
+"""The search in ask/tell form: evaluates through a BatchEvaluator, saves state every generation.
+
+Metric and per-block stages run NSGA-III; the allocation stage runs NSGA-III or (1+lambda)
+with the level-switch mutation (optishear.search.allocation). Every algorithm is a pymoo one,
+so resuming replays its stored tells from its seed.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from typing import Any
 
 import numpy as np
 from pymoo.algorithms.moo.nsga3 import NSGA3
+from pymoo.core.algorithm import Algorithm
 from pymoo.core.evaluator import Evaluator
 from pymoo.core.problem import Problem
+from pymoo.operators.crossover.nox import NoCrossover
 from pymoo.operators.crossover.sbx import SBX
 from pymoo.operators.mutation.pm import PM
 from pymoo.problems.static import StaticProblem
@@ -22,7 +29,14 @@ from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
 from optishear.errors import OptiShearError
 from optishear.genome import WANDA_GENOME
-from optishear.search.evaluator import BatchEvaluator, OwlPlanner
+from optishear.search.allocation import (
+    AllocationSpace,
+    LayerLayout,
+    LevelSwitch,
+    OnePlusLambda,
+    mutate,
+)
+from optishear.search.evaluator import BatchEvaluator, DatabaseReporter, OwlPlanner
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
 from optishear.search.space import BalanceRepair, SearchSpace, Stage, plan_gap
@@ -31,10 +45,13 @@ from optishear.search.state import SearchState, SearchStateError, Tell, replay_m
 logger = logging.getLogger(__name__)
 
 
+Space = SearchSpace | AllocationSpace
+
+
 class _IntProblem(Problem):
     """pymoo's view of the space; objectives arrive through StaticProblem (ask/tell)."""
 
-    def __init__(self, space: SearchSpace) -> None:
+    def __init__(self, space: Space) -> None:
         xl, xu = space.bounds()
         super().__init__(n_var=space.n_var, n_obj=space.n_obj, xl=xl, xu=xu, vtype=int)
 
@@ -57,14 +74,18 @@ class _Search:
         self.screening = Screening(evaluator, state, config)
         self.evaluate = self.screening.evaluate
         self.ensure_full = self.screening.ensure_full
+        self._last_space: Space | None = None
 
     # -- one stage -------------------------------------------------------------------------
-    def _space(self, stage: Stage) -> SearchSpace:
+    def _space(self, stage: Stage | str) -> Space:
         s = self.config
         uniform = (s.target,) * len(self.block_params)
         genome = (
             self.state.outcomes[-1].front[0].candidate.genome if self.state.outcomes else s.genome
         )
+        if stage == "allocation":
+            layout = LayerLayout.of(self.evaluator.layer_layout)
+            return AllocationSpace.build(s, layout, genome)
         return SearchSpace(
             stage,
             s.target,
@@ -75,7 +96,55 @@ class _Search:
             uniform if stage == "metric" else (),
         )
 
-    def _algorithm(self, space: SearchSpace) -> NSGA3:
+    def _rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.config.seed + 7919 * self.state.stage_index)
+
+    def _allocation_algorithm(self, space: AllocationSpace) -> Algorithm:
+        """(1+lambda) from the start candidate, or NSGA-III with the same mutation, no crossover.
+
+        NSGA-III starts from the start candidate and mutants of it; in front mode from every
+        level's uniform plan (the sparsity axis covered from the first generation) and mutants.
+        """
+        s = self.config
+        a = s.allocation
+        rng = self._rng()
+        start = space.start(rng)
+        mutation = LevelSwitch(space, a.max_moves)
+        algorithm: Algorithm
+        if a.selection == "one_plus_lambda":
+            algorithm = OnePlusLambda(start, mutation, s.population)
+        else:
+            seeds = [start]
+            if space.mode == "front":
+                low, high = s.allocation.front or (0.0, 1.0)
+                seeds = [space.uniform(r) for r in space.levels if low <= r <= high] or seeds
+            init = [seeds[i % len(seeds)].copy() for i in range(s.population)]
+            for i in range(len(seeds), s.population):
+                mutate(space, init[i], 1 + i % a.max_moves, rng)
+            ref_dirs = (
+                get_reference_directions("das-dennis", 2, n_partitions=s.population - 1)
+                if space.n_obj == 2
+                else np.array([[1.0]])
+            )
+            algorithm = NSGA3(
+                ref_dirs=ref_dirs,
+                pop_size=s.population,
+                sampling=np.array(init, dtype=float),
+                crossover=NoCrossover(),
+                mutation=mutation,
+                eliminate_duplicates=True,
+            )
+        algorithm.setup(
+            _IntProblem(space),
+            termination=("n_gen", s.generations),
+            seed=s.seed + self.state.stage_index,
+            verbose=False,
+        )
+        return algorithm
+
+    def _algorithm(self, space: Space) -> Algorithm:
+        if isinstance(space, AllocationSpace):
+            return self._allocation_algorithm(space)
         s = self.config
         if space.n_obj == 1:
             ref_dirs = np.array([[1.0]])
@@ -102,7 +171,9 @@ class _Search:
         )
         return algorithm
 
-    def _baseline_genes(self, space: SearchSpace) -> np.ndarray:
+    def _baseline_genes(self, space: Space) -> np.ndarray:
+        if isinstance(space, AllocationSpace):
+            return space.start(self._rng()).astype(float)
         genes: list[int] = []
         if space.has_metric:
             g = space.genome
@@ -112,16 +183,21 @@ class _Search:
         return np.array(genes, dtype=float)
 
     def objectives(
-        self, space: SearchSpace, cands: Sequence[Candidate], evals: Sequence[Evaluation]
+        self, space: Space, cands: Sequence[Candidate], evals: Sequence[Evaluation]
     ) -> np.ndarray:
+        """Error alone, or with the sparsity gap (per-block), or with the achieved sparsity
+        maximised (the allocation's front across sparsities)."""
+        front = isinstance(space, AllocationSpace) and space.mode == "front"
         rows = [
-            [e.error, space.gap(c)] if space.n_obj == 2 else [e.error]
+            ([e.error, -e.sparsity] if front else [e.error, space.gap(c)])
+            if space.n_obj == 2
+            else [e.error]
             for c, e in zip(cands, evals, strict=True)
         ]
         return np.array(rows, dtype=float)
 
     def _non_dominated(
-        self, space: SearchSpace, cands: Sequence[Candidate], evals: Sequence[Evaluation]
+        self, space: Space, cands: Sequence[Candidate], evals: Sequence[Evaluation]
     ) -> list[Scored]:
         """The non-dominated candidates, once each, those meeting the target first by error."""
         F = self.objectives(space, cands, evals)
@@ -131,13 +207,13 @@ class _Search:
             seen.setdefault(cands[i].key(), Scored(cands[i], evals[i], space.gap(cands[i])))
         return sorted(seen.values(), key=lambda s: (not s.meets_target, s.evaluation.error))
 
-    def front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+    def front(self, space: Space, algorithm: Algorithm) -> list[Scored]:
         pop = algorithm.pop
         cands = [space.decode(x) for x in pop.get("X")]
         evals = self.ensure_full(cands)  # the reported front is always at full fidelity
         return self._non_dominated(space, cands, evals)
 
-    def population(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+    def population(self, space: Space, algorithm: Algorithm) -> list[Scored]:
         """The current population with the evaluations known now, once per distinct candidate."""
         st = self.state
         seen: dict[Any, Scored] = {}
@@ -147,7 +223,7 @@ class _Search:
             seen.setdefault(c.key(), Scored(c, e, space.gap(c)))
         return list(seen.values())
 
-    def current_front(self, space: SearchSpace, algorithm: NSGA3) -> list[Scored]:
+    def current_front(self, space: Space, algorithm: Algorithm) -> list[Scored]:
         """The population's non-dominated set with the evaluations known now (no new ones)."""
         st = self.state
         cands = [space.decode(x) for x in algorithm.pop.get("X")]
@@ -158,13 +234,20 @@ class _Search:
         st = self.state
         stages = self.config.stage_list()
         clock = time.perf_counter() - st.elapsed
+        budget = self.config.max_evaluations
         while st.stage_index < len(stages):
             stage = stages[st.stage_index]
             space = self._space(stage)
+            self._last_space = space
             algorithm = self._replayed(space)
             while algorithm.has_next():
+                spent = sum(h.get("cost", 0.0) for h in st.history if h["stage"] == stage)
+                if budget is not None and spent >= budget - 1e-9:
+                    logger.info("stage %s: evaluation budget %g spent", stage, budget)
+                    break
                 gen_start = time.perf_counter()
                 before = st.evaluations
+                cost_before = st.cost
                 pop = algorithm.ask()
                 if pop is None:  # no unseen offspring left: the small space is exhausted
                     break
@@ -180,6 +263,7 @@ class _Search:
                     "stage": stage,
                     "generation": algorithm.n_gen - 1,
                     "evaluations": st.evaluations - before,
+                    "cost": st.cost - cost_before,
                     "best_error": best,
                     "seconds": time.perf_counter() - gen_start,
                     "elapsed": st.elapsed,
@@ -249,6 +333,9 @@ class _Search:
             else:
                 rescored = shipped
         baselines = self.baselines()
+        database = (
+            self.evaluator.database_info() if isinstance(self.evaluator, DatabaseReporter) else None
+        )
         return SearchResult(
             self.config,
             st.outcomes,
@@ -261,6 +348,7 @@ class _Search:
             rescored,
             finalists,
             baselines,
+            database.describe() if database is not None else "",
         )
 
     def _finalists(self, outcome: StageOutcome, k: int) -> list[Scored]:
@@ -283,7 +371,14 @@ class _Search:
         return best
 
     def _gap(self, candidate: Candidate) -> float:
-        return plan_gap(candidate.block_sparsity, self.block_params, self.config.target)
+        gap = plan_gap(candidate.block_sparsity, self.block_params, self.config.target)
+        space = self._last_space
+        if isinstance(space, AllocationSpace) and space.mode == "at_least":
+            # N:M with dense exceptions: a sparser candidate meets the budget
+            p = np.asarray(self.block_params, dtype=np.float64)
+            mean = float(np.dot(candidate.block_sparsity, p) / p.sum())
+            return max(0.0, self.config.target - mean)
+        return gap
 
     def baselines(self) -> list[Scored]:
         """Wanda with the uniform plan, and OWL+Wanda where the evaluator can plan OWL.
@@ -294,14 +389,16 @@ class _Search:
         the meta-metric space (every genome is weighted by activations), so it is not reported.
         """
         s = self.config
-        named = [("Wanda", Candidate(WANDA_GENOME, (s.target,) * len(self.block_params)))]
+        # N/M in every block even when dense exceptions lower the target
+        uniform = s.pattern.sparsity if s.pattern.structured else s.target
+        named = [("Wanda", Candidate(WANDA_GENOME, (uniform,) * len(self.block_params)))]
         if not s.pattern.structured and isinstance(self.evaluator, OwlPlanner):
             owl = tuple(float(r) for r in self.evaluator.owl_plan(s.target))
             named.append(("OWL+Wanda", Candidate(WANDA_GENOME, owl)))
         evals = self.ensure_full([c for _, c in named])
         return [Scored(c, e, self._gap(c), name) for (name, c), e in zip(named, evals, strict=True)]
 
-    def _replayed(self, space: SearchSpace) -> NSGA3:
+    def _replayed(self, space: Space) -> Algorithm:
         """The stage's algorithm, set up from its seed, with the stored generations told again.
 
         pymoo is deterministic for a seed and the same told objectives, so replaying the

@@ -71,6 +71,7 @@ class SearchResult:
     finalists: list[Scored] = field(default_factory=list)
     # Wanda (and OWL+Wanda for unstructured targets) at the same target, mask-only errors.
     baselines: list[Scored] = field(default_factory=list)
+    database: str = ""  # the allocation stage's layer database: size, storage, build time
 
     @property
     def front(self) -> list[Scored]:
@@ -92,6 +93,7 @@ class SearchResult:
             rescored=[s.record() for s in self.rescored],
             baselines=[b.record() for b in self.baselines],
             selection_rule=self.selection_rule(),
+            database=self.database,
         )
 
     def to_dict(self) -> dict[str, Any]:

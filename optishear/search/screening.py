@@ -21,17 +21,31 @@ from optishear.search.state import SearchState
 
 
 class Screening:
-    """Evaluates through a BatchEvaluator into the state's caches and counters."""
+    """Evaluates through a BatchEvaluator into the state's caches and counters.
+
+    With screening steps n1 < n2 < ... (`low_fidelity_samples`), fresh candidates are scored on
+    n1 sequences, the best `promote_fraction` of them on n2, and so on; the last survivors get
+    the full evaluation. `state.cost` counts the work in full-evaluation equivalents.
+    """
 
     def __init__(self, evaluator: BatchEvaluator, state: SearchState, config: SearchConfig) -> None:
         self.evaluator = evaluator
         self.state = state
         self.config = config
+        self.full_samples = config.full_samples()
+        self.steps = tuple(n for n in (config.low_fidelity_samples or ()) if n < self.full_samples)
 
     def _full(self, cands: list[Candidate]) -> None:
         for c, e in zip(cands, self.evaluator.evaluate(cands), strict=True):
             self.state.full[c.key()] = e
         self.state.evaluations += len(cands)
+        self.state.cost += len(cands)
+
+    def _low(self, cands: list[Candidate], n: int) -> None:
+        for c, e in zip(cands, self.evaluator.evaluate(cands, n), strict=True):
+            self.state.low[(c.key(), n)] = e
+        self.state.evaluations += len(cands)
+        self.state.cost += len(cands) * n / self.full_samples
 
     def evaluate(self, cands: Sequence[Candidate]) -> list[Evaluation]:
         st = self.state
@@ -43,36 +57,44 @@ class Screening:
                 todo[c.key()] = c
             else:
                 st.cache_hits += 1
-        pending = list(todo.values())
-        n_low = self.config.low_fidelity_samples
-        if n_low and len(pending) > 1:
-            fresh = [c for c in pending if c.key() not in st.low]
-            for c, e in zip(fresh, self.evaluator.evaluate(fresh, n_low), strict=True):
-                st.low[c.key()] = e
-            st.evaluations += len(fresh)
-            pending.sort(key=lambda c: st.low[c.key()].error)
-            n_up = max(1, math.ceil(self.config.promote_fraction * len(pending)))
-            promote, held = pending[:n_up], pending[n_up:]
-            self._full(promote)
-            self._estimate(promote, held)
-        else:
-            self._full(pending)
+        survivors = list(todo.values())
+        dropped: list[tuple[int, list[Candidate]]] = []
+        for n in self.steps:
+            if len(survivors) <= 1:
+                break
+            self._low([c for c in survivors if (c.key(), n) not in st.low], n)
+            survivors.sort(key=lambda c, n=n: st.low[(c.key(), n)].error)
+            n_up = max(1, math.ceil(self.config.promote_fraction * len(survivors)))
+            dropped.append((n, survivors[n_up:]))
+            survivors = survivors[:n_up]
+        self._full(survivors)
+        if dropped:
+            self._estimate(survivors, dropped)
         return [st.full.get(c.key()) or st.estimated[c.key()] for c in cands]
 
-    def _estimate(self, promoted: list[Candidate], held: list[Candidate]) -> None:
-        """Full-fidelity stand-ins for candidates the screening did not promote.
+    def _estimate(
+        self, promoted: list[Candidate], dropped: list[tuple[int, list[Candidate]]]
+    ) -> None:
+        """Full-fidelity stand-ins for candidates a screening step did not promote.
 
         A screening error is on other (fewer) sequences, so it is not comparable with full
         errors: it is scaled by the full/screening ratio seen on the promoted candidates, and
-        never ranks above a promoted one, since the screening already ranked it below them.
+        never ranks above a candidate that went further, since the screening ranked it below.
         """
         st = self.state
-        ratios = [st.full[c.key()].error / max(st.low[c.key()].error, 1e-12) for c in promoted]
-        scale = float(np.median(ratios))
         floor = max(st.full[c.key()].error for c in promoted)
-        for c in held:
-            low = st.low[c.key()]
-            st.estimated[c.key()] = replace(low, error=max(low.error * scale, floor))
+        for n, held in reversed(dropped):  # the last step's drop-outs rank above the first's
+            ratios = [
+                st.full[c.key()].error / max(st.low[(c.key(), n)].error, 1e-12) for c in promoted
+            ]
+            scale = float(np.median(ratios))
+            estimates = []
+            for c in held:
+                low = st.low[(c.key(), n)]
+                estimates.append(max(low.error * scale, floor))
+                st.estimated[c.key()] = replace(low, error=estimates[-1])
+            if estimates:
+                floor = max(floor, *estimates)
 
     def ensure_full(self, cands: Sequence[Candidate]) -> list[Evaluation]:
         missing = list({c.key(): c for c in cands if c.key() not in self.state.full}.values())

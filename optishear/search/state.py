@@ -46,11 +46,12 @@ class SearchState:
     stage_index: int = 0
     tells: list[Tell] = field(default_factory=list)  # of the stage in progress
     full: dict[Key, Evaluation] = field(default_factory=dict)
-    low: dict[Key, Evaluation] = field(default_factory=dict)
+    low: dict[tuple[Key, int], Evaluation] = field(default_factory=dict)  # (key, sequences)
     estimated: dict[Key, Evaluation] = field(default_factory=dict)  # not promoted
     outcomes: list[StageOutcome] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     evaluations: int = 0
+    cost: float = 0.0  # evaluations in full-evaluation equivalents
     cache_hits: int = 0
     elapsed: float = 0.0
 
@@ -63,12 +64,10 @@ class SearchState:
             "stage_index": self.stage_index,
             "tells": [{"X": t.X, "F": t.F} for t in self.tells],
             "cache": {
-                name: [[_key_out(k), _eval_out(e)] for k, e in cache.items()]
-                for name, cache in (
-                    ("full", self.full),
-                    ("low", self.low),
-                    ("estimated", self.estimated),
-                )
+                "full": [[_key_out(k), _eval_out(e)] for k, e in self.full.items()],
+                # a screening entry's sequence count is its evaluation's n_samples
+                "low": [[_key_out(k), _eval_out(e)] for (k, _), e in self.low.items()],
+                "estimated": [[_key_out(k), _eval_out(e)] for k, e in self.estimated.items()],
             },
             "outcomes": [
                 {
@@ -81,6 +80,7 @@ class SearchState:
             ],
             "history": self.history,
             "evaluations": self.evaluations,
+            "cost": self.cost,
             "cache_hits": self.cache_hits,
             "elapsed": self.elapsed,
         }
@@ -128,6 +128,8 @@ class SearchState:
             ],
             history=[_dict(h) for h in obj["history"]],
             evaluations=_int(obj["evaluations"]),
+            # states written before multi-step screening counted every evaluation as one
+            cost=_float(obj.get("cost", obj["evaluations"])),
             cache_hits=_int(obj["cache_hits"]),
             elapsed=_float(obj["elapsed"]),
         )
@@ -135,8 +137,11 @@ class SearchState:
             raise ValueError(
                 f"stage index {state.stage_index} with {len(state.outcomes)} finished stages"
             )
-        for name in ("full", "low", "estimated"):
+        for name in ("full", "estimated"):
             getattr(state, name).update((_key_in(k), _eval_in(e)) for k, e in caches[name])
+        for k, e in caches["low"]:
+            low = _eval_in(e)
+            state.low[(_key_in(k), low.n_samples)] = low
         return state
 
     def check_config(self, config: dict[str, Any], where: str) -> None:
@@ -216,11 +221,18 @@ def _eval_in(v: Any) -> Evaluation:
 
 
 def _cand_out(c: Candidate) -> dict[str, Any]:
-    return {"genome": c.genome.index, "block_sparsity": list(c.block_sparsity)}
+    out: dict[str, Any] = {"genome": c.genome.index, "block_sparsity": list(c.block_sparsity)}
+    if c.layer_sparsity:
+        out["layer_sparsity"] = list(c.layer_sparsity)
+    return out
 
 
 def _cand_in(v: Any) -> Candidate:
-    return Candidate(Genome.from_index(_int(v["genome"])), _floats(v["block_sparsity"]))
+    return Candidate(
+        Genome.from_index(_int(v["genome"])),
+        _floats(v["block_sparsity"]),
+        _floats(v.get("layer_sparsity", [])),
+    )
 
 
 def _scored_out(s: Scored) -> dict[str, Any]:

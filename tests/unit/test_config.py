@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from optishear.cli import main
 from optishear.cli.flags import add_config_flags, config_body, config_from_flags
 from optishear.config import (
+    AllocationConfig,
     CalibrationConfig,
     EvaluationConfig,
     PlanConfig,
@@ -220,6 +221,9 @@ def _argv(parser: argparse.ArgumentParser, config: BaseModel) -> list[str]:
             value = getattr(value, part)
         if value is None:
             continue
+        if isinstance(value, bool):  # a switch: given when on
+            argv += [options[0]] if value else []
+            continue
         if isinstance(value, Genome):
             text = value.spec()
         elif isinstance(value, tuple):
@@ -241,12 +245,24 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
         step=0.1,
         levels=2,
         genome=GENOME,
-        low_fidelity_samples=4,
+        low_fidelity_samples=(2, 4),
         promote_fraction=0.25,
         objective="logits_fro",
         fitness_samples=6,
         engine_stats="dense",
         refit_top=2,
+        max_evaluations=40.5,
+        allocation=AllocationConfig(
+            granularity="part",
+            levels=3,
+            step=0.04,
+            selection="nsga3",
+            max_moves=5,
+            refit=True,
+            database="disk",
+            memory_gib=2.5,
+            front=(0.4, 0.7),
+        ),
         batch_size=2,
         dtype="bfloat16",
         calibration=CalibrationConfig(source="calib.txt", n_samples=24, seq_len=64, seed=5),
@@ -254,7 +270,8 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
     )
     parser = _parser()
     argv = _argv(parser, config)
-    assert len(argv) == 2 * len(_leaf_paths(SearchConfig))  # every field was given
+    # every field was given (the one switch, --refit-database, alone)
+    assert len(argv) == 2 * len(_leaf_paths(SearchConfig)) - 1
     assert config_from_flags(SearchConfig, parser.parse_args(argv)) == config
     # flags left out leave the model's defaults
     args = parser.parse_args(["--model", "m"])

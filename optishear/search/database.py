@@ -1,0 +1,160 @@
+"""The layer database: every prunable layer pre-pruned at every level of the allocation stage.
+
+For each (layer, level) it holds the layer's mask (mask-only) or its pruned and updated weight
+(refit: SparseGPT's OBS update of the survivors, with the mask imposed), computed once per
+search from the engine's statistics. A per-layer candidate is then a swap of stored layers and
+one forward pass: no scoring, no masking, no refit per candidate.
+
+Entries live in memory, or on disk as one memory-mapped file per layer under a folder (the
+search's), whichever the caller chooses; `estimate_bytes` says what either costs before any
+work starts. Level 0 (a dense layer) is never stored: the engine's dense backup serves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from optishear.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+Storage = Literal["memory", "disk"]
+_NUMPY = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: np.uint16}
+
+
+def estimate_bytes(
+    shapes: Sequence[tuple[int, int]], levels: Sequence[float], refit: bool, dtype: torch.dtype
+) -> int:
+    """Bytes the database takes: per stored level, one byte per weight for a mask, or the
+    weight's dtype size for a refit weight."""
+    stored = sum(1 for r in levels if r > 0)
+    per_weight = torch.empty((), dtype=dtype).element_size() if refit else 1
+    return stored * per_weight * sum(a * b for a, b in shapes)
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    """What the database is and what it cost, for logs and the search's summary."""
+
+    layers: int
+    levels: tuple[float, ...]
+    refit: bool
+    storage: Storage
+    bytes: int
+    seconds: float
+
+    def describe(self) -> str:
+        kind = "refit weights" if self.refit else "masks"
+        return (
+            f"layer database: {self.layers} layers x {sum(1 for r in self.levels if r > 0)} "
+            f"levels of {kind}, {self.bytes / 2**30:.2f} GiB in {self.storage}, built in "
+            f"{self.seconds:.1f} s"
+        )
+
+
+class LayerDatabase:
+    """Stored layers by (layer position, level index)."""
+
+    def __init__(
+        self,
+        shapes: Sequence[tuple[int, int]],
+        levels: Sequence[float],
+        *,
+        refit: bool,
+        dtype: torch.dtype,
+        storage: Storage,
+        folder: Path | None = None,
+    ) -> None:
+        if storage == "disk" and folder is None:
+            raise ConfigError("a layer database on disk needs a folder")
+        if refit and dtype not in _NUMPY:
+            raise ConfigError(f"a refit layer database cannot store {dtype}")
+        self.levels = tuple(levels)
+        self.refit = refit
+        self.dtype = dtype
+        self.storage = storage
+        self.folder = folder
+        self._slot = {li: j for j, li in enumerate(i for i, r in enumerate(levels) if r > 0)}
+        self._pruned: dict[tuple[int, int], int] = {}
+        self._mem: dict[tuple[int, int], Tensor] = {}
+        self._files: list[np.memmap] = []
+        self.shapes = [tuple(s) for s in shapes]
+        self.seconds = 0.0
+        if storage == "disk":
+            assert folder is not None
+            folder.mkdir(parents=True, exist_ok=True)
+            np_dtype = _NUMPY[dtype] if refit else np.bool_
+            for pos, (rows, cols) in enumerate(self.shapes):
+                self._files.append(
+                    np.lib.format.open_memmap(
+                        folder / f"layer{pos:04d}.npy",
+                        mode="w+",
+                        dtype=np_dtype,
+                        shape=(len(self._slot), rows, cols),
+                    )
+                )
+
+    def info(self) -> DatabaseInfo:
+        return DatabaseInfo(
+            len(self.shapes),
+            self.levels,
+            self.refit,
+            self.storage,
+            estimate_bytes(self.shapes, self.levels, self.refit, self.dtype),
+            self.seconds,
+        )
+
+    def put(self, pos: int, level: int, value: Tensor, pruned: int) -> None:
+        """Store a mask (bool, True = pruned) or a refit weight for (layer, level)."""
+        self._pruned[(pos, level)] = pruned
+        value = value.detach()
+        if self.storage == "memory":
+            self._mem[(pos, level)] = value.to("cpu", copy=True) if value.is_cuda else value
+            return
+        src = value.cpu()
+        if self.refit and self.dtype == torch.bfloat16:
+            src = src.view(torch.uint16)
+        self._files[pos][self._slot[level]] = src.numpy()
+
+    def get(self, pos: int, level: int) -> Tensor:
+        if self.storage == "memory":
+            return self._mem[(pos, level)]
+        arr = torch.from_numpy(np.asarray(self._files[pos][self._slot[level]]))
+        if self.refit and self.dtype == torch.bfloat16:
+            arr = arr.view(torch.bfloat16)
+        return arr
+
+    def pruned(self, pos: int, level: int) -> int:
+        return self._pruned.get((pos, level), 0)
+
+    def close(self) -> None:
+        """Free the entries; a disk database removes its files."""
+        self._mem.clear()
+        self._files.clear()
+        if self.storage == "disk" and self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def choose_storage(setting: str, estimate: int, memory_limit: int) -> Storage:
+    """'auto' keeps the database in memory when it fits under the limit, else on disk."""
+    if setting in ("memory", "disk"):
+        return setting  # type: ignore[return-value]
+    return "memory" if estimate <= memory_limit else "disk"
+
+
+def timed_build(db: LayerDatabase, build: Callable[[LayerDatabase], None]) -> LayerDatabase:
+    start = time.perf_counter()
+    build(db)
+    db.seconds = time.perf_counter() - start
+    logger.info("%s", db.info().describe())
+    return db
