@@ -58,16 +58,18 @@ def stored_scored(m: dict[str, Any]) -> dict[str, Any]:
     """A stored scored candidate in today's ScoredCandidate shape.
 
     Rows written before the one schema were flat ({key, genome, ratios, error, gap, ...});
-    they are read as they are, never rewritten.
+    they are read as they are, never rewritten. Those written before the allocation stage
+    have no `layer_sparsity`: empty, the blocks decide.
     """
     if "objectives" in m:
-        return m
+        return m if m.get("layer_sparsity") is not None else {**m, "layer_sparsity": []}
     gap = float(m.get("gap", 0.0))
     out = {
         "key": m.get("key", ""),
         "name": m.get("name"),
         "genome": m["genome"],
         "block_sparsity": m.get("ratios", []),
+        "layer_sparsity": [],
         "objectives": {"error": m["error"], "gap": gap},
         "sparsity": m["sparsity"],
         "meets_target": m.get("meets_target", gap <= 1e-6),
@@ -178,6 +180,7 @@ def candidate_read(c: CandidateRow) -> CandidateRead:
         key=c.key,
         genome=c.genome,
         block_sparsity=c.block_sparsity,
+        layer_sparsity=c.layer_sparsity or [],
         objectives={"error": c.error, "gap": c.gap},
         sparsity=c.sparsity,
         meets_target=c.meets_target,
@@ -274,12 +277,13 @@ def create_checkpoint(
     return ckpt, True
 
 
-def checkpoint_read(c: Checkpoint) -> CheckpointRead:
+def checkpoint_read(c: Checkpoint, *, candidate_key: str) -> CheckpointRead:
     ready = c.status == JobStatus.SUCCEEDED
     return CheckpointRead(
         id=c.id,
         search_id=c.search_id,
         candidate_id=c.candidate_id,
+        candidate_key=candidate_key,
         status=c.status,  # type: ignore[arg-type]
         created_at=c.created_at,
         finished_at=c.finished_at,
@@ -292,3 +296,20 @@ def checkpoint_read(c: Checkpoint) -> CheckpointRead:
         sparsity=c.sparsity,
         download_url=f"/api/checkpoints/{c.id}/download" if ready else None,
     )
+
+
+def checkpoint(*, session: Session, ckpt: Checkpoint) -> CheckpointRead:
+    """One export, with the key of the candidate it exports."""
+    key = session.scalar(select(CandidateRow.key).where(CandidateRow.id == ckpt.candidate_id))
+    return checkpoint_read(ckpt, candidate_key=key or "")
+
+
+def checkpoints(*, session: Session, search_id: uuid.UUID) -> list[CheckpointRead]:
+    """A search's exports, oldest first: every status, so retries and failures show too."""
+    rows = session.execute(
+        select(Checkpoint, CandidateRow.key)
+        .join(CandidateRow, CandidateRow.id == Checkpoint.candidate_id)
+        .where(Checkpoint.search_id == search_id)
+        .order_by(Checkpoint.created_at, Checkpoint.id)
+    ).all()
+    return [checkpoint_read(c, candidate_key=key) for c, key in rows]

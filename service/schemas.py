@@ -159,6 +159,7 @@ class CheckpointRead(BaseModel):
     id: uuid.UUID
     search_id: uuid.UUID
     candidate_id: uuid.UUID
+    candidate_key: str = Field(description="the exported candidate's key ('<genome>-<plan>')")
     status: JobState
     created_at: datetime
     finished_at: datetime | None

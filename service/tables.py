@@ -28,6 +28,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
 from service.db import UTCDateTime, utcnow
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# Python None as SQL NULL (plain JSON columns would store a JSON 'null').
+NullableJSON = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
 class Base(DeclarativeBase):
@@ -124,6 +126,9 @@ class CandidateRow(Base):
     rank: Mapped[int] = mapped_column(Integer)  # order on the front (target met, then error)
     genome: Mapped[dict[str, Any]] = mapped_column(JSONType)
     block_sparsity: Mapped[list[float]] = mapped_column("ratios", JSONType)
+    # One sparsity per linear layer (the allocation stage); None: the blocks decide (and
+    # every row written before the column existed).
+    layer_sparsity: Mapped[list[float] | None] = mapped_column(NullableJSON)
     error: Mapped[float] = mapped_column(Float)
     sparsity: Mapped[float] = mapped_column(Float)
     gap: Mapped[float] = mapped_column(Float)

@@ -25,9 +25,9 @@ CheckpointDep = Annotated[Checkpoint, Depends(checkpoint_or_404)]
 
 
 @router.get("/{checkpoint_id}", responses=NOT_FOUND)
-def read_checkpoint(ckpt: CheckpointDep) -> CheckpointRead:
-    """Status, size, sha256 and held-out perplexity."""
-    return repository.checkpoint_read(ckpt)
+def read_checkpoint(ckpt: CheckpointDep, session: SessionDep) -> CheckpointRead:
+    """Status, size, sha256, held-out perplexity and measured sparsity."""
+    return repository.checkpoint(session=session, ckpt=ckpt)
 
 
 @router.get(

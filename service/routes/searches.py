@@ -1,4 +1,4 @@
-"""Searches: submit, list, read, front, population, generations, cancel, export a checkpoint."""
+"""Searches: submit, list, read, front, population, generations, cancel, export, exports."""
 
 from __future__ import annotations
 
@@ -201,4 +201,11 @@ def create_checkpoint(
     )
     if not created:
         response.status_code = status.HTTP_200_OK
-    return repository.checkpoint_read(ckpt)
+    return repository.checkpoint_read(ckpt, candidate_key=candidate.key)
+
+
+@router.get("/{search_id}/checkpoints", responses=NOT_FOUND)
+def read_checkpoints(search: SearchDep, session: SessionDep) -> list[CheckpointRead]:
+    """The search's checkpoint exports, oldest first, each with its candidate's key, status,
+    measured sparsity and held-out perplexity (once succeeded): the shipped side of a front."""
+    return repository.checkpoints(session=session, search_id=search.id)

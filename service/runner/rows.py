@@ -25,6 +25,7 @@ def candidate_rows(
                 rank=rank,
                 genome=r.genome.model_dump(mode="json"),
                 block_sparsity=r.block_sparsity,
+                layer_sparsity=r.layer_sparsity or None,
                 error=r.objectives.error,
                 sparsity=r.sparsity,
                 gap=r.objectives.gap,

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+
+from optishear.candidates import Candidate, Evaluation, Scored, block_means
+from optishear.genome import Genome
+from service import db
+from service.runner.rows import candidate_rows, population_json
+from service.schemas import SearchCreate
+from service.tables import Checkpoint, Generation, JobStatus, Search
 
 # `expect` and `page` come from conftest.py: without Chromium these tests skip, or fail under CI.
 
@@ -173,3 +182,180 @@ def test_api_key_prompt_and_unreachable_api(make_service, page, expect) -> None:
     page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
     expect(page.locator("#banner")).to_contain_text("Cannot reach the API")
     expect(page.locator("#conn")).to_have_text("offline")
+
+
+def _seed_front_search(settings) -> tuple[str, list]:
+    """A succeeded search with a front across sparsities (per-layer plans), stored by the
+    runner's own row builders, and one measured export of its sparsest member; no runner needed.
+    Returns the search id and the front's rows, in order of sparsity."""
+    sid = uuid.uuid4()
+    numel = [16, 8, 8, 16, 32, 32, 32] * 2  # two Llama-style blocks of seven linears
+    blocks = [0] * 7 + [1] * 7
+    front = []
+    for genome, base, error in ((3, 0.4, 0.1), (7, 0.5, 0.2), (9, 0.6, 0.4), (12, 0.7, 0.9)):
+        layers = [min(0.9, base + d) for d in (0.0, 0.05, -0.05, 0.0, 0.05, 0.0, 0.0)] * 2
+        layers[2] = 0.0  # one dense layer
+        sparsity = sum(r * n for r, n in zip(layers, numel, strict=True)) / sum(numel)
+        cand = Candidate(
+            Genome.from_index(genome), block_means(layers, numel, blocks), tuple(layers)
+        )
+        front.append(Scored(cand, Evaluation(error, sparsity, 4, 0.1), gap=0.0))
+    rows = candidate_rows(sid, None, front, front[1].candidate.label())
+    request = SearchCreate(
+        model="m", stages="allocation", allocation={"front": [0.4, 0.7], "selection": "nsga3"}
+    )
+    now = datetime.now(UTC)
+    engine = db.make_engine(settings.resolved_database_url())
+    try:
+        with db.make_sessions(engine, write=True).begin() as session:
+            session.add(
+                Search(
+                    id=sid,
+                    model="m",
+                    request=request.model_dump(mode="json"),
+                    request_hash="h",
+                    total_generations=request.total_generations(),
+                    status=JobStatus.SUCCEEDED,
+                    generations_done=1,
+                    evaluations=16,
+                    elapsed_s=3.0,
+                    attempts=1,
+                    cancel_requested=False,
+                    created_at=now,
+                    result={
+                        "recommended_id": str(rows[1].id),
+                        "recommended_key": rows[1].key,
+                        "evaluations": 16,
+                        "cache_hits": 0,
+                        "search_seconds": 3.0,
+                    },
+                )
+            )
+            session.flush()
+            session.add(
+                Generation(
+                    search_id=sid,
+                    number=1,
+                    stage="allocation",
+                    stage_generation=1,
+                    evaluations=16,
+                    total_evaluations=16,
+                    best_error=0.1,
+                    seconds=3.0,
+                    elapsed_s=3.0,
+                    population=population_json(front, front),
+                )
+            )
+            session.add_all(rows + candidate_rows(sid, 1, front, None))
+            session.flush()
+            session.add(
+                Checkpoint(
+                    search_id=sid,
+                    candidate_id=rows[3].id,
+                    status=JobStatus.SUCCEEDED,
+                    attempts=1,
+                    created_at=now,
+                    finished_at=now,
+                    perplexity=123.5,
+                    eval_tokens=128,
+                    sparsity=rows[3].sparsity,
+                    size_bytes=1024,
+                    sha256="0" * 64,
+                    file_name="missing.tar",
+                )
+            )
+    finally:
+        engine.dispose()
+    return str(sid), rows
+
+
+def test_front_across_sparsities_chart_layers_and_export(make_service, page, expect) -> None:
+    server = make_service(runner=False)  # nothing runs: the export stays queued
+    sid, rows = _seed_front_search(server.settings)
+    page.goto(f"{server.url}/#/search/{sid}")
+    expect(page.locator("#d-head .badge")).to_have_text("succeeded")
+
+    # Error against achieved sparsity: one point per front member, placed by its sparsity.
+    chart = page.locator("#sparsity-chart")
+    points = chart.locator(".point")
+    expect(points).to_have_count(len(rows))
+    expect(chart).to_contain_text("achieved sparsity")
+    expect(chart).to_contain_text("reconstruction error")
+    xs = {
+        uuid.UUID(points.nth(i).get_attribute("data-candidate")): float(
+            points.nth(i).locator("circle").get_attribute("cx")
+        )
+        for i in range(len(rows))
+    }
+    by_id = {r.id: r for r in rows}
+    assert set(xs) == set(by_id)
+    assert sorted(xs, key=xs.__getitem__) == sorted(by_id, key=lambda k: by_id[k].sparsity)
+    expect(chart.locator(".front-line")).to_have_count(1)
+    # The measured export: its held-out perplexity on the right axis, at its measured sparsity.
+    exported = chart.locator(".export-point")
+    expect(exported).to_have_count(1)
+    assert exported.get_attribute("data-candidate") == str(rows[3].id)
+    expect(chart.locator(".right-axis")).to_contain_text("held-out perplexity")
+    expect(page.locator("#exports-table tbody tr")).to_have_count(1)
+    expect(page.locator("#exports-table")).to_contain_text(rows[3].key)
+    expect(page.locator("#exports-table")).to_contain_text("123.5")
+
+    # Choosing a point shows its per-layer sparsities (one row per block) and exports it.
+    chosen = rows[0]
+    chart.locator(f'.point[data-candidate="{chosen.id}"] circle').click()
+    expect(page.locator("#d-candidate")).to_contain_text(chosen.key)
+    table = page.locator("#layer-table")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table.locator("td.layer-cell")).to_have_count(len(chosen.layer_sparsity))
+    expect(table.locator("thead")).to_contain_text("gate")
+    expect(table.locator('td[data-block="0"][data-layer="2"]')).to_have_text("dense")
+    page.click("#export-button")
+    expect(page.locator("#export-status")).to_contain_text("Export queued")
+    expect(page.locator("#exports-table tbody tr")).to_have_count(2)
+
+    # Choosing the exported point shows its measurements (the search's list of exports).
+    exported.click()
+    expect(page.locator("#d-candidate")).to_contain_text(rows[3].key)
+    expect(page.locator("#export")).to_contain_text("123.5")
+    expect(page.locator("#download")).to_be_visible()
+
+
+def test_form_sends_the_allocation_settings(make_service, page, expect, tiny_model_dir) -> None:
+    server = make_service(runner=False)
+    page.goto(server.url)
+    expect(page.locator("#conn")).to_have_text("connected")
+    _fill_tiny_search(page, tiny_model_dir, low_fidelity_samples="2, 4", max_evaluations="40")
+    page.select_option("select[name=stages]", "allocation")
+    expect(page.locator("#allocation-settings")).to_have_attribute("open", "")
+    page.select_option('select[name="allocation.granularity"]', "part")
+    page.select_option('select[name="allocation.selection"]', "nsga3")
+    page.select_option('select[name="allocation.database"]', "memory")
+    page.check('input[name="allocation.refit"]')
+    page.fill("#front-low", "0.4")
+    page.fill("#front-high", "0.7")
+    page.fill('[name="allocation.levels"]', "3")
+    page.fill('[name="allocation.step"]', "0.1")
+    page.click("#submit")
+    expect(page).to_have_url(re.compile(rf"#/search/{UUID}$"))
+    sid = page.url.rsplit("/", 1)[1]
+    request = httpx.get(f"{server.url}/api/searches/{sid}", timeout=30).json()["request"]
+    assert request["stages"] == "allocation"
+    assert request["low_fidelity_samples"] == [2, 4]
+    assert request["max_evaluations"] == 40
+    assert request["sparsity"] == 0.55  # the front's middle
+    assert request["allocation"] == {
+        **request["allocation"],
+        "granularity": "part",
+        "selection": "nsga3",
+        "database": "memory",
+        "refit": True,
+        "front": [0.4, 0.7],
+        "levels": 3,
+        "step": 0.1,
+    }
+    expect(page.locator("#d-head")).to_contain_text("per part, nsga3")
+
+    # Half a range is the API's to refuse, in its words, with both inputs marked.
+    page.fill("#front-high", "")
+    page.click("#submit")
+    expect(page.locator("#form-error")).to_contain_text("two numbers")

@@ -64,6 +64,7 @@ def test_unknown_ids_give_404(client) -> None:
         f"/api/searches/{missing}",
         f"/api/searches/{missing}/front",
         f"/api/searches/{missing}/generations",
+        f"/api/searches/{missing}/checkpoints",
         f"/api/checkpoints/{missing}",
         f"/api/checkpoints/{missing}/download",
     ):

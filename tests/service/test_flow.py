@@ -33,6 +33,7 @@ def test_submit_poll_front_export_download_load(
         assert rec["meets_target"]
         assert "sqrt(X)" in rec["genome"]["formula"] or "X" in rec["genome"]["formula"]
         assert len(rec["block_sparsity"]) == 2
+        assert rec["layer_sparsity"] == []  # a per-block search: the blocks decide
         # published methods at the same target, evaluated by the search (unstructured: OWL too)
         assert [b["name"] for b in front["baselines"]] == ["Wanda", "OWL+Wanda"]
         for b in front["baselines"]:  # one schema: a baseline is a scored candidate
@@ -78,6 +79,9 @@ def test_submit_poll_front_export_download_load(
     assert ck["status"] == "succeeded", ck
     assert ck["perplexity"] > 1
     assert ck["sparsity"] == rec["sparsity"]
+    assert ck["candidate_key"] == rec["key"]
+    # The search lists its exports with what they measured: the same record.
+    assert client.get(f"/api/searches/{sid}/checkpoints").json() == [ck]
 
     r = client.get(ck["download_url"])
     assert r.status_code == 200

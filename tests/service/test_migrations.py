@@ -1,12 +1,19 @@
-"""Alembic: upgrade, downgrade and upgrade again on empty SQLite and Postgres databases."""
+"""Alembic: upgrade, downgrade and upgrade again on empty SQLite and Postgres databases, and
+a migration on a database that already holds rows."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
+
 import pytest
+import sqlalchemy as sa
 from alembic import command
 from sqlalchemy import inspect
 
 from service import db
+from service.repository import candidate_read
+from service.tables import CandidateRow, Search
 
 TABLES = {"searches", "generations", "candidates", "checkpoints", "runners"}
 
@@ -36,3 +43,79 @@ def test_sqlite_upgrade_downgrade_upgrade(tmp_path) -> None:
 @pytest.mark.postgres
 def test_postgres_upgrade_downgrade_upgrade(fresh_pg_url) -> None:
     _round_trip(fresh_pg_url)
+
+
+def _as_of_0003(table: sa.Table, *skip: str) -> sa.TableClause:
+    """A table's columns, with their types, less those added after revision 0003."""
+    return sa.table(table.name, *(sa.column(c.name, c.type) for c in table.c if c.name not in skip))
+
+
+def _layer_sparsity_on_existing_rows(url: str) -> None:
+    """0004 on a database holding a front: old rows read as per-block, new ones keep theirs."""
+    db.upgrade(url, "0003")
+    sid, cid = uuid.uuid4(), uuid.uuid4()
+    genome = {"f1": "identity", "f2": "identity", "alpha": "one", "beta": "one", "index": 0}
+    candidates = _as_of_0003(CandidateRow.__table__, "layer_sparsity")
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                _as_of_0003(Search.__table__)
+                .insert()
+                .values(
+                    id=sid,
+                    model="m",
+                    request={"model": "m"},
+                    request_hash="h",
+                    status="succeeded",
+                    total_generations=1,
+                    generations_done=1,
+                    evaluations=1,
+                    elapsed_s=0.0,
+                    attempts=1,
+                    cancel_requested=False,
+                    created_at=datetime.now(UTC),
+                )
+            )
+            conn.execute(
+                candidates.insert().values(
+                    id=cid,
+                    search_id=sid,
+                    generation=None,
+                    key="0-uniform",
+                    rank=0,
+                    genome={**genome, "formula": "|W|"},
+                    ratios=[0.5, 0.5],
+                    error=0.25,
+                    sparsity=0.5,
+                    gap=0.0,
+                    meets_target=True,
+                    n_samples=2,
+                    recommended=True,
+                )
+            )
+        db.upgrade(url)
+        command.check(db.alembic_config(url))
+        with db.make_sessions(engine, write=True).begin() as session:
+            old = session.get_one(CandidateRow, cid)
+            assert old.layer_sparsity is None
+            assert candidate_read(old).layer_sparsity == []  # the blocks decide
+            old.layer_sparsity = [0.25, 0.75]
+        with db.make_sessions(engine)() as session:
+            assert session.get_one(CandidateRow, cid).layer_sparsity == [0.25, 0.75]
+        db.downgrade(url, "0003")  # the column goes, the row stays
+        columns = {c["name"] for c in inspect(engine).get_columns("candidates")}
+        assert "layer_sparsity" not in columns
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(candidates.c.key)).scalars().all() == ["0-uniform"]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_layer_sparsity_migration_keeps_existing_candidates(tmp_path) -> None:
+    _layer_sparsity_on_existing_rows(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_layer_sparsity_migration_keeps_existing_candidates(fresh_pg_url) -> None:
+    _layer_sparsity_on_existing_rows(fresh_pg_url)

@@ -192,8 +192,10 @@ def test_results_stored_before_the_one_schema_are_still_served(client, settings)
     assert wanda["name"] == "Wanda"
     assert wanda["objectives"] == {"error": 0.25, "gap": 0.0}
     assert wanda["block_sparsity"] == [0.5, 0.5]
+    assert wanda["layer_sparsity"] == []  # written before the allocation stage
     front = client.get(f"/api/searches/{sid}/front").json()
     assert front["baselines"] == [wanda]
     [member] = client.get(f"/api/searches/{sid}/candidates").json()["candidates"]
     assert member["objectives"]["error"] == 0.25
     assert member["on_front"] is True
+    assert member["layer_sparsity"] == []

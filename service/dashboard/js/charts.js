@@ -1,5 +1,6 @@
 // The page's charts, drawn as plain SVG: best error per generation (lines), candidates
-// (scatter: error against per-block sparsity spread) and one candidate's per-block bars.
+// (scatter: error against per-block sparsity spread, and error against achieved sparsity with
+// the exports' held-out perplexity) and one candidate's per-block bars.
 
 import { s } from "./dom.js";
 import { fmt, pct } from "./format.js";
@@ -35,29 +36,47 @@ function ticks([lo, hi], count = 5) {
   return out;
 }
 
-function frame(xDomain, yDomain, xLabel, yLabel, { xTicks } = {}) {
-  const x = (v) => M.left + ((v - xDomain[0]) / (xDomain[1] - xDomain[0])) * (W - M.left - M.right);
-  const y = (v) => H - M.bottom - ((v - yDomain[0]) / (yDomain[1] - yDomain[0])) * (H - M.top - M.bottom);
+function frame(xDomain, yDomain, xLabel, yLabel, { xTicks, m = M } = {}) {
+  const x = (v) => m.left + ((v - xDomain[0]) / (xDomain[1] - xDomain[0])) * (W - m.left - m.right);
+  const y = (v) => H - m.bottom - ((v - yDomain[0]) / (yDomain[1] - yDomain[0])) * (H - m.top - m.bottom);
   const g = s("g", { class: "axes" });
   for (const t of ticks(yDomain)) {
     g.append(
-      s("line", { class: "grid", x1: M.left, x2: W - M.right, y1: y(t), y2: y(t) }),
-      s("text", { x: M.left - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t, 3)),
+      s("line", { class: "grid", x1: m.left, x2: W - m.right, y1: y(t), y2: y(t) }),
+      s("text", { x: m.left - 6, y: y(t) + 4, "text-anchor": "end" }, fmt(t, 3)),
     );
   }
   for (const t of xTicks ?? ticks(xDomain)) {
     g.append(
-      s("line", { class: "tick", x1: x(t), x2: x(t), y1: H - M.bottom, y2: H - M.bottom + 4 }),
-      s("text", { x: x(t), y: H - M.bottom + 17, "text-anchor": "middle" }, fmt(t, 3)),
+      s("line", { class: "tick", x1: x(t), x2: x(t), y1: H - m.bottom, y2: H - m.bottom + 4 }),
+      s("text", { x: x(t), y: H - m.bottom + 17, "text-anchor": "middle" }, fmt(t, 3)),
     );
   }
   g.append(
-    s("line", { class: "axis", x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom }),
-    s("line", { class: "axis", x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom }),
-    s("text", { class: "label", x: (M.left + W - M.right) / 2, y: H - 6, "text-anchor": "middle" }, xLabel),
-    s("text", { class: "label", transform: `translate(14 ${(M.top + H - M.bottom) / 2}) rotate(-90)`, "text-anchor": "middle" }, yLabel),
+    s("line", { class: "axis", x1: m.left, x2: W - m.right, y1: H - m.bottom, y2: H - m.bottom }),
+    s("line", { class: "axis", x1: m.left, x2: m.left, y1: m.top, y2: H - m.bottom }),
+    s("text", { class: "label", x: (m.left + W - m.right) / 2, y: H - 6, "text-anchor": "middle" }, xLabel),
+    s("text", { class: "label", transform: `translate(14 ${(m.top + H - m.bottom) / 2}) rotate(-90)`, "text-anchor": "middle" }, yLabel),
   );
   return { x, y, g };
+}
+
+/** A second y axis on the right of a frame drawn with margins `m`; returns its scale. */
+function rightAxis(yDomain, label, m) {
+  const y = (v) => H - m.bottom - ((v - yDomain[0]) / (yDomain[1] - yDomain[0])) * (H - m.top - m.bottom);
+  const g = s("g", { class: "axes right-axis" });
+  const ax = W - m.right;
+  for (const t of ticks(yDomain)) {
+    g.append(
+      s("line", { class: "tick", x1: ax, x2: ax + 4, y1: y(t), y2: y(t) }),
+      s("text", { x: ax + 7, y: y(t) + 4, "text-anchor": "start" }, fmt(t, 3)),
+    );
+  }
+  g.append(
+    s("line", { class: "axis", x1: ax, x2: ax, y1: m.top, y2: H - m.bottom }),
+    s("text", { class: "label", transform: `translate(${W - 12} ${(m.top + H - m.bottom) / 2}) rotate(90)`, "text-anchor": "middle" }, label),
+  );
+  return { y, g };
 }
 
 function svgRoot(label, id) {
@@ -135,54 +154,123 @@ export function frontChart({ members, candidates, baselines, selectedId, onChoos
   }
   for (const b of baselines) {
     const bs = spread(b.block_sparsity);
-    const bx = x(bs);
-    const by = y(b.objectives.error);
+    svg.append(baselineMarker(b, x(bs), y(b.objectives.error), `spread ${fmt(bs)}`, M));
+  }
+  // The recommended point is drawn last so that it stays on top.
+  for (const c of recommendedLast(candidates)) {
+    svg.append(frontPoint(c, x(spread(c.block_sparsity)), y(c.objectives.error), selectedId, onChoose));
+  }
+  return svg;
+}
+
+function baselineMarker(b, bx, by, where, m) {
+  return s(
+    "g",
+    { class: "baseline", "data-baseline": b.name },
+    s("path", { d: `M${bx},${by - 7} L${bx + 7},${by} L${bx},${by + 7} L${bx - 7},${by} Z` }),
+    // Near the right edge the label goes to the marker's left, so it is never cut off.
+    bx > W - m.right - 90
+      ? s("text", { x: bx - 10, y: by + 4, "text-anchor": "end" }, b.name)
+      : s("text", { x: bx + 10, y: by + 4 }, b.name),
+    s("title", {}, `${b.name}: error ${fmt(b.objectives.error)}, ${where}, gap ${fmt(b.objectives.gap)}`),
+  );
+}
+
+function recommendedLast(candidates) {
+  return [...candidates].sort((a, b) => Number(a.recommended) - Number(b.recommended));
+}
+
+/** A front member: a point that chooses it (click, Enter or Space). */
+function frontPoint(c, cx, cy, selectedId, onChoose) {
+  return s(
+    "g",
+    {
+      class: `point${c.recommended ? " recommended" : ""}${c.id === selectedId ? " selected" : ""}`,
+      "data-candidate": c.id,
+      "data-sparsity": c.sparsity,
+      tabindex: 0,
+      role: "button",
+      "aria-label": `candidate ${c.key}: error ${fmt(c.objectives.error)}, sparsity ${pct(c.sparsity)}`,
+      onclick: () => onChoose(c.id),
+      onkeydown: (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") {
+          ev.preventDefault();
+          onChoose(c.id);
+        }
+      },
+    },
+    s("circle", { cx, cy, r: c.recommended ? 8 : 6 }),
+    c.recommended ? s("text", { x: cx + 11, y: cy - 8, class: "rec-label" }, "recommended") : null,
+    s("title", {}, `${c.genome.formula}\nerror ${fmt(c.objectives.error)}, gap ${fmt(c.objectives.gap)}, sparsity ${pct(c.sparsity)}`),
+  );
+}
+
+/** Succeeded exports with both measurements (GET .../checkpoints). */
+export function measuredExports(exports) {
+  return exports.filter((e) => e.status === "succeeded" && e.perplexity !== null && e.sparsity !== null);
+}
+
+/**
+ * Error against achieved sparsity (x): the population in grey, the baselines as diamonds and
+ * the front's members as clickable points, joined in order of sparsity when they differ (a
+ * front across sparsities). The held-out perplexity of the succeeded exports goes on the right
+ * axis at their measured sparsity; an export of a front member chooses that member.
+ */
+export function sparsityChart({ members, candidates, baselines, exports, selectedId, onChoose }) {
+  const scored = [...members, ...candidates, ...baselines];
+  const measured = measuredExports(exports);
+  const xDomain = padLeft(extent([...scored.map((c) => c.sparsity), ...measured.map((e) => e.sparsity)]));
+  const yDomain = extent(scored.map((c) => c.objectives.error));
+  const m = measured.length ? { ...M, right: 60 } : M;
+  const { x, y, g } = frame(xDomain, yDomain, "achieved sparsity", "reconstruction error", { m });
+  const svg = svgRoot("Reconstruction error and exports' held-out perplexity against achieved sparsity", "sparsity-chart");
+  svg.append(g);
+  for (const p of members) {
     svg.append(
       s(
-        "g",
-        { class: "baseline", "data-baseline": b.name },
-        s("path", { d: `M${bx},${by - 7} L${bx + 7},${by} L${bx},${by + 7} L${bx - 7},${by} Z` }),
-        // Near the right edge the label goes to the marker's left, so it is never cut off.
-        bx > W - M.right - 90
-          ? s("text", { x: bx - 10, y: by + 4, "text-anchor": "end" }, b.name)
-          : s("text", { x: bx + 10, y: by + 4 }, b.name),
-        s("title", {}, `${b.name}: error ${fmt(b.objectives.error)}, spread ${fmt(bs)}, gap ${fmt(b.objectives.gap)}`),
+        "circle",
+        { class: `pop-point${p.on_front ? " on-front" : ""}`, cx: x(p.sparsity), cy: y(p.objectives.error), r: 4, "data-key": p.key },
+        s("title", {}, `${p.genome.formula}\nerror ${fmt(p.objectives.error)}, sparsity ${pct(p.sparsity)}${p.on_front ? " (front)" : ""}`),
       ),
     );
   }
-  // The recommended point is drawn last so that it stays on top.
-  const order = [...candidates].sort((a, b) => Number(a.recommended) - Number(b.recommended));
-  for (const c of order) {
-    const cx = x(spread(c.block_sparsity));
-    const cy = y(c.objectives.error);
+  for (const b of baselines) svg.append(baselineMarker(b, x(b.sparsity), y(b.objectives.error), `sparsity ${pct(b.sparsity)}`, m));
+  const bySparsity = [...candidates].sort((a, b) => a.sparsity - b.sparsity);
+  if (new Set(bySparsity.map((c) => c.sparsity)).size > 1) {
+    svg.append(s("polyline", { class: "front-line", points: bySparsity.map((c) => `${x(c.sparsity)},${y(c.objectives.error)}`).join(" ") }));
+  }
+  for (const c of recommendedLast(candidates)) svg.append(frontPoint(c, x(c.sparsity), y(c.objectives.error), selectedId, onChoose));
+  if (!measured.length) return svg;
+  const right = rightAxis(extent(measured.map((e) => e.perplexity)), "held-out perplexity (exports)", m);
+  svg.append(right.g);
+  const byMeasured = [...measured].sort((a, b) => a.sparsity - b.sparsity);
+  if (byMeasured.length > 1) {
+    svg.append(s("polyline", { class: "ppl-line", points: byMeasured.map((e) => `${x(e.sparsity)},${right.y(e.perplexity)}`).join(" ") }));
+  }
+  const onFront = new Set(candidates.map((c) => c.id));
+  for (const e of byMeasured) {
+    const ex = x(e.sparsity);
+    const ey = right.y(e.perplexity);
+    const choosable = onFront.has(e.candidate_id);
     svg.append(
       s(
         "g",
         {
-          class: `point${c.recommended ? " recommended" : ""}${c.id === selectedId ? " selected" : ""}`,
-          "data-candidate": c.id,
-          tabindex: 0,
-          role: "button",
-          "aria-label": `candidate ${c.key}: error ${fmt(c.objectives.error)}`,
-          onclick: () => onChoose(c.id),
-          onkeydown: (ev) => {
-            if (ev.key === "Enter" || ev.key === " ") {
-              ev.preventDefault();
-              onChoose(c.id);
-            }
-          },
+          class: `export-point${choosable ? " choosable" : ""}`,
+          "data-checkpoint": e.id,
+          "data-candidate": e.candidate_id,
+          onclick: choosable ? () => onChoose(e.candidate_id) : null,
         },
-        s("circle", { cx, cy, r: c.recommended ? 8 : 6 }),
-        c.recommended ? s("text", { x: cx + 11, y: cy - 8, class: "rec-label" }, "recommended") : null,
-        s("title", {}, `${c.genome.formula}\nerror ${fmt(c.objectives.error)}, gap ${fmt(c.objectives.gap)}, sparsity ${pct(c.sparsity)}`),
+        s("rect", { x: ex - 5, y: ey - 5, width: 10, height: 10 }),
+        s("title", {}, `export of ${e.candidate_key}: held-out perplexity ${fmt(e.perplexity)} at measured sparsity ${pct(e.sparsity)}`),
       ),
     );
   }
   return svg;
 }
 
-/** One bar per block with the target as a line. */
-export function blockChart(values, targetValue) {
+/** One bar per block with the target (or another reference, named `label`) as a line. */
+export function blockChart(values, targetValue, label = "target") {
   const n = values.length;
   const yDomain = [0, Math.max(1e-9, ...values, targetValue) * 1.1];
   const xDomain = [0, n];
@@ -206,7 +294,7 @@ export function blockChart(values, targetValue) {
   });
   svg.append(
     s("line", { class: "target-line", x1: M.left, x2: W - M.right, y1: y(targetValue), y2: y(targetValue) }),
-    s("text", { class: "target-label", x: W - M.right - 4, y: y(targetValue) - 5, "text-anchor": "end" }, `target ${pct(targetValue)}`),
+    s("text", { class: "target-label", x: W - M.right - 4, y: y(targetValue) - 5, "text-anchor": "end" }, `${label} ${pct(targetValue)}`),
   );
   return svg;
 }

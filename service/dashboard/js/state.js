@@ -13,10 +13,13 @@ export const state = {
   generations: [],
   front: null,
   population: null, // the shown generation's whole population (GET .../candidates)
+  checkpoints: [], // the selected search's exports (GET .../checkpoints), oldest first
+  checkpointsFor: null, // "<id>:<exports version>" of the loaded exports
   frontGeneration: "", // "" = default: the final front when finished, else the latest
   loadedFor: null, // "<id>:<generations done>:<status>:<front generation>" of the loaded charts
   candidateId: null,
   exports: new Map(), // candidate id -> {checkpoint, started, error}
+  exportsVersion: 0, // bumped when an export is requested or finishes: reload the list
   timer: null,
   running: false,
   again: false,

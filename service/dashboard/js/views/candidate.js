@@ -1,10 +1,11 @@
-// The chosen front member: its metric, its per-block sparsity, and its checkpoint export.
+// The chosen front member: its metric, its per-block (and per-layer) sparsity, and its
+// checkpoint export.
 
 import { api, apiKey, readBody } from "../api.js";
 import { blockChart } from "../charts.js";
 import { $, fill, h, progressBar, stat } from "../dom.js";
 import { bytes, duration, fmt, pct, target } from "../format.js";
-import { ACTIVE, schedule, state } from "../state.js";
+import { ACTIVE, refresh, schedule, state } from "../state.js";
 
 function isWanda(g) {
   // The all-identity genome is exactly Wanda's score (README: the meta metric).
@@ -22,13 +23,21 @@ export function renderCandidate() {
   }
   const gnm = c.genome;
   const search = state.search;
+  const request = search.request;
+  // A front across sparsities: every member has its own sparsity, none is held to the target.
+  const acrossSparsities = request.stages === "allocation" && Boolean(request.allocation?.front);
+  const layered = c.layer_sparsity?.length > 0;
   fill(box,
     h(
       "div",
       { class: "title-row" },
       h("h3", {}, "Candidate"),
       c.recommended ? h("span", { class: "badge recommended" }, "recommended") : null,
-      c.meets_target ? h("span", { class: "badge ok" }, "meets target") : h("span", { class: "badge warn" }, "misses target"),
+      acrossSparsities
+        ? h("span", { class: "badge" }, `${pct(c.sparsity)} sparse`)
+        : c.meets_target
+          ? h("span", { class: "badge ok" }, "meets target")
+          : h("span", { class: "badge warn" }, "misses target"),
       isWanda(gnm) ? h("span", { class: "badge", title: "the all-identity genome is Wanda's |W|·sqrt(X)" }, "Wanda's metric") : null,
     ),
     h("div", { class: "muted small mono" }, `${c.key} · ${c.id}`),
@@ -58,9 +67,45 @@ export function renderCandidate() {
           stat("error samples", c.n_samples),
         ),
       ),
-      h("div", {}, h("h4", {}, `Per-block sparsity (${c.block_sparsity.length} blocks)`), blockChart(c.block_sparsity, target(search.request))),
+      h(
+        "div",
+        {},
+        h("h4", {}, `Per-block sparsity (${c.block_sparsity.length} blocks${layered ? ", the mean of each block's layers" : ""})`),
+        acrossSparsities ? blockChart(c.block_sparsity, c.sparsity, "achieved") : blockChart(c.block_sparsity, target(request)),
+      ),
     ),
+    layered ? layerView(c) : null,
     h("div", { id: "export", class: "export" }, exportView(c)),
+  );
+}
+
+// Llama-style blocks (Llama, Mistral, Qwen2, Gemma) list their seven linears in this order.
+const LLAMA_LAYERS = ["q", "k", "v", "o", "gate", "up", "down"];
+
+/** The allocation stage's per-layer sparsities: one row per block, one cell per linear. */
+function layerView(c) {
+  const values = c.layer_sparsity;
+  const blocks = c.block_sparsity.length;
+  const perBlock = blocks && values.length % blocks === 0 ? values.length / blocks : values.length;
+  const names = perBlock === LLAMA_LAYERS.length ? LLAMA_LAYERS : Array.from({ length: perBlock }, (_, i) => `#${i + 1}`);
+  const rows = [];
+  for (let b = 0; b * perBlock < values.length; b += 1) rows.push(values.slice(b * perBlock, (b + 1) * perBlock));
+  const hi = Math.max(1e-9, ...values);
+  const cell = (v, b, i) => {
+    const td = h("td", { class: `num layer-cell${v === 0 ? " dense" : ""}`, "data-block": b, "data-layer": i, title: `block ${b}, ${names[i]}: ${pct(v)}` }, v === 0 ? "dense" : pct(v));
+    td.style.backgroundColor = `rgba(139, 70, 201, ${(0.08 + 0.5 * (v / hi)).toFixed(3)})`; // CSSOM: allowed by the CSP
+    return td;
+  };
+  return h(
+    "div",
+    { class: "layers" },
+    h("h4", {}, `Per-layer sparsity (${values.length} layers, ${perBlock} per block)`),
+    h(
+      "table",
+      { class: "layer-table", id: "layer-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, "block"), names.map((n) => h("th", { class: "num" }, n)))),
+      h("tbody", {}, rows.map((row, b) => h("tr", {}, h("th", {}, String(b)), row.map((v, i) => cell(v, b, i))))),
+    ),
   );
 }
 
@@ -138,6 +183,7 @@ async function startExport(candidateId) {
   try {
     const ck = await api(`/api/searches/${search.id}/checkpoints`, { method: "POST", body: { candidate_id: candidateId } });
     state.exports.set(candidateId, { checkpoint: ck, started: Date.now(), error: null });
+    state.exportsVersion += 1; // the search's list of exports has it now
   } catch (err) {
     state.exports.set(candidateId, { checkpoint: null, started: Date.now(), error: err.message });
   }
@@ -157,6 +203,10 @@ export async function pollExports() {
     } catch (err) {
       if (err.status === 0 || err.status === 401) throw err;
       job.error = err.message;
+    }
+    if (!ACTIVE.has(job.checkpoint.status)) {
+      state.exportsVersion += 1; // finished: its perplexity joins the sparsity chart
+      refresh(); // inside a poll: one more right after it
     }
     const candidate = state.front?.candidates.find((c) => c.id === candidateId);
     const box = $("#export");

@@ -1,7 +1,8 @@
-// The selected search: its header, its progress chart and its front (chart and table).
+// The selected search: its header, its progress chart, its front (chart and table), and its
+// front against achieved sparsity with the held-out perplexity of its exports.
 
 import { api } from "../api.js";
-import { frontChart, progressChart } from "../charts.js";
+import { frontChart, measuredExports, progressChart, sparsityChart } from "../charts.js";
 import { $, badge, fill, h, progressBar, stat } from "../dom.js";
 import { duration, fmt, modelLabel, pct, target, when } from "../format.js";
 import { ACTIVE, refresh, state } from "../state.js";
@@ -17,8 +18,10 @@ export function select(id) {
   state.generations = [];
   state.front = null;
   state.population = null;
+  state.checkpoints = [];
   state.frontGeneration = "";
   state.loadedFor = null;
+  state.checkpointsFor = null;
   state.candidateId = null;
   renderList();
   if (!id) {
@@ -51,25 +54,47 @@ export async function loadSelected() {
       if (err.status === 404) return null;
       throw err;
     };
-    const [generations, front, population] = await Promise.all([
+    const exportsKey = state.exportsVersion;
+    const [generations, front, population, checkpoints] = await Promise.all([
       api(`/api/searches/${id}/generations`),
       api(`/api/searches/${id}/front${gen}`).catch(orNull),
       api(`/api/searches/${id}/candidates${gen}`).catch(orNull),
+      api(`/api/searches/${id}/checkpoints`),
     ]);
     if (id !== state.selectedId) return false;
     state.generations = generations;
     state.front = front;
     state.population = population;
     state.loadedFor = frontKey;
+    setCheckpoints(checkpoints, `${id}:${exportsKey}`);
     if (state.candidateId && !front?.candidates.some((c) => c.id === state.candidateId)) {
       state.candidateId = null;
     }
     if (!state.candidateId && front?.recommended_id) state.candidateId = front.recommended_id;
     renderDetail();
+  } else if (`${id}:${state.exportsVersion}` !== state.checkpointsFor) {
+    // An export was requested or has finished: its measurements join the sparsity chart.
+    const exportsKey = state.exportsVersion;
+    const checkpoints = await api(`/api/searches/${id}/checkpoints`);
+    if (id !== state.selectedId) return false;
+    setCheckpoints(checkpoints, `${id}:${exportsKey}`);
+    renderHeader();
+    renderSparsity();
   } else {
     renderHeader();
   }
   return ACTIVE.has(search.status);
+}
+
+/** The search's exports; each candidate's latest one is what its export panel shows. */
+function setCheckpoints(checkpoints, key) {
+  state.checkpoints = checkpoints;
+  state.checkpointsFor = key;
+  for (const ck of [...checkpoints].reverse()) {
+    if (!state.exports.has(ck.candidate_id)) {
+      state.exports.set(ck.candidate_id, { checkpoint: ck, started: Date.parse(ck.created_at), error: null });
+    }
+  }
 }
 
 function renderDetail() {
@@ -82,6 +107,7 @@ function renderDetail() {
         { class: "charts" },
         h("div", { id: "d-progress", class: "card" }),
         h("div", { id: "d-front", class: "card" }),
+        h("div", { id: "d-sparsity", class: "card" }),
       ),
       h("div", { id: "d-candidate", class: "card" }),
     );
@@ -89,6 +115,7 @@ function renderDetail() {
   renderHeader();
   renderProgress();
   renderFront();
+  renderSparsity();
   renderCandidate();
 }
 
@@ -98,11 +125,18 @@ function renderHeader() {
   if (!x || !head) return;
   const p = x.progress;
   const r = x.request;
+  const a = r.allocation;
   const facts = [
     ["target", `${pct(target(r))} ${r.pattern}`],
     ["stages", r.stages],
+    r.stages === "allocation" && a
+      ? ["allocation", `per ${a.granularity}, ${a.selection}, ±${a.levels} × ${a.step}, database ${a.database}${a.refit ? " (refit)" : ""}`]
+      : null,
+    r.stages === "allocation" && a?.front ? ["sparsity front", `${pct(a.front[0])} – ${pct(a.front[1])}`] : null,
     ["population", r.population],
     ["generations", `${r.generations} per stage`],
+    ["max evaluations", r.max_evaluations ?? "generations only"],
+    ["low-fidelity screening", r.low_fidelity_samples?.length ? `${r.low_fidelity_samples.join(", ")} sequences` : "off"],
     ["seed", r.seed],
     ["objective", r.objective],
     ["calibration", `${r.calibration.n_samples} × ${r.calibration.seq_len} tokens (${r.calibration.source})`],
@@ -150,7 +184,7 @@ function renderHeader() {
       result ? stat("cache hits", result.cache_hits) : null,
       result ? stat("search time", duration(result.search_seconds)) : null,
     ),
-    h("details", { class: "facts", open: factsOpen }, h("summary", {}, "Request"), h("dl", { class: "kv" }, facts.map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]))),
+    h("details", { class: "facts", open: factsOpen }, h("summary", {}, "Request"), h("dl", { class: "kv" }, facts.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]))),
   );
 }
 
@@ -241,6 +275,70 @@ function renderFront() {
     baselines.length ? "Diamonds: baselines reported by the API." : "The API reports no baseline evaluations for this search.",
   );
   fill(box, title, svg, legend, table);
+}
+
+function renderSparsity() {
+  const box = $("#d-sparsity");
+  const front = state.front;
+  const search = state.search;
+  if (!box || !search) return;
+  const range = search.request.stages === "allocation" ? search.request.allocation?.front : null;
+  const title = h("h3", {}, range ? "Front across sparsities" : "Error and perplexity against sparsity");
+  if (!front || !front.candidates.length) {
+    fill(box, title, h("p", { class: "muted" }, "The front's errors against their achieved sparsity appear with the front."));
+    return;
+  }
+  const members = state.population?.candidates ?? [];
+  const exports = state.checkpoints;
+  const measured = measuredExports(exports);
+  const svg = sparsityChart({
+    members,
+    candidates: front.candidates,
+    baselines: front.baselines,
+    exports,
+    selectedId: state.candidateId,
+    onChoose: chooseCandidate,
+  });
+  const legend = h(
+    "p",
+    { class: "muted small" },
+    range
+      ? `Each front member reaches its own sparsity in ${pct(range[0])} – ${pct(range[1])}: choose one (click it), then export it below. `
+      : `The front's members against their achieved sparsity (target ${pct(target(search.request))}); click one to see or export it. `,
+    measured.length
+      ? `Squares: held-out perplexity of ${measured.length} exported checkpoint${measured.length === 1 ? "" : "s"} at their measured sparsity (right axis).`
+      : "Exported checkpoints add their held-out perplexity here once measured.",
+  );
+  fill(box, title, svg, legend, exports.length ? exportsTable(exports) : null);
+}
+
+function exportsTable(exports) {
+  const onFront = new Set(state.front.candidates.map((c) => c.id));
+  return h(
+    "table",
+    { class: "front-table", id: "exports-table" },
+    h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "exported candidate"), h("th", { class: "num" }, "status"), h("th", { class: "num" }, "sparsity"), h("th", { class: "num" }, "perplexity"))),
+    h(
+      "tbody",
+      {},
+      exports.map((e) =>
+        h(
+          "tr",
+          {
+            "data-checkpoint": e.id,
+            "data-candidate": onFront.has(e.candidate_id) ? e.candidate_id : null,
+            class: e.candidate_id === state.candidateId ? "selected" : null,
+            onclick: onFront.has(e.candidate_id) ? () => chooseCandidate(e.candidate_id) : null,
+          },
+          h("td", {}, onFront.has(e.candidate_id) ? h("span", { title: "on the shown front: click to choose it" }, "●") : ""),
+          h("td", { class: "mono clamp" }, e.candidate_key),
+          h("td", { class: "num" }, e.status),
+          h("td", { class: "num" }, pct(e.sparsity)),
+          h("td", { class: "num" }, fmt(e.perplexity)),
+        ),
+      ),
+    ),
+  );
 }
 
 function chooseCandidate(id) {
