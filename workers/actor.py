@@ -105,6 +105,10 @@ class ModelActor:
             self.evaluations += 1
         return results
 
+    def close(self) -> None:
+        """Free the engine's layer database before the actor is stopped."""
+        self.engine.close()
+
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
         return self.engine.owl_plan(target)

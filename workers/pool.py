@@ -46,6 +46,9 @@ def _short(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_CLOSE_TIMEOUT_S = 10.0
+
+
 class RayEvaluator:
     """Evaluates candidates on `workers` Ray actors, each holding its own copy of the model.
 
@@ -229,7 +232,17 @@ class RayEvaluator:
         return list(ray.get([a.usage.remote() for a in self._actors]))
 
     def close(self) -> None:
-        """Stop the actors (for good: no restart); the Ray runtime itself keeps running."""
+        """Stop the actors (for good: no restart); the Ray runtime itself keeps running.
+
+        Each is first asked to free its layer database (a disk one removes its files); one
+        that does not answer in a few seconds is killed all the same.
+        """
+        if self._actors:
+            ray.wait(
+                [a.close.remote() for a in self._actors],
+                num_returns=len(self._actors),
+                timeout=_CLOSE_TIMEOUT_S,
+            )
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []

@@ -43,9 +43,14 @@ def ensure_assets(runner: QueueRunner, request: SearchCreate, *, evaluation: boo
 @contextlib.contextmanager
 def evaluator_for(runner: QueueRunner, request: SearchCreate) -> Iterator[BatchEvaluator]:
     """In this process (OPTISHEAR_WORKERS=0) or on Ray actors (workers.pool)."""
-    spec = EngineSpec(request)
+    # a layer database too big for memory goes under the cache, one folder per search engine
+    spec = EngineSpec(request, folder=str(runner.library.cache / "layer-databases"))
     if runner.settings.workers < 1:
-        yield InProcessEvaluator(spec.build(settings=runner.library))
+        evaluator = InProcessEvaluator(spec.build(settings=runner.library))
+        try:
+            yield evaluator
+        finally:
+            evaluator.close()  # a layer database on disk removes its files
         return
     from workers.pool import ray_evaluator  # Ray is imported only where actors are wanted
 

@@ -219,3 +219,71 @@ def test_refit_top_is_validated(client, search_body) -> None:
     r = client.post("/api/searches", json=search_body(refit_top=2, rescore_top=2))
     assert r.status_code == 422
     assert "not both" in r.text
+
+
+def test_allocation_front_through_the_service_exports_points_at_their_sparsity(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    body = search_body(
+        stages="allocation",
+        population=6,
+        generations=3,
+        sparsity=0.5,
+        allocation={"selection": "nsga3", "front": [0.3, 0.7], "step": 0.1, "refit": True},
+        low_fidelity_samples=[2],
+    )
+    sid = client.post("/api/searches", json=body).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+        assert done["status"] == "succeeded", done
+        assert "layer database" in done["result"]["database"]
+        front = client.get(f"/api/searches/{sid}/front").json()["candidates"]
+        assert len(front) >= 2
+        assert all(len(c["layer_sparsity"]) == 14 for c in front)  # 2 blocks x 7 linears
+        sparsities = sorted(c["sparsity"] for c in front)
+        assert sparsities[-1] - sparsities[0] > 0.1
+        picked = [min(front, key=lambda c: c["sparsity"]), max(front, key=lambda c: c["sparsity"])]
+        ids = []
+        for c in picked:
+            r = client.post(f"/api/searches/{sid}/checkpoints", json={"candidate_id": c["id"]})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        cks = [poll(client, f"/api/checkpoints/{i}") for i in ids]
+    listed = client.get(f"/api/searches/{sid}/checkpoints").json()
+    assert {ck["candidate_key"] for ck in listed} == {c["key"] for c in picked}
+    for c, ck in zip(picked, cks, strict=True):
+        assert ck["status"] == "succeeded", ck
+        assert ck["perplexity"] > 1
+        model = AutoModelForCausalLM.from_pretrained(_download(client, ck, tmp_path / ck["id"]))
+        zeros = sum(int((lin.weight == 0).sum()) for _, _, lin in iter_linears(model))
+        total = sum(lin.weight.numel() for _, _, lin in iter_linears(model))
+        assert abs(zeros / total - c["sparsity"]) < 0.01  # shipped with its own masks
+        assert abs(ck["sparsity"] - zeros / total) < 1e-9
+
+
+def test_allocation_with_dense_exceptions_under_2_4_through_the_service(
+    client, search_body, thread_runner, poll, tmp_path
+) -> None:
+    body = search_body(stages="allocation", pattern="2:4", sparsity=0.4, generations=2)
+    sid = client.post("/api/searches", json=body).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+        assert done["status"] == "succeeded", done
+        [rec] = [
+            c
+            for c in client.get(f"/api/searches/{sid}/front").json()["candidates"]
+            if c["recommended"]
+        ]
+        assert set(rec["layer_sparsity"]) == {0.0, 0.5}
+        assert rec["meets_target"]
+        ck = client.post(f"/api/searches/{sid}/checkpoints", json={}).json()
+        ck = poll(client, f"/api/checkpoints/{ck['id']}")
+    assert ck["status"] == "succeeded", ck
+    model = AutoModelForCausalLM.from_pretrained(_download(client, ck, tmp_path))
+    for pos, (_idx, _name, lin) in enumerate(iter_linears(model)):
+        zero = lin.weight == 0
+        if rec["layer_sparsity"][pos] == 0:
+            assert not zero.any()
+        else:
+            assert torch.all(zero.reshape(zero.shape[0], -1, 4).sum(-1) == 2)
+    assert ck["sparsity"] >= 0.4 - 1e-9

@@ -210,3 +210,37 @@ def test_cli_search_with_two_workers_matches_one_process(
     assert fronts[0]
     assert fronts[0] == fronts[1]
     assert _cpus_free_again()
+
+
+def test_allocation_search_on_actors_equals_in_process_and_frees_its_database(
+    local_ray: None, config: SearchConfig, tmp_path: Path
+) -> None:
+    body = config.model_dump(mode="json") | {
+        "stages": "allocation",
+        "population": 6,
+        "generations": 3,
+        "allocation": {"refit": True, "database": "disk"},
+    }
+    alloc = SearchConfig.model_validate(body)
+    spec = EngineSpec(alloc, folder=str(tmp_path))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = spec.build()
+        reference = run_search(InProcessEvaluator(engine), alloc)
+        engine.close()
+    finally:
+        torch.set_num_threads(threads)
+    with RayEvaluator(spec, 2) as evaluator:
+        assert len(evaluator.layer_layout) == 4 * 7
+        info = evaluator.database_info()
+        assert info is not None
+        assert info.storage == "disk"
+        assert info.refit
+        assert len(list(tmp_path.glob("layer-database-*"))) == 2  # one per actor
+        result = run_search(evaluator, alloc)
+    assert _front(result) == _front(reference)
+    assert result.recommended.candidate.layer_sparsity
+    assert "refit weights" in result.database
+    assert not list(tmp_path.glob("layer-database-*"))  # closing the pool removed them
+    assert _cpus_free_again()
