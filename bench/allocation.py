@@ -75,6 +75,13 @@ def main() -> int:
     p.add_argument("--screen", default="2", help="screening steps (sequences), '' for none")
     p.add_argument("--budget", type=float, default=120, help="full-evaluation equivalents")
     p.add_argument("--population", type=int, default=16)
+    p.add_argument("--promote", type=float, default=0.25)
+    p.add_argument(
+        "--mask-ships",
+        type=lambda t: [x == "refit" for x in t.split(",")],
+        default=[False],
+        help="how the mask-database search ships: masks, refit or masks,refit",
+    )
     p.add_argument("--selection", default="one_plus_lambda")
     p.add_argument("--engine-stats", default="baseline", choices=("baseline", "dense"))
     p.add_argument("--eval-windows", type=int, default=32)
@@ -172,9 +179,13 @@ def main() -> int:
                 row(text, b, measured(lambda cfg=cfg: prune_model(model, calib, cfg)))
 
         def search(
-            name: str, config: SearchConfig, pattern: Pattern = pattern, text: str = text
+            name: str,
+            config: SearchConfig,
+            ships: tuple[bool, ...],
+            pattern: Pattern = pattern,
+            text: str = text,
         ) -> None:
-            """Run the search once; ship its recommendation with masks only and refit."""
+            """Run the search once; ship its recommendation with masks only and/or refit."""
             model.load_state_dict(dense)
             t0 = time.perf_counter()
             engine = engine_for(model, calib, config, folder=args.out.parent)
@@ -212,7 +223,7 @@ def main() -> int:
                 "candidate": result.recommended.record().model_dump(mode="json"),
                 "baselines": [b.record().model_dump(mode="json") for b in result.baselines],
             }
-            for refit_ship in (False, True):
+            for refit_ship in ships:
                 data = measured(
                     lambda r=refit_ship: prune_candidate(model, calib, cand, pattern, refit=r)
                 )
@@ -228,6 +239,7 @@ def main() -> int:
             "fitness_samples": args.fitness_samples,
             "engine_stats": args.engine_stats,
             "max_evaluations": args.budget,
+            "promote_fraction": args.promote,
             "calibration": cal_cfg.model_dump(),
             "dtype": args.dtype,
         }
@@ -235,7 +247,8 @@ def main() -> int:
         if screen:
             common["low_fidelity_samples"] = screen
         if "block" in rows_wanted and not pattern.structured:
-            search("block search", SearchConfig(**common, stages="layerwise", genome=WANDA_GENOME))
+            block = SearchConfig(**common, stages="layerwise", genome=WANDA_GENOME)
+            search("block search", block, (False, True))
         for kind in ("layer", "layer+refit"):
             if kind not in rows_wanted:
                 continue
@@ -245,7 +258,8 @@ def main() -> int:
                 stages="allocation",
                 allocation={"refit": refit, "selection": args.selection},
             )
-            search("layer search, refit db" if refit else "layer search, mask db", cfg)
+            name = "layer search, refit db" if refit else "layer search, mask db"
+            search(name, cfg, (True,) if refit else tuple(args.mask_ships))
     log("done")
     return 0
 

@@ -34,6 +34,7 @@ from optishear.candidates import Candidate, block_means
 from optishear.config import SearchConfig
 from optishear.errors import ConfigError
 from optishear.genome import Genome
+from optishear.search.space import balance_offsets
 
 _TRIES = 64  # attempts to find a feasible move before a mutant is left as it is
 _MAX_UNITS = 16  # units one level switch may move (layers of coprime-ish sizes need many)
@@ -141,6 +142,30 @@ class AllocationSpace:
         want = self.target if level is None else level
         i = int(np.argmin([abs(r - want) for r in self.levels]))
         return np.full(self.n_var, i, dtype=int)
+
+    def from_block_plan(
+        self, block_sparsity: Sequence[float], rng: np.random.Generator
+    ) -> np.ndarray | None:
+        """Genes near a per-block plan (OWL's), every layer at its block's nearest level, then
+        balanced by single level steps to the exact budget; None where it cannot be met."""
+        if self.mode != "exact":
+            return None
+        levels = np.asarray(self.levels)
+        centre = int(np.argmin(np.abs(levels - self.target)))
+        x = np.empty(self.n_var, dtype=int)
+        for u, unit in enumerate(self.units):
+            want = float(np.mean([block_sparsity[self.layout.block[p]] for p in unit]))
+            x[u] = int(np.argmin(np.abs(levels - want)))
+        if not np.allclose(np.diff(levels), levels[1] - levels[0]):
+            return None  # unequal steps (clipped at 0): offsets do not weigh alike
+        span = min(centre, len(levels) - 1 - centre)
+        offsets = np.clip(x - centre, -span, span)
+        w = self.unit_numel
+        g = np.gcd.reduce(w)
+        balanced = balance_offsets(offsets, w // g, span, rng)
+        if int(np.dot(balanced, w // g)) != 0:
+            return None
+        return balanced + centre
 
     def start(self, rng: np.random.Generator) -> np.ndarray:
         """The search's first candidate: uniform at the target; in N:M mode, every unit N:M and
@@ -268,18 +293,20 @@ class OnePlusLambda(Algorithm):
     becomes the next parent (the parent stays on a tie). Single objective."""
 
     def __init__(
-        self, start: np.ndarray, mutation: Mutation, n_offspring: int, **kwargs: Any
+        self, starts: np.ndarray, mutation: Mutation, n_offspring: int, **kwargs: Any
     ) -> None:
+        """`starts` (k, n_var): the first generation; the best of them is the first parent."""
         super().__init__(**kwargs)
-        self.start = np.asarray(start, dtype=float)
+        self.starts = np.atleast_2d(np.asarray(starts, dtype=float))
         self.mutation = mutation
         self.n_offspring = n_offspring
 
     def _initialize_infill(self) -> Population:
-        return Population.new(X=self.start[None, :])
+        return Population.new(X=self.starts)
 
     def _initialize_advance(self, infills: Population | None = None, **_: Any) -> None:
-        self.pop = infills
+        assert infills is not None
+        self.pop = infills[[int(np.argmin(infills.get("F")[:, 0]))]]
 
     def _infill(self) -> Population:
         X = np.repeat(self.pop.get("X"), self.n_offspring, axis=0)

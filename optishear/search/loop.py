@@ -100,21 +100,29 @@ class _Search:
         return np.random.default_rng(self.config.seed + 7919 * self.state.stage_index)
 
     def _allocation_algorithm(self, space: AllocationSpace) -> Algorithm:
-        """(1+lambda) from the start candidate, or NSGA-III with the same mutation, no crossover.
+        """(1+lambda) from the start candidates, or NSGA-III with the same mutation, no crossover.
 
-        NSGA-III starts from the start candidate and mutants of it; in front mode from every
-        level's uniform plan (the sparsity axis covered from the first generation) and mutants.
+        The start candidates are the uniform plan and, for an unstructured target, OWL's
+        per-block plan carried to the layers (snapped to the levels, balanced to the exact
+        budget): (1+lambda) takes the better as its first parent. NSGA-III starts from them and
+        mutants; in front mode from every level's uniform plan (the sparsity axis covered from
+        the first generation) and mutants.
         """
         s = self.config
         a = s.allocation
         rng = self._rng()
         start = space.start(rng)
+        starts = [start]
+        if space.mode == "exact" and isinstance(self.evaluator, OwlPlanner):
+            owl = space.from_block_plan(self.evaluator.owl_plan(s.target), rng)
+            if owl is not None and not np.array_equal(owl, start):
+                starts.append(owl)
         mutation = LevelSwitch(space, a.max_moves)
         algorithm: Algorithm
         if a.selection == "one_plus_lambda":
-            algorithm = OnePlusLambda(start, mutation, s.population)
+            algorithm = OnePlusLambda(np.array(starts), mutation, s.population)
         else:
-            seeds = [start]
+            seeds = starts
             if space.mode == "front":
                 low, high = s.allocation.front or (0.0, 1.0)
                 seeds = [space.uniform(r) for r in space.levels if low <= r <= high] or seeds
