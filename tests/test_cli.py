@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from optishear.cli import main
 from optishear.export import MANIFEST_NAME
+from optishear.layers import iter_linears
 
 
 def _common(root):
@@ -241,3 +242,39 @@ def test_search_refuses_a_folder_of_the_old_pickle_format(tiny_model_dir, tmp_pa
     assert rc == 2
     assert "old pickle state format" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["state.pkl"]  # nothing written or run
+
+
+def test_search_allocation_on_disk_database_exports_its_per_layer_plan(
+    tiny_model_dir, tmp_path, capsys
+) -> None:
+    out = tmp_path / "search"
+    args = [
+        *_search(tiny_model_dir, 2),
+        "--stages",
+        "allocation",
+        "--sparsity",
+        "0.6",
+        "--refit-database",
+        "--database",
+        "disk",
+        "--low-fidelity",
+        "2",
+        "--out",
+        str(out),
+        "--export",
+    ]
+    assert main(args) == 0
+    report = json.loads((out / "search.json").read_text())
+    assert "refit weights" in report["summary"]["database"]
+    assert "in disk" in report["summary"]["database"]
+    assert not list(out.glob("layer-database-*"))  # removed once the search is done
+    layers = report["recommended"]["layer_sparsity"]
+    assert len(layers) == 2 * 7
+    model = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    for pos, (_idx, _name, lin) in enumerate(iter_linears(model)):
+        assert float(lin.weight.eq(0).float().mean()) == pytest.approx(layers[pos], abs=0.07)
+    assert report["recommended_prune"]["achieved_sparsity"] == pytest.approx(0.6, abs=0.01)
+    capsys.readouterr()
+    bad = main([*args[:-3], "--front", "0.5,0.7", "--out", str(tmp_path / "x")])
+    assert bad == 2
+    assert "needs selection nsga3" in capsys.readouterr().err
