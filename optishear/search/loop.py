@@ -142,6 +142,11 @@ class _Search:
                 mutation=mutation,
                 eliminate_duplicates=True,
             )
+        return self._set_up(algorithm, space)
+
+    def _set_up(self, algorithm: Algorithm, space: Space) -> Algorithm:
+        """The stage's problem, generations and seed: what replaying a stage relies on."""
+        s = self.config
         algorithm.setup(
             _IntProblem(space),
             termination=("n_gen", s.generations),
@@ -159,7 +164,7 @@ class _Search:
         else:
             ref_dirs = get_reference_directions("das-dennis", 2, n_partitions=s.population - 1)
         xl, xu = space.bounds()
-        rng = np.random.default_rng(s.seed + 7919 * self.state.stage_index)
+        rng = self._rng()
         init = rng.integers(xl, xu + 1, size=(s.population, space.n_var)).astype(float)
         init[0] = self._baseline_genes(space)  # the search starts from the baseline
         algorithm = NSGA3(
@@ -171,13 +176,7 @@ class _Search:
             repair=BalanceRepair(space),
             eliminate_duplicates=True,
         )
-        algorithm.setup(
-            _IntProblem(space),
-            termination=("n_gen", s.generations),
-            seed=s.seed + self.state.stage_index,
-            verbose=False,
-        )
-        return algorithm
+        return self._set_up(algorithm, space)
 
     def _baseline_genes(self, space: Space) -> np.ndarray:
         if isinstance(space, AllocationSpace):

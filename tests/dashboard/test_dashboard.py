@@ -5,18 +5,15 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from seeding import seed_front_search
 
 from optishear.candidates import Candidate, Evaluation, Scored, block_means
 from optishear.genome import Genome
-from service import db
-from service.runner.rows import candidate_rows, population_json
-from service.schemas import SearchCreate
-from service.tables import Checkpoint, Generation, JobStatus, Search
+from service.tables import JobStatus
 
 # `expect` and `page` come from conftest.py: without Chromium these tests skip, or fail under CI.
 
@@ -188,7 +185,6 @@ def _seed_front_search(settings) -> tuple[str, list]:
     """A succeeded search with a front across sparsities (per-layer plans), stored by the
     runner's own row builders, and one measured export of its sparsest member; no runner needed.
     Returns the search id and the front's rows, in order of sparsity."""
-    sid = uuid.uuid4()
     numel = [16, 8, 8, 16, 32, 32, 32] * 2  # two Llama-style blocks of seven linears
     blocks = [0] * 7 + [1] * 7
     front = []
@@ -200,72 +196,12 @@ def _seed_front_search(settings) -> tuple[str, list]:
             Genome.from_index(genome), block_means(layers, numel, blocks), tuple(layers)
         )
         front.append(Scored(cand, Evaluation(error, sparsity, 4, 0.1), gap=0.0))
-    rows = candidate_rows(sid, None, front, front[1].candidate.label())
-    request = SearchCreate(
-        model="m", stages="allocation", allocation={"front": [0.4, 0.7], "selection": "nsga3"}
+    sid, rows = seed_front_search(
+        settings,
+        front,
+        recommended=1,
+        checkpoints=[(3, JobStatus.SUCCEEDED, 123.5, front[3].evaluation.sparsity)],
     )
-    now = datetime.now(UTC)
-    engine = db.make_engine(settings.resolved_database_url())
-    try:
-        with db.make_sessions(engine, write=True).begin() as session:
-            session.add(
-                Search(
-                    id=sid,
-                    model="m",
-                    request=request.model_dump(mode="json"),
-                    request_hash="h",
-                    total_generations=request.total_generations(),
-                    status=JobStatus.SUCCEEDED,
-                    generations_done=1,
-                    evaluations=16,
-                    elapsed_s=3.0,
-                    attempts=1,
-                    cancel_requested=False,
-                    created_at=now,
-                    result={
-                        "recommended_id": str(rows[1].id),
-                        "recommended_key": rows[1].key,
-                        "evaluations": 16,
-                        "cache_hits": 0,
-                        "search_seconds": 3.0,
-                    },
-                )
-            )
-            session.flush()
-            session.add(
-                Generation(
-                    search_id=sid,
-                    number=1,
-                    stage="allocation",
-                    stage_generation=1,
-                    evaluations=16,
-                    total_evaluations=16,
-                    best_error=0.1,
-                    seconds=3.0,
-                    elapsed_s=3.0,
-                    population=population_json(front, front),
-                )
-            )
-            session.add_all(rows + candidate_rows(sid, 1, front, None))
-            session.flush()
-            session.add(
-                Checkpoint(
-                    search_id=sid,
-                    candidate_id=rows[3].id,
-                    status=JobStatus.SUCCEEDED,
-                    attempts=1,
-                    created_at=now,
-                    finished_at=now,
-                    perplexity=123.5,
-                    eval_tokens=128,
-                    sparsity=rows[3].sparsity,
-                    size_bytes=1024,
-                    sha256="0" * 64,
-                    file_name="missing.tar",
-                )
-            )
-    finally:
-        engine.dispose()
     return str(sid), rows
 
 

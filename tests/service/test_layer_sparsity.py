@@ -6,17 +6,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from seeding import CheckpointSeed, seed_front_search
 from sqlalchemy import select
 
 from optishear.candidates import Candidate, Evaluation, Scored, ScoredCandidate, block_means
 from optishear.genome import Genome
 from service import db
-from service.runner.rows import candidate_rows, population_json
-from service.schemas import SearchCreate
-from service.tables import CandidateRow, Checkpoint, Generation, JobStatus, Search
+from service.runner.rows import population_json
+from service.tables import CandidateRow, JobStatus
 
 # Two Llama-style blocks of seven linears (q, k, v, o, gate, up, down) and their sizes.
 NUMEL = [16, 8, 8, 16, 32, 32, 32] * 2
@@ -44,80 +43,9 @@ def seed_search(
     settings: Any,
     front: Sequence[Scored] = FRONT,
     population: list[dict[str, Any]] | None = None,
-    checkpoints: Sequence[tuple[int, str, float | None, float | None]] = (),
+    checkpoints: Sequence[CheckpointSeed] = (),
 ) -> tuple[uuid.UUID, list[CandidateRow]]:
-    """A succeeded front-across-sparsities search as the runner stores it; `checkpoints` are
-    (front index, status, perplexity, measured sparsity), created in this order."""
-    sid = uuid.uuid4()
-    request = SearchCreate(
-        model="m",
-        stages="allocation",
-        allocation={"front": [0.4, 0.7], "selection": "nsga3"},
-        generations=1,
-    )
-    rows = candidate_rows(sid, None, front, front[0].candidate.label())
-    gen_rows = candidate_rows(sid, 1, front, None)
-    now = datetime.now(UTC)
-    engine = db.make_engine(settings.resolved_database_url())
-    try:
-        with db.make_sessions(engine, write=True).begin() as session:
-            session.add(
-                Search(
-                    id=sid,
-                    model="m",
-                    request=request.model_dump(mode="json"),
-                    request_hash="h",
-                    total_generations=1,
-                    status=JobStatus.SUCCEEDED,
-                    generations_done=1,
-                    evaluations=8,
-                    elapsed_s=1.0,
-                    attempts=1,
-                    cancel_requested=False,
-                    created_at=now,
-                    result={
-                        "recommended_id": str(rows[0].id),
-                        "recommended_key": rows[0].key,
-                        "evaluations": 8,
-                        "cache_hits": 0,
-                        "search_seconds": 1.0,
-                    },
-                )
-            )
-            session.flush()
-            session.add(
-                Generation(
-                    search_id=sid,
-                    number=1,
-                    stage="allocation",
-                    stage_generation=1,
-                    evaluations=8,
-                    total_evaluations=8,
-                    best_error=0.12,
-                    seconds=1.0,
-                    elapsed_s=1.0,
-                    population=population_json(front, front) if population is None else population,
-                )
-            )
-            session.add_all(rows + gen_rows)
-            session.flush()
-            for i, (index, status, ppl, sparsity) in enumerate(checkpoints):
-                session.add(
-                    Checkpoint(
-                        search_id=sid,
-                        candidate_id=rows[index].id,
-                        status=status,
-                        attempts=1,
-                        created_at=now + timedelta(seconds=i),
-                        perplexity=ppl,
-                        sparsity=sparsity,
-                        eval_tokens=128 if ppl is not None else None,
-                        file_name="x.tar" if status == JobStatus.SUCCEEDED else None,
-                    )
-                )
-    finally:
-        engine.dispose()
-    return sid, rows
+    return seed_front_search(settings, front, population=population, checkpoints=checkpoints)
 
 
 def test_layer_sparsity_round_trip_through_the_runner_rows_and_the_api(client, settings) -> None:
