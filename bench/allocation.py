@@ -78,9 +78,9 @@ def main() -> int:
     p.add_argument("--promote", type=float, default=0.25)
     p.add_argument(
         "--mask-ships",
-        type=lambda t: [x == "refit" for x in t.split(",")],
+        type=lambda t: [x == "refit" for x in t.split(",") if x != "none"],
         default=[False],
-        help="how the mask-database search ships: masks, refit or masks,refit",
+        help="how the mask-database search ships: masks, refit, masks,refit or none",
     )
     p.add_argument("--selection", default="one_plus_lambda")
     p.add_argument("--engine-stats", default="baseline", choices=("baseline", "dense"))
@@ -91,7 +91,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("bench/out/allocation.json"))
     args = p.parse_args()
     rows_wanted = set(args.rows.split(","))
-    base_wanted = [b for b in args.baselines.split(",") if b]
+    base_wanted = [b for b in args.baselines.split(",") if b and b != "none"]
 
     dtype = getattr(torch, args.dtype)
     model, tok, _ = load_model(args.model, dtype=dtype)
@@ -191,6 +191,12 @@ def main() -> int:
             engine = engine_for(model, calib, config, folder=args.out.parent)
             setup = time.perf_counter() - t0
             info = engine.database_info()
+            # one forward of the dense model over the fitness sequences, as the engine runs it
+            # (to the lm_head inputs): what a candidate cannot cost less than
+            engine.restore()
+            f0 = time.perf_counter()
+            engine._final_hidden(engine.n_fitness)
+            forward = time.perf_counter() - f0
             result = run_search(
                 InProcessEvaluator(engine),
                 config,
@@ -220,9 +226,13 @@ def main() -> int:
                 "engine_error": result.recommended.evaluation.error,
                 "start_error": min((h["best_error"] for h in result.history[:1]), default=None),
                 "candidate_seconds": sum(full) / len(full) if full else None,
+                "engine_forward_seconds": forward,
                 "candidate": result.recommended.record().model_dump(mode="json"),
                 "baselines": [b.record().model_dump(mode="json") for b in result.baselines],
             }
+            if not ships:  # the search alone: its engine error and cost
+                achieved = result.recommended.evaluation.sparsity
+                row(text, name, info_row | {"perplexity": float("nan"), "achieved": achieved})
             for refit_ship in ships:
                 data = measured(
                     lambda r=refit_ship: prune_candidate(model, calib, cand, pattern, refit=r)
@@ -259,6 +269,8 @@ def main() -> int:
                 allocation={"refit": refit, "selection": args.selection},
             )
             name = "layer search, refit db" if refit else "layer search, mask db"
+            if args.selection != "one_plus_lambda" or not screen:
+                name += f" ({args.selection}, screening {args.screen or 'off'})"
             search(name, cfg, (True,) if refit else tuple(args.mask_ships))
     log("done")
     return 0
