@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,11 @@ import torch
 from torch import Tensor
 
 from optishear.errors import ConfigError
+from optishear.genome import Genome
+from optishear.masks import prune_mask
+from optishear.meta import meta_log_score
+from optishear.patterns import Pattern
+from optishear.sparsegpt import sparsegpt_prune
 
 logger = logging.getLogger(__name__)
 
@@ -152,9 +158,63 @@ def choose_storage(setting: str, estimate: int, memory_limit: int) -> Storage:
     return "memory" if estimate <= memory_limit else "disk"
 
 
-def timed_build(db: LayerDatabase, build: Callable[[LayerDatabase], None]) -> LayerDatabase:
+@dataclass(frozen=True)
+class DatabaseRequest:
+    """The layer database an allocation search asks the engine for."""
+
+    genome: Genome
+    levels: tuple[float, ...]
+    refit: bool = False
+    storage: Literal["auto", "memory", "disk"] = "auto"
+    memory_bytes: int = 4 << 30
+    folder: Path | None = None
+
+
+@torch.no_grad()
+def build_database(
+    request: DatabaseRequest,
+    dense: Sequence[Tensor],
+    act_sq: Sequence[Tensor],
+    hessians: list[Tensor] | None,
+    pattern: Pattern,
+) -> LayerDatabase:
+    """Prune every layer at every level of `request` from its dense weight and statistics;
+    with `hessians` (freed as the build goes), each stored weight carries the OBS update."""
+    shapes = [(int(W.shape[0]), int(W.shape[1])) for W in dense]
+    dtype = dense[0].dtype
+    size = estimate_bytes(shapes, request.levels, request.refit, dtype)
+    storage = choose_storage(request.storage, size, request.memory_bytes)
+    folder = request.folder
+    if storage == "disk":
+        # a folder of its own inside the search's (or a temporary one): close() removes it
+        parent = folder if folder is not None else Path(tempfile.gettempdir())
+        parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix="layer-database-", dir=parent))
+    logger.info(
+        "building the layer database: %d layers x %d levels, %.2f GiB in %s",
+        len(shapes),
+        sum(1 for r in request.levels if r > 0),
+        size / 2**30,
+        storage,
+    )
+    db = LayerDatabase(
+        shapes, request.levels, refit=request.refit, dtype=dtype, storage=storage, folder=folder
+    )
     start = time.perf_counter()
-    build(db)
+    for pos, W in enumerate(dense):
+        score = meta_log_score(W, act_sq[pos], request.genome)
+        for li, ratio in enumerate(request.levels):
+            if ratio == 0:
+                continue
+            mask = prune_mask(score, ratio, pattern)
+            if hessians is None:
+                db.put(pos, li, mask, int(mask.sum()))
+                continue
+            refit = W.clone()
+            sparsegpt_prune(refit, hessians[pos], ratio, pattern, fixed_mask=mask)
+            db.put(pos, li, refit, int(mask.sum()))
+        if hessians is not None:
+            hessians[pos] = torch.empty(0)
     db.seconds = time.perf_counter() - start
     logger.info("%s", db.info().describe())
     return db

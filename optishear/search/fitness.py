@@ -19,10 +19,8 @@ of all logits lowers it. The KL objective measures what perplexity measures.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +30,6 @@ from torch import Tensor, nn
 from optishear.candidates import Candidate, Evaluation
 from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.errors import ConfigError, UnsupportedModelError
-from optishear.genome import Genome
 from optishear.layers import (
     block_param_counts,
     capture_block_inputs,
@@ -47,12 +44,10 @@ from optishear.patterns import Pattern
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
 from optishear.search.database import (
     DatabaseInfo,
+    DatabaseRequest,
     LayerDatabase,
-    choose_storage,
-    estimate_bytes,
-    timed_build,
+    build_database,
 )
-from optishear.sparsegpt import sparsegpt_prune
 from optishear.stats import LayerStats
 
 logger = logging.getLogger(__name__)
@@ -63,18 +58,6 @@ logger = logging.getLogger(__name__)
 # matrix at a time are faster (measured in bench/RESULTS.md): the temporaries stay in cache.
 _GPU_KL_CHUNK_TOKENS = 4096
 _GPU_MASK_CHUNK_ELEMENTS = 1 << 25
-
-
-@dataclass(frozen=True)
-class DatabaseRequest:
-    """The layer database an allocation search asks the engine for."""
-
-    genome: Genome
-    levels: tuple[float, ...]
-    refit: bool = False
-    storage: Literal["auto", "memory", "disk"] = "auto"
-    memory_bytes: int = 4 << 30
-    folder: Path | None = None
 
 
 class FitnessEngine:
@@ -248,50 +231,7 @@ class FitnessEngine:
     def _build_database(
         self, request: DatabaseRequest, hessians: list[Tensor] | None
     ) -> LayerDatabase:
-        shapes = [(int(lin.weight.shape[0]), int(lin.weight.shape[1])) for _, _, lin in self.layers]
-        dtype = self.dense[0].dtype
-        size = estimate_bytes(shapes, request.levels, request.refit, dtype)
-        storage = choose_storage(request.storage, size, request.memory_bytes)
-        folder = request.folder
-        if storage == "disk":
-            # a folder of its own inside the search's (or a temporary one): close() removes it
-            parent = folder if folder is not None else Path(tempfile.gettempdir())
-            parent.mkdir(parents=True, exist_ok=True)
-            folder = Path(tempfile.mkdtemp(prefix="layer-database-", dir=parent))
-        logger.info(
-            "building the layer database: %d layers x %d levels, %.2f GiB in %s",
-            len(shapes),
-            sum(1 for r in request.levels if r > 0),
-            size / 2**30,
-            storage,
-        )
-        db = LayerDatabase(
-            shapes,
-            request.levels,
-            refit=request.refit,
-            dtype=dtype,
-            storage=storage,
-            folder=folder,
-        )
-
-        def build(db: LayerDatabase) -> None:
-            for pos in range(len(self.layers)):
-                W = self.dense[pos]
-                score = meta_log_score(W, self.act_sq[pos], request.genome)
-                for li, ratio in enumerate(request.levels):
-                    if ratio == 0:
-                        continue
-                    mask = prune_mask(score, ratio, self.pattern)
-                    if hessians is None:
-                        db.put(pos, li, mask, int(mask.sum()))
-                        continue
-                    refit = W.clone()
-                    sparsegpt_prune(refit, hessians[pos], ratio, self.pattern, fixed_mask=mask)
-                    db.put(pos, li, refit, int(mask.sum()))
-                if hessians is not None:
-                    hessians[pos] = torch.empty(0)  # freed as the build goes
-
-        return timed_build(db, build)
+        return build_database(request, self.dense, self.act_sq, hessians, self.pattern)
 
     @property
     def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
