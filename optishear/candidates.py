@@ -79,6 +79,7 @@ class Evaluation:
     sparsity: float  # achieved share of pruned weights (parameter-weighted)
     n_samples: int  # calibration sequences used (fewer for a low-fidelity pass)
     seconds: float
+    n_tokens: int = 0  # tokens of each sequence used; 0: all (the full sequence length)
 
 
 class GenomeRecord(BaseModel):
@@ -86,6 +87,7 @@ class GenomeRecord(BaseModel):
     f2: str
     alpha: str
     beta: str
+    h: str = Field("none", description="second-order term: none, sqrt_rho or rho")
     index: int
     formula: str
 

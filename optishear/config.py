@@ -9,6 +9,7 @@ is its command-line name where that differs from the field's name.
 
 from __future__ import annotations
 
+import itertools
 import typing
 from typing import Annotated, Any, Literal
 
@@ -56,8 +57,20 @@ def _genome(value: Any) -> Genome:
     if isinstance(value, str) and len(value) <= 256:
         return Genome.parse(value)
     if isinstance(value, dict) and set(value) >= {"f1", "f2", "alpha", "beta"}:
-        return Genome.from_names(value["f1"], value["f2"], value["alpha"], value["beta"])
-    raise ValueError("a genome is 'f1=...,f2=...,alpha=...,beta=...', its index or its names")
+        return Genome.from_names(
+            value["f1"], value["f2"], value["alpha"], value["beta"], value.get("h", "none")
+        )
+    raise ValueError(
+        "a genome is 'f1=...,f2=...,alpha=...,beta=...[,h=...]', its index or its names"
+    )
+
+
+def _genomes(value: Any) -> tuple[Genome, ...]:
+    if isinstance(value, str):  # the command line's 'spec;spec' (a spec holds commas)
+        value = [] if value.strip().lower() in ("", "none") else value.split(";")
+    if not isinstance(value, list | tuple) or len(value) > 64:
+        raise ValueError("expected at most 64 genomes, separated by ';' on the command line")
+    return tuple(_genome(v) for v in value)
 
 
 def _block_sparsity(value: Any) -> tuple[float, ...]:
@@ -96,6 +109,35 @@ def _screen_steps(value: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _screen_rungs(value: Any) -> tuple[tuple[int, int], ...]:
+    """'1x64,2x256' (sequences x tokens per rung), a list of such or of pairs; 'off': none."""
+    if isinstance(value, str):
+        text = value.replace(" ", "").lower()
+        value = [] if text in ("", "off", "none") else text.split(",")
+    if not isinstance(value, list | tuple) or len(value) > 8:
+        raise ValueError("expected at most 8 screening rungs like '1x64,2x256', or 'off'")
+    rungs = []
+    for rung in value:
+        try:
+            if isinstance(rung, str):
+                n, t = (int(x) for x in rung.split("x"))
+            else:
+                n, t = rung
+            if isinstance(n, bool) or isinstance(t, bool):
+                raise TypeError
+            n, t = int(n), int(t)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"a screening rung is 'SEQUENCESxTOKENS' like '2x256', got {rung!r}"
+            ) from None
+        if not (1 <= n <= 1024 and 1 <= t <= 8192):
+            raise ValueError(f"a rung has 1-1024 sequences of 1-8192 tokens, got {n}x{t}")
+        rungs.append((n, t))
+    if any(a[0] * a[1] >= b[0] * b[1] for a, b in itertools.pairwise(rungs)):
+        raise ValueError("screening rungs must grow: each scores more tokens than the last")
+    return tuple(rungs)
+
+
 def _front_range(value: Any) -> tuple[float, float]:
     if isinstance(value, str):
         try:
@@ -122,6 +164,12 @@ ScreenSteps = Annotated[
         {"anyOf": [{"type": "integer"}, {"type": "array", "items": {"type": "integer"}}]}
     ),
 ]
+ScreenRungs = Annotated[
+    tuple[tuple[int, int], ...],
+    PlainValidator(_screen_rungs),
+    PlainSerializer(lambda r: ",".join(f"{n}x{t}" for n, t in r) or "off", return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["1x64,2x256", "off"]}),
+]
 FrontRange = Annotated[
     tuple[float, float],
     PlainValidator(_front_range),
@@ -139,6 +187,14 @@ GenomeField = Annotated[
     PlainValidator(_genome),
     PlainSerializer(lambda g: g.spec(), return_type=str),
     WithJsonSchema({"type": "string", "examples": ["f1=sqrt,f2=identity,alpha=one,beta=one"]}),
+]
+Genomes = Annotated[
+    tuple[Genome, ...],
+    PlainValidator(_genomes),
+    PlainSerializer(lambda gs: [g.spec() for g in gs], return_type=list),
+    WithJsonSchema(
+        {"type": "array", "items": {"type": "string"}, "examples": [["f1=sqrt,h=rho"]]}
+    ),
 ]
 BlockSparsity = Annotated[
     tuple[float, ...],
@@ -324,6 +380,27 @@ class AllocationConfig(_Config):
     )
 
 
+class ScreenConfig(_Config):
+    """The opening screen of a metric (or joint) stage: successive halving over every
+    row-canonical class of the metric space, before NSGA-III works on the survivors."""
+
+    rungs: ScreenRungs = Field(
+        ((1, 64), (2, 256)),
+        description="screening rungs, SEQUENCESxTOKENS each (the first sequences' first "
+        "tokens), comma-separated; every class is scored on the first, the best share of each "
+        "rung on the next, and the best `population` start NSGA-III at full fidelity; "
+        "'off': NSGA-III from random genomes",
+        json_schema_extra=_flag("screen-rungs"),
+    )
+    keep: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="share of a rung's classes promoted to the next rung",
+        json_schema_extra=_flag("screen-keep"),
+    )
+
+
 class PruneConfig(_Target):
     """One prune: method (and genome for 'meta'), target, pattern, plan and statistics."""
 
@@ -395,6 +472,17 @@ class SearchConfig(_Target):
     levels: int = Field(1, ge=1, le=10, description="per-block offsets -levels..levels steps")
     genome: GenomeField = Field(
         WANDA_GENOME, description="the fixed metric of a layerwise-only search"
+    )
+    metric_space: Literal["second_order", "first_order"] = Field(
+        "second_order",
+        description="genomes of the metric search: with the second-order term of the inverse "
+        "Hessian (h), or the paper's first-order space",
+    )
+    screen: ScreenConfig = Field(default_factory=lambda: ScreenConfig())
+    seed_genomes: Genomes = Field(
+        (),
+        description="genomes that start the metric search next to the screen's survivors "
+        "(';'-separated on the command line; --metric-from fills them from a finished search)",
     )
     low_fidelity_samples: ScreenSteps | None = Field(
         None,
@@ -526,8 +614,24 @@ class SearchConfig(_Target):
         n = self.calibration.n_samples
         return min(self.fitness_samples or n, n)
 
+    def screened_stages(self) -> list[str]:
+        """The stages that open with the screen (those searching the metric)."""
+        if not self.screen.rungs:
+            return []
+        return [s for s in self.stage_list() if s in ("metric", "joint")]
+
+    def needs_hessians(self) -> bool:
+        """Whether the fitness engine must keep second-order statistics (rho)."""
+        metric = any(s in ("metric", "joint") for s in self.stage_list())
+        seeds = any(g.second_order for g in self.seed_genomes)
+        return (metric and (self.metric_space == "second_order" or seeds)) or (
+            self.genome.second_order
+        )
+
     def total_generations(self) -> int:
-        return self.generations * len(self.stage_list())
+        """Progress steps: every stage's generations, and a step per screening rung."""
+        rungs = len(self.screen.rungs) * len(self.screened_stages())
+        return self.generations * len(self.stage_list()) + rungs
 
     def resume_identity(self) -> dict[str, Any]:
         """What a stored state must match to be resumed: every setting that shapes the search

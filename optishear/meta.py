@@ -1,8 +1,10 @@
 """The OptiShear meta pruning metric: a genome picks how weights and activations are combined.
 
-score = alpha(|W|) * F1(|W|) * beta(X) * F2(sqrt(X)), with X Wanda's per-input-channel mean of
-squared activations. F1, F2 are element-wise transforms and alpha, beta normalising coefficients
-(7 choices each, 7**4 = 2,401 genomes); the all-identity genome is Wanda. Every factor is
+score = alpha(|W|) * F1(|W|) * beta(X) * F2(sqrt(X)) * rho^h, with X Wanda's per-input-channel
+mean of squared activations and rho the per-input second-order term of optishear.genome
+(1 / (H_jj [H^-1]_jj), from `optishear.stats.hessian_rho`). F1, F2 are element-wise transforms,
+alpha, beta normalising coefficients (7 choices each) and h an exponent (0, 1/2, 1); the
+all-identity genome with h = 0 is Wanda. Every factor is
 positive, so scores are built and compared in log space: exp and products never overflow,
 log(0) is clamped, and every genome gives a finite, valid ranking. float32 is enough there
 (an exp term of 1e3 still resolves log-differences of 1e-4) and halves the memory traffic.
@@ -68,18 +70,21 @@ def log_coefficient(name: str, M: Tensor) -> Tensor:
     raise ConfigError(f"unknown coefficient {name!r}")
 
 
-def meta_log_score(W: Tensor, act_sq: Tensor, genome: Genome) -> Tensor:
+def meta_log_score(W: Tensor, act_sq: Tensor, genome: Genome, rho: Tensor | None = None) -> Tensor:
     """log of the meta-metric score of every weight, (..., d_out, d_in) float32.
 
-    W is (d_out, d_in) with act_sq (d_in,), or a stack (B, d_out, d_in) with act_sq (B, d_in):
-    one launch of each kernel for many layers (what keeps a GPU busy on small models).
+    W is (d_out, d_in) with act_sq (and rho) (d_in,), or a stack (B, d_out, d_in) with act_sq
+    (B, d_in): one launch of each kernel for many layers (what keeps a GPU busy on small
+    models). A second-order genome needs `rho`.
     """
     n = genome.names()
     A = W.detach().abs().float()  # (..., d_out, d_in)
     X = act_sq.detach().float().clamp_min(0).unsqueeze(-2)  # (..., 1, d_in): a row of stats
-    return (
-        log_coefficient(n["alpha"], A)
-        + log_transform(n["f1"], A)
-        + log_coefficient(n["beta"], X)
-        + log_transform(n["f2"], X.sqrt())
-    )
+    X_term = log_coefficient(n["beta"], X) + log_transform(n["f2"], X.sqrt())
+    if genome.second_order:
+        if rho is None:
+            raise ConfigError(
+                f"genome {genome.spec()} is second order: scoring it needs input Hessians"
+            )
+        X_term = X_term + genome.exponent * _log(rho.detach().float().unsqueeze(-2))
+    return log_coefficient(n["alpha"], A) + log_transform(n["f1"], A) + X_term

@@ -15,7 +15,7 @@ from optishear.masks import prune_mask
 from optishear.meta import meta_log_score
 from optishear.metrics import ScoreFn, get_metric
 from optishear.patterns import Pattern
-from optishear.sparsegpt import sparsegpt_prune
+from optishear.sparsegpt import hessian_rho, sparsegpt_prune
 from optishear.stats import LayerStats
 
 
@@ -41,6 +41,7 @@ class Method:
     prune_layer: PruneLayerFn
     needs_activations: bool = True
     needs_hessian: bool = False
+    updates_weights: bool = False  # reconstructs the survivors itself (SparseGPT)
 
 
 def _apply(task: LayerTask, score: Tensor, *, per_matrix: bool = False) -> Tensor:
@@ -63,7 +64,11 @@ def score_pruning(task: LayerTask, *, score: ScoreFn, per_matrix: bool) -> Tenso
 
 def meta_pruning(task: LayerTask, *, genome: Genome) -> Tensor:
     """OptiShear's searched metric: per-row comparison of the genome's score."""
-    return _apply(task, meta_log_score(task.weight, _act_sq(task), genome))
+    rho = None
+    if genome.second_order:
+        assert task.stats is not None  # _act_sq checks it first
+        rho = hessian_rho(task.stats.hessian)
+    return _apply(task, meta_log_score(task.weight, _act_sq(task), genome, rho))
 
 
 def sparsegpt_pruning(task: LayerTask) -> Tensor:
@@ -86,6 +91,6 @@ def build_method(name: str, genome: Genome | None = None) -> Method:
     if name in ("wanda", "ria"):
         return Method(name, partial(score_pruning, score=get_metric(name), per_matrix=False))
     if name == "sparsegpt":
-        return Method(name, sparsegpt_pruning, needs_hessian=True)
+        return Method(name, sparsegpt_pruning, needs_hessian=True, updates_weights=True)
     assert genome is not None
-    return Method(name, partial(meta_pruning, genome=genome))
+    return Method(name, partial(meta_pruning, genome=genome), needs_hessian=genome.second_order)

@@ -271,7 +271,7 @@ def prune_model(
         float(config.sparsity),
         list(plan.block_sparsity),
         config.genome.to_dict() if config.genome else None,
-        reconstructed=config.reconstruct or method.needs_hessian,
+        reconstructed=config.reconstruct or method.updates_weights,
     )
 
     sequential = method.needs_activations and config.stats == "pruned"

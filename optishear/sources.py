@@ -5,6 +5,7 @@ No torch or transformers here: the API validates a request's model without loadi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,3 +70,36 @@ def resolve_source(source: str, settings: LibrarySettings) -> ModelSource:
             "an existing HF folder, or a .gguf file"
         )
     return ModelSource("hub", source, source.rsplit("/", 1)[-1])
+
+
+UNKNOWN_FAMILY = "unknown"
+
+
+def model_family(source: str, settings: LibrarySettings) -> str:
+    """The architecture family of a model ('llama', 'qwen2', ...): `model_type` in its HF
+    config.json, read without loading any weights.
+
+    'unknown' where there is no config.json to read: a .gguf file, a hub id that is not in the
+    local HF cache (nothing is downloaded), a folder that has gone since the search.
+    """
+    try:
+        config = _config_json(resolve_source(source, settings))
+        data = json.loads(config.read_text(encoding="utf-8")) if config is not None else None
+    except (ModelSourceError, OSError, ValueError):  # HFValidationError is a ValueError
+        return UNKNOWN_FAMILY
+    family = data.get("model_type") if isinstance(data, dict) else None
+    if not isinstance(family, str) or not family.strip():
+        return UNKNOWN_FAMILY
+    return family.strip().lower()[:64]
+
+
+def _config_json(src: ModelSource) -> Path | None:
+    if src.kind in ("registered", "folder"):
+        path = Path(src.location) / "config.json"
+        return path if path.is_file() else None
+    if src.kind == "hub":
+        from huggingface_hub import try_to_load_from_cache  # only here: no network, cache only
+
+        cached = try_to_load_from_cache(src.location, "config.json")
+        return Path(cached) if isinstance(cached, str) else None
+    return None  # gguf: the architecture sits in the file's own metadata, not read here

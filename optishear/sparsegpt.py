@@ -13,19 +13,40 @@ from optishear.masks import n_pruned
 from optishear.patterns import Pattern
 
 
-def _inverse_hessian_factor(H: Tensor, percdamp: float) -> Tensor:
-    """Upper Cholesky factor of (H + damp I)^-1, retrying with stronger damping if needed."""
+def damped_inverse(H: Tensor, percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
+    """(H + damp I)^-1 and the damped diagonal, damp = percdamp x mean(diag H), retrying with
+    stronger damping while the Cholesky factorisation fails."""
     diag_mean = torch.mean(torch.diag(H)).clamp_min(1e-8)
     eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     damp = percdamp
     for _ in range(6):
         try:
-            L = torch.linalg.cholesky(H + damp * diag_mean * eye)
-            Hinv = torch.cholesky_inverse(L)
-            return torch.linalg.cholesky(Hinv, upper=True)
+            damped = H + damp * diag_mean * eye
+            return torch.cholesky_inverse(torch.linalg.cholesky(damped)), torch.diag(damped)
         except torch.linalg.LinAlgError:
             damp *= 10
     raise torch.linalg.LinAlgError("Hessian is not positive definite even with strong damping")
+
+
+def _inverse_hessian_factor(H: Tensor, percdamp: float) -> Tensor:
+    """Upper Cholesky factor of (H + damp I)^-1."""
+    return torch.linalg.cholesky(damped_inverse(H, percdamp)[0], upper=True)
+
+
+def hessian_rho(H: Tensor, percdamp: float = 0.01) -> Tensor:
+    """rho_j = 1 / (H_jj [H^-1]_jj) of the damped Hessian, in (0, 1], float32 (d_in,).
+
+    The share of input j's energy that the other inputs cannot explain: a second-order genome
+    scales Wanda's activation term by a power of it (optishear.genome). Dead inputs (H_jj = 0)
+    get 1: their weights already score 0.
+    """
+    H = H.detach().float()
+    dead = torch.diag(H) == 0
+    if dead.any():
+        H = H.clone()
+        H[dead, dead] = 1.0
+    inv, diag = damped_inverse(H, percdamp)
+    return (1.0 / (diag * torch.diag(inv))).clamp(1e-12, 1.0)
 
 
 @torch.no_grad()

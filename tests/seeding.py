@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from optishear.candidates import Scored
+from optishear.candidates import Scored, SearchSummary
 from service import db
+from service.genomes import genome_rows
 from service.runner.rows import candidate_rows, population_json
 from service.schemas import SearchCreate
 from service.tables import CandidateRow, Checkpoint, Generation, JobStatus, Search
@@ -25,17 +26,30 @@ def seed_front_search(
     recommended: int = 0,
     population: list[dict[str, Any]] | None = None,
     checkpoints: Sequence[CheckpointSeed] = (),
+    request: SearchCreate | None = None,
+    family: str = "llama",
 ) -> tuple[uuid.UUID, list[CandidateRow]]:
-    """A succeeded allocation search with `front` (final and generation 1) and `checkpoints`,
-    created in this order; returns its id and the final front's rows."""
+    """A succeeded search (default: an allocation search) with `front` (final and generation
+    1), its best genomes (of `family`) and `checkpoints`, created in this order; returns its id
+    and the final front's rows."""
     sid = uuid.uuid4()
-    request = SearchCreate(
+    request = request or SearchCreate(
         model="m",
         stages="allocation",
         allocation={"front": [0.4, 0.7], "selection": "nsga3"},
         generations=1,
     )
     rows = candidate_rows(sid, None, front, front[recommended].candidate.label())
+    summary = SearchSummary(
+        recommended_key=rows[recommended].key, evaluations=4, cache_hits=0, search_seconds=1.0
+    )
+    genomes = genome_rows(
+        search_id=sid,
+        request=request,
+        summary=summary,
+        listed=[s.record() for s in front],
+        family=family,
+    )
     evaluations = 4 * len(front)
     now = datetime.now(UTC)
     engine = db.make_engine(settings.resolved_database_url())
@@ -44,7 +58,7 @@ def seed_front_search(
             session.add(
                 Search(
                     id=sid,
-                    model="m",
+                    model=request.model,
                     request=request.model_dump(mode="json"),
                     request_hash="h",
                     total_generations=request.total_generations(),
@@ -79,7 +93,7 @@ def seed_front_search(
                     population=population_json(front, front) if population is None else population,
                 )
             )
-            session.add_all(rows + candidate_rows(sid, 1, front, None))
+            session.add_all(rows + candidate_rows(sid, 1, front, None) + genomes)
             session.flush()
             for i, (index, status, ppl, sparsity) in enumerate(checkpoints):
                 done = status == JobStatus.SUCCEEDED

@@ -75,12 +75,16 @@ def word_text(n_words: int, seed: int) -> str:
     return " ".join(rng.choice(WORDS[:40]) for _ in range(n_words))
 
 
-def tiny_engine(pattern=None, objective="kl"):  # type: ignore[no-untyped-def]
-    """A FitnessEngine on a 4-block tiny Llama with 8 x 24 random calibration ids."""
+def tiny_engine(pattern=None, objective="kl", second_order=True):  # type: ignore[no-untyped-def]
+    """A FitnessEngine on a 4-block tiny Llama with 8 x 24 random calibration ids (with the
+    second-order statistics that a default metric search scores)."""
     from optishear.patterns import Pattern
     from optishear.search.fitness import FitnessEngine
 
     model = build_tiny("llama", layers=4)
     ids = torch.randint(0, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
-    engine = FitnessEngine(model, ids, pattern or Pattern(), batch_size=4, objective=objective)
+    engine = FitnessEngine(
+        model, ids, pattern or Pattern(), batch_size=4, objective=objective,
+        second_order=second_order,
+    )  # fmt: skip
     return engine, model, ids

@@ -89,12 +89,15 @@ class ModelActor:
         )
 
     def evaluate(
-        self, candidates: Sequence[Candidate], n_samples: int | None = None
+        self,
+        candidates: Sequence[Candidate],
+        n_samples: int | None = None,
+        n_tokens: int | None = None,
     ) -> list[Evaluation]:
         results = []
         for candidate in candidates:
             # no restore first: a layer-database candidate rewrites only the layers that differ
-            results.append(self.engine.evaluate(candidate, n_samples))
+            results.append(self.engine.evaluate(candidate, n_samples, n_tokens=n_tokens))
             self.evaluations += 1
         return results
 

@@ -180,9 +180,12 @@ class RayEvaluator:
         return list(self._actors)
 
     def evaluate(
-        self, candidates: Sequence[Candidate], n_samples: int | None = None
+        self,
+        candidates: Sequence[Candidate],
+        n_samples: int | None = None,
+        n_tokens: int | None = None,
     ) -> list[Evaluation]:
-        return self._dispatch("evaluate", candidates, n_samples)
+        return self._dispatch("evaluate", candidates, n_samples, n_tokens)
 
     def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
         return self._dispatch("shipped", candidates, refit)

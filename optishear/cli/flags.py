@@ -68,6 +68,10 @@ def _show(value: Any) -> str:
     if hasattr(value, "spec"):
         return str(value.spec())
     if isinstance(value, tuple | list):
+        if value and all(hasattr(v, "spec") for v in value):
+            return ";".join(v.spec() for v in value)  # genomes: a spec holds commas
+        if value and all(isinstance(v, tuple) for v in value):
+            return ",".join("x".join(map(str, v)) for v in value)  # screening rungs
         return ",".join(str(v) for v in value) or "none"
     return str(value)
 

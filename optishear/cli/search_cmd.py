@@ -128,13 +128,15 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     )
 
     def show(p: Any) -> None:
-        bar.update(p.stage_index * config.generations + p.generation - bar.n)
+        bar.update(p.done - bar.n)
         bar.set_postfix(
             stage=p.stage, best=f"{p.best_error:.4f}", evals=p.evaluations, eta=f"{p.eta:.0f}s"
         )
+        step = "screen rung" if p.generation < 0 else "generation"
         logger.info(
-            "stage %s generation %d/%d: best error %.5f, %d evaluations, %d cache hits",
+            "stage %s %s %d/%d: best error %.5f, %d evaluations, %d cache hits",
             p.stage,
+            step,
             p.generation,
             p.n_generations,
             p.best_error,

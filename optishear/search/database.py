@@ -177,6 +177,8 @@ def build_database(
     act_sq: Sequence[Tensor],
     hessians: list[Tensor] | None,
     pattern: Pattern,
+    *,
+    rho: Sequence[Tensor] | None = None,
 ) -> LayerDatabase:
     """Prune every layer at every level of `request` from its dense weight and statistics;
     with `hessians` (freed as the build goes), each stored weight carries the OBS update."""
@@ -202,7 +204,7 @@ def build_database(
     )
     start = time.perf_counter()
     for pos, W in enumerate(dense):
-        score = meta_log_score(W, act_sq[pos], request.genome)
+        score = meta_log_score(W, act_sq[pos], request.genome, rho[pos] if rho else None)
         for li, ratio in enumerate(request.levels):
             if ratio == 0:
                 continue

@@ -25,8 +25,13 @@ class BatchEvaluator(Protocol):
         ...
 
     def evaluate(
-        self, candidates: Sequence[Candidate], n_samples: int | None = None
-    ) -> list[Evaluation]: ...
+        self,
+        candidates: Sequence[Candidate],
+        n_samples: int | None = None,
+        n_tokens: int | None = None,
+    ) -> list[Evaluation]:
+        """At full fidelity, or on the first n_samples sequences' first n_tokens tokens."""
+        ...
 
     def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
         """Errors of the candidates pruned as shipped: pruned-prefix masks (refit weights)."""
@@ -69,9 +74,12 @@ class InProcessEvaluator:
         self.engine.close()
 
     def evaluate(
-        self, candidates: Sequence[Candidate], n_samples: int | None = None
+        self,
+        candidates: Sequence[Candidate],
+        n_samples: int | None = None,
+        n_tokens: int | None = None,
     ) -> list[Evaluation]:
-        return [self.engine.evaluate(c, n_samples) for c in candidates]
+        return [self.engine.evaluate(c, n_samples, n_tokens=n_tokens) for c in candidates]
 
     def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
         return [self.engine.evaluate(c, shipped=True, refit=refit) for c in candidates]

@@ -48,6 +48,7 @@ from optishear.search.database import (
     LayerDatabase,
     build_database,
 )
+from optishear.sparsegpt import hessian_rho
 from optishear.stats import LayerStats
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class FitnessEngine:
         stats: Literal["baseline", "dense"] = "dense",
         sparsity: float | None = None,
         database: DatabaseRequest | None = None,
+        second_order: bool = False,
     ) -> None:
         """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`.
 
@@ -89,6 +91,9 @@ class FitnessEngine:
         With `database`, every layer is pruned once at every level of the request (with the
         same statistics; with `refit`, input Hessians from the same model update the
         survivors), and per-layer candidates are applied from it (optishear.search.database).
+
+        With `second_order`, the scoring statistics carry input Hessians, from which every
+        layer's rho (optishear.genome) is kept, so that second-order genomes can be scored.
         """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
@@ -129,7 +134,8 @@ class FitnessEngine:
 
         # Dense statistics score the masks without a stats target, and give OWL its plan
         # (unstructured only): an N:M search on Wanda's statistics skips that forward pass.
-        hessian = database is not None and database.refit
+        refit = database is not None and database.refit
+        hessian = refit or second_order or (database is not None and database.genome.second_order)
         self._dense_act_sq: list[Tensor] | None = None
         dense_stats: list[LayerStats] | None = None
         if stats == "dense" or not pattern.structured:
@@ -142,10 +148,16 @@ class FitnessEngine:
             assert sparsity is not None
             scoring_stats = self._baseline_stats(sparsity, hessian=hessian)
         self._act_stacks, self.act_sq = self._stacked([s.act_sq for s in scoring_stats])
+        self._rho_stacks: list[Tensor] | None = None
+        self.rho: list[Tensor] | None = None
+        if hessian:
+            self._rho_stacks, self.rho = self._stacked(
+                [hessian_rho(s.hessian) for s in scoring_stats]
+            )
         self.database: LayerDatabase | None = None
         self._loaded: list[int | None] = [None] * len(self.layers)  # database level per layer
         if database is not None:
-            hessians = [s.hessian for s in scoring_stats] if hessian else None
+            hessians = [s.hessian for s in scoring_stats] if refit else None
             del dense_stats, scoring_stats
             self.database = self._build_database(database, hessians)
         else:
@@ -178,14 +190,17 @@ class FitnessEngine:
         return stacks, views
 
     @torch.no_grad()
-    def _final_hidden(self, n_samples: int) -> Tensor:
-        """Inputs of lm_head for the first n_samples calibration sequences (logits never made)."""
+    def _final_hidden(self, n_samples: int, n_tokens: int | None = None) -> Tensor:
+        """Inputs of lm_head for the first n_samples calibration sequences (logits never made),
+        or for their first n_tokens tokens: the model is causal, so those equal the first
+        n_tokens positions of the whole sequences'."""
+        ids = self.calib_ids if n_tokens is None else self.calib_ids[:, :n_tokens]
         return torch.cat(
             [
                 inputs_of(
                     self.model,
                     self._head,
-                    self.calib_ids[i : min(i + self.batch_size, n_samples)].to(self.device),
+                    ids[i : min(i + self.batch_size, n_samples)].to(self.device),
                 ).float()
                 for i in range(0, n_samples, self.batch_size)
             ]
@@ -231,7 +246,9 @@ class FitnessEngine:
     def _build_database(
         self, request: DatabaseRequest, hessians: list[Tensor] | None
     ) -> LayerDatabase:
-        return build_database(request, self.dense, self.act_sq, hessians, self.pattern)
+        return build_database(
+            request, self.dense, self.act_sq, hessians, self.pattern, rho=self.rho
+        )
 
     @property
     def layer_layout(self) -> tuple[tuple[int, str, int], ...]:
@@ -271,8 +288,9 @@ class FitnessEngine:
         stack of equally shaped layers with equal sparsity at a time."""
         canonical = candidate.genome.row_canonical().index
         masks: list[Tensor | None] = [None] * len(self.layers)
-        for group, dense, act in zip(
-            self._groups, self._dense_stacks, self._act_stacks, strict=True
+        rho_stacks = self._rho_stacks or [None] * len(self._groups)
+        for group, dense, act, rho in zip(
+            self._groups, self._dense_stacks, self._act_stacks, rho_stacks, strict=True
         ):
             missing: dict[float, list[int]] = {}  # ratio -> indices into the stack
             for j, pos in enumerate(group):
@@ -291,14 +309,15 @@ class FitnessEngine:
             for ratio, js in missing.items():
                 for c in range(0, len(js), per_chunk):
                     chunk = js[c : c + per_chunk]
+                    R = None
                     if len(chunk) == len(group):  # the whole stack: no gather copy
-                        W, X = dense, act
-                    elif len(chunk) == 1:
-                        W, X = dense[chunk[0]].unsqueeze(0), act[chunk[0]].unsqueeze(0)
+                        W, X, R = dense, act, rho
                     else:
                         idx = torch.tensor(chunk, device=dense.device)
                         W, X = dense[idx], act[idx]
-                    score = meta_log_score(W, X, candidate.genome)
+                        if rho is not None:
+                            R = rho[idx]
+                    score = meta_log_score(W, X, candidate.genome, R)
                     mask = prune_mask(score.flatten(0, 1), ratio, self.pattern).view(score.shape)
                     for b, j in enumerate(chunk):
                         masks[group[j]] = mask[b]
@@ -344,9 +363,11 @@ class FitnessEngine:
         return p @ self._head.weight.float(), c
 
     def _kl_fast(self, hidden: Tensor) -> float:
-        """Mean over sequences of `_kl`, a chunk of sequences at a time, with one sync."""
+        """Mean over sequences of `_kl`, a chunk of sequences at a time, with one sync (hidden
+        may hold only each sequence's first tokens)."""
         assert self._kl_terms is not None
-        u, c = self._kl_terms
+        t = hidden.shape[1]
+        u, c = self._kl_terms[0][:, :t], self._kl_terms[1][:, :t]
         per_seq = []
         for i in range(0, hidden.shape[0], self._kl_chunk):
             h = hidden[i : i + self._kl_chunk]  # (b, seq, d_model)
@@ -452,37 +473,45 @@ class FitnessEngine:
         candidate: Candidate,
         n_samples: int | None = None,
         *,
+        n_tokens: int | None = None,
         shipped: bool = False,
         refit: bool = False,
     ) -> Evaluation:
-        """Prune with the candidate, measure the error on n_samples sequences, restore.
+        """Prune with the candidate, measure the error on n_samples sequences (their first
+        n_tokens tokens), restore.
 
         With `shipped` the candidate is pruned as the final model is (see `apply_shipped`);
         `refit` implies it and refits the survivors too.
         """
         start = time.perf_counter()
         n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
+        seq = self.calib_ids.shape[1]
+        t = seq if n_tokens is None else max(1, min(n_tokens, seq))
+        ref = self.reference[:, :t]
         try:
             if shipped or refit:
                 sparsity = self.apply_shipped(candidate, refit=refit)
             else:
                 sparsity = self.apply(candidate)
-            hidden = self._final_hidden(n)
+            hidden = self._final_hidden(n, t if t < seq else None)
             if self.objective == "kl":
                 if self._kl_terms is not None:
                     error = self._kl_fast(hidden[:n])
                 else:  # a logit soft-cap is not linear in h: compare the real distributions
-                    error = sum(self._kl(hidden[i], self.reference[i]) for i in range(n)) / n
+                    error = sum(self._kl(hidden[i], ref[i]) for i in range(n)) / n
             else:
-                err = sum(
-                    self._sq_norm(hidden[i : i + 1], self.reference[i : i + 1]) for i in range(n)
+                err = sum(self._sq_norm(hidden[i : i + 1], ref[i : i + 1]) for i in range(n))
+                norm = (
+                    sum(self._ref_norm_sq[:n])
+                    if t == seq
+                    else sum(self._sq_norm(ref[i : i + 1], None) for i in range(n))
                 )
-                error = (err / sum(self._ref_norm_sq[:n])) ** 0.5
+                error = (err / norm) ** 0.5
         finally:
             # database candidates stay in place: the next one rewrites only what differs
             if not (candidate.layer_sparsity and self.database is not None) or shipped or refit:
                 self.restore()
-        return Evaluation(error, sparsity, n, time.perf_counter() - start)
+        return Evaluation(error, sparsity, n, time.perf_counter() - start, t if t < seq else 0)
 
 
 def database_request(config: SearchConfig, folder: Path | None = None) -> DatabaseRequest | None:
@@ -517,4 +546,5 @@ def engine_for(
         stats=config.engine_stats,
         sparsity=config.target,
         database=database_request(config, folder),
+        second_order=config.needs_hessians(),
     )

@@ -2,12 +2,16 @@
 
 Metric and per-block stages run NSGA-III; the allocation stage runs NSGA-III or (1+lambda)
 with the level-switch mutation (optishear.search.allocation). Every algorithm is a pymoo one,
-so resuming replays its stored tells from its seed.
+so resuming replays its stored tells from its seed. A stage that searches the metric opens
+with a screen of every row-canonical class (successive halving over rising fidelities), and
+its NSGA-III starts from the survivors; the screen is saved rung by rung and, on resume, read
+back from the evaluation cache.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +32,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
 from optishear.errors import OptiShearError
-from optishear.genome import WANDA_GENOME
+from optishear.genome import WANDA_GENOME, canonical_genomes
 from optishear.search.allocation import (
     AllocationSpace,
     LayerLayout,
@@ -75,6 +79,7 @@ class _Search:
         self.evaluate = self.screening.evaluate
         self.ensure_full = self.screening.ensure_full
         self._last_space: Space | None = None
+        self._seeds: list[Candidate] = []  # the screen's survivors, best first
 
     # -- one stage -------------------------------------------------------------------------
     def _space(self, stage: Stage | str) -> Space:
@@ -94,6 +99,7 @@ class _Search:
             s.levels,
             genome,
             uniform if stage == "metric" else (),
+            second_order=s.metric_space == "second_order",
         )
 
     def _rng(self) -> np.random.Generator:
@@ -167,6 +173,20 @@ class _Search:
         rng = self._rng()
         init = rng.integers(xl, xu + 1, size=(s.population, space.n_var)).astype(float)
         init[0] = self._baseline_genes(space)  # the search starts from the baseline
+        if space.has_metric:
+            # then from the given seed genomes and the screen's survivors, best first
+            plan = (s.target,) * len(self.block_params)
+            seeds = [Candidate(g, plan) for g in s.seed_genomes] + self._seeds
+            rows = {tuple(init[0])}
+            i = 1
+            for c in seeds:
+                genes = tuple(float(v) for v in space.genes(c))
+                if i >= s.population:
+                    break
+                if genes not in rows:
+                    rows.add(genes)
+                    init[i] = genes
+                    i += 1
         algorithm = NSGA3(
             ref_dirs=ref_dirs,
             pop_size=s.population,
@@ -181,13 +201,8 @@ class _Search:
     def _baseline_genes(self, space: Space) -> np.ndarray:
         if isinstance(space, AllocationSpace):
             return space.start(self._rng()).astype(float)
-        genes: list[int] = []
-        if space.has_metric:
-            g = space.genome
-            genes += [g.f1, g.f2, g.alpha, g.beta]
-        if space.has_blocks:
-            genes += [space.levels] * space.n_blocks
-        return np.array(genes, dtype=float)
+        plan = (space.target,) * space.n_blocks
+        return np.array(space.genes(Candidate(space.genome, plan)), dtype=float)
 
     def objectives(
         self, space: Space, cands: Sequence[Candidate], evals: Sequence[Evaluation]
@@ -246,6 +261,10 @@ class _Search:
             stage = stages[st.stage_index]
             space = self._space(stage)
             self._last_space = space
+            self._seeds = []
+            if stage in self.config.screened_stages():
+                assert isinstance(space, SearchSpace)
+                self._seeds = self._screen(stage, space, clock, progress)
             algorithm = self._replayed(space)
             while algorithm.has_next():
                 spent = sum(h.get("cost", 0.0) for h in st.history if h["stage"] == stage)
@@ -278,7 +297,7 @@ class _Search:
                 st.history.append(record)
                 state_bytes = self._save()
                 done = len(st.history)
-                total = self.config.generations * len(stages)
+                total = self.config.total_generations()
                 report = SearchProgress(
                     stage,
                     st.stage_index,
@@ -290,6 +309,7 @@ class _Search:
                     best,
                     st.elapsed,
                     st.elapsed / done * (total - done),
+                    done,
                 )
                 if self.on_generation:
                     self.on_generation(
@@ -357,6 +377,99 @@ class _Search:
             baselines,
             database.describe() if database is not None else "",
         )
+
+    def _screen(
+        self,
+        stage: str,
+        space: SearchSpace,
+        clock: float,
+        progress: Callable[[SearchProgress], None] | None,
+    ) -> list[Candidate]:
+        """Successive halving over every row-canonical class of the space, at the target's
+        uniform plan: all are scored on the first rung, the best `screen.keep` share of each
+        rung (never fewer than a population) on the next. Returns the last rung's survivors,
+        best first; NSGA-III starts from the best `population` of them at full fidelity.
+
+        Every rung is saved and reported as a progress step of its own; on resume, rungs
+        already in the history are read back from the cache and not reported again.
+        """
+        s = self.config
+        st = self.state
+        plan = (s.target,) * len(self.block_params)
+        alive = [Candidate(g, plan) for g in canonical_genomes(second_order=space.second_order)]
+        recorded = sum(1 for h in st.history if h["stage"] == stage and "screen_rung" in h)
+        rungs = s.screen.rungs
+        for r, (n, tokens) in enumerate(rungs):
+            start = time.perf_counter()
+            before, cost_before = st.evaluations, st.cost
+            evals = self.screening.rung(alive, n, tokens)
+            order = sorted(range(len(alive)), key=lambda i: evals[i].error)  # stable: by index
+            keep = max(s.population, math.ceil(s.screen.keep * len(alive)))
+            promoted = [Scored(alive[i], evals[i], 0.0) for i in order[:keep]]
+            alive = [p.candidate for p in promoted]
+            if r < recorded:
+                continue
+            st.elapsed = time.perf_counter() - clock
+            record = {
+                "stage": stage,
+                "generation": r - len(rungs),  # the rungs come before generation 1
+                "screen_rung": r,
+                "sequences": n,
+                "tokens": tokens,
+                "classes": len(evals),
+                "promoted": len(promoted),
+                "evaluations": st.evaluations - before,
+                "cost": st.cost - cost_before,
+                "best_error": promoted[0].evaluation.error,
+                "seconds": time.perf_counter() - start,
+                "elapsed": st.elapsed,
+            }
+            st.history.append(record)
+            logger.info(
+                "stage %s screen rung %d/%d: %d classes on %d x %d tokens, %d promoted",
+                stage,
+                r + 1,
+                len(rungs),
+                len(evals),
+                n,
+                tokens,
+                len(promoted),
+            )
+            self._report(stage, record, promoted[:1], promoted, progress)
+        return alive
+
+    def _report(
+        self,
+        stage: str,
+        record: dict[str, Any],
+        front: list[Scored],
+        population: list[Scored],
+        progress: Callable[[SearchProgress], None] | None,
+    ) -> None:
+        """Save the state and report a screening rung as a progress step."""
+        st = self.state
+        state_bytes = self._save()
+        done = len(st.history)
+        total = self.config.total_generations()
+        report = SearchProgress(
+            stage,
+            st.stage_index,
+            len(self.config.stage_list()),
+            record["generation"],
+            self.config.generations,
+            st.evaluations,
+            st.cache_hits,
+            record["best_error"],
+            st.elapsed,
+            st.elapsed / done * max(total - done, 0),
+            done,
+        )
+        if self.on_generation:
+            self.on_generation(
+                GenerationSnapshot(report, done, dict(record), front, state_bytes, population)
+            )
+        if progress:
+            progress(report)
 
     def _finalists(self, outcome: StageOutcome, k: int) -> list[Scored]:
         """The k best distinct candidates meeting the target, and the stage's baseline.

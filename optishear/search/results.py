@@ -27,6 +27,7 @@ class SearchProgress:
     best_error: float
     elapsed: float
     eta: float
+    done: int = 0  # progress steps completed: generations, and screening rungs (generation < 0)
 
 
 @dataclass(frozen=True)

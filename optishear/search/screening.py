@@ -34,6 +34,7 @@ class Screening:
         self.config = config
         self.full_samples = config.full_samples()
         self.steps = tuple(n for n in (config.low_fidelity_samples or ()) if n < self.full_samples)
+        self.seq_len = config.calibration.seq_len
 
     def _full(self, cands: list[Candidate]) -> None:
         for c, e in zip(cands, self.evaluator.evaluate(cands), strict=True):
@@ -41,11 +42,21 @@ class Screening:
         self.state.evaluations += len(cands)
         self.state.cost += len(cands)
 
-    def _low(self, cands: list[Candidate], n: int) -> None:
-        for c, e in zip(cands, self.evaluator.evaluate(cands, n), strict=True):
-            self.state.low[(c.key(), n)] = e
+    def _low(self, cands: list[Candidate], n: int, tokens: int = 0) -> None:
+        """Score on the first n sequences (their first `tokens` tokens; 0: all of them)."""
+        for c, e in zip(cands, self.evaluator.evaluate(cands, n, tokens or None), strict=True):
+            self.state.low[(c.key(), n, tokens)] = replace(e, n_tokens=tokens)
         self.state.evaluations += len(cands)
-        self.state.cost += len(cands) * n / self.full_samples
+        share = tokens / self.seq_len if tokens else 1.0
+        self.state.cost += len(cands) * n / self.full_samples * min(share, 1.0)
+
+    def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
+        """Every candidate scored on n sequences of `tokens` tokens (cached ones looked up)."""
+        t = 0 if tokens >= self.seq_len else tokens
+        todo = list({c.key(): c for c in cands if (c.key(), n, t) not in self.state.low}.values())
+        if todo:
+            self._low(todo, n, t)
+        return [self.state.low[(c.key(), n, t)] for c in cands]
 
     def evaluate(self, cands: Sequence[Candidate]) -> list[Evaluation]:
         st = self.state
@@ -62,8 +73,8 @@ class Screening:
         for n in self.steps:
             if len(survivors) <= 1:
                 break
-            self._low([c for c in survivors if (c.key(), n) not in st.low], n)
-            survivors.sort(key=lambda c, n=n: st.low[(c.key(), n)].error)
+            self._low([c for c in survivors if (c.key(), n, 0) not in st.low], n)
+            survivors.sort(key=lambda c, n=n: st.low[(c.key(), n, 0)].error)
             n_up = max(1, math.ceil(self.config.promote_fraction * len(survivors)))
             dropped.append((n, survivors[n_up:]))
             survivors = survivors[:n_up]
@@ -85,12 +96,12 @@ class Screening:
         floor = max(st.full[c.key()].error for c in promoted)
         for n, held in reversed(dropped):  # the last step's drop-outs rank above the first's
             ratios = [
-                st.full[c.key()].error / max(st.low[(c.key(), n)].error, 1e-12) for c in promoted
+                st.full[c.key()].error / max(st.low[(c.key(), n, 0)].error, 1e-12) for c in promoted
             ]
             scale = float(np.median(ratios))
             estimates = []
             for c in held:
-                low = st.low[(c.key(), n)]
+                low = st.low[(c.key(), n, 0)]
                 estimates.append(max(low.error * scale, floor))
                 st.estimated[c.key()] = replace(low, error=estimates[-1])
             if estimates:

@@ -12,15 +12,14 @@ from pymoo.core.repair import Repair
 
 from optishear.candidates import Candidate
 from optishear.errors import ConfigError
-from optishear.genome import COEFFICIENTS, TRANSFORMS, WANDA_GENOME, Genome
+from optishear.genome import COEFFICIENTS, HESSIAN_TERMS, TRANSFORMS, WANDA_GENOME, Genome
 
 Stage = Literal["metric", "layerwise", "joint"]
-_N_METRIC = 4
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Genes: [f1, f2, alpha, beta] (metric), one offset per block (layerwise), or both.
+    """Genes: [f1, f2, alpha, beta(, h)] (metric), one offset per block (layerwise), or both.
 
     A block's sparsity is target + step * offset with offset in -levels..levels, as in the
     paper's {s - step, s, s + step} for levels = 1.
@@ -33,6 +32,7 @@ class SearchSpace:
     levels: int = 1
     genome: Genome = WANDA_GENOME  # fixed genome of a layerwise-only stage
     block_sparsity: tuple[float, ...] = field(default_factory=tuple)  # fixed plan of a metric stage
+    second_order: bool = False  # the metric genes include h (optishear.genome)
 
     def __post_init__(self) -> None:
         if self.stage not in ("metric", "layerwise", "joint"):
@@ -60,8 +60,15 @@ class SearchSpace:
         return self.stage in ("layerwise", "joint")
 
     @property
+    def n_metric(self) -> int:
+        """Metric genes: 4 first-order ones, and h in the second-order space."""
+        if not self.has_metric:
+            return 0
+        return 5 if self.second_order else 4
+
+    @property
     def n_var(self) -> int:
-        return (_N_METRIC if self.has_metric else 0) + (self.n_blocks if self.has_blocks else 0)
+        return self.n_metric + (self.n_blocks if self.has_blocks else 0)
 
     @property
     def n_obj(self) -> int:
@@ -72,13 +79,13 @@ class SearchSpace:
         xl: list[int] = []
         xu: list[int] = []
         if self.has_metric:
-            xl += [0] * _N_METRIC
+            xl += [0] * self.n_metric
             xu += [
                 len(TRANSFORMS) - 1,
                 len(TRANSFORMS) - 1,
                 len(COEFFICIENTS) - 1,
                 len(COEFFICIENTS) - 1,
-            ]
+            ][: self.n_metric] + ([len(HESSIAN_TERMS) - 1] if self.second_order else [])
         if self.has_blocks:
             xl += [0] * self.n_blocks
             xu += [2 * self.levels] * self.n_blocks
@@ -86,9 +93,9 @@ class SearchSpace:
 
     def decode(self, x: np.ndarray) -> Candidate:
         x = np.asarray(x).round().astype(int)
-        genome = Genome(*(int(v) for v in x[:_N_METRIC])) if self.has_metric else self.genome
+        genome = Genome(*(int(v) for v in x[: self.n_metric])) if self.has_metric else self.genome
         if self.has_blocks:
-            offsets = x[_N_METRIC:] if self.has_metric else x
+            offsets = x[self.n_metric :]
             plan = tuple(self.target + self.step * (int(o) - self.levels) for o in offsets)
         else:
             plan = self.block_sparsity
@@ -96,6 +103,18 @@ class SearchSpace:
 
     def gap(self, candidate: Candidate) -> float:
         return plan_gap(candidate.block_sparsity, self.block_params, self.target)
+
+    def genes(self, candidate: Candidate) -> list[int]:
+        """The genes that decode to `candidate` (its genome, and its plan as offsets)."""
+        out: list[int] = []
+        if self.has_metric:
+            g = candidate.genome
+            out += [g.f1, g.f2, g.alpha, g.beta] + ([g.h] if self.second_order else [])
+        if self.has_blocks:
+            out += [
+                round((r - self.target) / self.step) + self.levels for r in candidate.block_sparsity
+            ]
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -151,7 +170,7 @@ class BalanceRepair(Repair):
         X = np.clip(X, xl, xu)
         if not self.space.has_blocks:
             return X
-        start = _N_METRIC if self.space.has_metric else 0
+        start = self.space.n_metric
         weights = np.asarray(self.space.block_params, dtype=np.float64)
         weights = weights / weights.min()
         for row in X:

@@ -46,7 +46,8 @@ class SearchState:
     stage_index: int = 0
     tells: list[Tell] = field(default_factory=list)  # of the stage in progress
     full: dict[Key, Evaluation] = field(default_factory=dict)
-    low: dict[tuple[Key, int], Evaluation] = field(default_factory=dict)  # (key, sequences)
+    # (key, sequences, tokens per sequence; 0: all)
+    low: dict[tuple[Key, int, int], Evaluation] = field(default_factory=dict)
     estimated: dict[Key, Evaluation] = field(default_factory=dict)  # not promoted
     outcomes: list[StageOutcome] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -65,8 +66,8 @@ class SearchState:
             "tells": [{"X": t.X, "F": t.F} for t in self.tells],
             "cache": {
                 "full": [[_key_out(k), _eval_out(e)] for k, e in self.full.items()],
-                # a screening entry's sequence count is its evaluation's n_samples
-                "low": [[_key_out(k), _eval_out(e)] for (k, _), e in self.low.items()],
+                # a screening entry's sequences and tokens are its evaluation's
+                "low": [[_key_out(k), _eval_out(e)] for (k, _, _), e in self.low.items()],
                 "estimated": [[_key_out(k), _eval_out(e)] for k, e in self.estimated.items()],
             },
             "outcomes": [
@@ -141,7 +142,7 @@ class SearchState:
             getattr(state, name).update((_key_in(k), _eval_in(e)) for k, e in caches[name])
         for k, e in caches["low"]:
             low = _eval_in(e)
-            state.low[(_key_in(k), low.n_samples)] = low
+            state.low[(_key_in(k), low.n_samples, low.n_tokens)] = low
         return state
 
     def check_config(self, config: dict[str, Any], where: str) -> None:
@@ -212,12 +213,16 @@ def _key_in(v: Any) -> Key:
 
 
 def _eval_out(e: Evaluation) -> list[Any]:
-    return [e.error, e.sparsity, e.n_samples, e.seconds]
+    out = [e.error, e.sparsity, e.n_samples, e.seconds]
+    return [*out, e.n_tokens] if e.n_tokens else out  # states before token screens had 4
 
 
 def _eval_in(v: Any) -> Evaluation:
-    error, sparsity, n_samples, seconds = v
-    return Evaluation(_float(error), _float(sparsity), _int(n_samples), _float(seconds))
+    error, sparsity, n_samples, seconds, *rest = v
+    if len(rest) > 1:
+        raise ValueError(f"an evaluation has 4 or 5 entries, got {len(v)}")
+    tokens = _int(rest[0]) if rest else 0
+    return Evaluation(_float(error), _float(sparsity), _int(n_samples), _float(seconds), tokens)
 
 
 def _cand_out(c: Candidate) -> dict[str, Any]:

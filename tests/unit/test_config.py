@@ -162,7 +162,7 @@ def test_genome_defaults_and_refusals() -> None:
     assert PruneConfig().genome is None
     assert "only with it" in _invalid(PruneConfig, method="wanda", genome=GENOME.spec())
     assert "bad genome names" in _invalid(PruneConfig, method="meta", genome="f1=cube")
-    assert "genome index must be in 0..2400" in _invalid(PruneConfig, method="meta", genome=2401)
+    assert "genome index must be in 0..7202" in _invalid(PruneConfig, method="meta", genome=7203)
     for bad in (True, 1.5, ["sqrt"], {"f1": "sqrt"}):
         assert _invalid(PruneConfig, method="meta", genome=bad).startswith("genome: ")
     schema = SearchConfig.model_json_schema()["properties"]["genome"]
@@ -226,6 +226,10 @@ def _argv(parser: argparse.ArgumentParser, config: BaseModel) -> list[str]:
             continue
         if isinstance(value, Genome):
             text = value.spec()
+        elif isinstance(value, tuple) and value and isinstance(value[0], Genome):
+            text = ";".join(g.spec() for g in value)
+        elif isinstance(value, tuple) and value and isinstance(value[0], tuple):
+            text = ",".join(f"{n}x{t}" for n, t in value)
         elif isinstance(value, tuple):
             text = ",".join(str(v) for v in value)
         else:
@@ -246,6 +250,9 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
         levels=2,
         genome=GENOME,
         low_fidelity_samples=(2, 4),
+        metric_space="first_order",
+        screen={"rungs": "1x16,4x128", "keep": 0.5},
+        seed_genomes=(GENOME, Genome.parse("f2=square,h=rho")),
         promote_fraction=0.25,
         objective="logits_fro",
         fitness_samples=6,

@@ -64,13 +64,17 @@ def test_ties_go_to_the_lower_index_first() -> None:
 
 
 @pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4), (3, 4)])
-def test_rank_n_m_path_equals_the_stable_sort(n: int, m: int) -> None:
-    """The comparison-rank N:M selection (used on CUDA) gives the CPU sort's masks, ties too."""
-    from optishear.masks import _lowest_in_groups_by_rank
+def test_n_m_selections_equal_the_stable_sort(n: int, m: int) -> None:
+    """The comparison-rank N:M selection (CUDA) and the pairwise one (CPU) give a stable sort's
+    masks, ties to the lower index too."""
+    from optishear.masks import _lowest_in_groups_by_pairs, _lowest_in_groups_by_rank
 
     gen = torch.Generator().manual_seed(0)
     score = torch.randint(0, 4, (16, 64), generator=gen).float()  # many ties
     score[:8] = torch.rand(8, 64, generator=gen)
-    expected = prune_mask(score, n / m, Pattern(n, m))
-    ranked = _lowest_in_groups_by_rank(score.view(16, 64 // m, m), n).view(16, 64)
-    assert torch.equal(ranked, expected)
+    groups = score.view(16, 64 // m, m)
+    idx = torch.sort(groups, dim=-1, stable=True).indices[..., :n]
+    expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, idx, True).view(16, 64)
+    assert torch.equal(prune_mask(score, n / m, Pattern(n, m)), expected)
+    assert torch.equal(_lowest_in_groups_by_rank(groups, n).reshape(16, 64), expected)
+    assert torch.equal(_lowest_in_groups_by_pairs(groups, n).reshape(16, 64), expected)

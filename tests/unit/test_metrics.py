@@ -4,13 +4,14 @@ import pytest
 import torch
 
 from optishear.errors import ConfigError, UnknownMethodError
-from optishear.genome import N_GENOMES, WANDA_GENOME, Genome
+from optishear.genome import N_FIRST_ORDER, N_GENOMES, WANDA_GENOME, Genome, canonical_genomes
 from optishear.layers import capture_block_inputs, iter_linears
 from optishear.masks import prune_mask
 from optishear.meta import meta_log_score
 from optishear.metrics import get_metric, ria_score, wanda_score
 from optishear.patterns import Pattern
 from optishear.prune import collect_dense_stats
+from optishear.sparsegpt import damped_inverse, hessian_rho
 
 
 def test_unknown_metric() -> None:
@@ -32,21 +33,35 @@ def test_ria_matches_definition() -> None:
 
 def test_genome_index_roundtrip_and_parse() -> None:
     seen = {Genome.from_index(i) for i in range(N_GENOMES)}
-    assert len(seen) == N_GENOMES == 2401
-    assert all(Genome.from_index(g.index) == g for g in list(seen)[:50])
+    assert len(seen) == N_GENOMES == 3 * N_FIRST_ORDER == 7203
+    assert all(Genome.from_index(g.index) == g for g in seen)
+    # the paper's first-order genomes keep their indices and spellings
+    first = [g for g in seen if not g.second_order]
+    assert len(first) == 2401 and max(g.index for g in first) == N_FIRST_ORDER - 1
     g = Genome.parse("f1=sqrt, beta=inv_col_sum")
-    assert g.names() == {"f1": "sqrt", "f2": "identity", "alpha": "one", "beta": "inv_col_sum"}
+    assert g.names() == {
+        "f1": "sqrt",
+        "f2": "identity",
+        "alpha": "one",
+        "beta": "inv_col_sum",
+        "h": "none",
+    }
+    assert g.spec() == "f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum"
+    assert g.index == Genome(1, 0, 0, 2).index < N_FIRST_ORDER
+    sgpt = Genome.parse("f2=square,h=rho")
+    assert sgpt.second_order and Genome.parse(sgpt.spec()) == sgpt
+    assert sgpt.formula() == "|W| * X * rho"
     assert WANDA_GENOME.formula() == "|W| * sqrt(X)"
-    for bad in ("f1=cube", "gamma=one", "f1"):
+    for bad in ("f1=cube", "gamma=one", "f1", "h=rho3"):
         with pytest.raises(ConfigError):
             Genome.parse(bad)
     with pytest.raises(ConfigError):
         Genome(7, 0, 0, 0)
 
 
-def _dense_stats(model, ids):
+def _dense_stats(model, ids, *, hessian=False):
     inputs = capture_block_inputs(model, ids, batch_size=4)
-    return collect_dense_stats(model, inputs)
+    return collect_dense_stats(model, inputs, hessian=hessian)
 
 
 def test_identity_genome_gives_wanda_masks(tiny_llama, calib_ids) -> None:
@@ -60,17 +75,26 @@ def test_identity_genome_gives_wanda_masks(tiny_llama, calib_ids) -> None:
 
 
 @pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)])
-def test_every_genome_gives_a_valid_mask(tiny_llama, calib_ids, pattern) -> None:
-    stats = _dense_stats(tiny_llama, calib_ids)
+def test_every_class_of_the_space_gives_a_valid_mask(tiny_llama, calib_ids, pattern) -> None:
+    stats = _dense_stats(tiny_llama, calib_ids, hessian=True)
     # every kind of projection (attention q/k/v/o, mlp gate/up/down) of the first block
-    layers = [(lin.weight, stats[i][n].act_sq) for i, n, lin in iter_linears(tiny_llama) if i == 0]
-    # an all-zero input channel and huge activations stress log(0) and exp overflow
-    W0, x0 = layers[0]
-    layers.append((W0, torch.cat([torch.zeros(1), x0[1:] * 1e6])))
-    for index in range(N_GENOMES):
-        genome = Genome.from_index(index)
-        for W, x in layers:
-            score = meta_log_score(W, x, genome)
+    layers = [
+        (lin.weight, stats[i][n].act_sq, hessian_rho(stats[i][n].hessian))
+        for i, n, lin in iter_linears(tiny_llama)
+        if i == 0
+    ]
+    # an all-zero input channel and huge activations stress log(0), exp overflow and a
+    # singular Hessian
+    W0, x0, _ = layers[0]
+    H0 = stats[0][next(iter(stats[0]))].hessian.clone() * 1e12
+    H0[0, :] = 0
+    H0[:, 0] = 0
+    layers.append((W0, torch.cat([torch.zeros(1), x0[1:] * 1e6]), hessian_rho(H0)))
+    classes = canonical_genomes()
+    assert len(classes) == 3 * 324
+    for genome in classes:
+        for W, x, rho in layers:
+            score = meta_log_score(W, x, genome, rho)
             assert torch.isfinite(score).all(), genome
             mask = prune_mask(score, 0.5, pattern)
             if pattern.structured:
@@ -80,15 +104,37 @@ def test_every_genome_gives_a_valid_mask(tiny_llama, calib_ids, pattern) -> None
                 assert (mask.sum(dim=1) == W.shape[1] // 2).all(), genome
 
 
+def test_second_order_genomes_rank_as_obs_and_sparsegpt(tiny_llama, calib_ids) -> None:
+    """|W| sqrt(X) rho^(1/2) ranks as w^2 / [H^-1]_jj (OBS), |W| X rho as w^2 / [H^-1]_jj^2."""
+    stats = _dense_stats(tiny_llama, calib_ids, hessian=True)
+    _, name, lin = next(iter_linears(tiny_llama))
+    s = stats[0][name]
+    hinv = torch.diag(damped_inverse(s.hessian)[0])
+    W = lin.weight.detach().float()
+    rho = hessian_rho(s.hessian)
+    assert ((rho > 0) & (rho <= 1)).all() and rho.min() < 0.999
+    for spec, reference in (
+        ("f2=identity,h=sqrt_rho", W.pow(2) / hinv),
+        ("f2=square,h=rho", W.pow(2) / hinv.pow(2)),
+    ):
+        genome = Genome.parse(spec)
+        got = prune_mask(meta_log_score(W, s.act_sq, genome, rho), 0.5, Pattern(2, 4))
+        want = prune_mask(reference, 0.5, Pattern(2, 4))
+        assert (got == want).float().mean() > 0.999, spec  # equal up to float ties
+    with pytest.raises(ConfigError, match="second order"):
+        meta_log_score(W, s.act_sq, Genome.parse("h=rho"))
+
+
 def test_row_canonical_genomes_give_identical_masks(tiny_llama, calib_ids) -> None:
-    stats = _dense_stats(tiny_llama, calib_ids)
+    stats = _dense_stats(tiny_llama, calib_ids, hessian=True)
     idx, name, lin = next(iter_linears(tiny_llama))
     x = stats[idx][name].act_sq
+    rho = hessian_rho(stats[idx][name].hessian)
     canon = {Genome.from_index(i).row_canonical() for i in range(N_GENOMES)}
     assert len(canon) < N_GENOMES // 4
     gen = torch.Generator().manual_seed(0)
     for i in torch.randint(0, N_GENOMES, (150,), generator=gen).tolist():
         g = Genome.from_index(i)
-        a = prune_mask(meta_log_score(lin.weight, x, g), 0.5, Pattern())
-        b = prune_mask(meta_log_score(lin.weight, x, g.row_canonical()), 0.5, Pattern())
+        a = prune_mask(meta_log_score(lin.weight, x, g, rho), 0.5, Pattern())
+        b = prune_mask(meta_log_score(lin.weight, x, g.row_canonical(), rho), 0.5, Pattern())
         assert torch.equal(a, b), g

@@ -25,7 +25,7 @@ class FakeEvaluator:
     def __init__(self) -> None:
         self.calls: list[Candidate] = []
 
-    def evaluate(self, candidates, n_samples=None):
+    def evaluate(self, candidates, n_samples=None, n_tokens=None):
         self.calls += candidates
         out = []
         for c in candidates:
@@ -38,7 +38,8 @@ class FakeEvaluator:
 
 
 def _config(**fields) -> SearchConfig:
-    return SearchConfig(model="tiny", **fields)
+    """NSGA-III alone: the opening screen is tested in test_screen.py."""
+    return SearchConfig(model="tiny", **{"screen": {"rungs": "off"}, **fields})
 
 
 def _front(result):
@@ -212,7 +213,7 @@ def test_screening_errors_never_pass_for_full_ones() -> None:
             super().__init__()
             self.full_errors: set[float] = set()
 
-        def evaluate(self, candidates, n_samples=None):
+        def evaluate(self, candidates, n_samples=None, n_tokens=None):
             out = super().evaluate(candidates, n_samples)
             if n_samples is None:
                 self.full_errors |= {e.error for e in out}

@@ -30,7 +30,7 @@ class FakeEvaluator:
     def __init__(self) -> None:
         self.calls: list[tuple[tuple, int | None]] = []
 
-    def evaluate(self, candidates, n_samples=None):
+    def evaluate(self, candidates, n_samples=None, n_tokens=None):
         out = []
         for c in candidates:
             self.calls.append((c.key(), n_samples))
@@ -48,7 +48,14 @@ class Interrupt(Exception):  # noqa: N818
 
 
 def _config(**fields) -> SearchConfig:
-    base = {"model": "tiny", "sparsity": 0.5, "population": 8, "generations": GENERATIONS}
+    # the opening screen is off here (tests/unit/test_screen.py resumes it)
+    base = {
+        "model": "tiny",
+        "sparsity": 0.5,
+        "population": 8,
+        "generations": GENERATIONS,
+        "screen": {"rungs": "off"},
+    }
     return SearchConfig(**{**base, "seed": 1, **fields})
 
 

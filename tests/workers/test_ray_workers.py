@@ -123,7 +123,7 @@ def test_two_actors_give_the_in_process_front(
 def _crashing_worker() -> type[ModelActor]:
     # A local class, so that Ray ships it by value to the worker processes.
     class CrashOnceWorker(ModelActor):
-        def evaluate(self, candidates, n_samples=None):  # type: ignore[no-untyped-def]
+        def evaluate(self, candidates, n_samples=None, n_tokens=None):  # type: ignore[no-untyped-def]
             try:
                 (Path(self.spec.config.model).parent / CRASH_FLAG).unlink()
             except FileNotFoundError:
