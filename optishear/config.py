@@ -192,9 +192,7 @@ Genomes = Annotated[
     tuple[Genome, ...],
     PlainValidator(_genomes),
     PlainSerializer(lambda gs: [g.spec() for g in gs], return_type=list),
-    WithJsonSchema(
-        {"type": "array", "items": {"type": "string"}, "examples": [["f1=sqrt,h=rho"]]}
-    ),
+    WithJsonSchema({"type": "array", "items": {"type": "string"}, "examples": [["f1=sqrt,h=rho"]]}),
 ]
 BlockSparsity = Annotated[
     tuple[float, ...],

@@ -16,7 +16,7 @@ from optishear.errors import OptiShearError
 from service import db
 from service.deps import require_api_key
 from service.middleware import BodyLimit
-from service.routes import checkpoints, dashboard, health, searches
+from service.routes import checkpoints, dashboard, genomes, health, searches
 from service.schemas import validation_message
 from service.settings import ServiceSettings, get_settings
 
@@ -53,6 +53,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
     api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
     api.include_router(searches.router)
     api.include_router(checkpoints.router)
+    api.include_router(genomes.router)
     api.include_router(health.api)
     app.include_router(api)
     app.include_router(health.health)

@@ -25,16 +25,35 @@ from optishear.sources import REGISTERED_MODELS, resolve_source
 __all__ = ["validation_message"]
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+MetricUse = Literal["seed", "fixed"]
+GenomeOrigin = Literal["recommended", "finalist", "front"]
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, frozen=True)
 
 
+class MetricFrom(_In):
+    """Reuse the genomes a succeeded search stored (service.genomes resolves this at submit)."""
+
+    search: uuid.UUID = Field(description="a search that has succeeded")
+    use: MetricUse = Field(
+        "seed",
+        description="seed: its best genomes start this metric search (before seed_genomes); "
+        "fixed: its best genome is this search's metric, and only the per-block plan is "
+        "searched (stages 'layerwise'; unstructured patterns only)",
+    )
+
+
 class SearchCreate(SearchConfig):
     """A search request: the library's SearchConfig, plus what a service must check."""
 
     model: Text = Field(description="a registered model name or an HF folder on the runners")
+    # Not a library setting: the service expands it into seed_genomes or genome + stages at
+    # submit, and keeps it in the stored request as the record of where those came from.
+    metric_from: MetricFrom | None = Field(
+        None, description="take seed genomes or the fixed metric from a succeeded search"
+    )
 
     def fingerprint(self) -> str:
         """sha256 of the canonical body: equal for equal requests (defaults filled in)."""
@@ -171,6 +190,36 @@ class CheckpointRead(BaseModel):
     eval_tokens: int | None
     sparsity: float | None = Field(description="measured share of zero prunable weights")
     download_url: str | None
+
+
+class GenomeRef(BaseModel):
+    index: int = Field(description="the genome's index (0: Wanda's)")
+    spec: str = Field(description="as `seed_genomes`, `genome` and `--genome` read it")
+    formula: str
+
+
+class StoredGenomeRead(BaseModel):
+    """One of a succeeded search's best distinct genomes (rank 0: its recommendation's)."""
+
+    search_id: uuid.UUID
+    family: str = Field(description="the model's architecture (config.json model_type)")
+    pattern: str
+    target: float
+    rank: int
+    origin: GenomeOrigin = Field(
+        description="where `error` comes from: the recommended candidate, a finalist pruned "
+        "as shipped, or a front member (the engine's error)"
+    )
+    genome: GenomeRef
+    error: float
+    created_at: datetime
+
+
+class GenomePage(BaseModel):
+    items: list[StoredGenomeRead]
+    total: int
+    limit: int
+    offset: int
 
 
 class ModelRead(BaseModel):

@@ -1,4 +1,5 @@
-"""Database tables (SQLAlchemy 2 typed ORM): searches, generations, candidates, checkpoints, runners."""
+"""Database tables (SQLAlchemy 2 typed ORM): searches, generations, candidates, checkpoints,
+search genomes, runners."""
 
 from __future__ import annotations
 
@@ -135,6 +136,31 @@ class CandidateRow(Base):
     meets_target: Mapped[bool] = mapped_column(Boolean)
     n_samples: Mapped[int] = mapped_column(Integer)
     recommended: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class SearchGenome(Base):
+    """One of a succeeded search's best distinct genomes, kept to seed (or fix the metric of)
+    later searches on the same architecture family, pattern and target."""
+
+    __tablename__ = "search_genomes"
+    __table_args__ = (
+        UniqueConstraint("search_id", "rank"),
+        Index("ix_search_genomes_family_pattern", "family", "pattern"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)  # 0: the recommended candidate's genome
+    # where its error comes from: 'recommended', 'finalist' (as shipped) or 'front' (engine)
+    origin: Mapped[str] = mapped_column(String(16))
+    genome_index: Mapped[int] = mapped_column(Integer)
+    spec: Mapped[str] = mapped_column(String(256))
+    formula: Mapped[str] = mapped_column(String(1024))
+    error: Mapped[float] = mapped_column(Float)
+    family: Mapped[str] = mapped_column(String(64))  # config.json's model_type, or 'unknown'
+    pattern: Mapped[str] = mapped_column(String(32))
+    target: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Checkpoint(_Job, Base):

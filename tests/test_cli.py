@@ -180,13 +180,18 @@ def test_real_process_exit_code_and_message() -> None:
 
 
 def _search(root, generations: int) -> list[str]:
-    """`optishear search` on the tiny model, population 6."""
+    """`optishear search` on the tiny model, population 6, screening the 324 first-order
+    classes on one rung."""
     model = str(root / "model")
     return [
         "--no-progress",
         "search",
         "--model",
         model,
+        "--metric-space",
+        "first_order",
+        "--screen-rungs",
+        "1x8",
         "--population",
         "6",
         "--generations",

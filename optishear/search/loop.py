@@ -268,7 +268,8 @@ class _Search:
             algorithm = self._replayed(space)
             while algorithm.has_next():
                 spent = sum(h.get("cost", 0.0) for h in st.history if h["stage"] == stage)
-                if budget is not None and spent >= budget - 1e-9:
+                # one generation always runs: the screen alone may spend the budget
+                if budget is not None and st.tells and spent >= budget - 1e-9:
                     logger.info("stage %s: evaluation budget %g spent", stage, budget)
                     break
                 gen_start = time.perf_counter()

@@ -52,6 +52,7 @@ class Screening:
 
     def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
         """Every candidate scored on n sequences of `tokens` tokens (cached ones looked up)."""
+        n = min(n, self.full_samples)
         t = 0 if tokens >= self.seq_len else tokens
         todo = list({c.key(): c for c in cands if (c.key(), n, t) not in self.state.low}.values())
         if todo:

@@ -42,7 +42,21 @@ def register(sub: Any) -> None:
         "recommended candidate and print the front, the baselines and the checkpoint. The "
         "search stays in the database: `optishear serve` shows it afterwards.",
     )
-    add_config_flags(run, SearchCreate)
+    add_config_flags(run, SearchCreate, skip=("metric_from",))  # its two flags follow
+    run.add_argument(
+        "--metric-from",
+        metavar="SEARCH_ID",
+        default=None,
+        help="take genomes from a search that succeeded in this database (GET /api/genomes "
+        "lists them): as seeds of the metric search, or as the fixed metric (--metric-use)",
+    )
+    run.add_argument(
+        "--metric-use",
+        choices=("seed", "fixed"),
+        default=None,
+        help="seed: its best genomes start the metric search; fixed: its best genome is the "
+        "metric and only the per-block plan is searched (unstructured only) (default seed)",
+    )
     run.add_argument(
         "--workers",
         type=int,

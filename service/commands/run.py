@@ -24,10 +24,16 @@ POLL_SECONDS = 0.5  # `optishear run` reads its job's progress from the database
 def _search_request(args: argparse.Namespace) -> SearchCreate:
     """SearchCreate from the flags given; bad input raises ConfigError with the API's message."""
     from optishear.cli.flags import config_from_flags
+    from optishear.errors import ConfigError
     from optishear.settings import LibrarySettings
     from service.schemas import SearchCreate
 
-    spec = config_from_flags(SearchCreate, args)
+    source, use = getattr(args, "metric_from", None), getattr(args, "metric_use", None)
+    if use is not None and source is None:
+        raise ConfigError("--metric-use needs --metric-from SEARCH_ID")
+    # Resolved against the database in _submit, as POST /api/searches does.
+    extra = {"metric_from": {"search": source, "use": use or "seed"}} if source else {}
+    spec = config_from_flags(SearchCreate, args, **extra)
     spec.validate_sources(LibrarySettings())  # ConfigError, as the API's 422
     return spec
 
@@ -57,11 +63,13 @@ def run_command(args: argparse.Namespace) -> int:
         db.upgrade(url)
         engine = db.make_engine(url)
         sessions = db.make_sessions(engine)
-        search_id, ahead = _submit(db.make_sessions(engine, write=True), spec)
+        search_id, spec, ahead = _submit(db.make_sessions(engine, write=True), spec)
         where = "this process" if settings.workers < 1 else f"{settings.workers} Ray workers"
         _say(f"search {search_id} queued in {make_url(url).render_as_string(hide_password=True)}")
         if ahead:
             _say(f"{ahead} older queued search(es) come first; this process works them too")
+        if spec.metric_from is not None:
+            _say(_metric_line(spec))
         _say(
             f"{spec.model}: {spec.target:.0%} {spec.pattern}, stages {spec.stages}, "
             f"population {spec.population}, {spec.total_generations()} generations; "
@@ -84,25 +92,38 @@ def run_command(args: argparse.Namespace) -> int:
             engine.dispose()
 
 
+def _metric_line(spec: SearchCreate) -> str:
+    assert spec.metric_from is not None
+    if spec.metric_from.use == "fixed":
+        return f"metric from search {spec.metric_from.search}: {spec.genome.formula()} (fixed)"
+    return f"seed genomes from search {spec.metric_from.search}: " + "; ".join(
+        g.formula() for g in spec.seed_genomes
+    )
+
+
 def _say(line: str = "") -> None:
     print(line, flush=True)  # noqa: T201 - the command's output is its interface
 
 
-def _submit(sessions: sessionmaker[Session], spec: SearchCreate) -> tuple[uuid.UUID, int]:
-    """Queue the search; returns its id and how many queued searches are older."""
+def _submit(
+    sessions: sessionmaker[Session], spec: SearchCreate
+) -> tuple[uuid.UUID, SearchCreate, int]:
+    """Queue the search (its --metric-from expanded, or MetricSourceError); returns its id, the
+    stored request and how many queued searches are older."""
     from sqlalchemy import func, select
 
-    from service import repository
+    from service import genomes, repository
     from service.tables import JobStatus, Search
 
     with sessions() as session:
+        spec = genomes.apply_metric_from(session=session, spec=spec)
         search, _ = repository.create_search(session=session, spec=spec, idempotency_key=None)
         ahead = session.scalar(
             select(func.count())
             .select_from(Search)
             .where(Search.status == JobStatus.QUEUED, Search.created_at < search.created_at)
         )
-        return search.id, int(ahead or 0)
+        return search.id, spec, int(ahead or 0)
 
 
 def _wait(

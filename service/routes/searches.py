@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
-from service import repository
+from service import genomes, repository
 from service.deps import SessionDep, WriteSessionDep, get_or_404
 from service.schemas import (
     CheckpointCreate,
@@ -56,7 +56,12 @@ IdempotencyKey = Annotated[
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"model": SearchRead, "description": "a retry: the search this key created"},
-        422: {"model": Message, "description": "invalid settings, or a reused key"},
+        409: {"model": Message, "description": "metric_from names a search that has not succeeded"},
+        422: {
+            "model": Message,
+            "description": "invalid settings, a reused key, or a metric_from that names no "
+            "search or does not fit the request (use 'fixed' under an N:M pattern)",
+        },
     },
 )
 def submit_search(
@@ -65,9 +70,17 @@ def submit_search(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> SearchRead:
-    """Validate and queue a search; it starts when a runner claims it."""
+    """Validate and queue a search; it starts when a runner claims it.
+
+    With `metric_from`, the stored request is the expanded one: `seed_genomes` begin with the
+    source search's best genomes (use 'seed'), or its best genome is `genome` and `stages` is
+    'layerwise' (use 'fixed'); `metric_from` stays in it as the record of where they came from.
+    """
     try:
         spec.validate_sources(LibrarySettings())
+        spec = genomes.apply_metric_from(session=session, spec=spec)
+    except genomes.MetricSourceError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from exc
     except ConfigError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     try:

@@ -22,7 +22,9 @@ from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
 from optishear.search.loop import run_search
 from optishear.search.results import GenerationSnapshot
+from optishear.sources import model_family
 from service import queue
+from service.genomes import genome_rows
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.rows import candidate_rows, population_json
 from service.schemas import SearchCreate, SearchOutcome
@@ -76,6 +78,14 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
     # The front, and the recommendation where the as-shipped re-score picked one off it.
     rows = candidate_rows(search_id, None, result.listed(), summary.recommended_key)
     rec_row = next(r for r in rows if r.recommended)
+    # Its best genomes, for later searches on the same family, pattern and target (--metric-from).
+    genomes = genome_rows(
+        search_id=search_id,
+        request=request,
+        summary=summary,
+        listed=[s.record() for s in result.listed()],
+        family=model_family(request.model, runner.library),
+    )
     outcome = SearchOutcome(
         **summary.model_dump(),
         recommended_id=rec_row.id,
@@ -83,7 +93,7 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
         attempt_seconds=time.perf_counter() - start,
     )
     with runner.sessions.begin() as session:
-        session.add_all(rows)
+        session.add_all([*rows, *genomes])
         if not queue.finish(
             session,
             Search,
@@ -93,7 +103,7 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
             result=outcome.model_dump(mode="json"),
             eta_s=0.0,
         ):
-            raise LeaseLostError  # rolls the final front back too
+            raise LeaseLostError  # rolls the final front and the genomes back too
     logger.info("search %s succeeded: recommended %s", search_id, summary.recommended_key)
 
 

@@ -109,7 +109,11 @@ def client(settings: ServiceSettings) -> Iterator[TestClient]:
 
 @pytest.fixture
 def search_body(tiny_model_dir: Path) -> Callable[..., dict[str, Any]]:
-    """A tiny search on the tiny Llama folder: seconds, in-process evaluation."""
+    """A tiny search on the tiny Llama folder: seconds, in-process evaluation.
+
+    NSGA-III alone over the first-order genomes: the opening screen of all 972 classes is
+    tested on its own (tests/unit/test_screen.py, and once through the service in
+    test_flow.py), not in every service test."""
 
     def body(**overrides: Any) -> dict[str, Any]:
         return {
@@ -117,6 +121,8 @@ def search_body(tiny_model_dir: Path) -> Callable[..., dict[str, Any]]:
             "population": 4,
             "generations": 2,
             "stages": "metric",
+            "metric_space": "first_order",
+            "screen": {"rungs": "off"},
             "calibration": {
                 "source": str(tiny_model_dir / "calib.txt"),
                 "n_samples": 4,

@@ -14,9 +14,9 @@ from service.commands import main
 _evaluate = InProcessEvaluator.evaluate
 
 
-def _slow(self, candidates, n_samples=None):  # type: ignore[no-untyped-def]
+def _slow(self, candidates, n_samples=None, n_tokens=None):  # type: ignore[no-untyped-def]
     time.sleep(float(sys.argv[1]))
-    return _evaluate(self, candidates, n_samples)
+    return _evaluate(self, candidates, n_samples, n_tokens)
 
 
 if __name__ == "__main__":

@@ -287,3 +287,19 @@ def test_allocation_with_dense_exceptions_under_2_4_through_the_service(
         else:
             assert torch.all(zero.reshape(zero.shape[0], -1, 4).sum(-1) == 2)
     assert ck["sparsity"] >= 0.4 - 1e-9
+
+
+def test_a_screened_search_stores_its_rungs_as_steps(
+    client, search_body, thread_runner, poll
+) -> None:
+    """The default search opens with a screen of every class: each rung is a stored step."""
+    body = search_body(metric_space="second_order", screen={"rungs": "1x8", "keep": 0.01})
+    sid = client.post("/api/searches", json=body).json()["id"]
+    with thread_runner():
+        done = poll(client, f"/api/searches/{sid}")
+    assert done["status"] == "succeeded", done
+    assert done["progress"]["total_generations"] == 3  # one rung, then 2 generations
+    gens = client.get(f"/api/searches/{sid}/generations").json()
+    assert [(g["number"], g["stage_generation"]) for g in gens] == [(1, -1), (2, 1), (3, 2)]
+    assert gens[0]["evaluations"] == 972  # every row-canonical class of the space
+    assert done["request"]["screen"] == {"rungs": "1x8", "keep": 0.01}

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 from seeding import seed_front_search
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from optishear.candidates import Candidate, Evaluation, Scored, SearchSummary
 from optishear.cli import main
@@ -36,6 +36,7 @@ BEST = Genome.from_index(100)  # the recommended one (index 1 of FRONT)
 
 def seed_source(settings, *, family="llama", front: Sequence[Scored] = FRONT, **request):
     """A succeeded metric search with FRONT (genome 100 recommended) and its stored genomes."""
+    db.upgrade(settings.resolved_database_url())  # as the app or a runner would have
     spec = SearchCreate(model="m", stages="metric", generations=1, **request)
     sid, _ = seed_front_search(settings, front, recommended=1, request=spec, family=family)
     return str(sid)
@@ -66,10 +67,12 @@ def test_best_genomes_rank_the_recommendation_then_finalists_then_the_front() ->
     assert len(best_genomes(summary, many)) == MAX_GENOMES
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # one run is enough
 def test_the_runner_stores_a_finished_searchs_genomes_and_they_seed_the_next(
     client, search_body, thread_runner, poll
 ) -> None:
-    sid = client.post("/api/searches", json=search_body(generations=1)).json()["id"]
+    cheap = {"generations": 1, "screen": {"rungs": "off"}}  # NSGA-III alone, one generation
+    sid = client.post("/api/searches", json=search_body(**cheap)).json()["id"]
     with thread_runner():
         done = poll(client, f"/api/searches/{sid}")
     assert done["status"] == "succeeded", done
@@ -91,18 +94,13 @@ def test_the_runner_stores_a_finished_searchs_genomes_and_they_seed_the_next(
     classes = {Genome.from_index(g["genome"]["index"]).row_canonical().index for g in mine}
     assert len(classes) == len(mine)  # distinct
 
-    r = client.post(
-        "/api/searches", json=search_body(metric_from={"search": sid, "use": "seed"})
-    )
+    r = client.post("/api/searches", json=search_body(metric_from={"search": sid, "use": "seed"}))
     assert r.status_code == 201, r.text
     seeds = r.json()["request"]["seed_genomes"]
     assert seeds == [g["genome"]["spec"] for g in mine]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_model_family_reads_config_json_without_loading_weights(
-    tiny_model_dir, tmp_path, database_url
-) -> None:
+def test_model_family_reads_config_json_without_loading_weights(tiny_model_dir, tmp_path) -> None:
     library = LibrarySettings(cache=tmp_path / "cache")
     assert model_family(str(tiny_model_dir / "model"), library) == "llama"
     gguf = tmp_path / "m.gguf"
@@ -229,7 +227,6 @@ def test_optishear_run_metric_from_a_bad_id_is_one_line_and_exit_2(
     run_env, settings, capsys
 ) -> None:
     source = seed_source(settings)
-    db.upgrade(run_env)
     engine = db.make_engine(run_env)
     try:
         queued, _, _ = _submit(db.make_sessions(engine, write=True), SearchCreate(model="m"))
@@ -251,7 +248,7 @@ def test_optishear_run_metric_from_a_bad_id_is_one_line_and_exit_2(
         assert captured.out == ""
 
 
-def test_optishear_run_expands_metric_from_as_the_api_does(settings) -> None:
+def test_optishear_run_expands_metric_from_as_the_api_does_and_deletes_cascade(settings) -> None:
     source = seed_source(settings)
     engine = db.make_engine(settings.resolved_database_url())
     try:
@@ -268,5 +265,9 @@ def test_optishear_run_expands_metric_from_as_the_api_does(settings) -> None:
             # the source's genomes stay, the new (queued) searches have none yet
             owners = set(session.scalars(select(SearchGenome.search_id)).all())
             assert owners == {uuid.UUID(source)}
+        with sessions.begin() as session:  # a deleted search takes its genomes with it
+            session.execute(delete(Search).where(Search.id == uuid.UUID(source)))
+        with sessions() as session:
+            assert session.scalars(select(SearchGenome)).all() == []
     finally:
         engine.dispose()

@@ -15,7 +15,7 @@ from service import db
 from service.repository import candidate_read
 from service.tables import CandidateRow, Search
 
-TABLES = {"searches", "generations", "candidates", "checkpoints", "runners"}
+TABLES = {"searches", "generations", "candidates", "checkpoints", "search_genomes", "runners"}
 
 
 def _tables(url: str) -> set[str]:

@@ -66,7 +66,8 @@ def test_the_screen_is_deterministic_and_resumes_rung_by_rung() -> None:
     full = run_search(FakeEvaluator(), config)
     again = run_search(FakeEvaluator(), config)
     assert [h["best_error"] for h in again.history] == [h["best_error"] for h in full.history]
-    assert again.front == full.front and again.recommended == full.recommended
+    assert again.front == full.front
+    assert again.recommended == full.recommended
 
     class Stop(Exception):  # noqa: N818
         pass
@@ -80,10 +81,12 @@ def test_the_screen_is_deterministic_and_resumes_rung_by_rung() -> None:
 
     with pytest.raises(Stop):
         run_search(FakeEvaluator(), config, on_generation=stop_after_first_rung)
-    assert snaps[0].progress.generation == -2 and snaps[0].record["screen_rung"] == 0
+    assert snaps[0].progress.generation == -2
+    assert snaps[0].record["screen_rung"] == 0
     ev = FakeEvaluator()
     resumed = run_search(ev, config, resume_from=snaps[0].state)
-    assert resumed.front == full.front and resumed.recommended == full.recommended
+    assert resumed.front == full.front
+    assert resumed.recommended == full.recommended
     assert [h["best_error"] for h in resumed.history] == [h["best_error"] for h in full.history]
     assert not [c for c in ev.calls if (c[1], c[2]) == (1, 64)]  # the first rung is not rerun
 
@@ -106,7 +109,7 @@ def test_a_real_screen_scores_every_class_finite_and_beats_wanda() -> None:
         population=4,
         generations=1,
         calibration={"n_samples": 8, "seq_len": 24},
-        screen={"rungs": "1x8,2x24", "keep": 0.1},
+        screen={"rungs": "1x8", "keep": 0.01},
         rescore_top=2,
     )
     result = run_search(InProcessEvaluator(engine), config)
@@ -115,3 +118,9 @@ def test_a_real_screen_scores_every_class_finite_and_beats_wanda() -> None:
     wanda = next(b for b in result.baselines if b.name == "Wanda")
     assert math.isfinite(result.recommended.evaluation.error)
     assert result.recommended.evaluation.error <= wanda.evaluation.error + 1e-9
+
+
+def test_a_budget_spent_by_the_screen_still_runs_one_generation() -> None:
+    result = run_search(FakeEvaluator(), _config(generations=5, max_evaluations=1.0))
+    assert [h["generation"] for h in result.history] == [-2, -1, 1]
+    assert result.recommended.evaluation.n_samples == 8  # at full fidelity

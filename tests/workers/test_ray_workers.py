@@ -65,6 +65,8 @@ def config(model_root: Path) -> SearchConfig:
         seed=3,
         batch_size=4,
         calibration=calib,
+        # every class of the second-order space on one rung, through the actors
+        screen={"rungs": "1x8", "keep": 0.02},
     )
 
 

@@ -14,6 +14,8 @@ const TEXT_FIELDS = new Set([
   "allocation.granularity",
   "allocation.selection",
   "allocation.database",
+  "metric_space",
+  "screen.rungs",
 ]);
 const LIST_FIELDS = new Set(["low_fidelity_samples"]); // "2,4" goes as [2, 4]
 

@@ -1,0 +1,48 @@
+"""Stored genomes: each succeeded search's best, by architecture family, pattern and target."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from optishear.errors import ConfigError
+from optishear.patterns import Pattern
+from service import genomes
+from service.deps import SessionDep
+from service.schemas import GenomePage, Message
+
+router = APIRouter(prefix="/genomes", tags=["genomes"])
+
+
+@router.get("", responses={422: {"model": Message, "description": "a bad filter"}})
+def list_genomes(
+    session: SessionDep,
+    family: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=64,
+            pattern=r"^[A-Za-z0-9_.-]+$",
+            description="architecture family, config.json's model_type: llama, qwen2, ...",
+        ),
+    ] = None,
+    pattern: Annotated[
+        str | None, Query(min_length=1, max_length=32, description="unstructured, 2:4, ...")
+    ] = None,
+    target: Annotated[float | None, Query(gt=0, lt=1, description="target sparsity")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> GenomePage:
+    """Newest search first, best genome first within each (rank 0: the recommended one's).
+
+    Any of them goes into a new search as `metric_from` (`{"search": id, "use": "seed"}` or
+    `"fixed"`), or by its `spec` into `seed_genomes` or `genome`.
+    """
+    try:
+        parsed = Pattern.parse(pattern) if pattern is not None else None
+    except ConfigError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return genomes.list_genomes(
+        session=session, family=family, pattern=parsed, target=target, limit=limit, offset=offset
+    )
