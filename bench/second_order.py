@@ -2,11 +2,12 @@
 
 Every row prunes the same dense model with the same calibration sample (the settings of
 bench/metric_truth.py) as it ships (statistics from the pruned prefix), and is measured on
-the same held-out windows. Genomes are given by spec; `--refit` adds each genome's masks
+the same held-out windows. Genomes are given by spec; `--refit` ships the genomes it names with their masks
 followed by our least-squares refit; SparseGPT is the reference with its own weight update.
 
   python bench/second_order.py --pattern 2:4 \
-      --genomes "f1=identity;f2=square,h=rho;f2=identity,h=sqrt_rho" --refit
+      --genomes "f1=identity;f2=square,h=rho;f2=identity,h=sqrt_rho" --sparsegpt \
+      --refit "f1=identity;f2=square,h=rho"
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--pattern", default="2:4")
     p.add_argument("--genomes", default="f1=identity;f2=square,h=rho;f2=identity,h=sqrt_rho")
-    p.add_argument("--refit", action="store_true")
+    p.add_argument("--refit", default="", help="';'-separated genomes shipped with our refit")
     p.add_argument("--sparsegpt", action="store_true")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=16)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--append", action="store_true", help="add rows to an existing --out")
     args = p.parse_args()
     tag = args.pattern.replace(":", "-")
     out_path = args.out or Path(f"bench/out/second_order_{args.model}_{tag}.json")
@@ -56,6 +58,8 @@ def main() -> int:
     ev = EvaluationConfig(seq_len=512, windows=args.eval_windows)
     n_blocks = len(block_param_counts(model))
     out: dict[str, Any] = {"args": vars(args) | {"out": str(out_path)}, "rows": []}
+    if args.append and out_path.is_file():
+        out["rows"] = json.loads(out_path.read_text())["rows"]
 
     def row(name: str, prune: Any) -> None:
         model.load_state_dict(dense)
@@ -77,13 +81,13 @@ def main() -> int:
     if args.sparsegpt:
         config = PruneConfig(method="sparsegpt", sparsity=target, pattern=pattern)
         row("SparseGPT", lambda: prune_model(model, calib, config))
-    if args.refit:
-        for g in genomes:
-            c = Candidate(g, (target,) * n_blocks)
-            row(
-                f"{g.formula()} + refit",
-                lambda c=c: prune_candidate(model, calib, c, pattern, refit=True),
-            )
+    for spec in filter(None, (s.strip() for s in args.refit.split(";"))):
+        g = Genome.parse(spec)
+        c = Candidate(g, (target,) * n_blocks)
+        row(
+            f"{g.formula()} + refit",
+            lambda c=c: prune_candidate(model, calib, c, pattern, refit=True),
+        )
     return 0
 
 
