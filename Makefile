@@ -13,6 +13,7 @@ demo: venv
 	$(VENV)/optishear assets pull
 	$(VENV)/optishear run --model smollm2-135m --sparsity 0.5 --pattern unstructured \
 		--workers 2 --population 4 --generations 2 --nsamples 16 --seqlen 128 \
+		--metric-space first_order --screen-rungs 1x32 --screen-keep 0.05 --rescore-top 2 \
 		--fitness-samples 4 --eval-windows 16
 
 lint: venv
