@@ -167,9 +167,14 @@ def _follow(
         nonlocal printed
         per_stage = int(search.request["generations"])
         for g in repository.generations(session=session, search_id=search_id)[printed:]:
+            # the metric screen's rungs come before generation 1, numbered -k..-1
+            step = (
+                f"{g.stage} screen" if g.stage_generation < 1
+                else f"{g.stage} {g.stage_generation}/{per_stage}"
+            )  # fmt: skip
             _say(
-                f"generation {g.number}/{search.total_generations} ({g.stage} "
-                f"{g.stage_generation}/{per_stage}): best error {g.best_error:.5f}, "
+                f"generation {g.number}/{search.total_generations} ({step}): "
+                f"best error {g.best_error:.5f}, "
                 f"{g.evaluations} evaluations ({g.total_evaluations} in all), "
                 f"{g.seconds:.0f} s, {time.monotonic() - start:.0f} s elapsed"
             )

@@ -32,10 +32,12 @@ def _fill_tiny_search(page, tiny: Path, **fields: str) -> None:
         "evaluation.text": str(tiny / "eval.txt"),
         "evaluation.seq_len": "32",
         "evaluation.windows": "4",
+        "screen.rungs": "1x8",  # the screen's one rung over the first-order classes
         **fields,
     }
     page.locator("details.more > summary").click()
     page.select_option("select[name=stages]", "metric")
+    page.select_option("select[name=metric_space]", "first_order")
     for name, value in values.items():
         page.fill(f'#search-form [name="{name}"]', value)
 
@@ -79,7 +81,7 @@ def test_submit_watch_front_export_download(
     server.start_runner()
     expect(item).to_have_attribute("data-status", "succeeded", timeout=90_000)
     expect(page.locator("#d-head .badge")).to_have_text("succeeded")
-    expect(page.locator("#d-gen")).to_have_text("generation 2 of 2")
+    expect(page.locator("#d-gen")).to_have_text("generation 3 of 3")  # a rung, 2 generations
 
     # The charts show what the API holds: one point per generation, one per front candidate.
     search = api.get(f"/api/searches/{sid}").json()

@@ -129,7 +129,7 @@ def _crashing_worker() -> type[ModelActor]:
             try:
                 (Path(self.spec.config.model).parent / CRASH_FLAG).unlink()
             except FileNotFoundError:
-                return super().evaluate(candidates, n_samples)
+                return super().evaluate(candidates, n_samples, n_tokens)
             os._exit(1)  # the process dies in the middle of a call
 
     return CrashOnceWorker
