@@ -60,7 +60,7 @@ def test_run_searches_exports_and_keeps_both_in_the_db(run_env, tiny_model_dir, 
     assert code == 0, out
     assert "generation 1/3 (metric screen)" in out  # the screen's one rung, then
     assert "generation 2/3 (metric 1/1)" in out  # one line per generation, both stages
-    assert "generation 2/2 (layerwise 1/1)" in out
+    assert "generation 3/3 (layerwise 1/1)" in out
     assert re.search(r"recommended \(\*\): candidate [0-9a-f-]{36}", out)
     assert "Wanda" in out
     assert "OWL+Wanda" in out
