@@ -296,35 +296,13 @@ class _Search:
                     "elapsed": st.elapsed,
                 }
                 st.history.append(record)
-                state_bytes = self._save()
-                done = len(st.history)
-                total = self.config.total_generations()
-                report = SearchProgress(
+                self._report(
                     stage,
-                    st.stage_index,
-                    len(stages),
-                    record["generation"],
-                    self.config.generations,
-                    st.evaluations,
-                    st.cache_hits,
-                    best,
-                    st.elapsed,
-                    st.elapsed / done * (total - done),
-                    done,
+                    record,
+                    self.current_front(space, algorithm),
+                    self.population(space, algorithm),
+                    progress,
                 )
-                if self.on_generation:
-                    self.on_generation(
-                        GenerationSnapshot(
-                            report,
-                            done,
-                            dict(record),
-                            self.current_front(space, algorithm),
-                            state_bytes,
-                            self.population(space, algorithm),
-                        )
-                    )
-                if progress:
-                    progress(report)
             st.outcomes.append(
                 StageOutcome(
                     stage,
@@ -447,7 +425,8 @@ class _Search:
         population: list[Scored],
         progress: Callable[[SearchProgress], None] | None,
     ) -> None:
-        """Save the state and report a screening rung as a progress step."""
+        """Save the state and report a step (a generation or a screening rung): the snapshot
+        to `on_generation`, the progress to `progress`."""
         st = self.state
         state_bytes = self._save()
         done = len(st.history)
