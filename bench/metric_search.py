@@ -23,18 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from optishear.config import CalibrationConfig, EvaluationConfig, SearchConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.config import SearchConfig
 from optishear.evaluate import perplexity
-from optishear.hf import load_model
 from optishear.search.evaluator import InProcessEvaluator
-from optishear.search.fitness import FitnessEngine
 from optishear.search.loop import run_search
 
 sys.path.insert(0, str(Path(__file__).parent))
-from metric_truth import parse_pattern, spearman
+from metric_truth import bench_engine, held_out, parse_pattern, spearman
 
 _START = time.perf_counter()
 
@@ -111,21 +106,10 @@ def main() -> int:
     truth = best_truth(records)
 
     pattern, target = parse_pattern(args.pattern)
-    torch.manual_seed(0)
-    model, tok, _ = load_model(args.model, dtype=torch.float32)
-    cal = CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
-    calib = sample_calibration(tok, cal)
-    engine = FitnessEngine(
-        model,
-        calib,
-        pattern,
-        fitness_samples=args.fitness_samples,
-        stats="baseline",
-        sparsity=target,
-        second_order=args.space == "second_order",
+    engine, tok, cal = bench_engine(
+        args, pattern, target, second_order=args.space == "second_order"
     )
-    stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
-    ev_cfg = EvaluationConfig(seq_len=512, windows=args.eval_windows)
+    stream, ev_cfg = held_out(tok, args.eval_windows)
     base = {
         "model": args.model,
         "sparsity": target,

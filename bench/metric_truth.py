@@ -54,6 +54,36 @@ def parse_pattern(text: str) -> tuple[Pattern, float]:
     return Pattern(), float(text)
 
 
+def bench_engine(
+    args: argparse.Namespace, pattern: Pattern, target: float, *, second_order: bool
+) -> tuple[FitnessEngine, Any, CalibrationConfig]:
+    """The issue-14 benchmarks' engine: --model in float32, --nsamples x --seqlen calibration
+    (seed 0), Wanda's pruned statistics, fitness on --fitness-samples; with its tokenizer and
+    calibration config."""
+    torch.manual_seed(0)
+    model, tok, _ = load_model(args.model, dtype=torch.float32)
+    cal = CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
+    t0 = time.perf_counter()
+    engine = FitnessEngine(
+        model,
+        sample_calibration(tok, cal),
+        pattern,
+        fitness_samples=args.fitness_samples,
+        stats="baseline",
+        sparsity=target,
+        second_order=second_order,
+    )
+    log(f"engine built in {time.perf_counter() - t0:.0f} s")
+    return engine, tok, cal
+
+
+def held_out(tok: Any, windows: int) -> tuple[torch.Tensor, EvaluationConfig]:
+    """The bundled evaluation split's tokens and the first `windows` 512-token windows."""
+    return tokenize_stream(tok, load_texts("wiki", "evaluation")), EvaluationConfig(
+        seq_len=512, windows=windows
+    )
+
+
 def default_out(args: argparse.Namespace) -> Path:
     tag = args.pattern.replace(":", "-")
     return Path(f"bench/data/metric_truth_{args.model}_{tag}.jsonl")
@@ -188,20 +218,7 @@ def main() -> int:
     if not records:
         add({"kind": "settings", "settings": wanted})
     pattern, target = parse_pattern(args.pattern)
-    torch.manual_seed(0)
-    model, tok, _ = load_model(args.model, dtype=torch.float32)
-    calib = sample_calibration(tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen))
-    t0 = time.perf_counter()
-    engine = FitnessEngine(
-        model,
-        calib,
-        pattern,
-        fitness_samples=args.fitness_samples,
-        stats="baseline",
-        sparsity=target,
-        second_order=True,
-    )
-    log(f"engine built in {time.perf_counter() - t0:.0f} s")
+    engine, tok, _ = bench_engine(args, pattern, target, second_order=True)
     uniform = (target,) * engine.n_blocks
 
     if "full" in phases:
@@ -221,8 +238,7 @@ def main() -> int:
     if 0 not in top and any(r["index"] == 0 for r in full):
         top.append(0)  # Wanda always, for the relative gains
     if "shipped" in phases:
-        stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
-        ev = EvaluationConfig(seq_len=512, windows=args.eval_windows)
+        stream, ev = held_out(tok, args.eval_windows)
         done = {r["index"] for r in records if r["kind"] == "shipped"}
         for index in [i for i in top if i not in done]:
             g = Genome.from_index(index)

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from optishear.candidates import Candidate
-from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.config import CalibrationConfig, PruneConfig
+from optishear.data import sample_calibration
 from optishear.evaluate import perplexity
 from optishear.genome import Genome
 from optishear.hf import load_model
@@ -31,7 +31,7 @@ from optishear.layers import block_param_counts
 from optishear.prune import prune_candidate, prune_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from metric_truth import log, parse_pattern
+from metric_truth import held_out, log, parse_pattern
 
 
 def main() -> int:
@@ -54,8 +54,7 @@ def main() -> int:
     model, tok, _ = load_model(args.model, dtype=torch.float32)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     calib = sample_calibration(tok, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen))
-    stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
-    ev = EvaluationConfig(seq_len=512, windows=args.eval_windows)
+    stream, ev = held_out(tok, args.eval_windows)
     n_blocks = len(block_param_counts(model))
     out: dict[str, Any] = {"args": vars(args) | {"out": str(out_path)}, "rows": []}
     if args.append and out_path.is_file():

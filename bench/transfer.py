@@ -19,20 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from optishear.candidates import Candidate
-from optishear.config import CalibrationConfig, EvaluationConfig, SearchConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
+from optishear.config import SearchConfig
 from optishear.evaluate import perplexity
 from optishear.genome import WANDA_GENOME, Genome
-from optishear.hf import load_model
 from optishear.search.evaluator import InProcessEvaluator
-from optishear.search.fitness import FitnessEngine
 from optishear.search.loop import run_search
 
 sys.path.insert(0, str(Path(__file__).parent))
-from metric_truth import log, parse_pattern
+from metric_truth import bench_engine, held_out, log, parse_pattern
 
 
 def main() -> int:
@@ -55,23 +50,10 @@ def main() -> int:
     tag = args.pattern.replace(":", "-")
     out_path = args.out or Path(f"bench/out/transfer_{args.model}_{tag}.json")
     pattern, target = parse_pattern(args.pattern)
-    torch.manual_seed(0)
-    model, tok, _ = load_model(args.model, dtype=torch.float32)
-    cal = CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
-    calib = sample_calibration(tok, cal)
-    t0 = time.perf_counter()
-    engine = FitnessEngine(
-        model,
-        calib,
-        pattern,
-        fitness_samples=args.fitness_samples,
-        stats="baseline",
-        sparsity=target,
-        second_order=args.space == "second_order",
+    engine, tok, cal = bench_engine(
+        args, pattern, target, second_order=args.space == "second_order"
     )
-    log(f"engine built in {time.perf_counter() - t0:.0f} s")
-    stream = tokenize_stream(tok, load_texts("wiki", "evaluation"))
-    ev = EvaluationConfig(seq_len=512, windows=args.eval_windows)
+    stream, ev = held_out(tok, args.eval_windows)
     out: dict[str, Any] = {"args": vars(args) | {"out": str(out_path)}, "rows": []}
     uniform = (target,) * engine.n_blocks
 
