@@ -11,7 +11,6 @@ back from the evaluation cache.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,7 +31,7 @@ from pymoo.util.ref_dirs import get_reference_directions
 from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
 from optishear.errors import OptiShearError
-from optishear.genome import WANDA_GENOME, canonical_genomes
+from optishear.genome import WANDA_GENOME
 from optishear.search.allocation import (
     AllocationSpace,
     LayerLayout,
@@ -264,7 +263,15 @@ class _Search:
             self._seeds = []
             if stage in self.config.screened_stages():
                 assert isinstance(space, SearchSpace)
-                self._seeds = self._screen(stage, space, clock, progress)
+                self._seeds = self.screening.screen(
+                    stage,
+                    space.second_order,
+                    len(self.block_params),
+                    clock,
+                    lambda record, promoted, stage=stage: self._report(
+                        stage, record, promoted[:1], promoted, progress
+                    ),
+                )
             algorithm = self._replayed(space)
             while algorithm.has_next():
                 spent = sum(h.get("cost", 0.0) for h in st.history if h["stage"] == stage)
@@ -356,66 +363,6 @@ class _Search:
             baselines,
             database.describe() if database is not None else "",
         )
-
-    def _screen(
-        self,
-        stage: str,
-        space: SearchSpace,
-        clock: float,
-        progress: Callable[[SearchProgress], None] | None,
-    ) -> list[Candidate]:
-        """Successive halving over every row-canonical class of the space, at the target's
-        uniform plan: all are scored on the first rung, the best `screen.keep` share of each
-        rung (never fewer than a population) on the next. Returns the last rung's survivors,
-        best first; NSGA-III starts from the best `population` of them at full fidelity.
-
-        Every rung is saved and reported as a progress step of its own; on resume, rungs
-        already in the history are read back from the cache and not reported again.
-        """
-        s = self.config
-        st = self.state
-        plan = (s.target,) * len(self.block_params)
-        alive = [Candidate(g, plan) for g in canonical_genomes(second_order=space.second_order)]
-        recorded = sum(1 for h in st.history if h["stage"] == stage and "screen_rung" in h)
-        rungs = s.screen.rungs
-        for r, (n, tokens) in enumerate(rungs):
-            start = time.perf_counter()
-            before, cost_before = st.evaluations, st.cost
-            evals = self.screening.rung(alive, n, tokens)
-            order = sorted(range(len(alive)), key=lambda i: evals[i].error)  # stable: by index
-            keep = max(s.population, math.ceil(s.screen.keep * len(alive)))
-            promoted = [Scored(alive[i], evals[i], 0.0) for i in order[:keep]]
-            alive = [p.candidate for p in promoted]
-            if r < recorded:
-                continue
-            st.elapsed = time.perf_counter() - clock
-            record = {
-                "stage": stage,
-                "generation": r - len(rungs),  # the rungs come before generation 1
-                "screen_rung": r,
-                "sequences": n,
-                "tokens": tokens,
-                "classes": len(evals),
-                "promoted": len(promoted),
-                "evaluations": st.evaluations - before,
-                "cost": st.cost - cost_before,
-                "best_error": promoted[0].evaluation.error,
-                "seconds": time.perf_counter() - start,
-                "elapsed": st.elapsed,
-            }
-            st.history.append(record)
-            logger.info(
-                "stage %s screen rung %d/%d: %d classes on %d x %d tokens, %d promoted",
-                stage,
-                r + 1,
-                len(rungs),
-                len(evals),
-                n,
-                tokens,
-                len(promoted),
-            )
-            self._report(stage, record, promoted[:1], promoted, progress)
-        return alive
 
     def _report(
         self,

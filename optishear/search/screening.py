@@ -2,22 +2,28 @@
 
 Candidates with equal keys give identical masks, so each is evaluated once per search. With
 `low_fidelity_samples`, fresh candidates are first scored on a few sequences and only the best
-share (`promote_fraction`) gets the full evaluation; the others get a scaled stand-in.
+share (`promote_fraction`) gets the full evaluation; the others get a scaled stand-in. A
+metric stage opens with `Screening.screen`: every row-canonical class, promoted by fidelity.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from optishear.candidates import Candidate, Evaluation
+from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
+from optishear.genome import canonical_genomes
 from optishear.search.evaluator import BatchEvaluator
 from optishear.search.state import SearchState
+
+logger = logging.getLogger(__name__)
 
 
 class Screening:
@@ -58,6 +64,68 @@ class Screening:
         if todo:
             self._low(todo, n, t)
         return [self.state.low[(c.key(), n, t)] for c in cands]
+
+    def screen(
+        self,
+        stage: str,
+        second_order: bool,
+        n_blocks: int,
+        clock: float,
+        report: Callable[[dict[str, Any], list[Scored]], None],
+    ) -> list[Candidate]:
+        """Successive halving over every row-canonical class of the space, at the target's
+        uniform plan: all are scored on the first rung, the best `screen.keep` share of each
+        rung (never fewer than a population) on the next. Returns the last rung's survivors,
+        best first; NSGA-III starts from the best `population` of them at full fidelity.
+
+        Every rung is recorded in the history and handed to `report` (which saves and reports
+        it) with its promoted classes; on resume, rungs already in the history are read back
+        from the cache and not reported again. `clock` is the search's start.
+        """
+        s = self.config
+        st = self.state
+        plan = (s.target,) * n_blocks
+        alive = [Candidate(g, plan) for g in canonical_genomes(second_order=second_order)]
+        recorded = sum(1 for h in st.history if h["stage"] == stage and "screen_rung" in h)
+        rungs = s.screen.rungs
+        for r, (n, tokens) in enumerate(rungs):
+            start = time.perf_counter()
+            before, cost_before = st.evaluations, st.cost
+            evals = self.rung(alive, n, tokens)
+            order = sorted(range(len(alive)), key=lambda i: evals[i].error)  # stable: by index
+            keep = max(s.population, math.ceil(s.screen.keep * len(alive)))
+            promoted = [Scored(alive[i], evals[i], 0.0) for i in order[:keep]]
+            alive = [p.candidate for p in promoted]
+            if r < recorded:
+                continue
+            st.elapsed = time.perf_counter() - clock
+            record = {
+                "stage": stage,
+                "generation": r - len(rungs),  # the rungs come before generation 1
+                "screen_rung": r,
+                "sequences": n,
+                "tokens": tokens,
+                "classes": len(evals),
+                "promoted": len(promoted),
+                "evaluations": st.evaluations - before,
+                "cost": st.cost - cost_before,
+                "best_error": promoted[0].evaluation.error,
+                "seconds": time.perf_counter() - start,
+                "elapsed": st.elapsed,
+            }
+            st.history.append(record)
+            logger.info(
+                "stage %s screen rung %d/%d: %d classes on %d x %d tokens, %d promoted",
+                stage,
+                r + 1,
+                len(rungs),
+                len(evals),
+                n,
+                tokens,
+                len(promoted),
+            )
+            report(record, promoted)
+        return alive
 
     def evaluate(self, cands: Sequence[Candidate]) -> list[Evaluation]:
         st = self.state
