@@ -456,15 +456,17 @@ class SearchConfig(_Target):
         n = self.calibration.n_samples
         return min(self.fitness_samples or n, n)
 
+    def metric_stages(self) -> list[str]:
+        """The stages that search the metric genome."""
+        return [s for s in self.stage_list() if s in ("metric", "joint")]
+
     def screened_stages(self) -> list[str]:
         """The stages that open with the screen (those searching the metric)."""
-        if not self.screen.rungs:
-            return []
-        return [s for s in self.stage_list() if s in ("metric", "joint")]
+        return self.metric_stages() if self.screen.rungs else []
 
     def needs_hessians(self) -> bool:
         """Whether the fitness engine must keep second-order statistics (rho)."""
-        metric = any(s in ("metric", "joint") for s in self.stage_list())
+        metric = bool(self.metric_stages())
         seeds = any(g.second_order for g in self.seed_genomes)
         return (metric and (self.metric_space == "second_order" or seeds)) or (
             self.genome.second_order

@@ -136,7 +136,7 @@ def apply_metric_from(*, session: Session, spec: SearchCreate) -> SearchCreate:
             f"the genome instead (optishear prune --method meta --genome '{best.spec()}'), or "
             "use 'seed'"
         )
-    if source.use == "seed" and not _searches_metric(spec):
+    if source.use == "seed" and not spec.metric_stages():
         raise MetricSourceError(
             f"metric_from use 'seed' seeds a metric search, and stages {spec.stages!r} search "
             "no metric: use stages metric, both or joint, or use 'fixed'"
@@ -154,10 +154,6 @@ def apply_metric_from(*, session: Session, spec: SearchCreate) -> SearchCreate:
         return SearchCreate.model_validate(body)  # every rule again, on the expanded config
     except ValidationError as exc:
         raise config_error(exc) from None
-
-
-def _searches_metric(spec: SearchCreate) -> bool:
-    return any(s in ("metric", "joint") for s in spec.stage_list())
 
 
 def genome_read(g: SearchGenome) -> StoredGenomeRead:
