@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 from optishear.assets import text_dir
 from optishear.config import BUNDLED, CalibrationConfig, EvaluationConfig
 from optishear.errors import DataError
+from optishear.files import user_path
 from optishear.settings import LibrarySettings
 
 
@@ -62,7 +63,7 @@ def load_texts(source: str, split: str, settings: LibrarySettings | None = None)
         return _read_jsonl(path)
     if source.startswith("hf:"):
         return _read_dataset(source[3:], "validation" if split == "evaluation" else "train")
-    path = Path(source).expanduser()
+    path = user_path(source, DataError)
     if not path.is_file():
         raise DataError(f"text source {source!r} is not 'wiki', 'hf:NAME' or an existing file")
     if path.suffix == ".jsonl":

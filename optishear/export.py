@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,27 @@ def export_checkpoint(
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
+
+
+def write_archive(folder: Path, dest: Path) -> tuple[str, int]:
+    """Tar `folder` (as its top-level entry) into `dest`; returns (sha256, bytes).
+
+    Plain tar: safetensors barely compress. The bytes depend only on the folder's name and its
+    files' names and contents (sorted members, mtime 0, owner root, fixed modes), so the same
+    pruned weights always give the same sha256.
+    """
+    folder = Path(folder)
+
+    def fixed(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.mtime = 0
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode = 0o755 if info.isdir() else 0o644
+        return info
+
+    members = [folder, *sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).parts)]
+    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path in members:
+            arcname = Path(folder.name, path.relative_to(folder)).as_posix()
+            tar.add(path, arcname=arcname, recursive=False, filter=fixed)
+    return sha256_file(dest), dest.stat().st_size

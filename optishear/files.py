@@ -9,7 +9,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from optishear.errors import ConfigError, OptiShearError
+
 _CHUNK = 1 << 20
+
+
+def user_path(text: str, error: type[OptiShearError] = ConfigError) -> Path:
+    """Path(text) with a leading ~ or ~user expanded; a user without a home is `error`
+    (Path.expanduser raises RuntimeError, which nobody expects from a path)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        user = text[1:].split("/", 1)[0]
+        raise error(f"{text!r}: there is no user {user!r} to expand '~{user}' for") from None
 
 
 def sha256_file(path: Path) -> str:

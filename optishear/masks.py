@@ -5,16 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from optishear.errors import ConfigError
-from optishear.patterns import Pattern
-
-
-def check_pattern_fits(pattern: Pattern, d_in: int, layer: str) -> None:
-    if pattern.structured and d_in % pattern.m:
-        raise ConfigError(
-            f"{pattern} does not divide layer {layer}: its {d_in} inputs are not a multiple of "
-            f"{pattern.m}"
-        )
+from optishear.patterns import Pattern, check_pattern_fits
 
 
 def n_pruned(size: int, ratio: float) -> int:

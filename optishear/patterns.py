@@ -45,6 +45,15 @@ class Pattern:
         return f"{self.n}:{self.m}" if self.m else "unstructured"
 
 
+def check_pattern_fits(pattern: Pattern, d_in: int, layer: str) -> None:
+    """N:M groups run along a layer's inputs: M must divide their number."""
+    if pattern.structured and d_in % pattern.m:
+        raise ConfigError(
+            f"{pattern} does not divide layer {layer}: its {d_in} inputs are not a multiple of "
+            f"{pattern.m}"
+        )
+
+
 def check_target(sparsity: float, pattern: Pattern, *, dense_exceptions: bool = False) -> None:
     """A target sparsity must lie in (0, 1) and, for N:M, be exactly N/M (at most N/M when
     some layers may stay dense)."""

@@ -23,10 +23,9 @@ from optishear.layers import (
     linear_sublayers,
     run_block,
 )
-from optishear.masks import check_pattern_fits
 from optishear.methods import LayerTask, Method, build_method
 from optishear.metrics import wanda_score
-from optishear.patterns import Pattern
+from optishear.patterns import Pattern, check_pattern_fits
 from optishear.plans import (
     SparsityPlan,
     explicit_plan,

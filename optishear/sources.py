@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from optishear.errors import ModelSourceError
+from optishear.files import user_path
 from optishear.settings import LibrarySettings
 
 
@@ -54,7 +55,7 @@ def resolve_source(source: str, settings: LibrarySettings) -> ModelSource:
     """Classify a user's model argument, failing early on paths that do not exist."""
     if source in REGISTERED_MODELS:
         return ModelSource("registered", str(registered_model_dir(source, settings)), source)
-    path = Path(source).expanduser()
+    path = user_path(source, ModelSourceError)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} is a folder but has no config.json (not an HF model)")
@@ -91,6 +92,43 @@ def model_family(source: str, settings: LibrarySettings) -> str:
     if not isinstance(family, str) or not family.strip():
         return UNKNOWN_FAMILY
     return family.strip().lower()[:64]
+
+
+def layer_widths(source: str, settings: LibrarySettings) -> dict[str, int]:
+    """The input widths of a model's prunable layers, by the config.json field they come from,
+    read without loading any weights; {} where there is no config.json to read.
+
+    Attention projections and the MLP's first layers take `hidden_size` inputs, the attention
+    output `num_attention_heads * head_dim`, the MLP's last layer `intermediate_size` (the
+    GPT-2 and OPT spellings too).
+    """
+    try:
+        config = _config_json(resolve_source(source, settings))
+        data = json.loads(config.read_text(encoding="utf-8")) if config is not None else None
+    except (ModelSourceError, OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+
+    def first(*names: str) -> tuple[str, int] | None:
+        for name in names:
+            value = data.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return name, value
+        return None
+
+    widths = dict(
+        found
+        for found in (
+            first("hidden_size", "n_embd", "d_model"),
+            first("intermediate_size", "n_inner", "ffn_dim"),
+        )
+        if found
+    )
+    heads, head_dim = first("num_attention_heads", "n_head"), first("head_dim")
+    if heads and head_dim:
+        widths[f"{heads[0]} x head_dim"] = heads[1] * head_dim[1]
+    return widths
 
 
 def _config_json(src: ModelSource) -> Path | None:

@@ -11,16 +11,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from optishear.errors import OptiShearError
 from service import db
+from service.auth import ApiKeyAuth
 from service.deps import require_api_key
 from service.middleware import BodyLimit
+from service.responses import API_ERRORS, RETRY_AFTER, install_openapi
 from service.routes import checkpoints, dashboard, genomes, health, searches
 from service.schemas import validation_message
 from service.settings import ServiceSettings, get_settings
+from service.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
+
+
+def _allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document gives this path (FastAPI's included routers hide
+    their routes from app.routes, and the document is the contract anyway)."""
+    methods: set[str] = set()
+    for template, item in app.openapi()["paths"].items():
+        regex, _, _ = compile_path(template)
+        if regex.match(path):
+            methods |= {m.upper() for m in item}
+    return sorted(methods)
 
 
 def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True) -> FastAPI:
@@ -35,7 +50,9 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
         engine = db.make_engine(url)
         app.state.sessions = db.make_sessions(engine)
         app.state.write_sessions = db.make_sessions(engine, write=True)
-        if not settings.api_keys:
+        if (problem := app.state.store.problem()) is not None:
+            logger.error("checkpoint store: %s: exports and downloads answer 503", problem)
+        if not settings.api_keys and not settings.admin_keys:
             logger.warning(
                 "OPTISHEAR_API_KEYS is not set: the API is open to anyone who can reach it"
             )
@@ -49,8 +66,9 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.store = CheckpointStore.of(settings)
 
-    api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)])
+    api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=API_ERRORS)
     api.include_router(searches.router)
     api.include_router(checkpoints.router)
     api.include_router(genomes.router)
@@ -60,9 +78,14 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
     app.include_router(dashboard.router)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == status.HTTP_405_METHOD_NOT_ALLOWED:
+            # Starlette names the methods of the one route it matched; a path served by
+            # several routes (GET and POST of .../checkpoints) allows all of theirs.
+            headers["Allow"] = ", ".join(_allowed_methods(app, request.url.path))
         return JSONResponse(
-            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+            {"detail": str(exc.detail)}, status_code=exc.status_code, headers=headers
         )
 
     @app.exception_handler(RequestValidationError)
@@ -86,6 +109,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
         return JSONResponse(
             {"detail": "the database is unavailable; retry later"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers=RETRY_AFTER,
         )
 
     @app.exception_handler(Exception)
@@ -96,6 +120,9 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
             status_code=status.HTTP_500_INTERNAL_SERVER_ERROR,
         )
 
-    # Outermost, so that no route ever reads an oversized body.
+    install_openapi(app, secured=bool(settings.api_keys or settings.admin_keys))
+    # No route ever reads an oversized body; and before that, a caller without a valid key
+    # gets 401 before anything reads or parses the request (the last added runs first).
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)  # type: ignore[arg-type]
+    app.add_middleware(ApiKeyAuth, settings=settings)  # type: ignore[arg-type]
     return app

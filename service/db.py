@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event
+from sqlalchemy import DateTime, Engine, TypeDecorator, create_engine, event, make_url, text
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from optishear.errors import OptiShearError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -108,3 +117,91 @@ def downgrade(url: str, revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
+
+
+# -- waiting for the database at start-up -------------------------------------------------------
+CONNECT_TIMEOUT_SECONDS = 3  # per attempt: a blackholed host must not eat the whole wait
+FIRST_DELAY_SECONDS = 0.5
+MAX_DELAY_SECONDS = 5.0
+
+
+class DatabaseUnavailableError(OptiShearError):
+    """The database cannot be reached (the CLI prints the message, not a traceback)."""
+
+
+def shown_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def short_reason(exc: BaseException) -> str:
+    """One line from a driver error: 'connection refused', 'database "x" does not exist'."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    if not lines:
+        return type(orig).__name__
+    line = lines[0]
+    # psycopg: 'connection failed: connection to server at "h", port p failed: <why>'
+    line = line.rsplit("failed: ", 1)[-1]
+    line = re.sub(r"^(FATAL|ERROR):\s*", "", line)
+    line = " ".join(line.split())
+    if line[:1].isupper() and line[1:2].islower():  # "Connection refused" reads as a clause
+        line = line[0].lower() + line[1:]
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)  # noqa: T201 - progress of a starting command
+
+
+def wait_for_database(
+    url: str,
+    timeout: float,
+    *,
+    say: Callable[[str], None] = _stderr,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Return once the database answers `SELECT 1`, retrying with backoff (0.5 s doubling to
+    5 s, one line per retry through `say`) for up to `timeout` seconds; then raise
+    DatabaseUnavailableError. SQLite needs no server: it returns at once."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} if backend == "postgresql" else {}
+    engine = create_engine(url, poolclass=NullPool, connect_args=connect_args)
+    deadline = clock() + timeout
+    delay = FIRST_DELAY_SECONDS
+    try:
+        while True:
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                return
+            except DBAPIError as exc:  # the driver's errors; a bad URL or driver still raises
+                reason = short_reason(exc)
+            left = deadline - clock()
+            if left <= 0:
+                raise DatabaseUnavailableError(
+                    f"database {shown_url(url)} is unreachable ({reason}); "
+                    f"gave up after {timeout:g} s (OPTISHEAR_STARTUP_WAIT_SECONDS)"
+                )
+            pause = min(delay, left)
+            say(
+                f"optishear: database {shown_url(url)} is unreachable ({reason}); "
+                f"retrying in {pause:.1f} s"
+            )
+            sleep(pause)
+            delay = min(delay * 2, MAX_DELAY_SECONDS)
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def unreachable_as_error(url: str) -> Iterator[None]:
+    """Turn a lost connection inside the block into DatabaseUnavailableError (one line)."""
+    try:
+        yield
+    except OperationalError as exc:
+        raise DatabaseUnavailableError(
+            f"database {shown_url(url)} is unreachable ({short_reason(exc)})"
+        ) from exc

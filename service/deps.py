@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Iterator
 from typing import Annotated, TypeVar
@@ -11,12 +10,19 @@ from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.settings import ServiceSettings, hash_key
+from service.auth import UNAUTHORIZED, Principal
+from service.settings import ServiceSettings
+from service.store import CheckpointStore
 
 
 def get_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
+
+
+def get_store(request: Request) -> CheckpointStore:
+    store: CheckpointStore = request.app.state.store
+    return store
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -42,6 +48,7 @@ def get_or_404(session: Session, model: type[Row], ident: uuid.UUID, what: str) 
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+StoreDep = Annotated[CheckpointStore, Depends(get_store)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 
@@ -50,22 +57,26 @@ _bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token
 
 
 def require_api_key(
-    settings: SettingsDep,
-    header_key: Annotated[str | None, Security(_api_key)] = None,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> None:
-    """With keys configured, every /api call needs one (X-API-Key or Authorization: Bearer)."""
-    if not settings.api_keys:
-        return
-    given = header_key or (bearer.credentials if bearer else None)
-    if given:
-        digest = hash_key(given)
-        # Compare against every stored digest, in constant time, without stopping early.
-        matches = [hmac.compare_digest(digest, stored) for stored in settings.api_keys]
-        if any(matches):
-            return
-    raise HTTPException(
-        status.HTTP_401_UNAUTHORIZED,
-        "a valid API key is required (X-API-Key header or Authorization: Bearer)",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
+    request: Request,
+    header_key: Annotated[str | None, Security(_api_key)] = None,  # noqa: ARG001
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,  # noqa: ARG001
+) -> Principal:
+    """The caller, as service.auth.ApiKeyAuth found it before the request was read.
+
+    The two parameters only document the schemes in OpenAPI: the middleware has checked the
+    key already (401 before any parsing)."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:  # the middleware is not installed: refuse rather than open up
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, UNAUTHORIZED, headers={"WWW-Authenticate": "Bearer"}
+        )
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(require_api_key)]
+
+
+def visible_or_404(principal: Principal, owner: str, what: str, ident: uuid.UUID) -> None:
+    """Another key's search is answered as missing: its existence is not revealed."""
+    if not principal.sees(owner):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")

@@ -19,6 +19,7 @@ from optishear.config import config_error
 from optishear.errors import ConfigError
 from optishear.genome import Genome
 from optishear.patterns import Pattern
+from service.auth import OPEN, Principal
 from service.db import utcnow
 from service.schemas import GenomeOrigin, GenomePage, GenomeRef, SearchCreate, StoredGenomeRead
 from service.tables import JobStatus, Search, SearchGenome
@@ -108,8 +109,12 @@ def stored_genomes(*, session: Session, search_id: uuid.UUID) -> list[SearchGeno
     )
 
 
-def apply_metric_from(*, session: Session, spec: SearchCreate) -> SearchCreate:
+def apply_metric_from(
+    *, session: Session, spec: SearchCreate, principal: Principal = OPEN
+) -> SearchCreate:
     """`spec` with its metric_from expanded into seed_genomes, or into genome + stages.
+
+    Only a search `principal` may see can be named (another key's reads as unknown).
 
     Raises MetricSourceError (422: unknown search, or a use that does not fit the request)
     or MetricSourceNotReadyError (409: the search has not succeeded, so it stored nothing).
@@ -118,7 +123,7 @@ def apply_metric_from(*, session: Session, spec: SearchCreate) -> SearchCreate:
     if source is None:
         return spec
     row = session.get(Search, source.search)
-    if row is None:
+    if row is None or not principal.sees(row.owner):
         raise MetricSourceError(f"metric_from.search: no search {source.search}")
     stored = stored_genomes(session=session, search_id=source.search)
     if not stored:
@@ -178,9 +183,13 @@ def list_genomes(
     target: float | None,
     limit: int,
     offset: int,
+    owner: str | None = None,
 ) -> GenomePage:
-    """Stored genomes, newest search first and best first within each search."""
+    """Stored genomes, newest search first and best first within each search; `owner`
+    given: only those of its searches."""
     where = []
+    if owner is not None:
+        where.append(SearchGenome.search_id.in_(select(Search.id).where(Search.owner == owner)))
     if family is not None:
         where.append(SearchGenome.family == family.strip().lower())
     if pattern is not None:

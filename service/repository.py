@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -23,6 +24,7 @@ from service.schemas import (
     SearchOutcome,
     SearchRead,
 )
+from service.store import MISSING, CheckpointStore
 from service.tables import FINISHED, CandidateRow, Checkpoint, Generation, JobStatus, Search
 
 
@@ -92,16 +94,27 @@ def outcome(result: dict[str, Any] | None) -> SearchOutcome | None:
 
 
 def create_search(
-    *, session: Session, spec: SearchCreate, idempotency_key: str | None
+    *,
+    session: Session,
+    spec: SearchCreate,
+    owner: str,
+    idempotency_key: str | None,
+    idempotency_ttl: float = 24 * 3600.0,
 ) -> tuple[Search, bool]:
-    """Queue a search; returns (search, created). A repeated key and body return the first."""
+    """Queue a search for `owner`; returns (search, created).
+
+    A key repeated by the same owner with the same body, within `idempotency_ttl` seconds,
+    returns the first search. An older key is released: its search keeps running, and the
+    key makes a new one."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
-        existing = _by_key(session, idempotency_key, fingerprint)
+        _release_expired(session, owner, idempotency_key, idempotency_ttl)
+        existing = _by_key(session, owner, idempotency_key, fingerprint)
         if existing is not None:
             return existing, False
     search = Search(
         id=uuid.uuid4(),
+        owner=owner,
         model=spec.model,
         request=spec.model_dump(mode="json"),
         request_hash=fingerprint,
@@ -122,25 +135,44 @@ def create_search(
         session.rollback()
         if idempotency_key is None:
             raise
-        existing = _by_key(session, idempotency_key, fingerprint)
+        existing = _by_key(session, owner, idempotency_key, fingerprint)
         if existing is None:
             raise
         return existing, False
     return search, True
 
 
-def _by_key(session: Session, key: str, fingerprint: str) -> Search | None:
-    existing = session.scalars(select(Search).where(Search.idempotency_key == key)).first()
+def _release_expired(session: Session, owner: str, key: str, ttl: float) -> None:
+    session.execute(
+        update(Search)
+        .where(
+            Search.owner == owner,
+            Search.idempotency_key == key,
+            Search.created_at < utcnow() - timedelta(seconds=ttl),
+        )
+        .values(idempotency_key=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _by_key(session: Session, owner: str, key: str, fingerprint: str) -> Search | None:
+    existing = session.scalars(
+        select(Search).where(Search.owner == owner, Search.idempotency_key == key)
+    ).first()
     if existing is not None and existing.request_hash != fingerprint:
         raise IdempotencyConflictError(key)
     return existing
 
 
 def list_searches(
-    *, session: Session, status: str | None, limit: int, offset: int
+    *, session: Session, owner: str | None, status: str | None, limit: int, offset: int
 ) -> tuple[list[Search], int]:
+    """A page of searches, newest first; `owner` None: everyone's."""
     query = select(Search)
     count = select(func.count()).select_from(Search)
+    if owner is not None:
+        query = query.where(Search.owner == owner)
+        count = count.where(Search.owner == owner)
     if status is not None:
         query = query.where(Search.status == status)
         count = count.where(Search.status == status)
@@ -251,17 +283,20 @@ def generations(*, session: Session, search_id: uuid.UUID) -> list[GenerationRea
 
 
 def create_checkpoint(
-    *, session: Session, search: Search, candidate: CandidateRow
+    *, session: Session, search: Search, candidate: CandidateRow, store: CheckpointStore
 ) -> tuple[Checkpoint, bool]:
-    """Queue an export; an existing one of the same candidate (not failed) is reused."""
-    existing = session.scalars(
-        select(Checkpoint)
-        .where(
-            Checkpoint.candidate_id == candidate.id,
-            Checkpoint.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED]),
+    """Queue an export; the candidate's live one (queued, running, or succeeded with its
+    archive in the store) is returned instead. A unique index makes racing requests agree."""
+    existing = _live_checkpoint(session, candidate.id)
+    if existing is not None and _archive_lost(existing, store):
+        # Its file went (deleted by hand): that export is over; a new one takes its place.
+        session.execute(
+            update(Checkpoint)
+            .where(Checkpoint.id == existing.id, Checkpoint.status == JobStatus.SUCCEEDED)
+            .values(status=JobStatus.FAILED, error=MISSING)
+            .execution_options(synchronize_session=False)
         )
-        .order_by(Checkpoint.created_at)
-    ).first()
+        existing = None
     if existing is not None:
         return existing, False
     ckpt = Checkpoint(
@@ -273,22 +308,46 @@ def create_checkpoint(
         created_at=utcnow(),
     )
     session.add(ckpt)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:  # another request queued it in between: that one is the export
+        session.rollback()
+        existing = _live_checkpoint(session, candidate.id)
+        if existing is None:
+            raise
+        return existing, False
     return ckpt, True
 
 
-def checkpoint_read(c: Checkpoint, *, candidate_key: str) -> CheckpointRead:
-    ready = c.status == JobStatus.SUCCEEDED
+def _live_checkpoint(session: Session, candidate_id: uuid.UUID) -> Checkpoint | None:
+    return session.scalars(
+        select(Checkpoint)
+        .where(
+            Checkpoint.candidate_id == candidate_id,
+            Checkpoint.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED]),
+        )
+        .order_by(Checkpoint.created_at)
+    ).first()
+
+
+def _archive_lost(c: Checkpoint, store: CheckpointStore) -> bool:
+    return c.status == JobStatus.SUCCEEDED and store.archive(c.id) is None
+
+
+def checkpoint_read(c: Checkpoint, *, candidate_key: str, store: CheckpointStore) -> CheckpointRead:
+    """An export as the API shows it: one whose archive left the store reads as failed."""
+    lost = _archive_lost(c, store)
+    ready = c.status == JobStatus.SUCCEEDED and not lost
     return CheckpointRead(
         id=c.id,
         search_id=c.search_id,
         candidate_id=c.candidate_id,
         candidate_key=candidate_key,
-        status=c.status,  # type: ignore[arg-type]
+        status=JobStatus.FAILED if lost else c.status,  # type: ignore[arg-type]
         created_at=c.created_at,
         finished_at=c.finished_at,
         attempts=c.attempts,
-        error=c.error,
+        error=MISSING if lost else c.error,
         size_bytes=c.size_bytes,
         sha256=c.sha256,
         perplexity=c.perplexity,
@@ -298,13 +357,15 @@ def checkpoint_read(c: Checkpoint, *, candidate_key: str) -> CheckpointRead:
     )
 
 
-def checkpoint(*, session: Session, ckpt: Checkpoint) -> CheckpointRead:
+def checkpoint(*, session: Session, ckpt: Checkpoint, store: CheckpointStore) -> CheckpointRead:
     """One export, with the key of the candidate it exports."""
     key = session.scalar(select(CandidateRow.key).where(CandidateRow.id == ckpt.candidate_id))
-    return checkpoint_read(ckpt, candidate_key=key or "")
+    return checkpoint_read(ckpt, candidate_key=key or "", store=store)
 
 
-def checkpoints(*, session: Session, search_id: uuid.UUID) -> list[CheckpointRead]:
+def checkpoints(
+    *, session: Session, search_id: uuid.UUID, store: CheckpointStore
+) -> list[CheckpointRead]:
     """A search's exports, oldest first: every status, so retries and failures show too."""
     rows = session.execute(
         select(Checkpoint, CandidateRow.key)
@@ -312,4 +373,4 @@ def checkpoints(*, session: Session, search_id: uuid.UUID) -> list[CheckpointRea
         .where(Checkpoint.search_id == search_id)
         .order_by(Checkpoint.created_at, Checkpoint.id)
     ).all()
-    return [checkpoint_read(c, candidate_key=key) for c, key in rows]
+    return [checkpoint_read(c, candidate_key=key, store=store) for c, key in rows]

@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from optishear.candidates import ScoredCandidate, SearchSummary
 from optishear.config import BUNDLED, SearchConfig, Text, validation_message
 from optishear.errors import ConfigError, ModelSourceError
+from optishear.files import user_path
+from optishear.patterns import check_pattern_fits
 from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, resolve_source
+from optishear.sources import REGISTERED_MODELS, layer_widths, resolve_source
 
 __all__ = ["validation_message"]
 
@@ -48,7 +50,11 @@ class MetricFrom(_In):
 class SearchCreate(SearchConfig):
     """A search request: the library's SearchConfig, plus what a service must check."""
 
-    model: Text = Field(description="a registered model name or an HF folder on the runners")
+    model: Text = Field(
+        description="a registered model name (GET /api/models), or an HF folder under the "
+        "server's data folders",
+        examples=list(REGISTERED_MODELS),
+    )
     # Not a library setting: the service expands it into seed_genomes or genome + stages at
     # submit, and keeps it in the stored request as the record of where those came from.
     metric_from: MetricFrom | None = Field(
@@ -60,9 +66,20 @@ class SearchCreate(SearchConfig):
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def validate_sources(self, library: LibrarySettings) -> None:
-        """Model and texts must be something every runner can open without a hub."""
+    def validate_sources(
+        self, library: LibrarySettings, *, roots: tuple[Path, ...] | None = None
+    ) -> None:
+        """Model and texts must be something every runner can open without a hub, and an N:M
+        pattern must divide the model's layers (read from its config.json, no weights).
+
+        With `roots` (the API), a server-side path must lie under one of them, checked before
+        anything looks at it: the message is the same whether or not the path exists."""
         known = ", ".join(REGISTERED_MODELS)
+        if self.model not in REGISTERED_MODELS and not _under_roots(self.model, roots):
+            raise ConfigError(
+                f"model {self.model!r} is neither a registered model ({known}) nor a path under "
+                "the server's data folders (OPTISHEAR_DATA_ROOTS)"
+            )
         try:
             source = resolve_source(self.model, library)
         except (ModelSourceError, ValueError, OSError) as exc:
@@ -72,11 +89,20 @@ class SearchCreate(SearchConfig):
                 f"unknown model {self.model!r}: known models are {known}, or give the path of "
                 "an HF folder (with config.json) that the runners can read"
             )
+        for layer, width in layer_widths(self.model, library).items():
+            check_pattern_fits(self.pattern, width, f"inputs ({layer} = {width})")
         for what, text in (
             ("calibration", self.calibration.source),
             ("evaluation", self.evaluation.text),
         ):
-            if text != BUNDLED and not _is_file(text):
+            if text == BUNDLED:
+                continue
+            if not _under_roots(text, roots):
+                raise ConfigError(
+                    f"{what} text {text!r} is neither {BUNDLED!r} (bundled) nor a file under "
+                    "the server's data folders (OPTISHEAR_DATA_ROOTS)"
+                )
+            if not _is_file(text):
                 raise ConfigError(
                     f"{what} text {text!r} is neither {BUNDLED!r} (bundled) nor an existing file"
                 )
@@ -84,9 +110,20 @@ class SearchCreate(SearchConfig):
 
 def _is_file(text: str) -> bool:
     try:
-        return Path(text).expanduser().is_file()
-    except (OSError, ValueError):
+        return user_path(text).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte, an unknown ~user
         return False
+
+
+def _under_roots(text: str, roots: tuple[Path, ...] | None) -> bool:
+    """True without roots; else whether the path, links resolved, lies under one of them."""
+    if roots is None:
+        return True
+    try:
+        path = user_path(text).resolve()
+    except (OSError, ValueError):  # ConfigError (an unknown ~user) is a ValueError
+        return False
+    return any(path.is_relative_to(root) for root in roots)
 
 
 class Progress(BaseModel):

@@ -27,7 +27,14 @@ class ServiceSettings(BaseSettings):
     # Default: an SQLite file beside the model cache, so `optishear serve` needs no server.
     database_url: str = ""
     # Comma separated. Each entry is a key or "sha256:<hex digest>"; only digests are kept.
+    # A search belongs to the key that made it; an admin key (also a valid API key) sees all.
     api_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    admin_keys: Annotated[tuple[str, ...], NoDecode] = ()
+    # How long an Idempotency-Key returns the search it made (per API key).
+    idempotency_ttl_seconds: float = Field(default=24 * 3600.0, gt=0)
+    # Server-side folders a request may name (model folders, calibration and evaluation
+    # files), besides the cache and its data/ folder. Comma separated.
+    data_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     checkpoint_dir: Path | None = None  # default <cache>/checkpoints
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     lease_seconds: float = Field(default=60.0, gt=0)
@@ -38,8 +45,12 @@ class ServiceSettings(BaseSettings):
     ray_address: str | None = None
     # `optishear serve` starts a runner process beside the API (None: only for SQLite).
     embedded_runner: bool | None = None
+    # At start, `serve` and `worker` wait this long (with backoff) for the database.
+    startup_wait_seconds: float = Field(default=60.0, ge=0)
+    # A runner retries a write through a database outage this long, keeping its job.
+    db_retry_seconds: float = Field(default=900.0, ge=0)
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _hash_keys(cls, value: object) -> tuple[str, ...]:
         items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
@@ -52,6 +63,18 @@ class ServiceSettings(BaseSettings):
             else:
                 out.append(hash_key(raw))
         return tuple(out)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> tuple[Path, ...]:
+        items = value.split(",") if isinstance(value, str) else list(value or ())  # type: ignore[call-overload]
+        return tuple(Path(str(i).strip()) for i in items if str(i).strip())
+
+    def resolved_data_roots(self) -> tuple[Path, ...]:
+        """Where requests may point on this server: the cache, <cache>/data, data_roots."""
+        cache = LibrarySettings().cache
+        roots = (cache, cache / "data", *self.data_roots)
+        return tuple(dict.fromkeys(r.expanduser().resolve() for r in roots))
 
     def resolved_database_url(self) -> str:
         if self.database_url:

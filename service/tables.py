@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, deferred, mapped_column
@@ -71,12 +72,19 @@ class _Job:
 
 class Search(_Job, Base):
     __tablename__ = "searches"
+    __table_args__ = (
+        # Idempotency keys are per owner: two API keys may pick the same one.
+        UniqueConstraint("owner", "idempotency_key", name="uq_searches_owner_idempotency_key"),
+        Index("ix_searches_owner_created_at", "owner", "created_at"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # The sha256 digest of the API key that made it; '' in open mode (no keys configured).
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="")
     model: Mapped[str] = mapped_column(String(1024))
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)
     request_hash: Mapped[str] = mapped_column(String(64))
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
     total_generations: Mapped[int] = mapped_column(Integer)
     generations_done: Mapped[int] = mapped_column(Integer, default=0)
     evaluations: Mapped[int] = mapped_column(Integer, default=0)
@@ -163,8 +171,21 @@ class SearchGenome(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+ACTIVE_EXPORT = "status IN ('queued', 'running', 'succeeded')"
+
+
 class Checkpoint(_Job, Base):
     __tablename__ = "checkpoints"
+    __table_args__ = (
+        # One live export per candidate, however many requests race (a failed one may be redone).
+        Index(
+            "ux_checkpoints_active_candidate",
+            "candidate_id",
+            unique=True,
+            postgresql_where=text(ACTIVE_EXPORT),
+            sqlite_where=text(ACTIVE_EXPORT),
+        ),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     search_id: Mapped[uuid.UUID] = mapped_column(

@@ -3,6 +3,7 @@ it (its own row builders), for API and dashboard tests that need no runner."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ def seed_front_search(
     checkpoints: Sequence[CheckpointSeed] = (),
     request: SearchCreate | None = None,
     family: str = "llama",
+    owner: str = "",
 ) -> tuple[uuid.UUID, list[CandidateRow]]:
     """A succeeded search (default: an allocation search) with `front` (final and generation
     1), its best genomes (of `family`) and `checkpoints`, created in this order; returns its id
@@ -58,6 +60,7 @@ def seed_front_search(
             session.add(
                 Search(
                     id=sid,
+                    owner=owner,
                     model=request.model,
                     request=request.model_dump(mode="json"),
                     request_hash="h",
@@ -97,8 +100,11 @@ def seed_front_search(
             session.flush()
             for i, (index, status, ppl, sparsity) in enumerate(checkpoints):
                 done = status == JobStatus.SUCCEEDED
+                ckpt_id = uuid.uuid4()
+                archive = _archive(settings, ckpt_id) if done else None
                 session.add(
                     Checkpoint(
+                        id=ckpt_id,
                         search_id=sid,
                         candidate_id=rows[index].id,
                         status=status,
@@ -108,11 +114,18 @@ def seed_front_search(
                         perplexity=ppl,
                         sparsity=sparsity,
                         eval_tokens=128 if ppl is not None else None,
-                        size_bytes=1024 if done else None,
-                        sha256="0" * 64 if done else None,
-                        file_name="missing.tar" if done else None,
+                        size_bytes=len(archive) if archive else None,
+                        sha256=hashlib.sha256(archive).hexdigest() if archive else None,
+                        file_name=f"{ckpt_id}.tar" if done else None,
                     )
                 )
     finally:
         engine.dispose()
     return sid, rows
+
+
+def _archive(settings: Any, ckpt_id: uuid.UUID) -> bytes:
+    """A stand-in archive in the store (distinct bytes per export), as the runner leaves one."""
+    data = (f"optishear checkpoint {ckpt_id}\n" * 200).encode()
+    (settings.resolved_checkpoint_dir() / f"{ckpt_id}.tar").write_bytes(data)
+    return data

@@ -9,6 +9,8 @@ from torch import Tensor
 
 from optishear.config import SearchConfig
 from optishear.data import sample_calibration
+from optishear.errors import ModelSourceError
+from optishear.files import user_path
 from optishear.hf import load_model, torch_device, torch_dtype
 from optishear.search.fitness import FitnessEngine, engine_for
 from optishear.settings import LibrarySettings
@@ -29,7 +31,7 @@ class EngineSpec:
     folder: str | None = None  # where a layer database too big for memory goes
 
     def __post_init__(self) -> None:
-        path = Path(self.config.model).expanduser()
+        path = user_path(self.config.model, ModelSourceError)
         if path.exists() and not path.is_absolute():
             config = self.config.model_copy(update={"model": str(path.resolve())})
             object.__setattr__(self, "config", config)

@@ -38,9 +38,9 @@ from optishear.layers import (
     inputs_of,
     iter_linears,
 )
-from optishear.masks import check_pattern_fits, prune_mask
+from optishear.masks import prune_mask
 from optishear.meta import meta_log_score
-from optishear.patterns import Pattern
+from optishear.patterns import Pattern, check_pattern_fits
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
 from optishear.search.database import (
     DatabaseInfo,

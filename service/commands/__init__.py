@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from optishear.cli.flags import add_config_flags
+from optishear.errors import OptiShearError
 from service.commands.run import run_command
 from service.commands.serve import db_command, serve_command, worker_command
 from service.schemas import SearchCreate
@@ -32,6 +33,9 @@ def register(sub: Any) -> None:
 
     worker = sub.add_parser("worker", help="claim and run queued searches and exports")
     worker.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    # Internal, set by `serve` for its runner child: stop when that process dies (lifetime.py).
+    worker.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    worker.add_argument("--parent-fd", type=int, default=None, help=argparse.SUPPRESS)
     worker.set_defaults(plugin_handler=worker_command)
 
     run = sub.add_parser(
@@ -78,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.plugin_handler(args))
+    try:
+        return int(args.plugin_handler(args))
+    except OptiShearError as exc:  # as the `optishear` command reports it (optishear.cli)
+        print(f"optishear: error: {exc}", file=sys.stderr)  # noqa: T201
+        return 2
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def run_command(args: argparse.Namespace) -> int:
     url = settings.resolved_database_url()
     engine = None
     try:
-        db.upgrade(url)
+        with db.unreachable_as_error(url):  # one line, not Alembic's traceback
+            db.upgrade(url)
         engine = db.make_engine(url)
         sessions = db.make_sessions(engine)
         search_id, spec, ahead = _submit(db.make_sessions(engine, write=True), spec)
@@ -117,7 +118,9 @@ def _submit(
 
     with sessions() as session:
         spec = genomes.apply_metric_from(session=session, spec=spec)
-        search, _ = repository.create_search(session=session, spec=spec, idempotency_key=None)
+        search, _ = repository.create_search(
+            session=session, spec=spec, owner="", idempotency_key=None
+        )
         ahead = session.scalar(
             select(func.count())
             .select_from(Search)
@@ -158,6 +161,7 @@ def _follow(
     from sqlalchemy import select
 
     from service import db, repository
+    from service.store import CheckpointStore
     from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
     start = time.monotonic()
@@ -204,7 +208,10 @@ def _follow(
     with db.for_writing(sessions)() as session:
         search = session.get_one(Search, search_id)
         ckpt, _ = repository.create_checkpoint(
-            session=session, search=search, candidate=recommended
+            session=session,
+            search=search,
+            candidate=recommended,
+            store=CheckpointStore.of(settings),
         )
     _say(f"exporting the recommended candidate: checkpoint {ckpt.id}")
     ckpt = _wait(sessions, Checkpoint, ckpt.id, worker)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import subprocess
 import sys
 from typing import Any
+
+from service.commands import lifetime
 
 logger = logging.getLogger(__name__)
 
@@ -17,29 +20,50 @@ def db_command(args: argparse.Namespace) -> int:
     from service.settings import get_settings
 
     url = get_settings().resolved_database_url()
-    if args.action == "upgrade":
-        db.upgrade(url, args.revision or "head")
-    else:
-        db.downgrade(url, args.revision or "base")
+    with db.unreachable_as_error(url):  # one line, not Alembic's traceback
+        if args.action == "upgrade":
+            db.upgrade(url, args.revision or "head")
+        else:
+            db.downgrade(url, args.revision or "base")
     return 0
 
 
+def _migrate_when_ready(url: str, wait_seconds: float) -> None:
+    """Wait for the database (it may start after us, as in docker compose), then migrate."""
+    from service import db
+
+    db.wait_for_database(url, wait_seconds)
+    with db.unreachable_as_error(url):
+        db.upgrade(url)  # idempotent: a worker may start before the API
+
+
 def worker_command(args: argparse.Namespace) -> int:
+    # First of all: a runner child of `serve` must not outlive it, even while it starts.
+    watch = None
+    if args.parent_pid is not None:
+        watch = lifetime.ParentWatch(args.parent_pid, args.parent_fd).start()
+
     from service import db
     from service.runner import QueueRunner
     from service.settings import get_settings
 
     settings = get_settings()
     url = settings.resolved_database_url()
-    db.upgrade(url)  # idempotent; a worker may start before the API
+    _migrate_when_ready(url, settings.startup_wait_seconds)
     runner = QueueRunner(settings, db.make_sessions(db.make_engine(url)))
 
     def stop(_sig: int, _frame: Any) -> None:
         logger.info("stopping after the current generation or export")
         runner.stop.set()
+        if watch is not None:  # a parent-death signal? Then bound the stop in time too.
+            # getppid() may still name a parent whose other threads are dying: the pipe's
+            # EOF, a moment later, arms the bound in that case.
+            watch.check()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if watch is not None:  # from now on the parent's death hands the job back first
+        watch.on_orphan = runner.stop.set
     runner.run(until_idle=args.once)
     return 0
 
@@ -47,16 +71,24 @@ def worker_command(args: argparse.Namespace) -> int:
 def serve_command(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service import db
     from service.app import create_app
     from service.settings import get_settings
 
     settings = get_settings()
-    db.upgrade(settings.resolved_database_url())  # before a runner process starts too
+    _migrate_when_ready(settings.resolved_database_url(), settings.startup_wait_seconds)
     with_runner = {"yes": True, "no": False}.get(args.runner, settings.runs_embedded_runner())
-    child = None
+    child = line = None
     if with_runner:  # a process, not a thread: a search's CPU work never stalls the API
-        child = subprocess.Popen([sys.executable, "-m", "service.commands", "worker"])
+        line = lifetime.lifeline()
+        # Started from this (the main) thread, which lives as long as we do: the child's
+        # parent-death signal fires when the forking thread ends, not the process.
+        child = subprocess.Popen(
+            [sys.executable, "-m", "service.commands", "worker"]
+            + (line.child_args() if line else ["--parent-pid", str(os.getpid())]),
+            pass_fds=(line.read_fd,) if line else (),
+        )
+        if line is not None:
+            line.started()
         logger.info("runner process %d started", child.pid)
     received: list[int] = []
 
@@ -76,4 +108,6 @@ def serve_command(args: argparse.Namespace) -> int:
                 child.wait(timeout=120)
             except subprocess.TimeoutExpired:
                 child.kill()  # its lease expires and another runner resumes the search
+        if line is not None:  # only now: closing it earlier would cut the child's 120 s
+            line.close()
     return 0

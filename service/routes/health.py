@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,10 +13,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from optishear.settings import LibrarySettings
 from optishear.sources import REGISTERED_MODELS, registered_model_dir
 from service.db import utcnow
-from service.deps import SessionDep, SettingsDep
+from service.deps import SessionDep, SettingsDep, StoreDep
+from service.responses import API_ERRORS, RETRY_AFTER
 from service.schemas import Health, ModelRead
 from service.tables import RunnerRow
 
+logger = logging.getLogger(__name__)
 api = APIRouter(tags=["models"])
 health = APIRouter(tags=["health"])
 
@@ -40,10 +43,27 @@ def healthz() -> Health:
     return Health(status="ok")
 
 
-@health.get("/readyz", responses={503: {"model": Health, "description": "not ready"}})
-def readyz(session: SessionDep, settings: SettingsDep, response: Response) -> Health:
-    """The database answers and at least one runner has sent a heartbeat recently."""
+@health.get(
+    "/readyz",
+    responses={
+        503: {
+            "model": Health,
+            "description": "not ready: see `checks`",
+            "headers": API_ERRORS[503]["headers"],
+        }
+    },
+)
+def readyz(
+    session: SessionDep, settings: SettingsDep, store: StoreDep, response: Response
+) -> Health:
+    """The database answers, at least one runner has sent a heartbeat recently, and the
+    checkpoint store is a writable folder."""
     checks: dict[str, str] = {}
+    problem = store.problem()
+    if problem is not None:
+        logger.error("checkpoint store: %s", problem)
+    # The path stays in the server log: a probe need not learn the server's layout.
+    checks["checkpoint_store"] = "ok" if problem is None else "not a writable folder"
     try:
         session.execute(text("SELECT 1"))
         checks["database"] = "ok"
@@ -54,7 +74,12 @@ def readyz(session: SessionDep, settings: SettingsDep, response: Response) -> He
         checks["runners"] = f"{n} alive" if n else "no runner heartbeat"
     except SQLAlchemyError as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
-    ok = checks.get("database") == "ok" and not checks.get("runners", "").startswith("no")
+    ok = (
+        checks.get("database") == "ok"
+        and not checks.get("runners", "").startswith("no")
+        and problem is None
+    )
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+        response.headers.update(RETRY_AFTER)
     return Health(status="ok" if ok else "unavailable", checks=checks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Annotated, Literal
 
@@ -11,7 +12,16 @@ from sqlalchemy import select
 from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
 from service import genomes, repository
-from service.deps import SessionDep, WriteSessionDep, get_or_404
+from service.deps import (
+    PrincipalDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    WriteSessionDep,
+    get_or_404,
+    visible_or_404,
+)
+from service.responses import RETRY_AFTER, ValidationProblem
 from service.schemas import (
     CheckpointCreate,
     CheckpointRead,
@@ -23,18 +33,25 @@ from service.schemas import (
     SearchPage,
     SearchRead,
 )
+from service.store import UNAVAILABLE
 from service.tables import CandidateRow, JobStatus, Search
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/searches", tags=["searches"])
 NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
 
 
-def search_or_404(search_id: uuid.UUID, session: SessionDep) -> Search:
-    return get_or_404(session, Search, search_id, "search")
+def search_or_404(search_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> Search:
+    search = get_or_404(session, Search, search_id, "search")
+    visible_or_404(principal, search.owner, "search", search_id)
+    return search
 
 
-def search_for_write(search_id: uuid.UUID, session: WriteSessionDep) -> Search:
-    return search_or_404(search_id, session)
+def search_for_write(
+    search_id: uuid.UUID, session: WriteSessionDep, principal: PrincipalDep
+) -> Search:
+    return search_or_404(search_id, session, principal)
 
 
 SearchDep = Annotated[Search, Depends(search_or_404)]
@@ -58,7 +75,7 @@ IdempotencyKey = Annotated[
         200: {"model": SearchRead, "description": "a retry: the search this key created"},
         409: {"model": Message, "description": "metric_from names a search that has not succeeded"},
         422: {
-            "model": Message,
+            "model": ValidationProblem,
             "description": "invalid settings, a reused key, or a metric_from that names no "
             "search or does not fit the request (use 'fixed' under an N:M pattern)",
         },
@@ -67,6 +84,8 @@ IdempotencyKey = Annotated[
 def submit_search(
     spec: SearchCreate,
     session: WriteSessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> SearchRead:
@@ -77,15 +96,19 @@ def submit_search(
     'layerwise' (use 'fixed'); `metric_from` stays in it as the record of where they came from.
     """
     try:
-        spec.validate_sources(LibrarySettings())
-        spec = genomes.apply_metric_from(session=session, spec=spec)
+        spec.validate_sources(LibrarySettings(), roots=settings.resolved_data_roots())
+        spec = genomes.apply_metric_from(session=session, spec=spec, principal=principal)
     except genomes.MetricSourceError as exc:
         raise HTTPException(exc.status_code, str(exc)) from exc
     except ConfigError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     try:
         search, created = repository.create_search(
-            session=session, spec=spec, idempotency_key=idempotency_key
+            session=session,
+            spec=spec,
+            owner=principal.owner,
+            idempotency_key=idempotency_key,
+            idempotency_ttl=settings.idempotency_ttl_seconds,
         )
     except repository.IdempotencyConflictError as exc:
         raise HTTPException(
@@ -100,6 +123,7 @@ def submit_search(
 @router.get("")
 def list_searches(
     session: SessionDep,
+    principal: PrincipalDep,
     status_: Annotated[
         Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
         Query(alias="status"),
@@ -107,9 +131,13 @@ def list_searches(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> SearchPage:
-    """Newest first."""
+    """Newest first: the caller's own searches (an admin key: everyone's)."""
     rows, total = repository.list_searches(
-        session=session, status=status_, limit=limit, offset=offset
+        session=session,
+        owner=None if principal.admin else principal.owner,
+        status=status_,
+        limit=limit,
+        offset=offset,
     )
     return SearchPage(
         items=[repository.search_read(s) for s in rows], total=total, limit=limit, offset=offset
@@ -192,6 +220,7 @@ def cancel_search(search: WritableSearchDep, session: WriteSessionDep) -> Search
 def create_checkpoint(
     search: WritableSearchDep,
     session: WriteSessionDep,
+    store: StoreDep,
     response: Response,
     body: Annotated[CheckpointCreate | None, Body()] = None,
 ) -> CheckpointRead:
@@ -209,16 +238,21 @@ def create_checkpoint(
     candidate = session.scalars(query).first()
     if candidate is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search.id} has no such candidate")
+    if (problem := store.problem()) is not None:
+        logger.error("checkpoint store: %s", problem)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, UNAVAILABLE, headers=RETRY_AFTER)
     ckpt, created = repository.create_checkpoint(
-        session=session, search=search, candidate=candidate
+        session=session, search=search, candidate=candidate, store=store
     )
     if not created:
         response.status_code = status.HTTP_200_OK
-    return repository.checkpoint_read(ckpt, candidate_key=candidate.key)
+    return repository.checkpoint_read(ckpt, candidate_key=candidate.key, store=store)
 
 
 @router.get("/{search_id}/checkpoints", responses=NOT_FOUND)
-def read_checkpoints(search: SearchDep, session: SessionDep) -> list[CheckpointRead]:
+def read_checkpoints(
+    search: SearchDep, session: SessionDep, store: StoreDep
+) -> list[CheckpointRead]:
     """The search's checkpoint exports, oldest first, each with its candidate's key, status,
     measured sparsity and held-out perplexity (once succeeded): the shipped side of a front."""
-    return repository.checkpoints(session=session, search_id=search.id)
+    return repository.checkpoints(session=session, search_id=search.id, store=store)

@@ -1,61 +1,74 @@
-"""A checkpoint export job: prune the candidate as it ships, measure it, store one tar."""
+"""A checkpoint export job: prune the candidate as it ships, measure it, store one tar.
+
+The tar is reproducible: the same candidate gives the same bytes (and sha256) on every export.
+Its folder is named after the candidate, not the checkpoint row, and its manifest holds no
+timings; those vary between exports of the same weights.
+"""
 
 from __future__ import annotations
 
 import logging
-import tarfile
-import tempfile
+import re
 import uuid
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
 
 from optishear.data import evaluation_stream, sample_calibration
 from optishear.evaluate import perplexity
-from optishear.export import export_checkpoint, measured_sparsity
-from optishear.files import sha256_file
+from optishear.export import export_checkpoint, measured_sparsity, write_archive
 from optishear.hf import load_model, torch_dtype
 from optishear.prune import prune_candidate
 from service import queue, repository
+from service.runner import retry
 from service.runner.errors import LeaseLostError
 from service.runner.search_job import ensure_assets
+from service.runner.staging import staging_folder
 from service.schemas import SearchCreate
 from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
 if TYPE_CHECKING:
+    from optishear.candidates import Candidate
     from service.runner.loop import QueueRunner
 
 logger = logging.getLogger(__name__)
 
 
 def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
-    with runner.sessions() as session:
+    def read(session: Session) -> tuple[SearchCreate, Candidate, dict[str, Any], uuid.UUID]:
         ckpt = session.get_one(Checkpoint, checkpoint_id)
         row = session.get_one(CandidateRow, ckpt.candidate_id)
         search = session.get_one(Search, ckpt.search_id)
-        request = SearchCreate.model_validate(search.request)
-        candidate = repository.candidate_read(row).candidate()
         stored = {"id": str(row.id), "key": row.key, "genome": row.genome}
-    library = runner.library
-    ensure_assets(runner, request, evaluation=True)
-    model, tokenizer, source = load_model(
-        request.model, settings=library, dtype=torch_dtype(request.dtype)
-    )
-    calib = sample_calibration(tokenizer, request.calibration, library)
-    report = prune_candidate(
-        model,
-        calib,
-        candidate,
-        request.pattern,
-        refit=request.refit_top > 0,  # shipped as the search scored it
-        batch_size=request.batch_size,
-    )
-    stream = evaluation_stream(tokenizer, request.evaluation, library)
-    ppl = perplexity(model, stream, request.evaluation)
-    if runner.lost.is_set():
-        raise LeaseLostError
-    final = runner.settings.resolved_checkpoint_dir() / f"{checkpoint_id}.tar"
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".export-") as tmp:
-        folder = Path(tmp) / f"optishear-{checkpoint_id}"
+        return (
+            SearchCreate.model_validate(search.request),
+            repository.candidate_read(row).candidate(),
+            stored,
+            ckpt.search_id,
+        )
+
+    request, candidate, stored, search_id = runner.write(read, f"reading export {checkpoint_id}")
+    # The store is checked (a staging folder made in it) before the model is loaded.
+    with staging_folder(runner) as (store, tmp):
+        library = runner.library
+        ensure_assets(runner, request, evaluation=True)
+        model, tokenizer, source = load_model(
+            request.model, settings=library, dtype=torch_dtype(request.dtype)
+        )
+        calib = sample_calibration(tokenizer, request.calibration, library)
+        report = prune_candidate(
+            model,
+            calib,
+            candidate,
+            request.pattern,
+            refit=request.refit_top > 0,  # shipped as the search scored it
+            batch_size=request.batch_size,
+        )
+        stream = evaluation_stream(tokenizer, request.evaluation, library)
+        ppl = perplexity(model, stream, request.evaluation)
+        if runner.lost.is_set():
+            raise LeaseLostError
+        folder = tmp / f"optishear-{_safe(stored['key'])}"
         export_checkpoint(
             model,
             tokenizer,
@@ -63,19 +76,19 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
             {
                 "source_model": request.model,
                 "source_kind": source.kind,
-                "search_id": str(ckpt.search_id),
+                "search_id": str(search_id),
                 "candidate": stored,
-                "prune": report.to_dict(),
-                "eval": ppl.to_dict(),
+                "prune": _untimed(report.to_dict()),
+                "eval": _untimed(ppl.to_dict()),
             },
         )
-        part = Path(tmp) / "archive.tar"
-        with tarfile.open(part, "w") as tar:  # safetensors barely compress: plain tar
-            tar.add(folder, arcname=folder.name)
-        digest = sha256_file(part)
-        size = part.stat().st_size
+        final = store / f"{checkpoint_id}.tar"
+        part = tmp / "archive.tar"
+        digest, size = write_archive(folder, part)
         part.replace(final)  # same filesystem: an atomic rename into the store
-    with runner.sessions.begin() as session:
+    sparsity = measured_sparsity(model)["overall"]
+
+    def finish(session: Session) -> None:
         if not queue.finish(
             session,
             Checkpoint,
@@ -87,7 +100,19 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
             sha256=digest,
             perplexity=ppl.perplexity,
             eval_tokens=ppl.n_tokens,
-            sparsity=measured_sparsity(model)["overall"],
-        ):
+            sparsity=sparsity,
+        ) and not retry.succeeded(session, Checkpoint, checkpoint_id):
             raise LeaseLostError
+
+    runner.write(finish, f"storing export {checkpoint_id}")
     logger.info("checkpoint %s exported (%d bytes)", checkpoint_id, size)
+
+
+def _untimed(record: dict[str, Any]) -> dict[str, Any]:
+    """A report without its durations: they differ between exports of the same weights."""
+    return {k: v for k, v in record.items() if k != "seconds"}
+
+
+def _safe(name: str) -> str:
+    """A folder name from a candidate key ('<genome index>-<plan label>')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -8,7 +8,8 @@ import os
 import socket
 import threading
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -18,6 +19,7 @@ from optishear.errors import OptiShearError
 from optishear.settings import LibrarySettings
 from service import db, queue
 from service.db import utcnow
+from service.runner import retry, staging
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.export_job import run_export
 from service.runner.search_job import run_search_job
@@ -25,6 +27,7 @@ from service.settings import ServiceSettings
 from service.tables import Checkpoint, JobStatus, RunnerRow, Search
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class QueueRunner:
@@ -83,6 +86,7 @@ class QueueRunner:
     def run(self, *, until_idle: bool = False) -> None:
         """Claim and run jobs until `stop` is set (or, with until_idle, the queue is empty)."""
         self.register()
+        staging.sweep(self)  # what runners killed mid-export left in the store
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         logger.info("runner %s working the queue", self.id)
@@ -122,12 +126,34 @@ class QueueRunner:
                 return True
         return False
 
+    def write(self, fn: Callable[[Session], T], what: str) -> T:
+        """`fn(session)` in one transaction, retried through a DB outage (see retry.py)."""
+        return retry.transaction(
+            self.sessions, fn, seconds=self.settings.db_retry_seconds, what=what
+        )
+
     def _run_job(self, model: Any, job_id: uuid.UUID, work: Any) -> None:
         self._job = (model, job_id)
         self.lost.clear()
         logger.info("runner %s claimed %s %s", self.id, model.__tablename__, job_id)
         try:
+            self._work(model, job_id, work)
+        except retry.DatabaseOutageError as exc:  # not marked failed: no write of ours can land
+            logger.error(
+                "%s %s abandoned (its lease expires, then another claim resumes it): %s",
+                model.__tablename__,
+                job_id,
+                exc,
+            )
+        finally:
+            self._job = None
+
+    def _work(self, model: Any, job_id: uuid.UUID, work: Any) -> None:
+        """Run the job and record how it ended."""
+        try:
             work(self, job_id)
+        except retry.DatabaseOutageError:
+            raise
         except LeaseLostError:
             logger.warning("%s %s was taken over by another runner", model.__tablename__, job_id)
         except CancelledError:
@@ -141,18 +167,21 @@ class QueueRunner:
         except Exception as exc:
             logger.exception("%s %s crashed", model.__tablename__, job_id)
             self._retry_or_fail(model, job_id, f"{type(exc).__name__}: {exc}")
-        finally:
-            self._job = None
 
+    # A rerun of these after a lost commit reply is harmless: the lease is gone, finish is a no-op.
     def _end(self, model: Any, job_id: uuid.UUID, status: JobStatus, **kw: Any) -> None:
-        with self.sessions.begin() as session:
-            queue.finish(session, model, job_id, self.id, status, **kw)
+        self.write(
+            lambda session: queue.finish(session, model, job_id, self.id, status, **kw),
+            f"ending {model.__tablename__} {job_id}",
+        )
 
     def _retry_or_fail(self, model: Any, job_id: uuid.UUID, error: str) -> None:
-        with self.sessions.begin() as session:
+        def end(session: Session) -> None:
             attempts = session.scalar(select(model.attempts).where(model.id == job_id)) or 0
             if attempts >= self.settings.max_attempts:
-                error = f"failed after {attempts} attempts: {error}"
-                queue.finish(session, model, job_id, self.id, JobStatus.FAILED, error=error)
+                failed = f"failed after {attempts} attempts: {error}"
+                queue.finish(session, model, job_id, self.id, JobStatus.FAILED, error=failed)
             else:  # back to the queue; the next claim resumes from the persisted state
                 queue.finish(session, model, job_id, self.id, JobStatus.QUEUED, error=error)
+
+        self.write(end, f"handing back {model.__tablename__} {job_id}")

@@ -2,7 +2,8 @@
 
 Every completed generation is written in one transaction (its summary, population, front and
 the search's JSON state), guarded by the lease, so a runner that lost its job never writes
-into it and a runner that resumes it continues after the last persisted generation.
+into it and a runner that resumes it continues after the last persisted generation. Through a
+DB outage each write is retried (retry.py); a generation already stored is never stored again.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import undefer
+from sqlalchemy.orm import Session, undefer
 
 from optishear import assets
 from optishear.search.engine_spec import EngineSpec
@@ -25,6 +26,7 @@ from optishear.search.results import GenerationSnapshot
 from optishear.sources import model_family
 from service import queue
 from service.genomes import genome_rows
+from service.runner import retry
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.rows import candidate_rows, population_json
 from service.schemas import SearchCreate, SearchOutcome
@@ -63,37 +65,32 @@ def evaluator_for(runner: QueueRunner, request: SearchCreate) -> Iterator[BatchE
 
 
 def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
-    with runner.sessions() as session:
+    def read(session: Session) -> tuple[SearchCreate, bytes | None]:
         search = session.scalars(
             select(Search).options(undefer(Search.state)).where(Search.id == search_id)
         ).one()
-        request = SearchCreate.model_validate(search.request)
-        state = search.state
+        return SearchCreate.model_validate(search.request), search.state
+
+    request, state = runner.write(read, f"reading search {search_id}")
     ensure_assets(runner, request, evaluation=False)
     persist = _Persister(runner, search_id)
     start = time.perf_counter()
     with evaluator_for(runner, request) as evaluator:
         result = run_search(evaluator, request, resume_from=state, on_generation=persist)
     summary = result.summary()
-    # The front, and the recommendation where the as-shipped re-score picked one off it.
-    rows = candidate_rows(search_id, None, result.listed(), summary.recommended_key)
-    rec_row = next(r for r in rows if r.recommended)
-    # Its best genomes, for later searches on the same family, pattern and target (--metric-from).
-    genomes = genome_rows(
-        search_id=search_id,
-        request=request,
-        summary=summary,
-        listed=[s.record() for s in result.listed()],
-        family=model_family(request.model, runner.library),
-    )
-    outcome = SearchOutcome(
-        **summary.model_dump(),
-        recommended_id=rec_row.id,
-        persist_seconds=persist.seconds,
-        attempt_seconds=time.perf_counter() - start,
-    )
-    with runner.sessions.begin() as session:
-        session.add_all([*rows, *genomes])
+    family = model_family(request.model, runner.library)
+
+    def finish(session: Session) -> None:
+        # Rows are built for each try: a failed try's session may keep hold of its objects.
+        # The front, and the recommendation where the as-shipped re-score picked one off it.
+        rows = candidate_rows(search_id, None, result.listed(), summary.recommended_key)
+        rec_row = next(r for r in rows if r.recommended)
+        outcome = SearchOutcome(
+            **summary.model_dump(),
+            recommended_id=rec_row.id,
+            persist_seconds=persist.seconds,
+            attempt_seconds=time.perf_counter() - start,
+        )
         if not queue.finish(
             session,
             Search,
@@ -103,7 +100,20 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
             result=outcome.model_dump(mode="json"),
             eta_s=0.0,
         ):
+            if retry.succeeded(session, Search, search_id):
+                return  # an earlier try committed, its reply lost (or a taker-over finished)
             raise LeaseLostError  # rolls the final front and the genomes back too
+        # Its best genomes, for later searches on the same family, pattern and target.
+        genomes = genome_rows(
+            search_id=search_id,
+            request=request,
+            summary=summary,
+            listed=[s.record() for s in result.listed()],
+            family=family,
+        )
+        session.add_all([*rows, *genomes])
+
+    runner.write(finish, f"storing the result of search {search_id}")
     logger.info("search %s succeeded: recommended %s", search_id, summary.recommended_key)
 
 
@@ -116,31 +126,46 @@ class _Persister:
         self.seconds = 0.0  # this attempt's time in the per-generation transactions
 
     def __call__(self, snap: GenerationSnapshot) -> None:
-        runner = self.runner
-        if runner.lost.is_set():
+        if self.runner.lost.is_set():
             raise LeaseLostError
         start = time.perf_counter()
+        cancel = self.runner.write(
+            lambda session: self._write(session, snap),
+            f"storing generation {snap.number} of search {self.search_id}",
+        )
+        self.seconds += time.perf_counter() - start
+        if cancel:
+            raise CancelledError
+        if self.runner.stop.is_set():
+            raise StoppedError
+
+    def _write(self, session: Session, snap: GenerationSnapshot) -> bool | None:
+        """The generation, unless an earlier try stored it; returns whether cancel is asked."""
         p = snap.progress
-        with runner.sessions.begin() as session:
-            owned = session.execute(
-                update(Search)
-                .where(
-                    Search.id == self.search_id,
-                    Search.lease_owner == runner.id,
-                    Search.status == JobStatus.RUNNING,
-                )
-                .values(
-                    state=snap.state,
-                    generations_done=snap.number,
-                    evaluations=p.evaluations,
-                    best_error=p.best_error,
-                    elapsed_s=p.elapsed,
-                    eta_s=p.eta,
-                )
-                .execution_options(synchronize_session=False)
+        ours = (
+            Search.id == self.search_id,
+            Search.lease_owner == self.runner.id,
+            Search.status == JobStatus.RUNNING,
+        )
+        owned = session.execute(
+            update(Search)
+            .where(*ours, Search.generations_done < snap.number)
+            .values(
+                state=snap.state,
+                generations_done=snap.number,
+                evaluations=p.evaluations,
+                best_error=p.best_error,
+                elapsed_s=p.elapsed,
+                eta_s=p.eta,
             )
-            if owned.rowcount != 1:
+            .execution_options(synchronize_session=False)
+        )
+        if owned.rowcount != 1:
+            # Still ours with this generation stored: a try whose commit reply was lost.
+            done = session.scalar(select(Search.generations_done).where(*ours))
+            if done is None or done < snap.number:
                 raise LeaseLostError
+        else:
             session.add(
                 Generation(
                     search_id=self.search_id,
@@ -157,11 +182,4 @@ class _Persister:
             )
             session.add_all(candidate_rows(self.search_id, snap.number, snap.front, None))
             session.flush()
-            cancel = session.scalar(
-                select(Search.cancel_requested).where(Search.id == self.search_id)
-            )
-        self.seconds += time.perf_counter() - start
-        if cancel:
-            raise CancelledError
-        if runner.stop.is_set():
-            raise StoppedError
+        return session.scalar(select(Search.cancel_requested).where(Search.id == self.search_id))

@@ -8,52 +8,20 @@ first (scripts/ensure-chromium.sh)."""
 from __future__ import annotations
 
 import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
+from live_server import LiveServer
 
 from service import db
-from service.app import create_app
 from service.runner import QueueRunner
 from service.settings import ServiceSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"  # gitignored
-
-
-class LiveServer:
-    """The API in a uvicorn thread, listening on a socket bound before it starts (no port race)."""
-
-    def __init__(self, settings: ServiceSettings, start_runner: Callable[[], None]) -> None:
-        self.settings = settings
-        self.start_runner = start_runner  # a runner beside it, for tests that start one late
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
-
-    def start(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the API did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 class RunnerThread:
@@ -73,7 +41,9 @@ class RunnerThread:
 
 
 @pytest.fixture
-def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+def make_service(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., LiveServer]]:
     """make_service(runner=True, **settings): a started API (and runner) on a fresh SQLite DB;
     with runner=False, `server.start_runner()` starts one later."""
     started: list[LiveServer | RunnerThread] = []
@@ -90,6 +60,7 @@ def make_service(tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
             "heartbeat_seconds": 0.5,
             "poll_seconds": 0.1,
             "api_keys": (),
+            "data_roots": (tmp_path_factory.getbasetemp(),),  # the tiny model and texts
             **overrides,
         }
         settings = ServiceSettings(**values)

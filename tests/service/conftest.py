@@ -80,10 +80,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def make_settings(database_url: str, tmp_path: Path) -> Callable[..., ServiceSettings]:
+def make_settings(
+    database_url: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., ServiceSettings]:
     def make(**overrides: Any) -> ServiceSettings:
         values: dict[str, Any] = {
             "database_url": database_url,
+            # The tiny model and texts live under pytest's temporary folder.
+            "data_roots": (tmp_path_factory.getbasetemp(),),
             "checkpoint_dir": tmp_path / "checkpoints",
             "lease_seconds": 30.0,
             "heartbeat_seconds": 0.5,
@@ -200,8 +204,3 @@ def fresh_pg_url() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(admin, name)
-
-
-@pytest.fixture
-def settings_for_fuzz(make_settings: Callable[..., ServiceSettings]) -> ServiceSettings:
-    return make_settings(max_body_bytes=16 * 1024)

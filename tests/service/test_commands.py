@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from service import db
+
 OPTISHEAR = [sys.executable, "-m", "optishear.cli"]
 
 
@@ -82,3 +84,54 @@ def test_serve_starts_a_runner_and_stops_it(tmp_path) -> None:
     pid = int(log.split("runner process ")[1].split()[0])
     with pytest.raises(ProcessLookupError):  # the runner child went with the API
         os.kill(pid, 0)
+
+
+def test_wait_for_database_backs_off_then_gives_up_in_one_line() -> None:
+    port = _free_port()  # nothing listens there: each attempt is refused at once
+    url = f"postgresql+psycopg://me:s3cret@127.0.0.1:{port}/x"
+    now, pauses, said = [0.0], [], []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        now[0] += seconds
+
+    with pytest.raises(db.DatabaseUnavailableError) as caught:
+        db.wait_for_database(url, 20, say=said.append, sleep=sleep, clock=lambda: now[0])
+    assert pauses == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 2.5]  # doubling, capped, cut at the end
+    assert said[0] == (
+        f"optishear: database postgresql+psycopg://me:***@127.0.0.1:{port}/x is unreachable "
+        "(connection refused); retrying in 0.5 s"
+    )
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "s3cret" not in message
+    assert "(connection refused); gave up after 20 s" in message
+
+
+def test_wait_for_database_returns_at_once_for_sqlite(tmp_path: Path) -> None:
+    db.wait_for_database(f"sqlite:///{tmp_path / 'x.db'}", 0, say=pytest.fail, sleep=pytest.fail)
+
+
+@pytest.mark.parametrize(
+    ("driver_message", "reason"),
+    [
+        (
+            (
+                'connection failed: connection to server at "127.0.0.1", port 5999 failed: '
+                "Connection refused\n\tIs the server running on that host and accepting "
+                "TCP/IP connections?"
+            ),
+            "connection refused",
+        ),
+        (
+            (
+                'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+                'FATAL:  database "nope" does not exist'
+            ),
+            'database "nope" does not exist',
+        ),
+        ("", "RuntimeError"),
+    ],
+)
+def test_short_reason_is_one_line(driver_message: str, reason: str) -> None:
+    assert db.short_reason(RuntimeError(driver_message)) == reason

@@ -103,7 +103,7 @@ def test_submit_poll_front_export_download_load(
         names = tar.getnames()
         assert all(not n.startswith(("/", "..")) for n in names)
         tar.extractall(tmp_path / "ck", filter="data")
-    folder = tmp_path / "ck" / f"optishear-{cid}"
+    folder = tmp_path / "ck" / f"optishear-{ck['candidate_key']}"
     assert (folder / "optishear_manifest.json").is_file()
     model = AutoModelForCausalLM.from_pretrained(folder)
     zeros = total = 0
@@ -160,7 +160,7 @@ def _download(client, ck: dict, tmp_path: Path) -> Path:
     """The checkpoint's archive, unpacked: its folder."""
     with tarfile.open(fileobj=io.BytesIO(client.get(ck["download_url"]).content)) as tar:
         tar.extractall(tmp_path / "ck", filter="data")
-    return tmp_path / "ck" / f"optishear-{ck['id']}"
+    return tmp_path / "ck" / f"optishear-{ck['candidate_key']}"
 
 
 def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(

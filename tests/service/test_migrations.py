@@ -4,7 +4,7 @@ a migration on a database that already holds rows."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy import inspect
 
 from service import db
 from service.repository import candidate_read
-from service.tables import CandidateRow, Search
+from service.tables import CandidateRow, Checkpoint, Search
 
 TABLES = {"searches", "generations", "candidates", "checkpoints", "search_genomes", "runners"}
 
@@ -119,3 +119,105 @@ def test_sqlite_layer_sparsity_migration_keeps_existing_candidates(tmp_path) -> 
 @pytest.mark.postgres
 def test_postgres_layer_sparsity_migration_keeps_existing_candidates(fresh_pg_url) -> None:
     _layer_sparsity_on_existing_rows(fresh_pg_url)
+
+
+def _owners_on_existing_rows(url: str) -> None:
+    """0006 on a database holding a search with duplicate exports (concurrent requests could
+    make them): every row survives, the search is the open owner's, one export stays live."""
+    db.upgrade(url, "0005")
+    sid, cid = uuid.uuid4(), uuid.uuid4()
+    ck = [uuid.uuid4() for _ in range(3)]
+    now = datetime.now(UTC)
+    searches = sa.table(
+        "searches", *(sa.column(c.name, c.type) for c in Search.__table__.c if c.name != "owner")
+    )
+    candidates = sa.table(
+        "candidates", *(sa.column(c.name, c.type) for c in CandidateRow.__table__.c)
+    )
+    checkpoints = sa.table(
+        "checkpoints", *(sa.column(c.name, c.type) for c in Checkpoint.__table__.c)
+    )
+    engine = db.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                searches.insert().values(
+                    id=sid,
+                    model="m",
+                    request={"model": "m"},
+                    request_hash="h",
+                    idempotency_key="k",
+                    status="succeeded",
+                    total_generations=1,
+                    generations_done=1,
+                    evaluations=1,
+                    elapsed_s=0.0,
+                    attempts=1,
+                    cancel_requested=False,
+                    created_at=now,
+                )
+            )
+            conn.execute(
+                candidates.insert().values(
+                    id=cid,
+                    search_id=sid,
+                    generation=None,
+                    key="0-uniform",
+                    rank=0,
+                    genome={"index": 0},
+                    ratios=[0.5],
+                    layer_sparsity=None,
+                    error=0.1,
+                    sparsity=0.5,
+                    gap=0.0,
+                    meets_target=True,
+                    n_samples=2,
+                    recommended=True,
+                )
+            )
+            for i, (ident, status) in enumerate(
+                zip(ck, ("queued", "succeeded", "succeeded"), strict=True)
+            ):
+                conn.execute(
+                    checkpoints.insert().values(
+                        id=ident,
+                        search_id=sid,
+                        candidate_id=cid,
+                        status=status,
+                        attempts=1,
+                        created_at=now + timedelta(seconds=i),
+                    )
+                )
+        db.upgrade(url)
+        command.check(db.alembic_config(url))
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(Search.__table__.c.owner)).scalars().all() == [""]
+            assert conn.execute(sa.select(candidates.c.id)).scalars().all() == [cid]
+            status = dict(conn.execute(sa.select(checkpoints.c.id, checkpoints.c.status)).all())
+        # The first succeeded one stays; the others are kept as cancelled duplicates.
+        assert status == {ck[0]: "cancelled", ck[1]: "succeeded", ck[2]: "cancelled"}
+        with engine.begin() as conn, pytest.raises(sa.exc.IntegrityError):
+            conn.execute(
+                checkpoints.insert().values(
+                    id=uuid.uuid4(),
+                    search_id=sid,
+                    candidate_id=cid,
+                    status="queued",
+                    attempts=0,
+                    created_at=now,
+                )
+            )
+        db.downgrade(url, "0005")
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(candidates.c.id)).scalars().all() == [cid]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_owners_migration_keeps_rows_and_dedupes_exports(tmp_path) -> None:
+    _owners_on_existing_rows(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_owners_migration_keeps_rows_and_dedupes_exports(fresh_pg_url) -> None:
+    _owners_on_existing_rows(fresh_pg_url)

@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import update
 
 from optishear.search.evaluator import InProcessEvaluator
@@ -75,11 +76,15 @@ def test_migration_fails_unfinished_searches_saved_as_pickles(tmp_path) -> None:
         "finished": (JobStatus.SUCCEEDED, pickle.dumps({"any": "state"})),
     }
     ids = {name: uuid.uuid4() for name in rows}
+    # The table as it was then: `owner` came with revision 0006.
+    before_owners = sa.table(
+        "searches", *(sa.column(c.name, c.type) for c in Search.__table__.c if c.name != "owner")
+    )
     try:
         with engine.begin() as conn:
             for name, (status, state) in rows.items():
                 conn.execute(
-                    Search.__table__.insert().values(
+                    before_owners.insert().values(
                         id=ids[name],
                         model="m",
                         request={},

@@ -1,4 +1,6 @@
 import json
+import os
+import tarfile
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from optishear.config import PruneConfig
 from optishear.errors import ConfigError
-from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity
+from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity, write_archive
 from optishear.files import sha256_file
 from optishear.patterns import Pattern
 from optishear.prune import prune_model
@@ -47,3 +49,24 @@ def test_export_refuses_non_empty_folder(tmp_path) -> None:
         export_checkpoint(build_tiny(), None, tmp_path / "x", {})
     assert (tmp_path / "x" / "keep.txt").read_text() == "user data"
     assert [p.name for p in tmp_path.iterdir()] == ["x"]  # no staging folder left behind
+
+
+def test_archive_of_the_same_weights_is_byte_identical(tmp_path, calib_ids) -> None:
+    model = build_tiny()
+    prune_model(model, calib_ids, PruneConfig(method="wanda", sparsity=0.5))
+    sums = []
+    for i, when in enumerate((1_000_000, 2_000_000)):  # two exports, at different times
+        folder = tmp_path / str(i) / "optishear-7-uniform"
+        export_checkpoint(model, tiny_tokenizer(), folder, {"candidate": {"key": "7-uniform"}})
+        for p in [folder, *folder.rglob("*")]:
+            os.utime(p, (when, when))
+        sums.append(write_archive(folder, tmp_path / f"{i}.tar"))
+    assert sums[0] == sums[1]
+    assert sums[0][1] == (tmp_path / "0.tar").stat().st_size
+    with tarfile.open(tmp_path / "0.tar") as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[0] == "optishear-7-uniform"
+    assert names == sorted(names, key=lambda n: n.split("/"))
+    assert {(m.mtime, m.uid, m.gid, m.uname, m.gname) for m in members} == {(0, 0, 0, "", "")}
+    assert "optishear-7-uniform/model.safetensors" in names

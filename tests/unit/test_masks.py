@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from optishear.errors import ConfigError
-from optishear.masks import check_pattern_fits, prune_mask
-from optishear.patterns import Pattern
+from optishear.masks import prune_mask
+from optishear.patterns import Pattern, check_pattern_fits
 
 
 def test_pattern_parse() -> None:
