@@ -62,22 +62,28 @@ def _summary(ms: list[float], seconds: float) -> dict[str, Any]:
     }
 
 
-async def _poll_load(base: str, sid: str, clients: int, seconds: float) -> dict[str, Any]:
+async def _poll_load(
+    base: str, sid: str, clients: int, seconds: float, interval: float = 0.0
+) -> dict[str, Any]:
+    """`clients` pollers; each waits `interval` s between its polls (0: back to back)."""
     ms: list[float] = []
     errors = 0
     stop = time.perf_counter() + seconds
 
-    async def one(client: httpx.AsyncClient) -> None:
+    async def one(client: httpx.AsyncClient, c: int) -> None:
         nonlocal errors
+        await asyncio.sleep(interval * c / clients)  # spread the paced pollers out
         while time.perf_counter() < stop:
             t = time.perf_counter()
             r = await client.get(f"/api/searches/{sid}")
             ms.append((time.perf_counter() - t) * 1000)
             errors += r.status_code != 200
+            if interval:
+                await asyncio.sleep(max(0.0, interval - (time.perf_counter() - t)))
 
     start = time.perf_counter()
     async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-        await asyncio.gather(*(one(client) for _ in range(clients)))
+        await asyncio.gather(*(one(client, c) for c in range(clients)))
     return {**_summary(ms, time.perf_counter() - start), "errors": errors}
 
 
@@ -112,6 +118,9 @@ async def _load(
     base: str, sid: str, body: dict[str, Any], args: argparse.Namespace
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], list[str]]]:
     """Pollers and submitters at the same time, N clients each."""
+    if not args.submits:  # pollers alone
+        polls = await _poll_load(base, sid, args.clients, args.seconds, args.interval)
+        return polls, ({}, [])
     return await asyncio.gather(
         _poll_load(base, sid, args.clients, args.seconds),
         _submit_load(base, body, args.clients, args.submits),
@@ -130,13 +139,19 @@ def main() -> None:
     p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0, help="status-poll phase")
-    p.add_argument("--submits", type=int, default=10, help="submits per client")
+    p.add_argument(
+        "--interval", type=float, default=0.0, help="seconds between a poller's polls (0: none)"
+    )
+    p.add_argument("--submits", type=int, default=10, help="submits per client (0: polls only)")
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--generations", type=int, default=30)
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=64)
+    p.add_argument(
+        "--runner-nice", type=int, default=None, help="OPTISHEAR_RUNNER_NICE of the runner"
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -156,6 +171,7 @@ def main() -> None:
         "OPTISHEAR_DATABASE_URL": url,
         "OPTISHEAR_CACHE": str(tmp / "cache"),
         "OPTISHEAR_CHECKPOINT_DIR": str(tmp / "checkpoints"),
+        "OPTISHEAR_DATA_ROOTS": str(tmp),  # the tiny model and texts
     }
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -167,8 +183,9 @@ def main() -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    nice = {} if args.runner_nice is None else {"OPTISHEAR_RUNNER_NICE": str(args.runner_nice)}
     worker = subprocess.Popen(
-        [*cli, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cli, "worker"], env=env | nice, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         for _ in range(600):
@@ -216,6 +233,8 @@ def main() -> None:
     report = {
         "backend": args.backend,
         "clients": args.clients,
+        "runner_nice": args.runner_nice,
+        "poll_interval_s": args.interval,
         "search": {
             "status": done["status"],
             "generations": len(gens),

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     ray_address: str | None = None
     # `optishear serve` starts a runner process beside the API (None: only for SQLite).
     embedded_runner: bool | None = None
+    # A runner process lowers its CPU priority by this much (0: not at all), so that the API's
+    # answers never queue behind a search's torch threads on the same machine.
+    runner_nice: int = Field(default=10, ge=0, le=19)
     # At start, `serve` and `worker` wait this long (with backoff) for the database.
     startup_wait_seconds: float = Field(default=60.0, ge=0)
     # A runner retries a write through a database outage this long, keeping its job.

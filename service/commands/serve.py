@@ -37,6 +37,16 @@ def _migrate_when_ready(url: str, wait_seconds: float) -> None:
         db.upgrade(url)  # idempotent: a worker may start before the API
 
 
+def _lower_priority(nice: int) -> None:
+    """A runner's torch threads yield the CPU to an API on the same machine: without this, a
+    search on a small machine puts its evaluation bursts in front of every status poll."""
+    if nice and hasattr(os, "nice"):
+        try:
+            os.nice(nice)
+        except OSError as exc:  # not allowed here: run at normal priority
+            logger.warning("could not lower the runner's priority: %s", exc)
+
+
 def worker_command(args: argparse.Namespace) -> int:
     # First of all: a runner child of `serve` must not outlive it, even while it starts.
     watch = None
@@ -48,6 +58,7 @@ def worker_command(args: argparse.Namespace) -> int:
     from service.settings import get_settings
 
     settings = get_settings()
+    _lower_priority(settings.runner_nice)
     url = settings.resolved_database_url()
     _migrate_when_ready(url, settings.startup_wait_seconds)
     runner = QueueRunner(settings, db.make_sessions(db.make_engine(url)))
