@@ -4,7 +4,9 @@ Starts the API (`optishear serve --runner no`) and one runner (`optishear worker
 separate processes on loopback, submits one search, and while the runner works on it:
 N concurrent clients poll GET /api/searches/{id} for --seconds (status-poll latency) while,
 at the same time, N other clients each submit --submits searches (submit latency; those are
-cancelled afterwards, so the runner never starts them).
+cancelled afterwards, so the runner never starts them). `--submits 0`: pollers alone;
+`--interval S`: each poller waits S seconds between its polls (0: back to back);
+`--runner-nice N`: the runner's OPTISHEAR_RUNNER_NICE.
 When the search ends, the share of its time spent persisting is read from its result: the
 seconds inside the per-generation DB transaction (generation row, front, serialized search
 state) over the runner's wall time for the search.
@@ -139,6 +141,7 @@ def main() -> None:
     p.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--seconds", type=float, default=10.0, help="status-poll phase")
+    p.add_argument("--warmup", type=float, default=5.0, help="seconds after the claim")
     p.add_argument(
         "--interval", type=float, default=0.0, help="seconds between a poller's polls (0: none)"
     )
@@ -208,8 +211,11 @@ def main() -> None:
             "evaluation": {"text": str(tmp / "eval.txt"), "seq_len": 64, "windows": 8},
         }
         sid = httpx.post(f"{base}/api/searches", json=body).json()["id"]
-        while httpx.get(f"{base}/api/searches/{sid}").json()["progress"]["generation"] < 1:
+        # From the moment a runner works on it (the opening screen included, which stores no
+        # generation row until its first rung ends), plus the model's loading.
+        while httpx.get(f"{base}/api/searches/{sid}").json()["status"] != "running":
             time.sleep(0.1)
+        time.sleep(args.warmup)
         polls, (submits, ids) = asyncio.run(_load(base, sid, body, args))
         mid = httpx.get(f"{base}/api/searches/{sid}").json()
         for queued in ids:
