@@ -8,11 +8,11 @@ keys configured the API is open: every caller is the same anonymous admin, owner
 from __future__ import annotations
 
 import hmac
-import json
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.middleware import send_json_error
 from service.settings import ServiceSettings, hash_key
 
 OPEN_OWNER = ""
@@ -74,19 +74,7 @@ class ApiKeyAuth:
             return
         principal = principal_for(self.settings, dict(scope["headers"]))
         if principal is None:
-            body = json.dumps({"detail": UNAUTHORIZED}).encode()
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 401,
-                    "headers": [
-                        (b"content-type", b"application/json"),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"www-authenticate", b"Bearer"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_json_error(send, 401, UNAUTHORIZED, ((b"www-authenticate", b"Bearer"),))
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

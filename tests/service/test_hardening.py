@@ -54,12 +54,7 @@ def _succeeded(settings: ServiceSettings, *, owner: str = "", exported: bool = T
 @pytest.mark.parametrize("field", ["model", "calibration", "evaluation"])
 def test_an_unknown_tilde_user_is_422_not_500(client, search_body, field) -> None:
     path = "~nosuchuser-optishear/x"
-    body = {
-        "model": search_body(model=path),
-        "calibration": search_body(calibration={"source": path}),
-        "evaluation": search_body(evaluation={"text": path}),
-    }[field]
-    r = client.post("/api/searches", json=body)
+    r = client.post("/api/searches", json=_naming(search_body, field, path))
     assert r.status_code == 422, r.text
     assert path in r.json()["detail"]
 
@@ -78,12 +73,7 @@ def test_an_unknown_tilde_user_is_422_not_500(client, search_body, field) -> Non
 def test_server_paths_outside_the_data_roots_are_refused_alike(
     client, search_body, field, path
 ) -> None:
-    body = {
-        "model": search_body(model=path),
-        "calibration": search_body(calibration={"source": path}),
-        "evaluation": search_body(evaluation={"text": path}),
-    }[field]
-    r = client.post("/api/searches", json=body)
+    r = client.post("/api/searches", json=_naming(search_body, field, path))
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert "data folders" in detail
@@ -93,12 +83,17 @@ def test_server_paths_outside_the_data_roots_are_refused_alike(
 
 def _refusal(client, search_body, field) -> str:
     other = "/nonexistent-optishear-probe"
-    body = {
-        "model": search_body(model=other),
-        "calibration": search_body(calibration={"source": other}),
-        "evaluation": search_body(evaluation={"text": other}),
-    }[field]
+    body = _naming(search_body, field, other)
     return client.post("/api/searches", json=body).json()["detail"].replace(other, "PATH")
+
+
+def _naming(search_body, field: str, path: str) -> dict:
+    """A search body whose model, calibration text or evaluation text is `path`."""
+    if field == "model":
+        return search_body(model=path)
+    if field == "calibration":
+        return search_body(calibration={"source": path})
+    return search_body(evaluation={"text": path})
 
 
 def test_a_link_out_of_the_roots_is_refused(client, search_body, tmp_path) -> None:
