@@ -263,6 +263,11 @@ class PruneConfig(_Target):
         False,
         description="refit the surviving weights by least squares after masking (wanda, ria, meta)",
     )
+    refit_solver: Literal["cg", "exact"] = Field(
+        "cg",
+        description="how the refit solves each layer: conjugate gradients on the shared Gram "
+        "matrix (fast at any width), or an exact factorisation per row (the reference)",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> PruneConfig:

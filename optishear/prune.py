@@ -34,7 +34,7 @@ from optishear.plans import (
     owl_plan,
     uniform_plan,
 )
-from optishear.reconstruct import least_squares_refit
+from optishear.reconstruct import Solver, least_squares_refit
 from optishear.stats import LayerStats, recording_inputs
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _prune_block(
     pattern: Pattern,
     report: PruneReport,
     *,
-    reconstruct: bool = False,
+    refit: Solver | None = None,
 ) -> None:
     for name, lin in linear_sublayers(block).items():
         ratio = plan.ratio(idx, name)
@@ -191,14 +191,14 @@ def _prune_block(
         task = LayerTask(
             f"{idx}.{name}", lin.weight.data, stats[name] if stats else None, ratio, pattern
         )
-        dense = lin.weight.data.clone() if reconstruct else None
+        dense = lin.weight.data.clone() if refit else None
         mask = method.prune_layer(task)
         if dense is not None:
             assert stats is not None
             # The refit reproduces the dense layer's output, so it starts from the dense weights.
             lin.weight.data.copy_(dense)
             del dense
-            least_squares_refit(lin.weight.data, stats[name].hessian, mask)
+            least_squares_refit(lin.weight.data, stats[name].hessian, mask, solver=refit)
         report.layers.append(
             LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()))
         )
@@ -290,7 +290,7 @@ def prune_model(
                 plan,
                 config.pattern,
                 report,
-                reconstruct=config.reconstruct,
+                refit=config.refit_solver if config.reconstruct else None,
             )
             del stats
             if idx < len(blocks) - 1:
@@ -305,7 +305,7 @@ def prune_model(
                 plan,
                 config.pattern,
                 report,
-                reconstruct=config.reconstruct,
+                refit=config.refit_solver if config.reconstruct else None,
             )
         if progress:
             progress(idx + 1, len(blocks), f"pruning with {config.method}")

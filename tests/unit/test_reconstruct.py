@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from tiny_models import build_tiny
 
 from optishear.config import PruneConfig
+from optishear.errors import ConfigError
 from optishear.layers import iter_linears
 from optishear.masks import prune_mask
 from optishear.metrics import wanda_score
@@ -37,7 +38,7 @@ def test_fixed_mask_update_lowers_layer_error_and_keeps_the_mask(pattern) -> Non
     obs = W.clone()
     assert torch.equal(sparsegpt_prune(obs, H, 0.5, pattern, fixed_mask=mask), mask)
     refit = W.clone()
-    least_squares_refit(refit, H, mask, percdamp=1e-4)
+    least_squares_refit(refit, H, mask, percdamp=1e-4, solver="exact")
 
     ref = X @ W.T
     err = {
@@ -111,3 +112,47 @@ def test_refit_on_too_few_tokens_warns(calib_ids, caplog) -> None:
             build_tiny("llama"), many, PruneConfig(method="wanda", sparsity=0.5, reconstruct=True)
         )
     assert "calibration tokens" not in caplog.text
+
+
+@pytest.mark.parametrize("pattern", PATTERNS, ids=str)
+def test_conjugate_gradients_reach_the_exact_solve(pattern) -> None:
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(96, 128, generator=g)
+    X = _correlated_inputs(1024, 128, seed=4)
+    X[:, :3] *= 30  # outlier channels make the system ill-conditioned, as in LLMs
+    H = 2 * X.T @ X / X.shape[0]
+    mask = prune_mask(wanda_score(W, X.pow(2).sum(0)), 0.5, pattern)
+    exact, cg = W.clone(), W.clone()
+    assert least_squares_refit(exact, H, mask, solver="exact") == 0
+    iterations = least_squares_refit(cg, H, mask, solver="cg")
+    assert 0 < iterations < 200
+    assert torch.equal(cg == 0, mask)
+    ref = X @ W.T
+
+    def err(M: torch.Tensor) -> float:
+        return float((X @ M.T - ref).norm())
+
+    assert err(cg) == pytest.approx(err(exact), rel=1e-2)  # at the default tolerance
+    assert err(cg) < 0.6 * err(W.masked_fill(mask, 0.0))
+    tight = W.clone()
+    least_squares_refit(tight, H, mask, solver="cg", tol=1e-5)
+    assert err(tight) == pytest.approx(err(exact), rel=1e-4)
+    # A looser tolerance stops earlier, further from the optimum.
+    loose = W.clone()
+    assert least_squares_refit(loose, H, mask, solver="cg", tol=1e-1) < iterations
+    assert err(loose) >= err(cg)
+
+
+def test_conjugate_gradients_take_masks_of_any_shape() -> None:
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(16, 32, generator=g)
+    X = _correlated_inputs(256, 32, seed=6)
+    H = X.T @ X
+    mask = torch.rand(16, 32, generator=g) < 0.5  # rows keep different numbers of weights
+    mask[0] = True  # and one row keeps none
+    cg = W.clone()
+    least_squares_refit(cg, H, mask, solver="cg")
+    assert torch.equal(cg == 0, mask | (W == 0))
+    assert float((X @ (cg - W).T).norm()) < float((X @ W.masked_fill(mask, 0.0).T - X @ W.T).norm())
+    with pytest.raises(ConfigError, match="same number of survivors"):
+        least_squares_refit(W.clone(), H, mask, solver="exact")
