@@ -15,6 +15,7 @@ from service.db import utcnow
 from service.schemas import (
     CandidateRead,
     CheckpointRead,
+    ExportProgress,
     FrontRead,
     GenerationRead,
     PopulationMember,
@@ -353,7 +354,18 @@ def checkpoint_read(c: Checkpoint, *, candidate_key: str, store: CheckpointStore
         perplexity=c.perplexity,
         eval_tokens=c.eval_tokens,
         sparsity=c.sparsity,
+        progress=_export_progress(c),
         download_url=f"/api/checkpoints/{c.id}/download" if ready else None,
+    )
+
+
+def _export_progress(c: Checkpoint) -> ExportProgress | None:
+    if c.status != JobStatus.RUNNING or c.progress_stage is None:
+        return None
+    if c.progress_done is None or c.progress_total is None:
+        return None
+    return ExportProgress(
+        stage=c.progress_stage, done=c.progress_done, total=c.progress_total, eta_s=c.eta_s
     )
 
 

@@ -211,6 +211,13 @@ class CheckpointCreate(_In):
     candidate_id: uuid.UUID | None = Field(None, description="default: the recommended one")
 
 
+class ExportProgress(BaseModel):
+    stage: str = Field(description="what the export is doing: pruning (and refitting), ...")
+    done: int = Field(description="steps of this stage done (blocks, while pruning)")
+    total: int
+    eta_s: float | None = Field(description="seconds left in this stage, from its pace so far")
+
+
 class CheckpointRead(BaseModel):
     id: uuid.UUID
     search_id: uuid.UUID
@@ -226,6 +233,7 @@ class CheckpointRead(BaseModel):
     perplexity: float | None = Field(description="held-out perplexity of the pruned model")
     eval_tokens: int | None
     sparsity: float | None = Field(description="measured share of zero prunable weights")
+    progress: ExportProgress | None = Field(None, description="while running: how far it is")
     download_url: str | None
 
 

@@ -200,6 +200,11 @@ class Checkpoint(_Job, Base):
     perplexity: Mapped[float | None] = mapped_column(Float)
     eval_tokens: Mapped[int | None] = mapped_column(Integer)
     sparsity: Mapped[float | None] = mapped_column(Float)
+    # While it runs: blocks pruned (and refit) of how many, what it is doing, seconds left.
+    progress_done: Mapped[int | None] = mapped_column(Integer)
+    progress_total: Mapped[int | None] = mapped_column(Integer)
+    progress_stage: Mapped[str | None] = mapped_column(String(64))
+    eta_s: Mapped[float | None] = mapped_column(Float)
 
 
 class RunnerRow(Base):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from optishear.data import evaluation_stream, sample_calibration
@@ -56,13 +59,15 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
             request.model, settings=library, dtype=torch_dtype(request.dtype)
         )
         calib = sample_calibration(tokenizer, request.calibration, library)
+        refit = request.refit_top > 0  # shipped as the search scored it
         report = prune_candidate(
             model,
             calib,
             candidate,
             request.pattern,
-            refit=request.refit_top > 0,  # shipped as the search scored it
+            refit=refit,
             batch_size=request.batch_size,
+            progress=ExportProgressWriter(runner, checkpoint_id, " + refit" if refit else ""),
         )
         stream = evaluation_stream(tokenizer, request.evaluation, library)
         ppl = perplexity(model, stream, request.evaluation)
@@ -106,6 +111,55 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
 
     runner.write(finish, f"storing export {checkpoint_id}")
     logger.info("checkpoint %s exported (%d bytes)", checkpoint_id, size)
+
+
+class ExportProgressWriter:
+    """The library's progress callback, stored on the export's row for the API and dashboard:
+    steps done, the stage (the library's words, plus `suffix`), and an ETA from the stage's
+    pace so far. Written at most every
+    `every` seconds (and at the last step), guarded by the lease, best effort: a progress
+    write that fails is skipped, never retried, and never fails the export."""
+
+    def __init__(
+        self, runner: QueueRunner, checkpoint_id: uuid.UUID, suffix: str = "", every: float = 2.0
+    ) -> None:
+        self.runner = runner
+        self.checkpoint_id = checkpoint_id
+        self.suffix = suffix
+        self.every = every
+        self.stage = ""
+        self.first = 0
+        self.start = time.monotonic()
+        self.last = -float("inf")
+
+    def __call__(self, done: int, total: int, what: str = "") -> None:
+        now = time.monotonic()
+        stage = f"{what or 'pruning'}{self.suffix}"
+        if stage != self.stage:  # a new stage: its pace is timed from its first report
+            self.stage, self.start, self.first, self.last = stage, now, done, -float("inf")
+        if now - self.last < self.every and done < total:
+            return
+        self.last = now
+        paced = done - self.first
+        eta = (now - self.start) / paced * (total - done) if paced > 0 else None
+        try:
+            with self.runner.sessions.begin() as session:
+                session.execute(
+                    update(Checkpoint)
+                    .where(
+                        Checkpoint.id == self.checkpoint_id,
+                        Checkpoint.lease_owner == self.runner.id,
+                    )
+                    .values(
+                        progress_done=done,
+                        progress_total=total,
+                        progress_stage=self.stage,
+                        eta_s=eta,
+                    )
+                    .execution_options(synchronize_session=False)
+                )
+        except SQLAlchemyError as exc:
+            logger.warning("export %s: progress not stored (%s)", self.checkpoint_id, exc)
 
 
 def _untimed(record: dict[str, Any]) -> dict[str, Any]:

@@ -132,11 +132,13 @@ function exportView(c) {
   const ck = job.checkpoint;
   if (!ck || ACTIVE.has(ck.status)) {
     const elapsed = (Date.now() - job.started) / 1000;
+    const p = ck?.progress; // blocks pruned (and refit) so far, once the runner reports them
+    const where = p ? `: ${p.stage}, block ${p.done} of ${p.total}${p.eta_s != null ? `, about ${duration(p.eta_s)} left` : ""}` : "…";
     return h(
       "div",
       { class: "export-progress" },
-      h("span", { id: "export-status" }, `Export ${ck ? ck.status : "requested"}… ${duration(elapsed)}`),
-      progressBar(0, 1, { indeterminate: true }),
+      h("span", { id: "export-status" }, `Export ${ck ? ck.status : "requested"}${where} (${duration(elapsed)})`),
+      p ? progressBar(p.done, p.total) : progressBar(0, 1, { indeterminate: true }),
     );
   }
   if (ck.status !== "succeeded") {
