@@ -81,3 +81,26 @@ def _lowest_in_groups_by_pairs(groups: Tensor, n: int) -> Tensor:
                 rank += (cols[j] <= cols[i]) if j < i else (cols[j] < cols[i])
         torch.lt(rank, n, out=out[i])
     return out.movedim(0, -1).contiguous()
+
+
+_BITS = 8
+
+
+def pack_mask(mask: Tensor) -> Tensor:
+    """A boolean mask as bits, 8 to a byte (uint8, flat): what a mask cache keeps."""
+    flat = mask.flatten()
+    pad = (-flat.numel()) % _BITS
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    shifts = torch.arange(_BITS, dtype=torch.uint8, device=mask.device)
+    return (flat.view(-1, _BITS).to(torch.uint8) << shifts).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_mask(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
+    """The boolean mask `pack_mask` packed, in its shape."""
+    shifts = torch.arange(_BITS, dtype=torch.uint8, device=packed.device)
+    bits = (packed[:, None] >> shifts) & 1
+    numel = 1
+    for d in shape:
+        numel *= d
+    return bits.flatten()[:numel].view(shape).bool()

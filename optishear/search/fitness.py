@@ -38,7 +38,7 @@ from optishear.layers import (
     inputs_of,
     iter_linears,
 )
-from optishear.masks import prune_mask
+from optishear.masks import pack_mask, prune_mask, unpack_mask
 from optishear.meta import meta_log_score
 from optishear.patterns import Pattern, check_pattern_fits
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
@@ -120,6 +120,7 @@ class FitnessEngine:
             [lin.weight.detach() for _, _, lin in self.layers]
         )
         # A layer-wise stage revisits the same (genome, layer, ratio) masks again and again.
+        # Kept packed, 8 to a byte: 1/32 of the fp32 weights they mask.
         self._masks: OrderedDict[tuple[int, int, float], Tensor] = OrderedDict()
         self._mask_bytes = 0
         self._mask_budget = mask_cache_bytes
@@ -304,7 +305,7 @@ class FitnessEngine:
                     missing.setdefault(ratio, []).append(j)
                 else:
                     self._masks.move_to_end(key)
-                    masks[pos] = cached
+                    masks[pos] = unpack_mask(cached, dense[j].shape)
             per_chunk = max(1, self._mask_chunk // dense[0].numel())
             for ratio, js in missing.items():
                 for c in range(0, len(js), per_chunk):
@@ -331,12 +332,11 @@ class FitnessEngine:
         return candidate.block_sparsity[self.layers[pos][0]]
 
     def _remember(self, key: tuple[int, int, float], mask: Tensor) -> None:
-        # Masks are views of their chunk's stack: an evicted one frees its memory once the
-        # rest of its chunk is evicted too, so the budget may be overrun by a chunk per group.
-        if mask.numel() > self._mask_budget:
+        packed = pack_mask(mask)  # a copy of its own: evicting it frees it
+        if packed.numel() > self._mask_budget:
             return
-        self._masks[key] = mask
-        self._mask_bytes += mask.numel()
+        self._masks[key] = packed
+        self._mask_bytes += packed.numel()
         while self._mask_bytes > self._mask_budget:
             _, old = self._masks.popitem(last=False)
             self._mask_bytes -= old.numel()

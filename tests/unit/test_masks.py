@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from optishear.errors import ConfigError
-from optishear.masks import prune_mask
+from optishear.masks import pack_mask, prune_mask, unpack_mask
 from optishear.patterns import Pattern, check_pattern_fits
 
 
@@ -78,3 +78,13 @@ def test_n_m_selections_equal_the_stable_sort(n: int, m: int) -> None:
     assert torch.equal(prune_mask(score, n / m, Pattern(n, m)), expected)
     assert torch.equal(_lowest_in_groups_by_rank(groups, n).reshape(16, 64), expected)
     assert torch.equal(_lowest_in_groups_by_pairs(groups, n).reshape(16, 64), expected)
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (5, 7), (1,), (64, 129)])
+def test_packed_masks_round_trip_in_an_eighth_of_the_bytes(shape) -> None:
+    g = torch.Generator().manual_seed(sum(shape))
+    mask = torch.rand(shape, generator=g) < 0.5
+    packed = pack_mask(mask)
+    assert packed.dtype == torch.uint8
+    assert packed.numel() == -(-mask.numel() // 8)
+    assert torch.equal(unpack_mask(packed, mask.shape), mask)

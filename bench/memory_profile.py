@@ -1,0 +1,194 @@
+"""Where memory goes: peak resident memory of prune, search set-up and one search actor,
+against the model's weight bytes, with the fitness engine's resident tensors itemised.
+
+Each phase runs in a fresh process (`--phase`), so that its peaks are its own. Resident
+memory is split as the kernel counts it: anonymous (what the process allocated) and file
+pages (weights memory-mapped from safetensors: clean, shared, and evictable under pressure;
+transformers maps a checkpoint whose dtype it keeps). A sampling thread records both peaks.
+- load:   the model alone (the floor every phase starts from);
+- prune:  Wanda at 50% through `prune_model`, as `optishear prune` runs it;
+- engine: a FitnessEngine's set-up (dense statistics, baseline statistics, reference) and
+          three candidate evaluations, as a search actor holds it.
+
+    .venv/bin/python bench/memory_profile.py --model smollm2-135m
+    .venv/bin/python bench/memory_profile.py --model qwen2.5-0.5b --phases load,prune,engine
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _rss_now_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def _status_bytes(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+class PeakSampler:
+    """Peaks of RssAnon and RssFile, sampled every few milliseconds in a thread."""
+
+    def __init__(self, every: float = 0.005) -> None:
+        self.every = every
+        self.anon = self.file = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.anon = max(self.anon, _status_bytes("RssAnon"))
+            self.file = max(self.file, _status_bytes("RssFile"))
+            self._stop.wait(self.every)
+
+    def start(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._run_once()
+
+    def _run_once(self) -> None:
+        self.anon = max(self.anon, _status_bytes("RssAnon"))
+        self.file = max(self.file, _status_bytes("RssFile"))
+
+
+def _weight_bytes(model: torch.nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():  # tied embeddings once
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def _bytes(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return x.numel() * x.element_size()
+    if isinstance(x, list | tuple):
+        return sum(_bytes(t) for t in x)
+    return 0
+
+
+def engine_inventory(engine: Any) -> dict[str, int]:
+    """The engine's own resident tensors, by what they hold."""
+    return {
+        "dense backup (masked layers' weights)": _bytes(engine._dense_stacks),
+        "scoring statistics (act_sq)": _bytes(engine._act_stacks),
+        "second-order rho": _bytes(engine._rho_stacks),
+        "reference lm_head inputs": _bytes(engine.reference),
+        "KL terms (u, c)": _bytes(engine._kl_terms),
+        "lm_head Gram matrix": _bytes(engine._gram),
+        "mask cache": int(engine._mask_bytes),
+        "calibration ids": _bytes(engine.calib_ids),
+    }
+
+
+def run_phase(args: argparse.Namespace) -> dict[str, Any]:
+    from optishear.config import CalibrationConfig, PruneConfig
+    from optishear.data import sample_calibration
+    from optishear.genome import Genome
+    from optishear.hf import load_model
+    from optishear.patterns import Pattern
+    from optishear.prune import prune_model
+    from optishear.search.fitness import Candidate, FitnessEngine
+
+    torch.set_grad_enabled(False)
+    imports = _rss_now_bytes()  # the interpreter, torch and transformers: no model yet
+    anon_imports = _status_bytes("RssAnon")
+    sampler = PeakSampler().start()
+    model, tokenizer, _ = load_model(args.model, dtype=getattr(torch, args.dtype))
+    weights = _weight_bytes(model)
+    calib = sample_calibration(
+        tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
+    )
+    after_load = _rss_peak_bytes()
+    out: dict[str, Any] = {"phase": args.phase, "model": args.model, "dtype": args.dtype}
+    if args.phase == "prune":
+        prune_model(model, calib, PruneConfig(method="wanda", sparsity=0.5))
+    elif args.phase == "engine":
+        pattern = Pattern.parse(args.pattern)
+        engine = FitnessEngine(
+            model,
+            calib,
+            pattern,
+            sparsity=0.5,
+            fitness_samples=args.fitness_samples,
+            stats="baseline",
+        )
+        ratio = pattern.sparsity if pattern.structured else 0.5
+        for genome in (Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3)):
+            engine.evaluate(Candidate(genome, (ratio,) * engine.n_blocks))
+        out["engine"] = engine_inventory(engine)
+    peak = _rss_peak_bytes()
+    out["anon_at_end"] = _status_bytes("RssAnon")  # what stays: the phase's steady state
+    sampler.stop()
+    out |= {
+        "anon_imports": anon_imports,
+        "anon_peak": sampler.anon,
+        "file_peak": sampler.file,
+        # what the phase allocated itself, above the bare interpreter and its libraries
+        "anon_less_imports_over_weights": round((sampler.anon - anon_imports) / weights, 2),
+        "weight_bytes": weights,
+        "rss_imports": imports,
+        "rss_after_load": after_load,
+        "rss_peak": peak,
+        "peak_over_weights": round(peak / weights, 2),
+        # what the phase itself holds: the peak above the bare interpreter with its libraries
+        "peak_less_imports_over_weights": round((peak - imports) / weights, 2),
+    }
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    p.add_argument("--phases", default="load,prune,engine")
+    p.add_argument("--phase", default=None, help=argparse.SUPPRESS)  # one, in this process
+    p.add_argument("--pattern", default="unstructured")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--fitness-samples", type=int, default=8)
+    args = p.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args)))
+        return
+    for phase in args.phases.split(","):
+        argv = [
+            f"--{k.replace('_', '-')}={v}"
+            for k, v in vars(args).items()
+            if k not in ("phases", "phase")
+        ]
+        done = subprocess.run(
+            [sys.executable, __file__, *argv, f"--phase={phase}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        print(done.stdout.strip().splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
