@@ -23,6 +23,7 @@ from optishear.layers import (
     linear_sublayers,
     run_block,
 )
+from optishear.memory import release_free_memory
 from optishear.methods import LayerTask, Method, build_method
 from optishear.metrics import wanda_score
 from optishear.patterns import Pattern, check_pattern_fits
@@ -311,6 +312,7 @@ def prune_model(
             progress(idx + 1, len(blocks), f"pruning with {config.method}")
         logger.debug("block %d/%d pruned to %.3f", idx + 1, len(blocks), plan.ratio(idx))
     report.seconds = time.perf_counter() - start
+    release_free_memory()  # the statistics and scores of every block are gone
     return report
 
 

@@ -39,6 +39,7 @@ from optishear.layers import (
     iter_linears,
 )
 from optishear.masks import pack_mask, prune_mask, unpack_mask
+from optishear.memory import release_free_memory
 from optishear.meta import meta_log_score
 from optishear.patterns import Pattern, check_pattern_fits
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
@@ -180,6 +181,7 @@ class FitnessEngine:
         gpu = self.device.type == "cuda"
         self._kl_chunk = max(1, _GPU_KL_CHUNK_TOKENS // calib_ids.shape[1]) if gpu else 1
         self._mask_chunk = _GPU_MASK_CHUNK_ELEMENTS if gpu else 0
+        release_free_memory()  # the set-up's statistics and baseline prune are gone
 
     def _stacked(self, per_layer: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """One stack per group of equally shaped layers (copies), and per layer a view into it."""
@@ -511,6 +513,9 @@ class FitnessEngine:
             # database candidates stay in place: the next one rewrites only what differs
             if not (candidate.layer_sparsity and self.database is not None) or shipped or refit:
                 self.restore()
+            # With other threads about (Ray's, a sampler's), glibc keeps an evaluation's freed
+            # temporaries in per-thread arenas: 0.7 GB after three on the bundled model.
+            release_free_memory()
         return Evaluation(error, sparsity, n, time.perf_counter() - start, t if t < seq else 0)
 
 
