@@ -515,8 +515,12 @@ class FitnessEngine:
                 self.restore()
             # With other threads about (Ray's, a sampler's), glibc keeps an evaluation's freed
             # temporaries in per-thread arenas: 0.7 GB after three on the bundled model.
-            release_free_memory()
+            # Trimmed past a bound only, so pages are not re-faulted every evaluation.
+            release_free_memory(above=_RETAINED_FREE_BYTES)
         return Evaluation(error, sparsity, n, time.perf_counter() - start, t if t < seq else 0)
+
+
+_RETAINED_FREE_BYTES = 256 << 20  # what an evaluation may leave free in the allocator
 
 
 def database_request(config: SearchConfig, folder: Path | None = None) -> DatabaseRequest | None:
