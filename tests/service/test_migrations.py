@@ -45,8 +45,8 @@ def test_postgres_upgrade_downgrade_upgrade(fresh_pg_url) -> None:
     _round_trip(fresh_pg_url)
 
 
-def _as_of_0003(table: sa.Table, *skip: str) -> sa.TableClause:
-    """A table's columns, with their types, less those added after revision 0003."""
+def _columns_of(table: sa.Table, *skip: str) -> sa.TableClause:
+    """A table's columns, with their types, less `skip` (those a revision had not added yet)."""
     return sa.table(table.name, *(sa.column(c.name, c.type) for c in table.c if c.name not in skip))
 
 
@@ -55,12 +55,12 @@ def _layer_sparsity_on_existing_rows(url: str) -> None:
     db.upgrade(url, "0003")
     sid, cid = uuid.uuid4(), uuid.uuid4()
     genome = {"f1": "identity", "f2": "identity", "alpha": "one", "beta": "one", "index": 0}
-    candidates = _as_of_0003(CandidateRow.__table__, "layer_sparsity")
+    candidates = _columns_of(CandidateRow.__table__, "layer_sparsity")
     engine = db.make_engine(url)
     try:
         with engine.begin() as conn:
             conn.execute(
-                _as_of_0003(Search.__table__)
+                _columns_of(Search.__table__)
                 .insert()
                 .values(
                     id=sid,
@@ -128,15 +128,9 @@ def _owners_on_existing_rows(url: str) -> None:
     sid, cid = uuid.uuid4(), uuid.uuid4()
     ck = [uuid.uuid4() for _ in range(3)]
     now = datetime.now(UTC)
-    searches = sa.table(
-        "searches", *(sa.column(c.name, c.type) for c in Search.__table__.c if c.name != "owner")
-    )
-    candidates = sa.table(
-        "candidates", *(sa.column(c.name, c.type) for c in CandidateRow.__table__.c)
-    )
-    checkpoints = sa.table(
-        "checkpoints", *(sa.column(c.name, c.type) for c in Checkpoint.__table__.c)
-    )
+    searches = _columns_of(Search.__table__, "owner")  # owner came with 0006
+    candidates = _columns_of(CandidateRow.__table__)
+    checkpoints = _columns_of(Checkpoint.__table__)
     engine = db.make_engine(url)
     try:
         with engine.begin() as conn:
