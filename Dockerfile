@@ -1,5 +1,7 @@
 # OptiShear image: the library, CLI, REST service and Ray workers.
-FROM python:3.11-slim
+# PYTHON_IMAGE: another Python 3.11 base (deploy/local builds one from Debian packages).
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 WORKDIR /app
 ENV PIP_NO_CACHE_DIR=1 OPTISHEAR_CACHE=/cache
 # CPU torch from PyTorch's index keeps the image small; use the default index for CUDA builds.
@@ -10,7 +12,9 @@ COPY optishear ./optishear
 COPY service ./service
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install ".[service,workers]"
+# Editable: service/db.py finds migrations/ beside the service package (/app), which a
+# regular install into site-packages would leave behind.
+RUN pip install -e ".[service,workers]"
 VOLUME ["/cache", "/out"]
 ENTRYPOINT ["optishear"]
 CMD ["--help"]
