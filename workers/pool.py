@@ -15,7 +15,7 @@ from typing import Any, Self
 
 import ray
 from ray.actor import ActorClass, ActorHandle
-from ray.exceptions import RayActorError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError
 from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation
@@ -24,7 +24,7 @@ from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError, WorkerStartError
-from workers.runtime import ADDRESS_ENV, ray_runtime
+from workers.runtime import ADDRESS_ENV, NodeSlots, node_slots, ray_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,24 @@ def _short(exc: BaseException, limit: int = 400) -> str:
 
 
 _CLOSE_TIMEOUT_S = 10.0
+# What a call loses when its worker or that worker's node dies: the call is run again, on
+# whichever worker is free (an evaluation gives the same answer wherever it runs).
+_LOST = (RayActorError, ObjectLostError, NodeDiedError)
+
+
+def _placement(infos: Sequence[ActorInfo]) -> str:
+    """Where the workers run, one entry per node: `10.0.0.2 (node 3f2a9c1e): 4 (pids ...)`."""
+    by_node: dict[tuple[str, str], list[int]] = {}
+    for info in infos:
+        by_node.setdefault((info.node, info.node_id[:8]), []).append(info.pid)
+    return "; ".join(
+        f"{ip} (node {node}): {len(pids)} (pids {', '.join(map(str, pids))})"
+        for (ip, node), pids in sorted(by_node.items())
+    )
+
+
+def _capacity_text(slots: Sequence[NodeSlots]) -> str:
+    return ", ".join(f"{s.address} (node {s.node_id[:8]}): {s.slots}" for s in slots) or "no nodes"
 
 
 class RayEvaluator:
@@ -57,17 +75,25 @@ class RayEvaluator:
     slow or restarting actor does not hold the others up. The calibration ids, the one large
     shared input, are put in the object store once.
 
+    Placement: each actor takes one GPU where the cluster has GPUs (`num_gpus=1`), else
+    `threads_per_worker` CPUs, and Ray spreads them over the nodes (`SPREAD`). `workers=None`
+    asks for as many as the alive nodes can hold (one per GPU); more than that is a
+    ConfigError at once, since they could never all be placed.
+
     Ray must be running (see `workers.runtime`, or use `ray_evaluator`, which starts it).
-    An actor that dies is restarted and its unfinished calls re-run (`max_restarts`,
-    `max_task_retries`); a worker that cannot load the model raises WorkerStartError at
-    once, and one that is not up within `start_timeout_s` (say, resources never come free)
-    raises it then.
+    An actor that dies, or whose node dies, is restarted by Ray (`max_restarts`) wherever
+    resources allow, and loads the model again; its unfinished call is run again at once on
+    another free actor (each call at most `max_task_retries` times), so a search goes on
+    with the actors left while the lost one is restarting, or if it cannot be. A worker that
+    cannot load the model raises WorkerStartError at once, and one that is not up within
+    `start_timeout_s` (say, resources never come free) raises it then; the same time bounds
+    a wait in which every actor is restarting.
     """
 
     def __init__(
         self,
         spec: EngineSpec,
-        workers: int = 2,
+        workers: int | None = None,
         *,
         calib_ids: Tensor | None = None,
         threads_per_worker: int = 1,
@@ -78,7 +104,7 @@ class RayEvaluator:
         chunk_size: int = 1,
         actor_class: ActorClass[Any] = ModelActorRemote,
     ) -> None:
-        if workers < 1:
+        if workers is not None and workers < 1:
             raise ConfigError(f"workers must be >= 1, got {workers}")
         if threads_per_worker < 1 or chunk_size < 1:
             raise ConfigError("threads per worker and chunk size must be >= 1")
@@ -90,39 +116,60 @@ class RayEvaluator:
         self.chunk_size = chunk_size
         self.max_restarts = max_restarts
         self.max_task_retries = max_task_retries
+        self.start_timeout_s = start_timeout_s
         self.resources = {"num_cpus": threads_per_worker, "num_gpus": 1 if use_gpu else 0}
-        total = ray.cluster_resources()
-        for key, need in (("CPU", workers * threads_per_worker), ("GPU", workers * use_gpu)):
-            if need > total.get(key, 0):
-                logger.warning(
-                    "%d workers need %d %s, the cluster has %g now: the rest wait for nodes",
-                    workers,
-                    need,
-                    key,
-                    total.get(key, 0),
-                )
+        workers = self._check_capacity(workers, {"CPU": threads_per_worker, "GPU": int(use_gpu)})
         calib_ref = None if calib_ids is None else ray.put(calib_ids)
         options = {
             **self.resources,
+            "scheduling_strategy": "SPREAD",  # over the nodes, so that a search uses them all
             "max_restarts": max_restarts,
-            "max_task_retries": max_task_retries,
+            # No retries by Ray: an in-flight call would wait for its own actor's restart,
+            # forever if the dead node's resources are not found elsewhere. `_run` re-runs it
+            # on any free actor instead.
+            "max_task_retries": 0,
         }
         self._actors: list[ActorHandle] = [
             actor_class.options(**options).remote(self.spec, calib_ref, threads_per_worker)
             for _ in range(workers)
         ]
+        self._idle: deque[ActorHandle] = deque()  # alive, as far as we know, and free
+        self._probes: dict[ray.ObjectRef, ActorHandle] = {}  # lost actors: ready() once back
         try:
             self.infos = self._wait_ready(start_timeout_s)
         except BaseException:
             self.close()
             raise
+        self._idle.extend(self._actors)
         self._block_params = self.infos[0].block_params
         logger.info(
-            "%d Ray workers ready on %s (%d thread(s) each)",
+            "%d Ray workers ready on %s (%d thread(s) each): %s",
             workers,
             ", ".join(sorted({i.device for i in self.infos})),
             threads_per_worker,
+            _placement(self.infos),
         )
+
+    def _check_capacity(self, workers: int | None, need: dict[str, int]) -> int:
+        """The number of workers to start: as asked, or what the nodes hold when not asked."""
+        slots = node_slots(need)
+        capacity = sum(s.slots for s in slots)
+        wanted = {k: v for k, v in need.items() if v}
+        if workers is None:
+            if capacity < 1:
+                raise ConfigError(
+                    f"no node of the Ray cluster can hold a worker, which needs {wanted}: "
+                    f"{ray.cluster_resources()}"
+                )
+            logger.info("%d Ray workers: what the cluster's nodes hold (%s)", capacity, wanted)
+            return capacity
+        if workers > capacity:
+            raise ConfigError(
+                f"{workers} Ray workers need {wanted} each, but the cluster's alive nodes can "
+                f"hold only {capacity} ({_capacity_text(slots)}): ask for at most {capacity} "
+                "or add nodes before the search starts"
+            )
+        return workers
 
     def _wait_ready(self, timeout_s: float) -> list[ActorInfo]:
         # No retries here: a worker that cannot start must fail the start, not be waited for.
@@ -192,47 +239,119 @@ class RayEvaluator:
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
-        try:
-            return tuple(ray.get(self._actors[0].owl_plan.remote(target)))
-        except RayActorError as exc:
-            raise WorkerError(f"a Ray worker died while planning OWL: {_short(exc)}") from exc
+        (plan,) = self._run("owl_plan", [(target,)])
+        return tuple(plan)
 
     def _dispatch(
         self, method: str, candidates: Sequence[Candidate], *args: Any
     ) -> list[Evaluation]:
-        # Not ray.util.ActorPool: its ordered `map` hands the next chunk out only once the
-        # oldest call returns (a fast actor idles behind a slow one), and `map_unordered`
-        # loses which candidate a result belongs to. This keeps both: any free actor takes the
-        # next chunk, and one ray.get in submission order gives pymoo its order back.
         cands = list(candidates)
         chunks = [cands[i : i + self.chunk_size] for i in range(0, len(cands), self.chunk_size)]
-        refs = []
-        idle = deque(self._actors)
-        busy: dict[ray.ObjectRef, ActorHandle] = {}
-        for chunk in chunks:
-            if not idle:  # wait for any actor to finish, then give it the next chunk
-                done, _ = ray.wait(list(busy), num_returns=1)
-                idle.extend(busy.pop(ref) for ref in done)
-            actor = idle.popleft()
-            ref = getattr(actor, method).remote(chunk, *args)
-            refs.append(ref)
-            busy[ref] = actor
-        try:
-            batches = ray.get(refs)  # one call for the whole batch, in submission order
-        except RayActorError as exc:
-            raise WorkerError(
-                "a Ray worker died during an evaluation and its call could not be re-run "
-                f"({self.max_restarts} restarts and {self.max_task_retries} retries allowed): "
-                f"{_short(exc)}"
-            ) from exc
+        batches = self._run(method, [(chunk, *args) for chunk in chunks])
         return [e for batch in batches for e in batch]
 
+    def _run(self, method: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Call `method` once per argument tuple, each on whichever actor is free; results in
+        call order.
+
+        Not ray.util.ActorPool: its ordered `map` hands the next call out only once the oldest
+        returns (a fast actor idles behind a slow one), and `map_unordered` loses which call a
+        result belongs to. A call whose actor or node dies goes back to the head of the queue;
+        the actor is asked `ready()` and takes work again once Ray has restarted it.
+        """
+        results: list[Any] = [None] * len(calls)
+        todo = deque(range(len(calls)))
+        reruns = [0] * len(calls)
+        running: dict[ray.ObjectRef, tuple[ActorHandle, int]] = {}
+        try:
+            while todo or running:
+                while todo and self._idle:
+                    actor = self._idle.popleft()
+                    i = todo.popleft()
+                    running[getattr(actor, method).remote(*calls[i])] = (actor, i)
+                if not running and not self._probes:
+                    raise WorkerError(
+                        f"every Ray worker has died for good ({self.max_restarts} restarts "
+                        "allowed each)"
+                    )
+                # Only lost actors to wait for: bound the wait, they may never be placed again.
+                timeout = None if running else self.start_timeout_s
+                done, _ = ray.wait([*running, *self._probes], num_returns=1, timeout=timeout)
+                if not done:
+                    raise WorkerError(
+                        f"no Ray worker came back within {self.start_timeout_s:.0f}s: "
+                        f"{len(self._probes)} restarting, each asks for {self.resources}, "
+                        f"the cluster has {ray.available_resources()} free"
+                    )
+                (ref,) = done
+                if ref in self._probes:
+                    self._rejoin(ref)
+                    continue
+                actor, i = running.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except _LOST as exc:
+                    self._probe(actor)
+                    reruns[i] += 1
+                    if reruns[i] > self.max_task_retries:
+                        raise WorkerError(
+                            f"a Ray worker died during {method} and its call was lost "
+                            f"{reruns[i]} times ({self.max_task_retries} re-runs allowed): "
+                            f"{_short(exc)}"
+                        ) from exc
+                    logger.warning(
+                        "a Ray worker was lost during %s (%s): its call runs again on the "
+                        "next free one",
+                        method,
+                        _short(exc, 200),
+                    )
+                    todo.appendleft(i)
+                    continue
+                except BaseException:
+                    self._idle.append(actor)  # the call failed, not the actor
+                    raise
+                self._idle.append(actor)
+        finally:
+            # Calls still out when an error ends the batch: their actors answer them in turn
+            # and may take work again next time.
+            self._idle.extend(actor for actor, _ in running.values())
+        return results
+
+    def _probe(self, actor: ActorHandle) -> None:
+        # Retried by Ray while the actor restarts (the restart loads the model again); it
+        # fails only once the actor is dead for good.
+        self._probes[actor.ready.options(max_task_retries=-1).remote()] = actor
+
+    def _rejoin(self, ref: ray.ObjectRef) -> None:
+        actor = self._probes.pop(ref)
+        try:
+            info: ActorInfo = ray.get(ref)
+        except RayError as exc:
+            self._actors.remove(actor)
+            reason = (
+                _raised_in_worker(exc)
+                if isinstance(exc, RayActorError) and exc.actor_init_failed
+                else _short(exc, 200)
+            )
+            logger.warning("a Ray worker is gone for good (%s); %d left", reason, len(self._actors))
+            return
+        logger.warning("a Ray worker is back after a restart: %s", _placement([info]))
+        self._idle.append(actor)
+
     def actor_info(self) -> list[ActorInfo]:
-        """Ask every worker again (after restarts, the pids differ from `self.infos`)."""
-        return list(ray.get([a.ready.remote() for a in self._actors]))
+        """Ask every worker again (after restarts, the pids and nodes differ from `self.infos`).
+
+        A worker that is restarting answers once it is back (GetTimeoutError after
+        `start_timeout_s`, if it cannot be placed again).
+        """
+        return self._ask_all("ready")
 
     def actor_usage(self) -> list[ActorUsage]:
-        return list(ray.get([a.usage.remote() for a in self._actors]))
+        return self._ask_all("usage")
+
+    def _ask_all(self, method: str) -> list[Any]:
+        refs = [getattr(a, method).options(max_task_retries=-1).remote() for a in self._actors]
+        return list(ray.get(refs, timeout=self.start_timeout_s))
 
     def close(self) -> None:
         """Stop the actors (for good: no restart); the Ray runtime itself keeps running.
@@ -249,6 +368,8 @@ class RayEvaluator:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
+        self._idle.clear()
+        self._probes.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -266,7 +387,7 @@ class RayEvaluator:
 def ray_evaluator(
     spec: EngineSpec,
     *,
-    workers: int,
+    workers: int | None = None,
     address: str | None = None,
     calib_ids: Tensor | None = None,
     threads_per_worker: int = 1,
@@ -275,10 +396,11 @@ def ray_evaluator(
 
     This is the `ray` entry of the `optishear.evaluators` entry points, which the CLI's
     `search --workers N` looks up. Without an address (argument or RAY_ADDRESS) Ray starts
-    locally with this machine's cores, and the request must fit into them.
+    locally with this machine's cores, and the request must fit into them. `workers=None`:
+    as many as the cluster's nodes hold (one per GPU where it has GPUs).
     """
     address = address or os.environ.get(ADDRESS_ENV) or None
-    if address is None and not ray.is_initialized():
+    if workers is not None and address is None and not ray.is_initialized():
         cores = os.cpu_count() or 1
         if workers * threads_per_worker > cores:
             raise ConfigError(

@@ -1,12 +1,16 @@
-"""Starting Ray: embedded and local by default, or joining a cluster when an address is given."""
+"""Starting Ray (embedded and local by default, or joining a cluster at an address) and
+reading what its nodes can hold."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 # Ray 2.59+ turns token authentication on for local clusters unless RAY_AUTH_MODE says
 # otherwise, and every process of a cluster must use the same mode. We keep Ray's secure
@@ -64,3 +68,37 @@ def ray_runtime(address: str | None = None, *, num_cpus: int | None = None) -> I
     finally:
         if started:
             ray.shutdown()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSlots:
+    """How many workers one alive node of the cluster can hold at once, by its total resources."""
+
+    node_id: str
+    address: str
+    slots: int
+
+
+def node_slots(
+    need: Mapping[str, float], nodes: Sequence[Mapping[str, Any]] | None = None
+) -> list[NodeSlots]:
+    """Workers asking `need` each (Ray resource names: {"CPU": 1, "GPU": 1}) per alive node.
+
+    `nodes` are `ray.nodes()` records (default: asked now). Totals, not what is free: this says
+    what can ever be placed on these nodes, whatever else runs on them now.
+    """
+    if nodes is None:
+        import ray
+
+        nodes = ray.nodes()
+    out = []
+    for node in nodes:
+        if not node.get("Alive"):
+            continue
+        total = node.get("Resources", {})
+        # the tiny epsilon: Ray keeps fractional resources as floats
+        fits = [math.floor(total.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0]
+        out.append(
+            NodeSlots(str(node["NodeID"]), str(node["NodeManagerAddress"]), min(fits, default=0))
+        )
+    return out
