@@ -8,10 +8,14 @@ transformers maps a checkpoint whose dtype it keeps). A sampling thread records 
 - load:   the model alone (the floor every phase starts from);
 - prune:  Wanda at 50% through `prune_model`, as `optishear prune` runs it;
 - engine: a FitnessEngine's set-up (dense statistics, baseline statistics, reference) and
-          three candidate evaluations, as a search actor holds it.
+          three candidate evaluations, as a search actor holds it;
+- search: a small in-process search: four candidates scored, the best pruned as shipped, and
+          its held-out perplexity (64 windows of 512 tokens).
+`--model gemma3-270m` is a random-weight model of Gemma 3 270M's shape (a 262k vocabulary).
 
     .venv/bin/python bench/memory_profile.py --model smollm2-135m
     .venv/bin/python bench/memory_profile.py --model qwen2.5-0.5b --phases load,prune,engine
+    .venv/bin/python bench/memory_profile.py --model gemma3-270m --phases load,prune,engine,search
 """
 
 from __future__ import annotations
@@ -94,7 +98,6 @@ def _bytes(x: Any) -> int:
 def engine_inventory(engine: Any) -> dict[str, int]:
     """The engine's own resident tensors, by what they hold."""
     return {
-        "dense backup (masked layers' weights)": _bytes(engine._dense_stacks),
         "scoring statistics (act_sq)": _bytes(engine._act_stacks),
         "second-order rho": _bytes(engine._rho_stacks),
         "reference lm_head inputs": _bytes(engine.reference),
@@ -105,24 +108,62 @@ def engine_inventory(engine: Any) -> dict[str, int]:
     }
 
 
+# Random-weight models built from a config, for shapes no registry package ships. gemma3-270m
+# is Gemma 3 270M's shape: 268M parameters, 170M of them in a 262,144-token embedding (tied).
+RANDOM_MODELS = ("gemma3-270m",)
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def random_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    assert name == "gemma3-270m"
+    config = Gemma3TextConfig(
+        vocab_size=262_144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_hidden_layers=18,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=256,
+        sliding_window=512,
+        max_position_embeddings=32_768,
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
 def run_phase(args: argparse.Namespace) -> dict[str, Any]:
-    from optishear.config import CalibrationConfig, PruneConfig
-    from optishear.data import sample_calibration
+    from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
+    from optishear.data import evaluation_stream, sample_calibration
+    from optishear.evaluate import perplexity
     from optishear.genome import Genome
     from optishear.hf import load_model
     from optishear.patterns import Pattern
-    from optishear.prune import prune_model
+    from optishear.prune import prune_candidate, prune_model
     from optishear.search.fitness import Candidate, FitnessEngine
 
     torch.set_grad_enabled(False)
     imports = _rss_now_bytes()  # the interpreter, torch and transformers: no model yet
     anon_imports = _status_bytes("RssAnon")
     sampler = PeakSampler().start()
-    model, tokenizer, _ = load_model(args.model, dtype=getattr(torch, args.dtype))
+    if args.model in RANDOM_MODELS:
+        model = random_model(args.model, getattr(torch, args.dtype))
+        vocab = model.config.vocab_size
+        calib = torch.randint(0, vocab, (args.nsamples, args.seqlen), generator=_seeded(0))
+        held_out = torch.randint(0, vocab, (64 * 512,), generator=_seeded(1))
+    else:
+        model, tokenizer, _ = load_model(args.model, dtype=getattr(torch, args.dtype))
+        calib = sample_calibration(
+            tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
+        )
+        held_out = evaluation_stream(tokenizer, EvaluationConfig())
     weights = _weight_bytes(model)
-    calib = sample_calibration(
-        tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
-    )
     after_load = _rss_peak_bytes()
     out: dict[str, Any] = {"phase": args.phase, "model": args.model, "dtype": args.dtype}
     if args.phase == "prune":
@@ -141,6 +182,23 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
         for genome in (Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3)):
             engine.evaluate(Candidate(genome, (ratio,) * engine.n_blocks))
         out["engine"] = engine_inventory(engine)
+    elif args.phase == "search":
+        # A small in-process search as `optishear search` runs it: a population of four scored,
+        # then the recommended candidate pruned as shipped and its held-out perplexity.
+        pattern = Pattern.parse(args.pattern)
+        ratio = pattern.sparsity if pattern.structured else 0.5
+        engine = FitnessEngine(
+            model, calib, pattern, sparsity=0.5, fitness_samples=args.fitness_samples
+        )
+        genomes = (Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3))
+        errors = [
+            engine.evaluate(Candidate(g, (ratio,) * engine.n_blocks)).error
+            for g in (*genomes, Genome.parse("alpha=inv_col_sum"))
+        ]
+        engine.close()
+        best = genomes[min(range(len(genomes)), key=errors.__getitem__)]
+        prune_candidate(model, calib, Candidate(best, (ratio,) * engine.n_blocks), pattern)
+        out["perplexity"] = perplexity(model, held_out, EvaluationConfig()).perplexity
     peak = _rss_peak_bytes()
     out["anon_at_end"] = _status_bytes("RssAnon")  # what stays: the phase's steady state
     sampler.stop()

@@ -7,7 +7,7 @@ and after the batch: on a machine shared with other jobs, CPU seconds per evalua
 share of a core each actor actually got tell contention apart from scaling.
 
 Memory: each actor's resident set right after it started (its peak so far is the loading
-peak) and after the batch, next to the model's weights and the engine's dense backup, and the
+peak) and after the batch, next to the model's weights, and the
 resident set of a Ray worker that imported the same code but loaded no model.
 
     .venv/bin/python bench/workers_bench.py --model smollm2-135m --nsamples 8 --seqlen 128
@@ -94,7 +94,6 @@ def measure(spec: EngineSpec, n: int, warm: Candidate, cands: list[Candidate]) -
         "peak_rss_load_mib": mib(loaded, "peak_rss_bytes"),
         "peak_rss_end_mib": mib(after, "peak_rss_bytes"),
         "model_mib": loaded[0].model_bytes / MiB,
-        "dense_backup_mib": loaded[0].dense_backup_bytes / MiB,
     }
 
 
@@ -169,8 +168,7 @@ def main() -> None:
             print(
                 f"    resident after loading {row['rss_after_load_mib']} MiB, peak while "
                 f"loading {row['peak_rss_load_mib']} MiB, peak at the end "
-                f"{row['peak_rss_end_mib']} MiB; model {row['model_mib']:.0f} MiB, dense "
-                f"backup {row['dense_backup_mib']:.0f} MiB"
+                f"{row['peak_rss_end_mib']} MiB; model {row['model_mib']:.0f} MiB"
             )
     loads.append(os.getloadavg()[0])
     one = rows[0]

@@ -37,6 +37,7 @@ from optishear.plans import (
 )
 from optishear.reconstruct import Solver, least_squares_refit
 from optishear.stats import LayerStats, recording_inputs
+from optishear.streaming import onloaded
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def collect_dense_stats(
     hidden = inputs.hidden
     out: BlockStats = []
     for idx, block in enumerate(blocks):
-        with recording_inputs(linear_sublayers(block), hessian=hessian) as stats:
+        with onloaded(block), recording_inputs(linear_sublayers(block), hessian=hessian) as stats:
             nxt = run_block(
                 block,
                 hidden,
@@ -277,37 +278,39 @@ def prune_model(
     sequential = method.needs_activations and config.stats == "pruned"
     hidden = inputs.hidden if (sequential and inputs is not None) else None
     for idx, block in enumerate(blocks):
-        if sequential:
-            assert inputs is not None
-            assert hidden is not None
-            call = inputs.calls[idx]
-            with recording_inputs(linear_sublayers(block), hessian=needs_hessian) as stats:
-                run_block(block, hidden, call, inputs.batch_size, keep_output=False)
-            _prune_block(
-                idx,
-                block,
-                method,
-                stats,
-                plan,
-                config.pattern,
-                report,
-                refit=config.refit_solver if config.reconstruct else None,
-            )
-            del stats
-            if idx < len(blocks) - 1:
-                hidden = run_block(block, hidden, call, inputs.batch_size)
-        else:
-            stats_i = dense_stats[idx] if (dense_stats and method.needs_activations) else None
-            _prune_block(
-                idx,
-                block,
-                method,
-                stats_i,
-                plan,
-                config.pattern,
-                report,
-                refit=config.refit_solver if config.reconstruct else None,
-            )
+        # a streamed block is on the device for all of its work, and its pruned weights go back
+        with onloaded(block, write=True):
+            if sequential:
+                assert inputs is not None
+                assert hidden is not None
+                call = inputs.calls[idx]
+                with recording_inputs(linear_sublayers(block), hessian=needs_hessian) as stats:
+                    run_block(block, hidden, call, inputs.batch_size, keep_output=False)
+                _prune_block(
+                    idx,
+                    block,
+                    method,
+                    stats,
+                    plan,
+                    config.pattern,
+                    report,
+                    refit=config.refit_solver if config.reconstruct else None,
+                )
+                del stats
+                if idx < len(blocks) - 1:
+                    hidden = run_block(block, hidden, call, inputs.batch_size)
+            else:
+                stats_i = dense_stats[idx] if (dense_stats and method.needs_activations) else None
+                _prune_block(
+                    idx,
+                    block,
+                    method,
+                    stats_i,
+                    plan,
+                    config.pattern,
+                    report,
+                    refit=config.refit_solver if config.reconstruct else None,
+                )
         if progress:
             progress(idx + 1, len(blocks), f"pruning with {config.method}")
         logger.debug("block %d/%d pruned to %.3f", idx + 1, len(blocks), plan.ratio(idx))

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 class LayerStats:
     """Sums over calibration tokens of x_j^2 (and of x x^T when a Hessian is needed)."""
 
-    def __init__(self, d_in: int, device: torch.device, *, hessian: bool = False) -> None:
+    def __init__(self, d_in: int, device: torch.device | str, *, hessian: bool = False) -> None:
         self.sq_sum = torch.zeros(d_in, device=device, dtype=torch.float32)
         self.xtx = torch.zeros(d_in, d_in, device=device, dtype=torch.float32) if hessian else None
         self.n_seqs = 0

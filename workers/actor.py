@@ -24,13 +24,14 @@ class ActorInfo:
     """What a started worker reports back: enough to check it and to size the search."""
 
     pid: int
-    node: str
+    node: str  # the node's IP address
     device: str
     threads: int
     block_params: tuple[int, ...]
     evaluations: int  # candidates this process has evaluated (a restart starts again at 0)
     layer_layout: tuple[tuple[int, str, int], ...] = ()  # (block, name, weights) per linear
     database: DatabaseInfo | None = None  # the allocation stage's layer database, if any
+    node_id: str = ""  # Ray's node id: nodes can share an IP (several on one host or in pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,6 @@ class ActorUsage:
     peak_rss_bytes: int | None  # VmHWM: the most this process ever held in RAM
     rss_bytes: int | None  # VmRSS now
     model_bytes: int  # parameters and buffers of the loaded model
-    dense_backup_bytes: int  # the engine's copy of the prunable weights
 
 
 def _proc_status_bytes(*keys: str) -> dict[str, int | None]:
@@ -60,7 +60,7 @@ def _proc_status_bytes(*keys: str) -> dict[str, int | None]:
 
 
 class ModelActor:
-    """Holds one model and its FitnessEngine (dense backup, statistics, reference outputs).
+    """Holds one model and its FitnessEngine (statistics, reference outputs).
 
     The model is loaded here, from the worker's own cache or folder: only the small spec and
     the calibration ids travel to the worker. Evaluations are idempotent: the dense weights are
@@ -86,6 +86,7 @@ class ModelActor:
             self.evaluations,
             self.engine.layer_layout,
             self.engine.database_info(),
+            ray.get_runtime_context().get_node_id(),
         )
 
     def evaluate(
@@ -126,7 +127,6 @@ class ModelActor:
             status["VmHWM"],
             status["VmRSS"],
             sum(t.numel() * t.element_size() for t in tensors),
-            sum(W.numel() * W.element_size() for W in self.engine.dense),
         )
 
 

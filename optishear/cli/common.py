@@ -14,6 +14,7 @@ from optishear.data import evaluation_stream
 from optishear.evaluate import Perplexity, perplexity
 from optishear.settings import LibrarySettings
 from optishear.sources import REGISTERED_MODELS, resolve_source
+from optishear.streaming import EXECUTIONS
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
@@ -25,6 +26,14 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None
             "hub id",
         )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--execution",
+        choices=EXECUTIONS,
+        default="auto",
+        help="resident: the whole model on the device; streaming: decoder blocks stay in host "
+        "memory and visit the device one at a time; auto (default): resident when the model "
+        "fits the device's free memory",
+    )
 
 
 def add_dtype_flag(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from optishear.export import export_checkpoint
 from optishear.hf import load_model, torch_device, torch_dtype
 from optishear.prune import PruneReport, prune_model
 from optishear.settings import LibrarySettings
+from optishear.streaming import place_model
 
 logger = logging.getLogger("optishear")
 
@@ -79,17 +81,22 @@ def run_prune(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -
     device = torch_device(args.device)
     ensure_assets(settings, bars, args.model, calib_cfg.source, eval_cfg.text)
     model, tokenizer, source = load_model(
-        args.model, settings=settings, device=device, dtype=torch_dtype(args.dtype)
+        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
     )
+    execution, streamer = place_model(model, device, args.execution)
+    print(execution.describe(), file=sys.stderr)
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     report = prune_model(model, calib, config, progress=bars.steps)
     result: dict[str, Any] = {
         "model": args.model,
+        "execution": execution.mode,
         "prune": report.to_dict(),
         "calibration": calib_cfg.model_dump(mode="json"),
     }
     if not args.no_eval:
         result["eval"] = held_out(model, tokenizer, eval_cfg, settings).to_dict()
+    if streamer is not None:
+        streamer.close()  # the whole model on the host, for the export
     if out is not None:
         manifest = export_checkpoint(
             model,
@@ -126,11 +133,10 @@ def run_eval(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) ->
     eval_cfg = config_from_flags(EvaluationConfig, args, "evaluation.")
     ensure_assets(settings, bars, args.model, eval_cfg.text)
     model, tokenizer, _ = load_model(
-        args.model,
-        settings=settings,
-        device=torch_device(args.device),
-        dtype=torch_dtype(args.dtype),
+        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
     )
+    execution, _ = place_model(model, torch_device(args.device), args.execution)
+    print(execution.describe(), file=sys.stderr)
     ppl = held_out(model, tokenizer, eval_cfg, settings)
     if args.json:
         print(json.dumps({"model": args.model, "eval": ppl.to_dict()}, indent=2))
@@ -162,11 +168,10 @@ def run_compare(args: argparse.Namespace, settings: LibrarySettings, bars: Bars)
     _, calib_cfg, eval_cfg = _configs(args)
     ensure_assets(settings, bars, args.model, calib_cfg.source, eval_cfg.text)
     model, tokenizer, _ = load_model(
-        args.model,
-        settings=settings,
-        device=torch_device(args.device),
-        dtype=torch_dtype(args.dtype),
+        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
     )
+    execution, _ = place_model(model, torch_device(args.device), args.execution)
+    print(execution.describe(), file=sys.stderr)
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     ppl = held_out(model, tokenizer, eval_cfg, settings)

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -23,6 +24,7 @@ from optishear.export import export_checkpoint
 from optishear.hf import load_model, torch_device, torch_dtype
 from optishear.prune import prune_candidate
 from optishear.settings import LibrarySettings
+from optishear.streaming import EXECUTIONS, place_model
 
 logger = logging.getLogger("optishear")
 
@@ -34,6 +36,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("search", help="NSGA-III search for the metric and per-block plan")
     add_config_flags(p, SearchConfig)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--execution",
+        choices=EXECUTIONS,
+        default="auto",
+        help="resident, or streaming (decoder blocks in host memory, one on the device at a "
+        "time); auto: resident when the model fits the device",
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for results and state")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument(
@@ -51,8 +60,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="evaluate candidates on N Ray actors, one model each (default 1: in this process)",
+        default=None,
+        help="evaluate candidates on N Ray actors, one model each (default: in this process; "
+        "with --ray-address, as many as the cluster holds, one per GPU where it has GPUs)",
     )
     p.add_argument(
         "--ray-address",
@@ -87,7 +97,7 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     from optishear.search.loop import run_search
 
     config = config_from_flags(SearchConfig, args)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
     if (config.refit_top or config.rescore_top) and args.final_stats != "pruned":
         raise ConfigError(
@@ -107,18 +117,20 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         )
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is not a folder")
-    use_ray = args.workers > 1 or args.ray_address is not None
+    use_ray = (args.workers or 1) > 1 or args.ray_address is not None
     plugin = _evaluator_plugin("ray") if use_ray else None
     device = torch_device(args.device)
     ensure_assets(settings, bars, config.model, config.calibration.source, config.evaluation.text)
     model, tokenizer, source = load_model(
-        config.model, settings=settings, device=device, dtype=torch_dtype(config.dtype)
+        config.model, settings=settings, device="cpu", dtype=torch_dtype(config.dtype)
     )
+    execution, streamer = place_model(model, device, args.execution)
+    print(execution.describe(), file=sys.stderr)
     calib = sample_calibration(tokenizer, config.calibration, settings)
     out.mkdir(parents=True, exist_ok=True)
     evaluator: contextlib.AbstractContextManager[Any]
     if plugin is not None:  # each actor loads its own model; only the calibration ids travel
-        spec = EngineSpec(config, folder=str(out.resolve()))
+        spec = EngineSpec(config, folder=str(out.resolve()), execution=args.execution)
         evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
     else:
         engine = engine_for(model, calib, config, folder=out)
@@ -167,6 +179,8 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
             ppl = held_out(model, tokenizer, config.evaluation, settings)
             report["recommended_eval"] = ppl.to_dict()
         if args.export:
+            if streamer is not None:
+                streamer.close()  # the whole model on the host, for the export
             manifest = export_checkpoint(
                 model,
                 tokenizer,

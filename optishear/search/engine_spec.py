@@ -14,6 +14,7 @@ from optishear.files import user_path
 from optishear.hf import load_model, torch_device, torch_dtype
 from optishear.search.fitness import FitnessEngine, engine_for
 from optishear.settings import LibrarySettings
+from optishear.streaming import Execution, place_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class EngineSpec:
 
     config: SearchConfig
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
+    execution: Execution = "auto"  # resident or block streaming (optishear.streaming)
     folder: str | None = None  # where a layer database too big for memory goes
 
     def __post_init__(self) -> None:
@@ -47,11 +49,9 @@ class EngineSpec:
         """
         settings = settings or LibrarySettings()
         model, tokenizer, _ = load_model(
-            self.config.model,
-            settings=settings,
-            device=torch_device(self.device),
-            dtype=torch_dtype(self.config.dtype),
+            self.config.model, settings=settings, device="cpu", dtype=torch_dtype(self.config.dtype)
         )
+        place_model(model, torch_device(self.device), self.execution)
         if calib_ids is None:
             calib_ids = sample_calibration(tokenizer, self.config.calibration, settings)
         folder = Path(self.folder) if self.folder is not None else None

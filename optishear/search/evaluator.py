@@ -70,7 +70,7 @@ class InProcessEvaluator:
         return self.engine.database_info()
 
     def close(self) -> None:
-        """Free the engine's layer database (the model stays)."""
+        """Take the engine off its model (which stays) and free its layer database."""
         self.engine.close()
 
     def evaluate(

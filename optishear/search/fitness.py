@@ -1,8 +1,10 @@
 """Model-wise reconstruction error of a candidate, computed fast on one resident model.
 
-The model is loaded once. Its dense prunable weights are backed up once; a candidate is
-applied by writing masked dense weights into the live layers, and the next candidate simply
-overwrites them (no reload, no deep copy). Dense activation statistics and the dense reference
+The model is loaded once and its weights are held once: a candidate is laid over the dense
+layers at forward time (optishear.overlay: each linear computes with its masked weight), so
+there is no dense backup to restore from, and no reload or deep copy. The few steps that prune
+in place (a baseline prune, candidates scored as shipped) are undone from a transient file
+(optishear.backup). Dense activation statistics and the dense reference
 outputs are computed once, as final hidden states (lm_head inputs), never as logits.
 
 Two objectives, both accumulated one sequence at a time:
@@ -21,12 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from optishear.backup import restored_after
 from optishear.candidates import Candidate, Evaluation
 from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.errors import ConfigError, UnsupportedModelError
@@ -41,6 +45,7 @@ from optishear.layers import (
 from optishear.masks import pack_mask, prune_mask, unpack_mask
 from optishear.memory import release_free_memory
 from optishear.meta import meta_log_score
+from optishear.overlay import WeightOverlay
 from optishear.patterns import Pattern, check_pattern_fits
 from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
 from optishear.search.database import (
@@ -111,15 +116,16 @@ class FitnessEngine:
             check_pattern_fits(pattern, lin.in_features, f"{idx}.{name}")
         self.n_blocks = len(decoder_blocks(model))
         self.block_params = block_param_counts(model)
-        # Equally shaped layers (the same projection of every block) are backed up as one stack
-        # and masked together: a few large kernels instead of hundreds of small ones.
+        # Equally shaped layers (the same projection of every block) are masked together on a
+        # GPU: a few large kernels instead of hundreds of small ones.
         groups: dict[tuple[str, torch.Size], list[int]] = {}
         for pos, (_, name, lin) in enumerate(self.layers):
             groups.setdefault((name, lin.weight.shape), []).append(pos)
         self._groups = list(groups.values())
-        self._dense_stacks, self.dense = self._stacked(
-            [lin.weight.detach() for _, _, lin in self.layers]
-        )
+        # The live layers' own weights, which stay dense: candidates are laid over them.
+        self.dense = [lin.weight.detach() for _, _, lin in self.layers]
+        self._overlay = WeightOverlay([lin for _, _, lin in self.layers])
+        self._in_place = ExitStack()  # the backup of a candidate pruned in place, until restore
         # A layer-wise stage revisits the same (genome, layer, ratio) masks again and again.
         # Kept packed, 8 to a byte: 1/32 of the fp32 weights they mask.
         self._masks: OrderedDict[tuple[int, int, float], Tensor] = OrderedDict()
@@ -239,11 +245,9 @@ class FitnessEngine:
         config = PruneConfig(
             method="wanda", sparsity=target, pattern=self.pattern, batch_size=self.batch_size
         )
-        try:
+        with restored_after(self.dense):
             prune_model(self.model, self.calib_ids, config)
             return self._layer_stats(hessian=hessian)
-        finally:
-            self.restore()
 
     @torch.no_grad()
     def _build_database(
@@ -261,7 +265,10 @@ class FitnessEngine:
         return self.database.info() if self.database is not None else None
 
     def close(self) -> None:
-        """Free the layer database (a disk one removes its files)."""
+        """Take the overlay off the model and free the layer database (a disk one removes its
+        files)."""
+        self.restore()
+        self._overlay.close()
         if self.database is not None:
             self.database.close()
             self.database = None
@@ -276,7 +283,8 @@ class FitnessEngine:
         assert self._dense_act_sq is not None  # kept for every unstructured engine
         blocks: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(self.n_blocks)]
         for pos, (idx, _name, _lin) in enumerate(self.layers):
-            blocks[idx].append((self.dense[pos], self._dense_act_sq[pos]))
+            W = self.dense[pos]  # on the host when the model streams: score it there
+            blocks[idx].append((W, self._dense_act_sq[pos].to(W.device)))
         plan = owl_plan_from_dense(
             blocks, self.block_params, target, spec or PlanConfig(kind="owl")
         )
@@ -286,20 +294,19 @@ class FitnessEngine:
         self._masks.clear()
         self._mask_bytes = 0
 
-    def _layer_masks(self, candidate: Candidate) -> list[Tensor]:
-        """Every layer's mask for the candidate: cached ones looked up, the others computed a
-        stack of equally shaped layers with equal sparsity at a time."""
+    def _layer_masks(self, candidate: Candidate) -> list[Tensor | None]:
+        """Every layer's mask for the candidate (None for a dense layer): cached ones looked up,
+        the others computed a stack of equally shaped layers with equal sparsity at a time."""
         canonical = candidate.genome.row_canonical().index
         masks: list[Tensor | None] = [None] * len(self.layers)
         rho_stacks = self._rho_stacks or [None] * len(self._groups)
-        for group, dense, act, rho in zip(
-            self._groups, self._dense_stacks, self._act_stacks, rho_stacks, strict=True
-        ):
-            missing: dict[float, list[int]] = {}  # ratio -> indices into the stack
+        for group, act, rho in zip(self._groups, self._act_stacks, rho_stacks, strict=True):
+            missing: dict[float, list[int]] = {}  # ratio -> indices into the group
+            shape = self.dense[group[0]].shape
             for j, pos in enumerate(group):
                 ratio = round(self._ratio(candidate, pos), 9)
                 if ratio == 0:  # a dense layer
-                    masks[pos] = torch.zeros_like(dense[j], dtype=torch.bool)
+                    masks[pos] = None
                     continue
                 key = (canonical, pos, ratio)
                 cached = self._masks.get(key)
@@ -307,26 +314,26 @@ class FitnessEngine:
                     missing.setdefault(ratio, []).append(j)
                 else:
                     self._masks.move_to_end(key)
-                    masks[pos] = unpack_mask(cached, dense[j].shape)
-            per_chunk = max(1, self._mask_chunk // dense[0].numel())
+                    masks[pos] = unpack_mask(cached, shape)
+            per_chunk = max(1, self._mask_chunk // shape.numel())
             for ratio, js in missing.items():
                 for c in range(0, len(js), per_chunk):
                     chunk = js[c : c + per_chunk]
-                    R = None
-                    if len(chunk) == len(group):  # the whole stack: no gather copy
-                        W, X, R = dense, act, rho
+                    # a stack only of the chunk (on a GPU, bounded by _GPU_MASK_CHUNK_ELEMENTS)
+                    W = torch.stack([self.dense[group[j]] for j in chunk]).to(act.device)
+                    if len(chunk) == len(group):
+                        X, R = act, rho
                     else:
-                        idx = torch.tensor(chunk, device=dense.device)
-                        W, X = dense[idx], act[idx]
-                        if rho is not None:
-                            R = rho[idx]
+                        idx = torch.tensor(chunk, device=act.device)
+                        X = act[idx]
+                        R = rho[idx] if rho is not None else None
                     score = meta_log_score(W, X, candidate.genome, R)
+                    del W
                     mask = prune_mask(score.flatten(0, 1), ratio, self.pattern).view(score.shape)
                     for b, j in enumerate(chunk):
                         masks[group[j]] = mask[b]
                         self._remember((canonical, group[j], ratio), mask[b])
-        assert all(m is not None for m in masks)
-        return masks  # type: ignore[return-value]
+        return masks
 
     def _ratio(self, candidate: Candidate, pos: int) -> float:
         if candidate.layer_sparsity:
@@ -386,7 +393,10 @@ class FitnessEngine:
 
     @torch.no_grad()
     def apply(self, candidate: Candidate) -> float:
-        """Write the candidate's masked dense weights into the model; returns its sparsity."""
+        """Lay the candidate's masks over the model; returns its sparsity.
+
+        Until `restore`, the model computes as the candidate pruned it.
+        """
         if len(candidate.block_sparsity) != self.n_blocks:
             raise ValueError(
                 f"candidate has {len(candidate.block_sparsity)} ratios for {self.n_blocks} blocks"
@@ -402,19 +412,19 @@ class FitnessEngine:
         pruned = torch.zeros((), dtype=torch.int64, device=self.device)
         total = 0
         masks = self._layer_masks(candidate)
-        for pos, (_idx, _name, lin) in enumerate(self.layers):
-            mask = masks[pos]
-            lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
-            pruned += mask.sum()  # stays on the device: one sync per candidate, not per layer
-            total += mask.numel()
+        for pos, mask in enumerate(masks):
+            self._overlay.set_mask(pos, mask)
+            if mask is not None:
+                pruned += mask.sum()  # stays on the device: one sync per candidate, not per layer
+            total += self.dense[pos].numel()
         return int(pruned) / total
 
     @torch.no_grad()
     def _apply_database(self, candidate: Candidate) -> float:
         """Swap in the stored layers of a per-layer candidate; only changed layers are written.
 
-        The model keeps them after the evaluation: the next candidate of a (1+lambda) or
-        NSGA-III mutation differs in a few layers, so it costs a few copies and one forward.
+        The overlay keeps them after the evaluation: the next candidate of a (1+lambda) or
+        NSGA-III mutation differs in a few layers, so it costs a few look-ups and one forward.
         """
         db = self.database
         assert db is not None
@@ -432,22 +442,27 @@ class FitnessEngine:
             if self._loaded[pos] != level:
                 self._loaded[pos] = None  # consistent even if a copy fails
                 if db.levels[level] == 0:
-                    lin.weight.data.copy_(self.dense[pos])
+                    self._overlay.set_mask(pos, None)
                 elif db.refit:
-                    lin.weight.data.copy_(db.get(pos, level))
+                    self._overlay.set_weight(pos, db.get(pos, level))
                 else:
                     mask = db.get(pos, level).to(self.device, non_blocking=True)
-                    lin.weight.data.copy_(self.dense[pos]).masked_fill_(mask, 0.0)
+                    self._overlay.set_mask(pos, mask)
                 self._loaded[pos] = level
             pruned += db.pruned(pos, level)
             total += lin.weight.numel()
         return pruned / total
 
+    def weight(self, pos: int) -> Tensor:
+        """The weight layer `pos` computes with now: the candidate's, after `apply`."""
+        return self._overlay.effective_weight(pos)
+
     @torch.no_grad()
     def restore(self) -> None:
+        """The dense model again: the overlay comes off every layer."""
         self._loaded = [None] * len(self.layers)
-        for (_, _, lin), W in zip(self.layers, self.dense, strict=True):
-            lin.weight.data.copy_(W)
+        self._overlay.clear()
+        self._in_place.close()
 
     @torch.no_grad()
     def apply_shipped(self, candidate: Candidate, *, refit: bool = False) -> float:
@@ -459,6 +474,8 @@ class FitnessEngine:
         when refitting).
         """
         self.restore()
+        # pruned in place: `restore` reads the dense weights back from the backup
+        self._in_place.enter_context(restored_after(self.dense))
         report = prune_candidate(
             self.model,
             self.calib_ids,
