@@ -44,6 +44,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print where one new-genome evaluation spends"
     )
+    parser.add_argument(
+        "--execution",
+        choices=("resident", "streaming"),
+        default="resident",
+        help="streaming: decoder blocks in host memory, each copied to the device while it runs",
+    )
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -64,6 +70,10 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    if args.execution == "streaming":
+        from optishear.streaming import BlockStreamer
+
+        BlockStreamer(model, device)
     pattern = Pattern.parse(args.pattern)
     t0 = time.perf_counter()
     engine = FitnessEngine(
@@ -103,7 +113,7 @@ def main() -> None:
         engine.restore()
     d, c, k, a = (statistics.median(x) for x in (dense, cand, cached, apply_t))
     print(
-        f"model {source}, {args.dtype} on {device}, calibration {args.nsamples}x{args.seqlen}, "
+        f"model {source}, {args.dtype} on {device} ({args.execution}), calibration {args.nsamples}x{args.seqlen}, "
         f"pattern {pattern}, {torch.get_num_threads()} threads, {args.repeats} alternating "
         "repeats (medians)"
     )

@@ -42,8 +42,8 @@ def eval_windows(stream: Tensor, config: EvaluationConfig) -> Tensor:
 
 
 # Tokens whose logits are made at once. Logits are tokens x vocabulary floats: 8 windows of
-# 2,048 tokens over a 262k-token vocabulary would be 17 GB at once; a chunk is 1 GB at most.
-_LOGIT_CHUNK_TOKENS = 1024
+# 2,048 tokens over a 262k-token vocabulary would be 17 GB at once; a chunk is 268 MB there.
+_LOGIT_CHUNK_TOKENS = 256
 
 
 def _nll_sum(model: nn.Module, ids: Tensor) -> float:

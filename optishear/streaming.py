@@ -99,6 +99,9 @@ class BlockStreamer:
                 pairs.append((t, host))
             self._host.append(pairs)
         self._depth = [0] * len(self.blocks)
+        self._block_bytes = [sum(h.numel() * h.element_size() for _, h in p) for p in self._host]
+        self.onloaded_bytes = 0  # block weights on the device now, and at most so far
+        self.peak_onloaded_bytes = 0
         self._handles = []
         for idx, block in enumerate(self.blocks):
             setattr(block, _STREAMER, (self, idx))
@@ -118,6 +121,8 @@ class BlockStreamer:
             for t, host in self._host[idx]:
                 # a copy even when the device is the host: both modes then run the same code
                 t.data = host.to(self.device, copy=True, non_blocking=True)
+            self.onloaded_bytes += self._block_bytes[idx]
+            self.peak_onloaded_bytes = max(self.peak_onloaded_bytes, self.onloaded_bytes)
         self._depth[idx] += 1
 
     def _leave(self, idx: int, write: bool) -> None:
@@ -127,6 +132,7 @@ class BlockStreamer:
                 if write:
                     host.copy_(t.data)
                 t.data = host
+            self.onloaded_bytes -= self._block_bytes[idx]
 
     @contextmanager
     def onloaded(self, idx: int, *, write: bool = False) -> Iterator[None]:
@@ -136,6 +142,10 @@ class BlockStreamer:
             yield
         finally:
             self._leave(idx, write)
+
+    @property
+    def largest_block_bytes(self) -> int:
+        return max(self._block_bytes)
 
     def close(self) -> None:
         for h in self._handles:

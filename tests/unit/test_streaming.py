@@ -45,6 +45,9 @@ def test_streaming_prunes_exactly_as_resident(arch, method, pattern, extra) -> N
     a = prune_model(resident, ids, config)
     streamer = BlockStreamer(streamed, CPU)
     b = prune_model(streamed, ids, config)
+    # the device never held more than one block's weights at once
+    assert streamer.peak_onloaded_bytes == streamer.largest_block_bytes
+    assert streamer.onloaded_bytes == 0
     ev = EvaluationConfig(seq_len=24, windows=4)
     stream = _ids(1, 200, seed=7)[0]
     assert (
@@ -153,10 +156,11 @@ def test_cli_prune_streaming_exports_the_resident_weights(tiny_model_dir, tmp_pa
 def test_a_streamed_engine_scores_candidates_as_a_resident_one(pattern) -> None:
     ids = _ids(8, 24)
     engines = []
+    streamer = None
     for mode in ("resident", "streaming"):
         model = build_tiny("llama", layers=4)
         if mode == "streaming":
-            BlockStreamer(model, CPU)
+            streamer = BlockStreamer(model, CPU)
         engines.append(
             FitnessEngine(model, ids, Pattern.parse(pattern), batch_size=4, second_order=True)
         )
@@ -169,3 +173,5 @@ def test_a_streamed_engine_scores_candidates_as_a_resident_one(pattern) -> None:
             assert (a.error, a.sparsity) == (b.error, b.sparsity), kw
     if pattern == "unstructured":
         assert resident.owl_plan(0.5) == streamed.owl_plan(0.5)
+    assert streamer is not None
+    assert streamer.peak_onloaded_bytes == streamer.largest_block_bytes
