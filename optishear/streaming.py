@@ -191,7 +191,7 @@ def place_model(
 ) -> tuple[ExecutionChoice, BlockStreamer | None]:
     """Put a host-loaded model on `device`, whole or streamed (see `choose_execution`)."""
     choice = choose_execution(requested, weight_bytes(model), device)
-    logger.info("%s", choice.describe())
+    logger.debug("%s", choice.describe())  # the commands print it
     if choice.mode == "streaming":
         return choice, BlockStreamer(model, device)
     model.to(device)

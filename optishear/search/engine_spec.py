@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from optishear.hf import load_model, torch_device, torch_dtype
 from optishear.search.fitness import FitnessEngine, engine_for
 from optishear.settings import LibrarySettings
 from optishear.streaming import Execution, place_model
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +54,8 @@ class EngineSpec:
         model, tokenizer, _ = load_model(
             self.config.model, settings=settings, device="cpu", dtype=torch_dtype(self.config.dtype)
         )
-        place_model(model, torch_device(self.device), self.execution)
+        execution, _ = place_model(model, torch_device(self.device), self.execution)
+        logger.info("%s", execution.describe())  # in the actor's log
         if calib_ids is None:
             calib_ids = sample_calibration(tokenizer, self.config.calibration, settings)
         folder = Path(self.folder) if self.folder is not None else None
