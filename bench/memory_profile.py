@@ -177,6 +177,7 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
             sparsity=0.5,
             fitness_samples=args.fitness_samples,
             stats="baseline",
+            second_order=args.second_order,
         )
         ratio = pattern.sparsity if pattern.structured else 0.5
         for genome in (Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum"), Genome(3, 6, 3, 3)):
@@ -229,6 +230,12 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--fitness-samples", type=int, default=8)
+    p.add_argument(
+        "--second-order",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the engine keeps each layer's rho, as a default (second-order) search's does",
+    )
     args = p.parse_args()
     if args.phase:
         print(json.dumps(run_phase(args)))
@@ -237,10 +244,16 @@ def main() -> None:
         argv = [
             f"--{k.replace('_', '-')}={v}"
             for k, v in vars(args).items()
-            if k not in ("phases", "phase")
+            if k not in ("phases", "phase", "second_order")
         ]
         done = subprocess.run(
-            [sys.executable, __file__, *argv, f"--phase={phase}"],
+            [
+                sys.executable,
+                __file__,
+                *argv,
+                "--second-order" if args.second_order else "--no-second-order",
+                f"--phase={phase}",
+            ],
             check=True,
             capture_output=True,
             text=True,

@@ -112,8 +112,14 @@ def collect_dense_stats(
     *,
     hessian: bool = False,
     progress: ProgressFn | None = None,
+    on_block: Callable[[dict[str, LayerStats]], None] | None = None,
 ) -> BlockStats:
-    """Input statistics of every linear of the dense model, in one pass over the blocks."""
+    """Input statistics of every linear of the dense model, in one pass over the blocks.
+
+    `on_block` sees each block's statistics as soon as they are complete, to reduce them
+    before the next block's are gathered (a d_in x d_in Hessian per layer adds up: 2.7 GB on
+    the 0.5B model).
+    """
     blocks = decoder_blocks(model)
     hidden = inputs.hidden
     out: BlockStats = []
@@ -126,6 +132,8 @@ def collect_dense_stats(
                 inputs.batch_size,
                 keep_output=idx < len(blocks) - 1,
             )
+        if on_block is not None:
+            on_block(stats)
         out.append(stats)
         if nxt is not None:
             hidden = nxt

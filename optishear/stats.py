@@ -16,6 +16,7 @@ class LayerStats:
     def __init__(self, d_in: int, device: torch.device | str, *, hessian: bool = False) -> None:
         self.sq_sum = torch.zeros(d_in, device=device, dtype=torch.float32)
         self.xtx = torch.zeros(d_in, d_in, device=device, dtype=torch.float32) if hessian else None
+        self.rho: Tensor | None = None  # what a consumer kept of the Hessian, when it dropped it
         self.n_seqs = 0
         self.n_tokens = 0
 

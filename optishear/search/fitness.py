@@ -147,20 +147,20 @@ class FitnessEngine:
         self._dense_act_sq: list[Tensor] | None = None
         dense_stats: list[LayerStats] | None = None
         if stats == "dense" or not pattern.structured:
-            dense_stats = self._layer_stats(hessian=hessian and stats == "dense")
+            dense_stats = self._layer_stats(hessian=hessian and stats == "dense", keep=refit)
             self._dense_act_sq = [s.act_sq for s in dense_stats]
         if stats == "dense":
             assert dense_stats is not None
             scoring_stats = dense_stats
         else:
             assert sparsity is not None
-            scoring_stats = self._baseline_stats(sparsity, hessian=hessian)
+            scoring_stats = self._baseline_stats(sparsity, hessian=hessian, keep=refit)
         self._act_stacks, self.act_sq = self._stacked([s.act_sq for s in scoring_stats])
         self._rho_stacks: list[Tensor] | None = None
         self.rho: list[Tensor] | None = None
         if hessian:
             self._rho_stacks, self.rho = self._stacked(
-                [hessian_rho(s.hessian) for s in scoring_stats]
+                [s.rho if s.rho is not None else hessian_rho(s.hessian) for s in scoring_stats]
             )
         self.database: LayerDatabase | None = None
         self._loaded: list[int | None] = [None] * len(self.layers)  # database level per layer
@@ -229,13 +229,20 @@ class FitnessEngine:
         return float(((d @ self._gram) * d).sum())
 
     @torch.no_grad()
-    def _layer_stats(self, *, hessian: bool = False) -> list[LayerStats]:
-        """Per layer, the input statistics of the model as its weights are now."""
+    def _layer_stats(self, *, hessian: bool = False, keep: bool = False) -> list[LayerStats]:
+        """Per layer, the input statistics of the model as its weights are now.
+
+        Without `keep`, each block's Hessians are reduced to their rho as soon as the block is
+        done: only the refit of a layer database needs whole Hessians.
+        """
         inputs = capture_block_inputs(self.model, self.calib_ids, self.batch_size)
-        stats = collect_dense_stats(self.model, inputs, hessian=hessian)
+        on_block = None if keep or not hessian else _keep_rho_only
+        stats = collect_dense_stats(self.model, inputs, hessian=hessian, on_block=on_block)
         return [stats[idx][name] for idx, name, _ in self.layers]
 
-    def _baseline_stats(self, target: float, *, hessian: bool = False) -> list[LayerStats]:
+    def _baseline_stats(
+        self, target: float, *, hessian: bool = False, keep: bool = False
+    ) -> list[LayerStats]:
         """Statistics of the model pruned by Wanda at `target`; the dense weights come back.
 
         Below N/M (N:M with dense exceptions) the stand-in is Wanda at N:M everywhere.
@@ -247,7 +254,7 @@ class FitnessEngine:
         )
         with restored_after(self.dense):
             prune_model(self.model, self.calib_ids, config)
-            return self._layer_stats(hessian=hessian)
+            return self._layer_stats(hessian=hessian, keep=keep)
 
     @torch.no_grad()
     def _build_database(
@@ -538,6 +545,12 @@ class FitnessEngine:
 
 
 _RETAINED_FREE_BYTES = 256 << 20  # what an evaluation may leave free in the allocator
+
+
+def _keep_rho_only(stats: dict[str, LayerStats]) -> None:
+    for s in stats.values():
+        s.rho = hessian_rho(s.hessian)
+        s.xtx = None
 
 
 def database_request(config: SearchConfig, folder: Path | None = None) -> DatabaseRequest | None:
