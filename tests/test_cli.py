@@ -179,6 +179,20 @@ def test_real_process_exit_code_and_message() -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_python_dash_m_optishear_is_the_command() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "optishear", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("usage: optishear")
+    for command in ("prune", "search", "serve"):
+        assert command in proc.stdout
+
+
 def _search(root, generations: int) -> list[str]:
     """`optishear search` on the tiny model, population 6, screening the 324 first-order
     classes on one rung."""
