@@ -24,20 +24,25 @@ _MASK = "_overlay_mask"
 _WEIGHT = "_overlay_weight"
 
 
+def _current_weight(lin: nn.Linear) -> Tensor:
+    """The weight `lin` computes with now, on its weight's device.
+
+    A streamed block (optishear.streaming) computes on a device copy of its weights, while
+    masks and substitutes stay on the host with the rest of the block.
+    """
+    weight = lin.__dict__.get(_WEIGHT)
+    if weight is not None:
+        return weight.to(lin.weight.device, non_blocking=True)
+    mask = lin.__dict__.get(_MASK)
+    if mask is None:
+        return lin.weight
+    return lin.weight.masked_fill(mask.to(lin.weight.device, non_blocking=True), 0.0)
+
+
 def _overlaid_forward(self: nn.Linear, x: Tensor) -> Tensor:
     # The state lives on the layer and the method is bound to it, so that a deep copy of the
     # model is a model of its own that computes as the original does now.
-    # A streamed block (optishear.streaming) computes on a device copy of its weights, while
-    # masks and substitutes stay on the host with the rest of the block.
-    weight = self.__dict__.get(_WEIGHT)
-    if weight is None:
-        mask = self.__dict__.get(_MASK)
-        weight = self.weight
-        if mask is not None:
-            weight = weight.masked_fill(mask.to(weight.device, non_blocking=True), 0.0)
-    else:
-        weight = weight.to(self.weight.device, non_blocking=True)
-    return F.linear(x, weight, self.bias)
+    return F.linear(x, _current_weight(self), self.bias)
 
 
 class WeightOverlay:
@@ -88,13 +93,7 @@ class WeightOverlay:
     @torch.no_grad()
     def effective_weight(self, pos: int) -> Tensor:
         """The weight layer `pos` computes with now (a new tensor where overlaid)."""
-        lin = self._linears[pos]
-        state = vars(lin)
-        if state[_WEIGHT] is not None:
-            return state[_WEIGHT]
-        mask = state[_MASK]
-        weight = lin.weight.detach()
-        return weight if mask is None else weight.masked_fill(mask.to(weight.device), 0.0)
+        return _current_weight(self._linears[pos]).detach()
 
     def close(self) -> None:
         for lin in self._linears:
