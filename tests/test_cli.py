@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
@@ -81,6 +82,26 @@ def test_prune_eval_export_end_to_end(tiny_model_dir, tmp_path, capsys) -> None:
     assert rc == 0
     again = json.loads(capsys.readouterr().out)["eval"]["perplexity"]
     assert again == pytest.approx(result["eval"]["perplexity"], rel=1e-5)
+
+
+def test_prune_streaming_exports_the_resident_weights(tiny_model_dir, tmp_path, capsys):
+    outs = {}
+    for mode in ("resident", "streaming"):
+        out = tmp_path / mode
+        model = str(tiny_model_dir / "model")
+        args = ["--model", model, "--method", "wanda", *_common(tiny_model_dir), "--device", "cpu"]
+        rc = main(
+            ["--no-progress", "prune", *args, "--execution", mode, "--out", str(out), "--json"]
+        )
+        assert rc == 0
+        captured = capsys.readouterr()
+        assert f"execution: {mode} (as asked)" in captured.err
+        outs[mode] = (json.loads(captured.out), load_file(out / "model.safetensors"))
+    (r, rw), (s, sw) = outs["resident"], outs["streaming"]
+    assert s["execution"] == "streaming"
+    assert s["eval"]["perplexity"] == r["eval"]["perplexity"]
+    assert rw.keys() == sw.keys()
+    assert all(torch.equal(rw[k], sw[k]) for k in rw)
 
 
 def test_compare_prints_a_table(tiny_model_dir, capsys) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from optishear import assets
 from optishear.cli.progress import Bars
 from optishear.config import DTYPES, EvaluationConfig
 from optishear.data import evaluation_stream
 from optishear.evaluate import Perplexity, perplexity
+from optishear.hf import load_model, torch_dtype
 from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, resolve_source
-from optishear.streaming import EXECUTIONS
+from optishear.sources import REGISTERED_MODELS, ModelSource, resolve_source
+from optishear.streaming import EXECUTIONS, BlockStreamer, Execution, place_model
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:
@@ -26,6 +30,10 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None
             "hub id",
         )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_execution_flag(p)
+
+
+def add_execution_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--execution",
         choices=EXECUTIONS,
@@ -34,6 +42,18 @@ def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None
         "memory and visit the device one at a time; auto (default): resident when the model "
         "fits the device's free memory",
     )
+
+
+def load_placed(
+    name: str, settings: LibrarySettings, *, device: torch.device, dtype: str, execution: Execution
+) -> tuple[nn.Module, PreTrainedTokenizerBase, ModelSource, BlockStreamer | None]:
+    """Load a model on the host, put it on its device whole or streamed, and say which."""
+    model, tokenizer, source = load_model(
+        name, settings=settings, device="cpu", dtype=torch_dtype(dtype)
+    )
+    choice, streamer = place_model(model, device, execution)
+    print(choice.describe(), file=sys.stderr)
+    return model, tokenizer, source, streamer
 
 
 def add_dtype_flag(p: argparse.ArgumentParser) -> None:

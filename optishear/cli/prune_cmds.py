@@ -5,22 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from optishear.cli.common import add_dtype_flag, add_runtime_flags, ensure_assets, held_out
+import torch
+
+from optishear.cli.common import (
+    add_dtype_flag,
+    add_runtime_flags,
+    ensure_assets,
+    held_out,
+    load_placed,
+)
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
 from optishear.data import sample_calibration
 from optishear.errors import ConfigError
 from optishear.export import export_checkpoint
-from optishear.hf import load_model, torch_device, torch_dtype
+from optishear.hf import torch_device
 from optishear.prune import PruneReport, prune_model
 from optishear.settings import LibrarySettings
-from optishear.streaming import place_model
 
 logger = logging.getLogger("optishear")
 
@@ -73,23 +79,31 @@ def _configs(args: argparse.Namespace, **overrides: Any) -> tuple[
     )
 
 
+def _load(
+    args: argparse.Namespace, settings: LibrarySettings, device: torch.device | None = None
+) -> Any:
+    return load_placed(
+        args.model,
+        settings,
+        device=device or torch_device(args.device),
+        dtype=args.dtype,
+        execution=args.execution,
+    )
+
+
 def run_prune(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     config, calib_cfg, eval_cfg = _configs(args)
     out: Path | None = args.out
     if out is not None and out.exists() and any(out.iterdir()) and not args.overwrite:
         raise ConfigError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    device = torch_device(args.device)
+    device = torch_device(args.device)  # a bad device is refused before any download
     ensure_assets(settings, bars, args.model, calib_cfg.source, eval_cfg.text)
-    model, tokenizer, source = load_model(
-        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
-    )
-    execution, streamer = place_model(model, device, args.execution)
-    print(execution.describe(), file=sys.stderr)
+    model, tokenizer, source, streamer = _load(args, settings, device)
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     report = prune_model(model, calib, config, progress=bars.steps)
     result: dict[str, Any] = {
         "model": args.model,
-        "execution": execution.mode,
+        "execution": "resident" if streamer is None else "streaming",
         "prune": report.to_dict(),
         "calibration": calib_cfg.model_dump(mode="json"),
     }
@@ -132,11 +146,7 @@ def _print_prune_summary(report: PruneReport, result: dict[str, Any]) -> None:
 def run_eval(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     eval_cfg = config_from_flags(EvaluationConfig, args, "evaluation.")
     ensure_assets(settings, bars, args.model, eval_cfg.text)
-    model, tokenizer, _ = load_model(
-        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
-    )
-    execution, _ = place_model(model, torch_device(args.device), args.execution)
-    print(execution.describe(), file=sys.stderr)
+    model, tokenizer, _, _ = _load(args, settings)
     ppl = held_out(model, tokenizer, eval_cfg, settings)
     if args.json:
         print(json.dumps({"model": args.model, "eval": ppl.to_dict()}, indent=2))
@@ -167,11 +177,7 @@ def run_compare(args: argparse.Namespace, settings: LibrarySettings, bars: Bars)
     configs = [_configs(args, method=m)[0] for m in methods]  # validate all before any work
     _, calib_cfg, eval_cfg = _configs(args)
     ensure_assets(settings, bars, args.model, calib_cfg.source, eval_cfg.text)
-    model, tokenizer, _ = load_model(
-        args.model, settings=settings, device="cpu", dtype=torch_dtype(args.dtype)
-    )
-    execution, _ = place_model(model, torch_device(args.device), args.execution)
-    print(execution.describe(), file=sys.stderr)
+    model, tokenizer, _, _ = _load(args, settings)
     dense = {k: v.detach().clone() for k, v in model.state_dict().items()}
     calib = sample_calibration(tokenizer, calib_cfg, settings)
     ppl = held_out(model, tokenizer, eval_cfg, settings)

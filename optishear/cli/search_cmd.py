@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -14,17 +13,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from optishear.cli.common import ensure_assets, held_out
+from optishear.cli.common import add_execution_flag, ensure_assets, held_out, load_placed
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
 from optishear.config import SearchConfig
 from optishear.data import sample_calibration
 from optishear.errors import ConfigError
 from optishear.export import export_checkpoint
-from optishear.hf import load_model, torch_device, torch_dtype
+from optishear.hf import torch_device
 from optishear.prune import prune_candidate
 from optishear.settings import LibrarySettings
-from optishear.streaming import EXECUTIONS, place_model
 
 logger = logging.getLogger("optishear")
 
@@ -36,13 +34,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("search", help="NSGA-III search for the metric and per-block plan")
     add_config_flags(p, SearchConfig)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument(
-        "--execution",
-        choices=EXECUTIONS,
-        default="auto",
-        help="resident, or streaming (decoder blocks in host memory, one on the device at a "
-        "time); auto: resident when the model fits the device",
-    )
+    add_execution_flag(p)
     p.add_argument("--out", type=Path, required=True, help="folder for results and state")
     p.add_argument("--resume", action="store_true", help="continue the search in --out")
     p.add_argument(
@@ -121,11 +113,9 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     plugin = _evaluator_plugin("ray") if use_ray else None
     device = torch_device(args.device)
     ensure_assets(settings, bars, config.model, config.calibration.source, config.evaluation.text)
-    model, tokenizer, source = load_model(
-        config.model, settings=settings, device="cpu", dtype=torch_dtype(config.dtype)
+    model, tokenizer, source, streamer = load_placed(
+        config.model, settings, device=device, dtype=config.dtype, execution=args.execution
     )
-    execution, streamer = place_model(model, device, args.execution)
-    print(execution.describe(), file=sys.stderr)
     calib = sample_calibration(tokenizer, config.calibration, settings)
     out.mkdir(parents=True, exist_ok=True)
     evaluator: contextlib.AbstractContextManager[Any]

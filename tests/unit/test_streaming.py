@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tiny_models import VOCAB, build_tiny
 
 from optishear.candidates import Candidate
-from optishear.cli import main
 from optishear.config import EvaluationConfig, PruneConfig
 from optishear.evaluate import perplexity
 from optishear.genome import Genome
@@ -106,50 +103,6 @@ def test_auto_keeps_a_model_resident_unless_it_does_not_fit(monkeypatch) -> None
     assert big.mode == "streaming"
     assert "140.0 GiB of weights do not fit" in big.reason
     assert choose_execution("resident", 140 * 2**30, gpu).mode == "resident"
-
-
-def test_cli_prune_streaming_exports_the_resident_weights(tiny_model_dir, tmp_path, capsys):
-    outs = {}
-    for mode in ("resident", "streaming"):
-        out = tmp_path / mode
-        rc = main(
-            [
-                "--no-progress",
-                "prune",
-                "--model",
-                str(tiny_model_dir / "model"),
-                "--method",
-                "wanda",
-                "--calib",
-                str(tiny_model_dir / "calib.txt"),
-                "--nsamples",
-                "4",
-                "--seqlen",
-                "16",
-                "--eval-text",
-                str(tiny_model_dir / "eval.txt"),
-                "--eval-seqlen",
-                "32",
-                "--eval-windows",
-                "4",
-                "--device",
-                "cpu",
-                "--execution",
-                mode,
-                "--out",
-                str(out),
-                "--json",
-            ]
-        )
-        assert rc == 0
-        captured = capsys.readouterr()
-        assert f"execution: {mode} (as asked)" in captured.err
-        outs[mode] = (json.loads(captured.out), load_file(out / "model.safetensors"))
-    (r, rw), (s, sw) = outs["resident"], outs["streaming"]
-    assert s["execution"] == "streaming"
-    assert s["eval"]["perplexity"] == r["eval"]["perplexity"]
-    assert rw.keys() == sw.keys()
-    assert all(torch.equal(rw[k], sw[k]) for k in rw)
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
