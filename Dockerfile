@@ -14,7 +14,7 @@ COPY workers ./workers
 COPY migrations ./migrations
 # Editable: service/db.py finds migrations/ beside the service package (/app), which a
 # regular install into site-packages would leave behind.
-RUN pip install -e ".[service,workers]"
+RUN pip install -e ".[service,workers,tasks]"
 VOLUME ["/cache", "/out"]
 ENTRYPOINT ["optishear"]
 CMD ["--help"]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, Field
 
 from optishear.genome import Genome
+from optishear.held_out import HeldOutComparison
 
 GAP_TOLERANCE = 1e-6  # a plan meets the target when its weighted mean is this close
 
@@ -181,4 +182,9 @@ class SearchSummary(BaseModel):
     selection_rule: str = ""
     database: str = Field(
         "", description="the allocation stage's layer database: layers, levels, size, build time"
+    )
+    held_out: HeldOutComparison | None = Field(
+        None,
+        description="compare_baselines: held-out perplexity of the dense model, the "
+        "recommended model and Wanda and SparseGPT at the same target, calibration and windows",
     )

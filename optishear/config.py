@@ -383,6 +383,12 @@ class SearchConfig(_Target):
         "generations bound it)",
     )
     allocation: AllocationConfig = Field(default_factory=lambda: AllocationConfig())
+    compare_baselines: bool = Field(
+        False,
+        description="when the search ends, measure the held-out perplexity of the recommended "
+        "model and of Wanda and SparseGPT at the same target, calibration and windows",
+        json_schema_extra=_flag("baselines"),
+    )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
     dtype: Dtype = Field("float32", description="dtype the model is loaded in")
     calibration: SearchCalibrationConfig = Field(default_factory=SearchCalibrationConfig)
@@ -484,8 +490,8 @@ class SearchConfig(_Target):
 
     def resume_identity(self) -> dict[str, Any]:
         """What a stored state must match to be resumed: every setting that shapes the search
-        or its evaluations (all but the held-out evaluation, which only exports use)."""
-        return self.model_dump(mode="json", exclude={"evaluation"})
+        or its evaluations (all but the held-out evaluation and comparison, which come after)."""
+        return self.model_dump(mode="json", exclude={"evaluation", "compare_baselines"})
 
 
 def config_error(exc: Exception) -> ConfigError:

@@ -56,15 +56,29 @@ def load_model(
         try:
             config = AutoConfig.from_pretrained(src.location)
             model = AutoModelForCausalLM.from_pretrained(src.location, config=config, dtype=dtype)
-            tokenizer = AutoTokenizer.from_pretrained(src.location)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelSourceError(f"cannot load model {source!r}: {exc}") from exc
+        tokenizer = load_tokenizer(source, settings=settings)
     if not getattr(model.config, "is_decoder", True) or getattr(
         model.config, "is_encoder_decoder", False
     ):
         raise ModelSourceError(f"{source!r} is not a decoder-only causal LM")
     model.config.use_cache = False
     return model.to(device).eval(), tokenizer, src
+
+
+def load_tokenizer(
+    source: str, *, settings: LibrarySettings | None = None
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model source alone (a runner tokenizing held-out text holds no model)."""
+    src = resolve_source(source, settings or LibrarySettings())
+    try:
+        if src.kind == "gguf":
+            path = Path(src.location)
+            return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        return AutoTokenizer.from_pretrained(src.location)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
+        raise ModelSourceError(f"cannot load the tokenizer of {source!r}: {exc}") from exc
 
 
 def torch_dtype(name: str) -> torch.dtype:

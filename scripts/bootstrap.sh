@@ -17,6 +17,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch first, pinned: an unpinned torch would pull a multi-GB CUDA build on CPU machines.
   .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[service,workers,dev]"
+  .venv/bin/python -m pip install --quiet -e ".[service,workers,tasks,dev]"
   echo "$want" > "$stamp"
 fi

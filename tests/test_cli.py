@@ -261,6 +261,36 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
     assert again["front"] == report["front"]
 
 
+def test_search_compares_held_out_perplexity_with_the_baselines(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "search"
+    args = [*_search(tiny_model_dir, 1), "--refit-top", "2", "--baselines", "--out", str(out)]
+    assert main([*args, "--export"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "search.json").read_text())
+    held_out = report["summary"]["held_out"]
+    rows = {r["name"]: r for r in held_out["rows"]}
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
+    # the searched row is the shipped model: pruned and refit as exported, on the same windows
+    assert rows["searched"]["perplexity"] == pytest.approx(
+        report["recommended_eval"]["perplexity"], rel=1e-6
+    )
+    assert rows["wanda"]["sparsity"] == pytest.approx(0.5, abs=0.02)
+    for name in ("wanda", "sparsegpt"):
+        gain = rows["searched"]["perplexity"] / rows[name]["perplexity"] - 1
+        assert held_out["gains"][name] == pytest.approx(gain)
+        assert f"{gain * 100:+.1f}% vs {name}" in printed
+    assert held_out["protocol"]["eval_windows"] == 4
+    assert held_out["protocol"]["calibration_samples"] == 4
+    manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())
+    assert manifest["held_out_comparison"]["gains"] == held_out["gains"]
+    assert "prune_seconds" not in manifest["held_out_comparison"]["rows"][1]
+
+    # off by default in `optishear search`
+    assert main([*_search(tiny_model_dir, 1), "--out", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "search.json").read_text())
+    assert plain["summary"]["held_out"] is None
+
+
 def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "search"
     args = [*_search(tiny_model_dir, 1), "--rescore-top", "2"]

@@ -15,6 +15,8 @@ import transformers
 from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation
+from optishear.config import SearchConfig
+from optishear.held_out import HeldOutComparison
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 
@@ -116,6 +118,12 @@ class ModelActor:
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
         return self.engine.owl_plan(target)
+
+    def compare_held_out(
+        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+    ) -> HeldOutComparison:
+        """Held-out perplexity of the candidate, Wanda and SparseGPT on this worker's model."""
+        return self.engine.compare_held_out(candidate, config, held_out_ids, refit=refit)
 
     def usage(self) -> ActorUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")

@@ -19,7 +19,9 @@ from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayErr
 from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation
+from optishear.config import SearchConfig
 from optishear.errors import ConfigError
+from optishear.held_out import HeldOutComparison
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
@@ -241,6 +243,13 @@ class RayEvaluator:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
         (plan,) = self._run("owl_plan", [(target,)])
         return tuple(plan)
+
+    def compare_held_out(
+        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+    ) -> HeldOutComparison:
+        """On one worker: every worker holds the same model and calibration."""
+        (comparison,) = self._run("compare_held_out", [(candidate, config, held_out_ids, refit)])
+        return comparison  # type: ignore[no-any-return]
 
     def _dispatch(
         self, method: str, candidates: Sequence[Candidate], *args: Any

@@ -101,9 +101,12 @@ def add_config_flags(
         choices = _choices(info.annotation)
         if choices:
             text += f" ({', '.join(str(c) for c in choices)})"
-        if info.annotation is bool:
+        if info.annotation is bool:  # --x and --no-x; left out, the model's default applies
             parser.add_argument(
-                *flags, dest=_DEST + full, action="store_const", const=True, help=text
+                *flags,
+                dest=_DEST + full,
+                action=argparse.BooleanOptionalAction,
+                help=f"{text} (default {'on' if value else 'off'})",
             )
             continue
         required = info.is_required()
@@ -114,6 +117,11 @@ def add_config_flags(
             required=required,
             help=text if required else f"{text} (default {_show(value)})",
         )
+
+
+def flag_value(args: argparse.Namespace, path: str) -> Any:
+    """What the generated flag of dotted `path` was given (None: left out)."""
+    return vars(args).get(_DEST + path)
 
 
 def config_body(args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:

@@ -16,10 +16,12 @@ from tqdm import tqdm
 from optishear.cli.common import add_execution_flag, ensure_assets, held_out, load_placed
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
+from optishear.comparison import held_out_ids
 from optishear.config import SearchConfig
 from optishear.data import sample_calibration
 from optishear.errors import ConfigError
 from optishear.export import export_checkpoint
+from optishear.held_out import manifest_comparison
 from optishear.hf import torch_device
 from optishear.prune import prune_candidate
 from optishear.settings import LibrarySettings
@@ -117,6 +119,9 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         config.model, settings, device=device, dtype=config.dtype, execution=args.execution
     )
     calib = sample_calibration(tokenizer, config.calibration, settings)
+    eval_ids = (
+        held_out_ids(tokenizer, config.evaluation, settings) if config.compare_baselines else None
+    )
     out.mkdir(parents=True, exist_ok=True)
     evaluator: contextlib.AbstractContextManager[Any]
     if plugin is not None:  # each actor loads its own model; only the calibration ids travel
@@ -148,7 +153,12 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
 
     with evaluator as batch_evaluator:
         result = run_search(
-            batch_evaluator, config, state_path=state_path, resume=args.resume, progress=show
+            batch_evaluator,
+            config,
+            state_path=state_path,
+            resume=args.resume,
+            progress=show,
+            held_out_ids=eval_ids,
         )
     bar.close()
     report = result.to_dict()
@@ -181,6 +191,7 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
                     "search": {k: report[k] for k in ("config", "recommended")},
                     "prune": pruned.to_dict(),
                     "eval": report.get("recommended_eval"),
+                    "held_out_comparison": manifest_comparison(result.held_out),
                 },
                 overwrite=True,
             )
@@ -198,5 +209,8 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     )
     if "recommended_eval" in report:
         print(f"held-out perplexity {report['recommended_eval']['perplexity']:.3f}")
+    if result.held_out is not None:
+        print("held-out perplexity beside the baselines (same target, calibration, windows):")
+        print("\n".join(result.held_out.lines()))
     print(f"results in {out / 'search.json'}")
     return 0

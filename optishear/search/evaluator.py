@@ -8,7 +8,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from torch import Tensor
+
 from optishear.candidates import Candidate, Evaluation
+from optishear.config import SearchConfig
+from optishear.held_out import HeldOutComparison
 from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
 
@@ -52,6 +56,16 @@ class DatabaseReporter(Protocol):
     def database_info(self) -> DatabaseInfo | None: ...
 
 
+@runtime_checkable
+class HeldOutComparer(Protocol):
+    """Optional for a BatchEvaluator: held-out perplexity of a candidate beside the baselines'
+    (optishear.comparison), on a model it holds."""
+
+    def compare_held_out(
+        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+    ) -> HeldOutComparison: ...
+
+
 class InProcessEvaluator:
     """Evaluates on one FitnessEngine in this process."""
 
@@ -86,3 +100,8 @@ class InProcessEvaluator:
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         return self.engine.owl_plan(target)
+
+    def compare_held_out(
+        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+    ) -> HeldOutComparison:
+        return self.engine.compare_held_out(candidate, config, held_out_ids, refit=refit)

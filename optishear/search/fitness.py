@@ -32,8 +32,10 @@ from torch import Tensor, nn
 
 from optishear.backup import restored_after
 from optishear.candidates import Candidate, Evaluation
+from optishear.comparison import compare_held_out
 from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.errors import ConfigError, UnsupportedModelError
+from optishear.held_out import HeldOutComparison
 from optishear.layers import (
     block_param_counts,
     capture_block_inputs,
@@ -492,6 +494,17 @@ class FitnessEngine:
             batch_size=self.batch_size,
         )
         return report.achieved
+
+    @torch.no_grad()
+    def compare_held_out(
+        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, *, refit: bool
+    ) -> HeldOutComparison:
+        """Held-out perplexity of the candidate as shipped, Wanda and SparseGPT; the model is
+        dense again afterwards (optishear.comparison)."""
+        self.restore()
+        return compare_held_out(
+            self.model, self.dense, self.calib_ids, held_out_ids, candidate, config, refit=refit
+        )
 
     @torch.no_grad()
     def evaluate(

@@ -27,10 +27,11 @@ from pymoo.operators.mutation.pm import PM
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
+from torch import Tensor
 
 from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
-from optishear.errors import OptiShearError
+from optishear.errors import ConfigError, OptiShearError
 from optishear.genome import WANDA_GENOME
 from optishear.search.allocation import (
     AllocationSpace,
@@ -39,7 +40,12 @@ from optishear.search.allocation import (
     OnePlusLambda,
     mutate,
 )
-from optishear.search.evaluator import BatchEvaluator, DatabaseReporter, OwlPlanner
+from optishear.search.evaluator import (
+    BatchEvaluator,
+    DatabaseReporter,
+    HeldOutComparer,
+    OwlPlanner,
+)
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
 from optishear.search.space import BalanceRepair, SearchSpace, Stage, plan_gap
@@ -493,13 +499,20 @@ def run_search(
     progress: Callable[[SearchProgress], None] | None = None,
     on_generation: Callable[[GenerationSnapshot], None] | None = None,
     resume_from: bytes | None = None,
+    held_out_ids: Tensor | None = None,
 ) -> SearchResult:
     """Run (or, with `resume`, continue) a search; state is saved after every generation.
 
     `on_generation` receives each completed generation's snapshot (progress, current front and
     JSON state) before `progress` is called; `resume_from` continues from such a snapshot's
-    `state` instead of from `state_path`.
+    `state` instead of from `state_path`. With `config.compare_baselines`, the recommended
+    candidate's held-out perplexity is measured beside Wanda's and SparseGPT's on
+    `held_out_ids` (optishear.comparison.held_out_ids) by the evaluator's model.
     """
+    if config.compare_baselines and held_out_ids is None:
+        raise ConfigError("comparing with the baselines needs the held-out token ids")
+    if config.compare_baselines and not isinstance(evaluator, HeldOutComparer):
+        raise ConfigError(f"{type(evaluator).__name__} cannot measure held-out perplexity")
     wanted = config.resume_identity()
     if resume_from is not None:
         state = SearchState.from_json(resume_from)
@@ -511,4 +524,12 @@ def run_search(
         logger.info("resuming after %d completed generations", len(state.history))
     else:
         state = SearchState(wanted)
-    return _Search(evaluator, config, state, state_path, on_generation).run(progress)
+    result = _Search(evaluator, config, state, state_path, on_generation).run(progress)
+    if config.compare_baselines:
+        assert isinstance(evaluator, HeldOutComparer)
+        assert held_out_ids is not None
+        logger.info("measuring held-out perplexity: the recommended model, Wanda, SparseGPT")
+        result.held_out = evaluator.compare_held_out(
+            result.recommended.candidate, config, held_out_ids, bool(result.refitted)
+        )
+    return result

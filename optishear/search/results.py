@@ -13,6 +13,7 @@ from optishear.candidates import (
     StageSummary,
 )
 from optishear.config import SearchConfig
+from optishear.held_out import HeldOutComparison
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,8 @@ class SearchResult:
     # Wanda (and OWL+Wanda for unstructured targets) at the same target, mask-only errors.
     baselines: list[Scored] = field(default_factory=list)
     database: str = ""  # the allocation stage's layer database: size, storage, build time
+    # compare_baselines: held-out perplexity of the recommended model, Wanda and SparseGPT.
+    held_out: HeldOutComparison | None = None
 
     @property
     def front(self) -> list[Scored]:
@@ -95,6 +98,7 @@ class SearchResult:
             baselines=[b.record() for b in self.baselines],
             selection_rule=self.selection_rule(),
             database=self.database,
+            held_out=self.held_out,
         )
 
     def to_dict(self) -> dict[str, Any]:

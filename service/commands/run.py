@@ -23,7 +23,7 @@ POLL_SECONDS = 0.5  # `optishear run` reads its job's progress from the database
 
 def _search_request(args: argparse.Namespace) -> SearchCreate:
     """SearchCreate from the flags given; bad input raises ConfigError with the API's message."""
-    from optishear.cli.flags import config_from_flags
+    from optishear.cli.flags import config_from_flags, flag_value
     from optishear.errors import ConfigError
     from optishear.settings import LibrarySettings
     from service.schemas import SearchCreate
@@ -32,7 +32,11 @@ def _search_request(args: argparse.Namespace) -> SearchCreate:
     if use is not None and source is None:
         raise ConfigError("--metric-use needs --metric-from SEARCH_ID")
     # Resolved against the database in _submit, as POST /api/searches does.
-    extra = {"metric_from": {"search": source, "use": use or "seed"}} if source else {}
+    extra: dict[str, Any] = (
+        {"metric_from": {"search": source, "use": use or "seed"}} if source else {}
+    )
+    # `run` shows the gain by default: --no-baselines skips the held-out comparison.
+    extra["compare_baselines"] = flag_value(args, "compare_baselines") is not False
     spec = config_from_flags(SearchCreate, args, **extra)
     spec.validate_sources(LibrarySettings())  # ConfigError, as the API's 422
     return spec
@@ -160,6 +164,7 @@ def _follow(
     """Print the search's generations, then export its recommended candidate and print both."""
     from sqlalchemy import select
 
+    from optishear.held_out import gain_text
     from service import db, repository
     from service.store import CheckpointStore
     from service.tables import CandidateRow, Checkpoint, JobStatus, Search
@@ -204,6 +209,12 @@ def _follow(
         ).one()
     assert front is not None  # a succeeded search always has its final front
     _print_front(front, search.request)
+    compared = repository.outcome(search.result)
+    held_out = compared.held_out if compared is not None else None
+    if held_out is not None:
+        _say("held-out perplexity, measured in this run (same target, calibration, windows):")
+        for line in held_out.lines():
+            _say(line)
 
     with db.for_writing(sessions)() as session:
         search = session.get_one(Search, search_id)
@@ -223,7 +234,10 @@ def _follow(
     _say(f"  file        {path} ({ckpt.size_bytes / 1e6:.1f} MB)")
     _say(f"  sha256      {ckpt.sha256}")
     _say(f"  sparsity    {ckpt.sparsity:.4f} measured")
-    _say(f"  perplexity  {ckpt.perplexity:.3f} held-out ({ckpt.eval_tokens} tokens)")
+    gains = ""
+    if held_out is not None:
+        gains = "; " + ", ".join(gain_text(g, name) for name, g in held_out.gains.items())
+    _say(f"  perplexity  {ckpt.perplexity:.3f} held-out ({ckpt.eval_tokens} tokens){gains}")
     base = "http://127.0.0.1:8000"
     _say(f"with `optishear serve` (same database; --host/--port change {base}):")
     _say(f"  dashboard   {base}/#/search/{search_id}")

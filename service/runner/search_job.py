@@ -19,6 +19,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
 
 from optishear import assets
+from optishear.comparison import held_out_ids
+from optishear.hf import load_tokenizer
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
 from optishear.search.loop import run_search
@@ -72,11 +74,17 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
         return SearchCreate.model_validate(search.request), search.state
 
     request, state = runner.write(read, f"reading search {search_id}")
-    ensure_assets(runner, request, evaluation=False)
+    ensure_assets(runner, request, evaluation=request.compare_baselines)
+    eval_ids = None
+    if request.compare_baselines:  # the windows every held-out figure of this search uses
+        tokenizer = load_tokenizer(request.model, settings=runner.library)
+        eval_ids = held_out_ids(tokenizer, request.evaluation, runner.library)
     persist = _Persister(runner, search_id)
     start = time.perf_counter()
     with evaluator_for(runner, request) as evaluator:
-        result = run_search(evaluator, request, resume_from=state, on_generation=persist)
+        result = run_search(
+            evaluator, request, resume_from=state, on_generation=persist, held_out_ids=eval_ids
+        )
     summary = result.summary()
     family = model_family(request.model, runner.library)
 

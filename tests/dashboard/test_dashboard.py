@@ -113,6 +113,22 @@ def test_submit_watch_front_export_download(
         expect(marker).to_have_count(1)
         expect(marker).to_contain_text(b["name"])
 
+    # The gain in held-out perplexity (the form asks for it by default), as the API reports it.
+    held_out = search["result"]["held_out"]
+    assert search["request"]["compare_baselines"] is True
+    for name, gain in held_out["gains"].items():
+        expect(page.locator(f'#heldout .gain[data-baseline="{name}"]')).to_contain_text(
+            f"{abs(gain) * 100:.1f}%"
+        )
+    table = page.locator("#heldout-table")
+    for row in held_out["rows"]:
+        expect(table.locator(f'tr[data-model="{row["name"]}"]')).to_contain_text(
+            f"{row['perplexity']:.4g}"
+        )
+    expect(page.locator("#heldout")).to_contain_text(
+        f"{held_out['protocol']['eval_windows']} windows of {held_out['protocol']['eval_seq_len']}"
+    )
+
     # Clicking a candidate shows its formula and one bar per block.
     chosen = front["candidates"][-1]
     page.locator(f'#front-chart .point[data-candidate="{chosen["id"]}"] circle').click()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tarfile
 
 import pytest
 from sqlalchemy import select
 
 from optishear.cli import main
+from optishear.export import MANIFEST_NAME
 from service import db
 from service.settings import get_settings
 from service.tables import Checkpoint, JobStatus, Search
@@ -83,6 +86,21 @@ def test_run_searches_exports_and_keeps_both_in_the_db(run_env, tiny_model_dir, 
     assert (get_settings().resolved_checkpoint_dir() / ckpt.file_name).is_file()
     assert f"/api/searches/{search.id}" in out
     assert f"/#/search/{search.id}" in out
+
+    # On by default in `run`: held-out perplexity beside Wanda's and SparseGPT's, stored with
+    # the search, equal to the exported checkpoint's, and carried in its manifest.
+    assert search.request["compare_baselines"] is True
+    held_out = search.result["held_out"]
+    rows = {r["name"]: r["perplexity"] for r in held_out["rows"]}
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
+    assert rows["searched"] == pytest.approx(ckpt.perplexity, rel=1e-6)
+    assert "held-out perplexity, measured in this run" in out
+    for name in ("wanda", "sparsegpt"):
+        assert f"{held_out['gains'][name] * 100:+.1f}% vs {name}" in out
+    with tarfile.open(get_settings().resolved_checkpoint_dir() / ckpt.file_name) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(MANIFEST_NAME))
+        manifest = json.load(tar.extractfile(member))
+    assert manifest["held_out_comparison"]["gains"] == held_out["gains"]
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -200,7 +200,10 @@ def test_every_search_field_has_exactly_one_flag() -> None:
     flags = _flags(_parser())
     assert sorted(flags) == sorted(_leaf_paths(SearchConfig))
     for path, options in flags.items():
-        assert len(options) == 1, path
+        # a yes/no setting has its flag and the flag's --no- form
+        bool_field = options[0].startswith("--") and options[1:] == [f"--no-{options[0][2:]}"]
+        assert len(options) == 1 or bool_field, path
+    assert flags["compare_baselines"] == ["--baselines", "--no-baselines"]
     names = [o for options in flags.values() for o in options]
     assert len(names) == len(set(names))
     assert flags["calibration.n_samples"] == ["--nsamples"]
@@ -221,8 +224,8 @@ def _argv(parser: argparse.ArgumentParser, config: BaseModel) -> list[str]:
             value = getattr(value, part)
         if value is None:
             continue
-        if isinstance(value, bool):  # a switch: given when on
-            argv += [options[0]] if value else []
+        if isinstance(value, bool):  # a switch: --x when on, --no-x when off
+            argv += [options[0] if value else options[1]]
             continue
         if isinstance(value, Genome):
             text = value.spec()
@@ -277,8 +280,9 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
     )
     parser = _parser()
     argv = _argv(parser, config)
-    # every field was given (the one switch, --refit-database, alone)
-    assert len(argv) == 2 * len(_leaf_paths(SearchConfig)) - 1
+    # every field was given (the switches, --refit-database and --no-baselines, alone)
+    assert len(argv) == 2 * len(_leaf_paths(SearchConfig)) - 2
+    assert "--no-baselines" in argv
     assert config_from_flags(SearchConfig, parser.parse_args(argv)) == config
     # flags left out leave the model's defaults
     args = parser.parse_args(["--model", "m"])

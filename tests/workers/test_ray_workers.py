@@ -15,7 +15,8 @@ from tiny_models import build_tiny, tiny_tokenizer, word_text
 
 from optishear.candidates import Candidate
 from optishear.cli import main
-from optishear.config import CalibrationConfig, SearchConfig
+from optishear.comparison import held_out_ids
+from optishear.config import CalibrationConfig, EvaluationConfig, SearchConfig
 from optishear.data import sample_calibration
 from optishear.hf import load_model
 from optishear.search.engine_spec import EngineSpec
@@ -96,7 +97,11 @@ def _cpus_free_again() -> bool:
 
 
 def test_two_actors_give_the_in_process_front(
-    local_ray: None, spec: EngineSpec, config: SearchConfig, reference: SearchResult
+    local_ray: None,
+    spec: EngineSpec,
+    config: SearchConfig,
+    reference: SearchResult,
+    model_root: Path,
 ) -> None:
     _, tokenizer, _ = load_model(spec.config.model)
     calib_ids = sample_calibration(tokenizer, spec.config.calibration)  # object store, once
@@ -111,10 +116,23 @@ def test_two_actors_give_the_in_process_front(
             Candidate(reference.baselines[0].candidate.genome, (0.5,) * 4)
         ]
         remote = {refit: evaluator.shipped(finalists, refit) for refit in (False, True)}
+        # the held-out comparison runs on one actor's model, as it would in process
+        evaluation = EvaluationConfig(text=str(model_root / "calib.txt"), seq_len=32, windows=4)
+        compared = config.model_copy(update={"evaluation": evaluation})
+        eval_ids = held_out_ids(tokenizer, evaluation)
+        remote_cmp = evaluator.compare_held_out(finalists[0], compared, eval_ids, True)
     engine = spec.build()
     for refit, evals in remote.items():
         local = [engine.evaluate(c, shipped=True, refit=refit) for c in finalists]
         assert [e.error for e in evals] == pytest.approx([e.error for e in local], rel=1e-4)
+    local_cmp = engine.compare_held_out(finalists[0], compared, eval_ids, refit=True)
+    assert [r.name for r in remote_cmp.rows] == ["dense", "searched", "wanda", "sparsegpt"]
+    assert [r.perplexity for r in remote_cmp.rows] == pytest.approx(
+        [r.perplexity for r in local_cmp.rows], rel=1e-4
+    )
+    # the engine's model is dense again: the same candidate scores as before the comparison
+    again = engine.evaluate(finalists[0], shipped=True, refit=True)
+    assert again.error == pytest.approx(remote[True][0].error, rel=1e-4)
     assert _front(result) == _front(reference)
     assert result.evaluations == reference.evaluations
     assert sum(done) == result.evaluations

@@ -7,6 +7,7 @@ import { $, badge, fill, h, progressBar, stat } from "../dom.js";
 import { duration, fmt, modelLabel, pct, target, when } from "../format.js";
 import { ACTIVE, refresh, state } from "../state.js";
 import { setBanner } from "./auth.js";
+import { heldOutCard } from "./heldout.js";
 import { renderCandidate } from "./candidate.js";
 import { renderList } from "./list.js";
 
@@ -187,6 +188,7 @@ function renderHeader() {
       result ? stat("cache hits", result.cache_hits) : null,
       result ? stat("search time", duration(result.search_seconds)) : null,
     ),
+    heldOutCard(x),
     h("details", { class: "facts", open: factsOpen }, h("summary", {}, "Request"), h("dl", { class: "kv" }, facts.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]))),
   );
 }
