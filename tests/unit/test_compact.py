@@ -1,0 +1,404 @@
+"""The compact archive: bit-for-bit round trips, the zero rule, and refusal of bad archives."""
+
+import hashlib
+import json
+import math
+import struct
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import build_tiny, tiny_tokenizer
+
+from optishear import compact
+from optishear.compact import (
+    FORMAT,
+    VERSION,
+    BitmaskTensor,
+    DenseTensor,
+    RawPart,
+    pack,
+    pack_tar,
+    read_header,
+    unpack,
+)
+from optishear.config import PruneConfig
+from optishear.errors import ConfigError, DataError
+from optishear.export import export_checkpoint, write_archive
+from optishear.files import sha256_file
+from optishear.patterns import Pattern
+from optishear.prune import prune_model
+
+SPECIAL = "model.layers.0.mlp.down_proj.weight"  # a pruned tensor that gets odd bit patterns
+# (dtype, bits as a signed int of the dtype's width): -0.0 and NaNs with payloads of both signs
+ODD_BITS = {
+    torch.float32: (torch.int32, [-(2**31), 0x7FC00123, -0x3FFFEDCB]),
+    torch.bfloat16: (torch.int16, [-(2**15), 0x7FC1, -0x3F]),
+}
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _export(tmp_path: Path, dtype: torch.dtype, sparsity: float, pattern: Pattern | None) -> Path:
+    model = build_tiny("llama", hidden=64, layers=2)
+    if pattern is not None:
+        ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+        prune_model(model, ids, PruneConfig(method="wanda", sparsity=sparsity, pattern=pattern))
+    model.to(dtype)
+    as_int, bits = ODD_BITS[dtype]
+    weight = dict(model.named_parameters())[SPECIAL].data
+    weight.view(as_int)[0, : len(bits)] = torch.tensor(bits, dtype=as_int)
+    folder = tmp_path / "ckpt"
+    export_checkpoint(model, tiny_tokenizer(), folder, {"test": True}, max_shard_size="100KB")
+    return folder
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize(
+    ("sparsity", "pattern"),
+    [(0.5, Pattern()), (0.5, Pattern(2, 4)), (0.7, Pattern()), (0.0, None)],
+    ids=["50%", "2:4", "70%", "dense"],
+)
+def test_round_trip_is_bit_for_bit(tmp_path, dtype, sparsity, pattern) -> None:
+    folder = _export(tmp_path, dtype, sparsity, pattern)
+    assert sum(name.endswith(".safetensors") for name in _files(folder)) > 1  # sharded
+    report = pack(folder, tmp_path / "ckpt.oshc")
+    restored = unpack(tmp_path / "ckpt.oshc", tmp_path / "restored")
+
+    assert _files(restored) == _files(folder)
+    for name in _files(folder):
+        assert (restored / name).read_bytes() == (folder / name).read_bytes()
+    header = read_header(tmp_path / "ckpt.oshc")
+    assert (header.format, header.version, header.name) == (FORMAT, VERSION, "ckpt")
+    assert {e.path: e.sha256 for e in header.files} == _files(folder)
+    assert report.files == len(header.files)
+    assert report.dense_bytes == sum((folder / n).stat().st_size for n in _files(folder))
+    assert report.compact_bytes == (tmp_path / "ckpt.oshc").stat().st_size
+
+    tensors = {p.name: p for e in header.files for p in e.parts if not isinstance(p, RawPart)}
+    assert report.tensors == len(tensors)
+    packed = {n for n, p in tensors.items() if isinstance(p, BitmaskTensor)}
+    assert report.packed_tensors == len(packed)
+    prunable = {n for n in tensors if n.startswith("model.layers.") and "proj" in n}
+    if pattern is None:
+        assert packed == set()
+        assert report.ratio > 1  # only the header and preamble added
+    else:
+        assert packed == prunable  # norms and the embedding hold no zeros and stay dense
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        layer_bound = 1 - sparsity + 1 / (8 * itemsize) + 0.01
+        layers_dense = sum(itemsize * math.prod(tensors[n].shape) for n in packed)
+        layers_stored = sum(tensors[n].mask.length + tensors[n].values.length for n in packed)
+        assert layers_stored / layers_dense < layer_bound
+        assert report.ratio < 1
+
+    # -0.0 and the NaN payloads are values (kept in the bitmask tensor), back bit for bit
+    as_int, bits = ODD_BITS[dtype]
+    original = _load(folder)[SPECIAL].view(as_int)
+    back = _load(restored)[SPECIAL].view(as_int)
+    assert original[0, : len(bits)].tolist() == bits
+    assert torch.equal(back, original)
+    special = tensors[SPECIAL]
+    if pattern is not None:
+        assert isinstance(special, BitmaskTensor)
+        assert special.nonzero == int((original != 0).sum())
+
+
+def _load(folder: Path) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for p in folder.glob("*.safetensors"):
+        out.update(load_file(p))
+    return out
+
+
+def _st_file(path: Path, header: dict, data: bytes, pad: bytes = b"") -> None:
+    """A safetensors file written by hand: header keys in the given order, optional padding."""
+    raw = json.dumps(header).encode() + pad
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_odd_safetensors_layouts_survive(tmp_path, monkeypatch) -> None:
+    """Unsorted keys, metadata, padding, a gap, trailing bytes, zero-size, all -0.0, every dtype,
+    and tensors spanning many small scan steps (with a tail not a multiple of 8)."""
+    monkeypatch.setattr(compact, "CHUNK_ELEMENTS", 64)
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    sparse = torch.randn(13, 37, generator=gen) * (torch.rand(13, 37, generator=gen) > 0.6)
+    neg_zero = torch.full((10, 10), -0.0)
+    ints = torch.randint(-3, 3, (300,), generator=gen, dtype=torch.int64) * (
+        torch.arange(300) % 3 == 0
+    )
+    half = sparse.to(torch.float16)
+    blobs = [
+        ("z.sparse", "F32", list(sparse.shape), sparse.numpy().tobytes()),
+        ("a.negzero", "F32", [10, 10], neg_zero.numpy().tobytes()),
+        ("m.ints", "I64", [300], ints.numpy().tobytes()),
+        ("b.empty", "F32", [0, 4], b""),
+        ("h.half", "F16", list(half.shape), half.view(torch.int16).numpy().tobytes()),
+        ("q.unknown", "F4", [8], bytes(4)),  # an unknown dtype: kept dense
+    ]
+    header: dict = {"__metadata__": {"format": "pt", "note": "odd"}}
+    data = b""
+    for i, (name, dtype, shape, raw) in enumerate(blobs):
+        if i == 2:
+            data += b"\x01gap\x00"  # bytes no tensor claims
+        header[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
+        data += raw
+    _st_file(folder / "odd.safetensors", header, data + b"tail", pad=b"    ")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "notes.txt").write_text("kept verbatim")
+    (folder / "empty.json").write_bytes(b"")
+
+    pack(folder, tmp_path / "odd.oshc")
+    restored = unpack(tmp_path / "odd.oshc", tmp_path / "restored")
+    assert _files(restored) == _files(folder)
+    assert (restored / "odd.safetensors").read_bytes() == (folder / "odd.safetensors").read_bytes()
+
+    parts = {p.name: p for e in read_header(tmp_path / "odd.oshc").files for p in e.parts
+             if not isinstance(p, RawPart)}  # fmt: skip
+    assert isinstance(parts["z.sparse"], BitmaskTensor)
+    # randn * False is -0.0 for negative draws: values, by the zero rule
+    assert int((sparse == 0).sum()) > int((sparse.view(torch.int32) == 0).sum()) > 0
+    assert parts["z.sparse"].nonzero == int((sparse.view(torch.int32) != 0).sum())
+    assert isinstance(parts["a.negzero"], DenseTensor)  # -0.0 is no zero: nothing to drop
+    assert isinstance(parts["m.ints"], BitmaskTensor)
+    assert isinstance(parts["h.half"], BitmaskTensor)
+    assert isinstance(parts["q.unknown"], DenseTensor)
+    assert isinstance(parts["b.empty"], DenseTensor)
+
+
+def test_pack_tar_gives_the_folder_in_the_tar(tmp_path) -> None:
+    folder = _export(tmp_path, torch.float32, 0.5, Pattern(2, 4))
+    named = tmp_path / "optishear-7-uniform"
+    folder.rename(named)
+    write_archive(named, tmp_path / "ck.tar")
+
+    report = pack_tar(tmp_path / "ck.tar", tmp_path / "from-tar.oshc")
+    assert report.packed_tensors > 0
+    # the tar's folder packs to exactly the archive of the folder itself
+    pack(named, tmp_path / "from-folder.oshc")
+    assert sha256_file(tmp_path / "from-tar.oshc") == sha256_file(tmp_path / "from-folder.oshc")
+    assert read_header(tmp_path / "from-tar.oshc").name == "optishear-7-uniform"
+
+    with tarfile.open(tmp_path / "ck.tar") as tar:
+        tar.extractall(tmp_path / "extracted", filter="data")
+    restored = unpack(tmp_path / "from-tar.oshc", tmp_path / "restored")
+    assert _files(restored) == _files(tmp_path / "extracted" / "optishear-7-uniform")
+
+
+def test_pack_tar_takes_members_named_dot_slash(tmp_path) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "f.txt").write_text("f")
+    with tarfile.open(tmp_path / "dot.tar", "w") as tar:
+        tar.add(tmp_path / "x", arcname="./x")
+    pack_tar(tmp_path / "dot.tar", tmp_path / "dot.oshc")
+    assert read_header(tmp_path / "dot.oshc").name == "x"
+    assert (unpack(tmp_path / "dot.oshc", tmp_path / "out") / "f.txt").read_text() == "f"
+
+
+def test_pack_tar_refuses_foreign_tars(tmp_path) -> None:
+    (tmp_path / "not.tar").write_bytes(b"no tar here" * 100)
+    with pytest.raises(DataError, match="not a readable uncompressed tar"):
+        pack_tar(tmp_path / "not.tar", tmp_path / "x.oshc")
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "f.txt").write_text(d)
+    with tarfile.open(tmp_path / "two.tar", "w") as tar:
+        tar.add(tmp_path / "a", arcname="a")
+        tar.add(tmp_path / "b", arcname="b")
+    with pytest.raises(DataError, match="one top-level folder"):
+        pack_tar(tmp_path / "two.tar", tmp_path / "x.oshc")
+    assert not (tmp_path / "x.oshc").exists()
+    assert [p.name for p in tmp_path.glob(".x.oshc*")] == []  # no temporary file left
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    folder = tmp_path / "ckpt"
+    model = build_tiny("llama")
+    ids = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(0))
+    prune_model(model, ids, PruneConfig(method="wanda", sparsity=0.5))
+    export_checkpoint(model, None, folder, {})
+    pack(folder, tmp_path / "ckpt.oshc")
+    return tmp_path / "ckpt.oshc"
+
+
+def _rewrite_header(path: Path, edit, *, version: int | None = None) -> None:
+    """Replace the header by edit(header) with a consistent trailer (and preamble version)."""
+    raw = path.read_bytes()
+    offset, length, _, end = compact._TRAILER.unpack(raw[-compact._TRAILER.size :])
+    header = json.loads(raw[offset : offset + length])
+    index = json.dumps(edit(header)).encode()
+    body = raw[:offset]
+    if version is not None:
+        body = compact._PREAMBLE.pack(compact.MAGIC, version, 0) + body[compact._PREAMBLE.size :]
+    trailer = compact._TRAILER.pack(offset, len(index), hashlib.sha256(index).digest(), end)
+    path.write_bytes(body + index + trailer)
+
+
+def _first(header: dict, encoding: str) -> dict:
+    return next(p for f in header["files"] for p in f["parts"] if p["encoding"] == encoding)
+
+
+def test_newer_version_is_refused_with_a_message(archive, tmp_path) -> None:
+    _rewrite_header(archive, lambda h: {**h, "version": VERSION + 1}, version=VERSION + 1)
+    with pytest.raises(DataError, match=rf"version {VERSION + 1}.*upgrade optishear"):
+        unpack(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_version_must_match_the_preamble(archive, tmp_path) -> None:
+    _rewrite_header(archive, lambda h: {**h, "version": VERSION + 1})
+    with pytest.raises(DataError, match="upgrade optishear"):
+        unpack(archive, tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("data", "fails its sha256 check"),
+        ("mask", "corrupt"),
+        ("header", "header checksum mismatch"),
+        ("preamble", "not an OptiShear compact archive"),
+        ("trailer", "no end marker"),
+    ],
+)
+def test_corrupt_archive_is_refused(archive, tmp_path, where, message) -> None:
+    raw = bytearray(archive.read_bytes())
+    header = read_header(archive)
+    offset = compact._TRAILER.unpack(raw[-compact._TRAILER.size :])[0]
+    bitmask = next(p for f in header.files for p in f.parts if isinstance(p, BitmaskTensor))
+    at = {
+        "data": bitmask.values.offset + 5,
+        "mask": bitmask.mask.offset + 3,
+        "header": offset + 10,
+        "preamble": 1,
+        "trailer": len(raw) - 2,
+    }[where]
+    raw[at] ^= 0x10
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=message):
+        unpack(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", archive.name]  # no scratch
+
+
+@pytest.mark.parametrize(
+    ("keep", "message"),
+    [
+        (0, "not an OptiShear compact archive"),
+        (5, "is truncated"),
+        (16, "is truncated"),
+        (40, "is truncated"),
+        (0.5, "no end marker"),
+        (-1, "no end marker"),
+        (-56, "no end marker"),  # the whole trailer gone
+    ],
+)
+def test_truncated_archive_is_refused(archive, tmp_path, keep, message) -> None:
+    raw = archive.read_bytes()
+    n = int(len(raw) * keep) if isinstance(keep, float) else keep % len(raw)
+    archive.write_bytes(raw[:n])
+    with pytest.raises(DataError, match=message):
+        unpack(archive, tmp_path / "out")
+
+
+def test_foreign_files_are_refused(tmp_path) -> None:
+    (tmp_path / "f.txt").write_text("hello")
+    (tmp_path / "f.txt").rename(tmp_path / "f.bin")
+    with pytest.raises(DataError, match="not an OptiShear compact archive"):
+        unpack(tmp_path / "f.bin", tmp_path / "out")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x").write_text("x")
+    write_archive(tmp_path / "d", tmp_path / "d.tar")
+    with pytest.raises(DataError, match="it is a tar"):
+        unpack(tmp_path / "d.tar", tmp_path / "out")
+    with pytest.raises(DataError, match="does not exist"):
+        unpack(tmp_path / "missing.oshc", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda h: h["files"][0].update(path="../evil") or h, "unsafe file path"),
+        (lambda h: h["files"][0].update(path="/etc/evil") or h, "unsafe file path"),
+        (lambda h: {**h, "files": [h["files"][0], h["files"][0]]}, "listed twice"),
+        (lambda h: h["files"][0].update(bytes=1) or h, "do not add up"),
+        (lambda h: _first(h, "bitmask").update(nonzero=1) or h, "inconsistent"),
+        (lambda h: _first(h, "raw")["data"].update(offset=10**12) or h, "outside the data area"),
+        (lambda h: _first(h, "raw").update(encoding="zstd") or h, "invalid header"),
+        (lambda h: {**h, "format": "other"}, "invalid header"),
+    ],
+)
+def test_inconsistent_header_is_refused(archive, tmp_path, edit, message) -> None:
+    _rewrite_header(archive, edit)
+    with pytest.raises(DataError, match=message):
+        unpack(archive, tmp_path / "out")
+    assert not (tmp_path.parent / "evil").exists()
+
+
+def test_unpack_refuses_a_non_empty_folder_unless_overwrite(archive, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(ConfigError, match="not empty"):
+        unpack(archive, out)
+    assert (out / "keep.txt").read_text() == "user data"
+    unpack(archive, out, overwrite=True)
+    assert not (out / "keep.txt").exists()
+    assert _files(out) == _files(tmp_path / "ckpt")
+
+
+def test_failed_unpack_leaves_the_destination_as_it_was(archive, tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    raw = bytearray(archive.read_bytes())
+    raw[200] ^= 0xFF  # inside the first file's data
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError):
+        unpack(archive, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_pack_refuses_bad_sources(tmp_path) -> None:
+    with pytest.raises(DataError, match="is not a folder"):
+        pack(tmp_path / "missing", tmp_path / "x.oshc")
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"\xff" * 20)
+    with pytest.raises(DataError, match="not a safetensors file"):
+        pack(folder, tmp_path / "x.oshc")
+    with pytest.raises(ConfigError, match="inside the folder"):
+        pack(folder, folder / "x.oshc")
+    (folder / "model.safetensors").unlink()
+    _st_file(folder / "model.safetensors",
+             {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]},
+              "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}}, bytes(24))  # fmt: skip
+    with pytest.raises(DataError, match="overlap"):
+        pack(folder, tmp_path / "x.oshc")
+    assert not (tmp_path / "x.oshc").exists()
+
+
+def test_progress_reports_bytes_to_the_total(archive, tmp_path) -> None:
+    calls: list[tuple[str, int, int | None]] = []
+    unpack(archive, tmp_path / "out", progress=lambda *a: calls.append(a))
+    total = sum(e.bytes for e in read_header(archive).files)
+    assert calls[-1] == ("unpacking ckpt", total, total)
+    assert [c[1] for c in calls] == sorted(c[1] for c in calls)
+    calls.clear()
+    pack(tmp_path / "out", tmp_path / "again.oshc", progress=lambda *a: calls.append(a))
+    assert calls[-1] == ("packing out", total, total)
