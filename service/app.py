@@ -17,9 +17,10 @@ from optishear.errors import OptiShearError
 from service import db
 from service.auth import ApiKeyAuth
 from service.deps import require_api_key
+from service.housekeeping import Housekeeping
 from service.middleware import BodyLimit
 from service.responses import API_ERRORS, RETRY_AFTER, install_openapi
-from service.routes import checkpoints, dashboard, genomes, health, searches
+from service.routes import checkpoints, dashboard, genomes, health, measurements, searches, stats
 from service.schemas import validation_message
 from service.settings import ServiceSettings, get_settings
 from service.store import CheckpointStore
@@ -52,6 +53,8 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
         app.state.write_sessions = db.make_sessions(engine, write=True)
         if (problem := app.state.store.problem()) is not None:
             logger.error("checkpoint store: %s: exports and downloads answer 503", problem)
+        else:  # deletes a crash left half done, files no row owns, retention
+            Housekeeping(app.state.sessions, app.state.store, settings).sweep_quietly()
         if not settings.api_keys and not settings.admin_keys:
             logger.warning(
                 "OPTISHEAR_API_KEYS is not set: the API is open to anyone who can reach it"
@@ -71,8 +74,10 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
     api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=API_ERRORS)
     api.include_router(searches.router)
     api.include_router(checkpoints.router)
+    api.include_router(measurements.router)
     api.include_router(genomes.router)
     api.include_router(health.api)
+    api.include_router(stats.router)
     app.include_router(api)
     app.include_router(health.health)
     app.include_router(dashboard.router)

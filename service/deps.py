@@ -8,9 +8,10 @@ from typing import Annotated, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import UNAUTHORIZED, Principal
+from service.housekeeping import Housekeeping
 from service.settings import ServiceSettings
 from service.store import CheckpointStore
 
@@ -23,6 +24,19 @@ def get_settings(request: Request) -> ServiceSettings:
 def get_store(request: Request) -> CheckpointStore:
     store: CheckpointStore = request.app.state.store
     return store
+
+
+def get_housekeeping(request: Request) -> Housekeeping:
+    """Deletes and the store's numbers (service.housekeeping): they run their own transactions."""
+    return Housekeeping(
+        request.app.state.sessions, request.app.state.store, request.app.state.settings
+    )
+
+
+def get_sessions(request: Request) -> sessionmaker[Session]:
+    """The session factory, for work that runs its own short transactions."""
+    sessions: sessionmaker[Session] = request.app.state.sessions
+    return sessions
 
 
 def get_session(request: Request) -> Iterator[Session]:
@@ -49,6 +63,8 @@ def get_or_404(session: Session, model: type[Row], ident: uuid.UUID, what: str) 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 StoreDep = Annotated[CheckpointStore, Depends(get_store)]
+HousekeepingDep = Annotated[Housekeeping, Depends(get_housekeeping)]
+SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]
 

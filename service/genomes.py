@@ -123,7 +123,7 @@ def apply_metric_from(
     if source is None:
         return spec
     row = session.get(Search, source.search)
-    if row is None or not principal.sees(row.owner):
+    if row is None or not principal.sees(row.owner) or row.deleting_at is not None:
         raise MetricSourceError(f"metric_from.search: no search {source.search}")
     stored = stored_genomes(session=session, search_id=source.search)
     if not stored:
@@ -187,9 +187,11 @@ def list_genomes(
 ) -> GenomePage:
     """Stored genomes, newest search first and best first within each search; `owner`
     given: only those of its searches."""
-    where = []
+    # Only searches no delete has started on (service.housekeeping), and `owner`'s.
+    searches = select(Search.id).where(Search.deleting_at.is_(None))
     if owner is not None:
-        where.append(SearchGenome.search_id.in_(select(Search.id).where(Search.owner == owner)))
+        searches = searches.where(Search.owner == owner)
+    where = [SearchGenome.search_id.in_(searches)]
     if family is not None:
         where.append(SearchGenome.family == family.strip().lower())
     if pattern is not None:

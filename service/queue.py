@@ -1,6 +1,6 @@
 """The durable job queue: atomic claims, leases extended by heartbeats, give-up after N attempts.
 
-A job (a search or a checkpoint export) is claimable when it is queued, or running with an
+A job (a search, a checkpoint export or a measurement of one) is claimable when it is queued, or running with an
 expired lease (its runner died). Postgres locks the chosen row with FOR UPDATE SKIP LOCKED so
 that racing runners pick different jobs; on SQLite the transaction is BEGIN IMMEDIATE (see
 service.db), which serialises claims. On both, the claim itself is a conditional UPDATE that
@@ -16,9 +16,9 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db import utcnow
-from service.tables import Checkpoint, JobStatus, Search
+from service.tables import Checkpoint, JobStatus, Measurement, Search
 
-Job = type[Search] | type[Checkpoint]
+Job = type[Search] | type[Checkpoint] | type[Measurement]
 
 
 def _claimable(model: Job, now: object) -> object:
@@ -68,7 +68,7 @@ def claim(
             return row.id
 
 
-def _give_up(row: Search | Checkpoint, max_attempts: int, now: object) -> bool:
+def _give_up(row: Search | Checkpoint | Measurement, max_attempts: int, now: object) -> bool:
     """A job whose runner vanished: end it when cancelled or out of attempts."""
     if isinstance(row, Search) and row.cancel_requested:
         row.status = JobStatus.CANCELLED

@@ -169,8 +169,9 @@ def list_searches(
     *, session: Session, owner: str | None, status: str | None, limit: int, offset: int
 ) -> tuple[list[Search], int]:
     """A page of searches, newest first; `owner` None: everyone's."""
-    query = select(Search)
-    count = select(func.count()).select_from(Search)
+    # A search being deleted (service.housekeeping) is no longer listed.
+    query = select(Search).where(Search.deleting_at.is_(None))
+    count = select(func.count()).select_from(Search).where(Search.deleting_at.is_(None))
     if owner is not None:
         query = query.where(Search.owner == owner)
         count = count.where(Search.owner == owner)
@@ -326,6 +327,7 @@ def _live_checkpoint(session: Session, candidate_id: uuid.UUID) -> Checkpoint | 
         .where(
             Checkpoint.candidate_id == candidate_id,
             Checkpoint.status.in_([JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED]),
+            Checkpoint.deleting_at.is_(None),
         )
         .order_by(Checkpoint.created_at)
     ).first()
@@ -382,7 +384,7 @@ def checkpoints(
     rows = session.execute(
         select(Checkpoint, CandidateRow.key)
         .join(CandidateRow, CandidateRow.id == Checkpoint.candidate_id)
-        .where(Checkpoint.search_id == search_id)
+        .where(Checkpoint.search_id == search_id, Checkpoint.deleting_at.is_(None))
         .order_by(Checkpoint.created_at, Checkpoint.id)
     ).all()
     return [checkpoint_read(c, candidate_key=key, store=store) for c, key in rows]

@@ -280,3 +280,47 @@ class Message(BaseModel):
 class Health(BaseModel):
     status: str
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+# -- the checkpoint store (GET /api/stats; service.housekeeping) ----------------------------------
+class StatusCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class StoreUsage(BaseModel):
+    recorded_bytes: int = Field(
+        description="the succeeded checkpoints' archives (tar and compact) as the database "
+        "records their sizes"
+    )
+    disk_bytes: int = Field(
+        description="bytes on disk: the whole store folder (admin key or open API: staging "
+        "folders included), else the caller's own archives"
+    )
+    archives: int = Field(description="tar archives on disk")
+    compact_archives: int = Field(description="compact archives on disk (built on download)")
+    staging_bytes: int = Field(
+        description="runners' export staging folders (whole store only; else 0)"
+    )
+
+
+class RetentionRead(BaseModel):
+    keep_checkpoints: int | None = Field(
+        description="OPTISHEAR_KEEP_CHECKPOINTS: the newest N succeeded checkpoints are kept"
+    )
+    store_max_bytes: int | None = Field(
+        description="OPTISHEAR_STORE_MAX_BYTES: the oldest are deleted beyond this size"
+    )
+
+
+class StatsRead(BaseModel):
+    scope: Literal["all", "own"] = Field(
+        description="all: every search (admin key or open API); own: the caller's"
+    )
+    store: StoreUsage
+    searches: StatusCounts
+    checkpoints: StatusCounts
+    retention: RetentionRead

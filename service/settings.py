@@ -52,6 +52,15 @@ class ServiceSettings(BaseSettings):
     startup_wait_seconds: float = Field(default=60.0, ge=0)
     # A runner retries a write through a database outage this long, keeping its job.
     db_retry_seconds: float = Field(default=900.0, ge=0)
+    # Retention of the checkpoint store (service.housekeeping), applied after each export
+    # and by every sweep; None: no limit. Keep the newest N succeeded checkpoints, and/or
+    # delete the oldest until their archives fit in this many bytes (the newest always stays).
+    keep_checkpoints: int | None = Field(default=None, ge=1)
+    store_max_bytes: int | None = Field(default=None, ge=1)
+    # Measurements (service.measurements): a folder of local lm-eval task YAMLs that requests
+    # may name besides the hub's tasks, and the device the runner measures on.
+    task_path: Path | None = None
+    measure_device: str = "auto"
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

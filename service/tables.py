@@ -96,6 +96,9 @@ class Search(_Job, Base):
     # on any machine, resumes from it. Deferred: status polls never load it.
     state: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    # Set when a delete starts (service.housekeeping): the API shows it no more, and whoever
+    # finishes the delete removes its files, then its rows.
+    deleting_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Generation(Base):
@@ -171,7 +174,7 @@ class SearchGenome(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-ACTIVE_EXPORT = "status IN ('queued', 'running', 'succeeded')"
+ACTIVE_EXPORT = "status IN ('queued', 'running', 'succeeded') AND deleting_at IS NULL"
 
 
 class Checkpoint(_Job, Base):
@@ -205,6 +208,11 @@ class Checkpoint(_Job, Base):
     progress_total: Mapped[int | None] = mapped_column(Integer)
     progress_stage: Mapped[str | None] = mapped_column(String(64))
     eta_s: Mapped[float | None] = mapped_column(Float)
+    # Housekeeping (migration 0008): a delete in progress, and the compact archive
+    # (`<id>.compact`, built on the first ?format=compact download) once it is in the store.
+    deleting_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    compact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    compact_sha256: Mapped[str | None] = mapped_column(String(64))
 
 
 class RunnerRow(Base):
@@ -218,3 +226,18 @@ class RunnerRow(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     job: Mapped[str | None] = mapped_column(String(64))
+
+
+class Measurement(_Job, Base):
+    """A measurement of an exported checkpoint, queued like an export: downstream task
+    accuracy (lm-evaluation-harness) or prefill/decode speed against the dense model."""
+
+    __tablename__ = "measurements"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    checkpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("checkpoints.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))  # "tasks" or "speed"
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    result: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)

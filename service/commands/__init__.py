@@ -1,4 +1,4 @@
-"""`optishear serve`, `optishear worker`, `optishear run` and `optishear db upgrade|downgrade`.
+"""`optishear serve`, `worker`, `run`, `db upgrade|downgrade` and `store` (service/commands/).
 
 Registered through the `optishear.commands` entry point, so the library never imports the
 service. Heavy imports happen inside the handlers: building the parser stays cheap. The
@@ -16,6 +16,7 @@ from optishear.cli.flags import add_config_flags
 from optishear.errors import OptiShearError
 from service.commands.run import run_command
 from service.commands.serve import db_command, serve_command, worker_command
+from service.commands.store import register as register_store
 from service.schemas import SearchCreate
 
 
@@ -74,6 +75,8 @@ def register(sub: Any) -> None:
     dbp.add_argument("action", choices=("upgrade", "downgrade"))
     dbp.add_argument("revision", nargs="?", default=None, help="default head / base")
     dbp.set_defaults(plugin_handler=db_command)
+
+    register_store(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Searches: submit, list, read, front, population, generations, cancel, export, exports."""
+"""Searches: submit, list, read, front, population, generations, cancel, delete, export,
+exports."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from optishear.errors import ConfigError
 from optishear.settings import LibrarySettings
 from service import genomes, repository
 from service.deps import (
+    HousekeepingDep,
     PrincipalDep,
     SessionDep,
     SettingsDep,
@@ -21,6 +23,7 @@ from service.deps import (
     get_or_404,
     visible_or_404,
 )
+from service.housekeeping import HousekeepingError
 from service.responses import RETRY_AFTER, ValidationProblem
 from service.schemas import (
     CheckpointCreate,
@@ -45,12 +48,17 @@ NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
 def search_or_404(search_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> Search:
     search = get_or_404(session, Search, search_id, "search")
     visible_or_404(principal, search.owner, "search", search_id)
+    if search.deleting_at is not None:  # a delete has started (service.housekeeping)
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"search {search_id} not found")
     return search
 
 
 def search_for_write(
     search_id: uuid.UUID, session: WriteSessionDep, principal: PrincipalDep
 ) -> Search:
+    # Locked (Postgres; SQLite's write transactions are serial anyway): a delete of this
+    # search and this request take turns, so no export is queued for a search being deleted.
+    session.get(Search, search_id, with_for_update=True)
     return search_or_404(search_id, session, principal)
 
 
@@ -206,6 +214,28 @@ def cancel_search(search: WritableSearchDep, session: WriteSessionDep) -> Search
             status.HTTP_409_CONFLICT, f"search {search.id} has already finished ({search.status})"
         )
     return repository.search_read(search)
+
+
+@router.delete(
+    "/{search_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={
+        **NOT_FOUND,
+        204: {"description": "deleted, with its checkpoints and their archives"},
+        409: {"model": Message, "description": "queued or running (cancel it first), or exporting"},
+    },
+)
+def delete_search(
+    search_id: uuid.UUID, principal: PrincipalDep, housekeeping: HousekeepingDep
+) -> Response:
+    """Delete a finished search: its generations, front, stored genomes, checkpoints and their
+    archives (the disk is reclaimed). Cancel a queued or running search first."""
+    try:
+        housekeeping.delete_search(search_id, principal)
+    except HousekeepingError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(

@@ -20,14 +20,17 @@ from sqlalchemy.orm import Session
 from optishear.data import evaluation_stream, sample_calibration
 from optishear.evaluate import perplexity
 from optishear.export import export_checkpoint, measured_sparsity, write_archive
+from optishear.held_out import HeldOutComparison, manifest_comparison
 from optishear.hf import load_model, torch_dtype
 from optishear.prune import prune_candidate
 from service import queue, repository
+from service.housekeeping import Housekeeping
 from service.runner import retry
 from service.runner.errors import LeaseLostError
 from service.runner.search_job import ensure_assets
 from service.runner.staging import staging_folder
 from service.schemas import SearchCreate
+from service.store import CheckpointStore
 from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
 if TYPE_CHECKING:
@@ -38,19 +41,27 @@ logger = logging.getLogger(__name__)
 
 
 def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
-    def read(session: Session) -> tuple[SearchCreate, Candidate, dict[str, Any], uuid.UUID]:
+    def read(
+        session: Session,
+    ) -> tuple[SearchCreate, Candidate, dict[str, Any], uuid.UUID, HeldOutComparison | None]:
         ckpt = session.get_one(Checkpoint, checkpoint_id)
         row = session.get_one(CandidateRow, ckpt.candidate_id)
         search = session.get_one(Search, ckpt.search_id)
         stored = {"id": str(row.id), "key": row.key, "genome": row.genome}
+        outcome = repository.outcome(search.result)
+        # The search's held-out comparison was measured on its recommended model: this one.
+        compared = outcome.held_out if outcome is not None and row.recommended else None
         return (
             SearchCreate.model_validate(search.request),
             repository.candidate_read(row).candidate(),
             stored,
             ckpt.search_id,
+            compared,
         )
 
-    request, candidate, stored, search_id = runner.write(read, f"reading export {checkpoint_id}")
+    request, candidate, stored, search_id, compared = runner.write(
+        read, f"reading export {checkpoint_id}"
+    )
     # The store is checked (a staging folder made in it) before the model is loaded.
     with staging_folder(runner) as (store, tmp):
         library = runner.library
@@ -85,6 +96,7 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
                 "candidate": stored,
                 "prune": _untimed(report.to_dict()),
                 "eval": _untimed(ppl.to_dict()),
+                "held_out_comparison": manifest_comparison(compared),
             },
         )
         final = store / f"{checkpoint_id}.tar"
@@ -111,6 +123,11 @@ def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
 
     runner.write(finish, f"storing export {checkpoint_id}")
     logger.info("checkpoint %s exported (%d bytes)", checkpoint_id, size)
+    # Retention (OPTISHEAR_KEEP_CHECKPOINTS, OPTISHEAR_STORE_MAX_BYTES) never takes this one.
+    housekeeping = Housekeeping(
+        runner.sessions, CheckpointStore.of(runner.settings), runner.settings
+    )
+    housekeeping.after_export(checkpoint_id)
 
 
 class ExportProgressWriter:

@@ -19,19 +19,23 @@ from optishear.errors import OptiShearError
 from optishear.settings import LibrarySettings
 from service import db, queue
 from service.db import utcnow
+from service.housekeeping import Housekeeping
 from service.runner import retry, staging
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.export_job import run_export
+from service.runner.measure_job import run_measurement
 from service.runner.search_job import run_search_job
 from service.settings import ServiceSettings
-from service.tables import Checkpoint, JobStatus, RunnerRow, Search
+from service.store import CheckpointStore
+from service.tables import Checkpoint, JobStatus, Measurement, RunnerRow, Search
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class QueueRunner:
-    """Works the queue: checkpoint exports first (short, someone waits), then searches."""
+    """Works the queue: checkpoint exports first (short, someone waits), then measurements of
+    exported checkpoints, then searches."""
 
     def __init__(
         self,
@@ -46,7 +50,7 @@ class QueueRunner:
         self.library = library or LibrarySettings()
         self.id = runner_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stop = threading.Event()
-        self._job: tuple[type[Search | Checkpoint], uuid.UUID] | None = None
+        self._job: tuple[type[Search | Checkpoint | Measurement], uuid.UUID] | None = None
         self.lost = threading.Event()  # set by the heartbeat when another runner took the job
 
     # -- liveness ---------------------------------------------------------------------------
@@ -87,6 +91,10 @@ class QueueRunner:
         """Claim and run jobs until `stop` is set (or, with until_idle, the queue is empty)."""
         self.register()
         staging.sweep(self)  # what runners killed mid-export left in the store
+        # Deletes a crash left half done, archives no row owns, retention (service.housekeeping).
+        Housekeeping(
+            self.sessions, CheckpointStore.of(self.settings), self.settings
+        ).sweep_quietly()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         logger.info("runner %s working the queue", self.id)
@@ -113,7 +121,8 @@ class QueueRunner:
 
     def run_once(self) -> bool:
         """Claim one job and run it; False when the queue had nothing to claim."""
-        for model, work in ((Checkpoint, run_export), (Search, run_search_job)):
+        jobs = ((Checkpoint, run_export), (Measurement, run_measurement), (Search, run_search_job))
+        for model, work in jobs:
             job_id = queue.claim(
                 self.sessions,
                 model,

@@ -17,6 +17,7 @@ from service.tables import JobStatus
 
 # `expect` and `page` come from conftest.py: without Chromium these tests skip, or fail under CI.
 
+TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
 UUID = r"[0-9a-f-]{36}"
 
 
@@ -47,7 +48,7 @@ def _fill_tiny_search(page, tiny: Path, **fields: str) -> None:
 def test_submit_watch_front_export_download(
     make_service, page, expect, artifacts, tiny_model_dir, tmp_path, request, key
 ) -> None:
-    server = make_service(runner=False, api_keys=key or ())
+    server = make_service(runner=False, api_keys=key or (), task_path=TASKS, measure_device="cpu")
     headers = {"X-API-Key": key} if key else {}
     api = httpx.Client(base_url=server.url, timeout=30, headers=headers)
     request.addfinalizer(api.close)
@@ -152,6 +153,27 @@ def test_submit_watch_front_export_download(
     data = saved.read_bytes()
     assert len(data) == ck["size_bytes"]
     assert hashlib.sha256(data).hexdigest() == ck["sha256"]
+
+    # Measure the export from the page: the offline local lm-eval task, then speed.
+    panel = page.locator(f'#measurements[data-checkpoint="{cid}"]')
+    panel.locator("#tasks-input").fill("optishear_cloze")
+    panel.locator("#tasks-limit").fill("6")
+    panel.locator("#measure-tasks").click()
+    panel.locator("#speed-prompt").fill("32")  # the tiny model has 128 positions
+    panel.locator("#measure-speed").click()
+    tasks = panel.locator('.measurement[data-kind="tasks"]')
+    expect(tasks.locator(".badge")).to_have_text("succeeded", timeout=120_000)
+    measured = api.get(f"/api/checkpoints/{cid}/measurements").json()
+    acc = next(
+        s for s in measured[0]["result"]["scores"] if s["task"] == "optishear_cloze"
+        and s["metric"] == "acc"
+    )  # fmt: skip
+    row = tasks.locator('tr[data-task="optishear_cloze"][data-metric="acc"]')
+    expect(row).to_contain_text(f"{acc['value']:.4g}")
+    speed = panel.locator('.measurement[data-kind="speed"]')
+    expect(speed.locator(".badge")).to_have_text("succeeded", timeout=120_000)
+    expect(speed.locator("tr[data-variant=pruned]")).to_have_count(2)  # batch sizes 1 and 8
+    expect(speed.locator(".kernel-note")).to_contain_text("no sparse kernel")
 
     page.screenshot(
         path=artifacts / f"dashboard-finished-search-{request.node.callspec.id}.png", full_page=True
@@ -313,3 +335,50 @@ def test_form_sends_the_allocation_settings(make_service, page, expect, tiny_mod
     page.fill("#front-high", "")
     page.click("#submit")
     expect(page.locator("#form-error")).to_contain_text("two numbers")
+
+
+def test_delete_a_checkpoint_then_the_search_from_the_page(make_service, page, expect) -> None:
+    """Delete buttons ask first, call the API and refresh; the header shows the store's size."""
+    server = make_service(runner=False)
+    sid, rows = _seed_front_search(server.settings)  # one succeeded export, of rows[3]
+    api = httpx.Client(base_url=server.url, timeout=30)
+    ck = api.get(f"/api/searches/{sid}/checkpoints").json()[0]
+    archive = server.settings.resolved_checkpoint_dir() / f"{ck['id']}.tar"
+    assert archive.is_file()
+    answers = []  # what the next confirm() answers (True: OK)
+    asked = []
+    page.on(
+        "dialog", lambda d: (asked.append(d.message), d.accept() if answers.pop(0) else d.dismiss())
+    )
+
+    page.goto(f"{server.url}/#/search/{sid}")
+    size = page.locator("#store-size")
+    expect(size).to_have_attribute("data-bytes", str(ck["size_bytes"]))
+    expect(size).to_contain_text("store ")
+    page.locator(f'#sparsity-chart .point[data-candidate="{rows[3].id}"] circle').click()
+    expect(page.locator("#download")).to_be_visible()
+    row = page.locator(f'#exports-table tr[data-checkpoint="{ck["id"]}"]')
+
+    answers.append(False)  # Cancel: nothing happens
+    row.locator("button.delete-checkpoint").click()
+    expect(row).to_have_count(1)
+    assert archive.is_file()
+    answers.append(True)
+    row.locator("button.delete-checkpoint").click()
+    expect(page.locator("#exports-table")).to_have_count(0)
+    assert ck["id"] in asked[-1]
+    assert rows[3].key in asked[-1]
+    assert not archive.exists()
+    assert api.get(f"/api/checkpoints/{ck['id']}").status_code == 404
+    # The candidate's panel offers a new export instead of the deleted one's download.
+    expect(page.locator("#download")).to_have_count(0)
+    expect(page.locator("#export-button")).to_be_visible()
+    expect(size).to_have_attribute("data-bytes", "0")
+
+    answers.append(True)
+    page.click("#delete-search")
+    expect(page).to_have_url(re.compile(r"#/$"))
+    expect(page.locator("#search-list")).to_contain_text("No searches yet")
+    assert sid in asked[-1]
+    assert api.get(f"/api/searches/{sid}").status_code == 404
+    api.close()

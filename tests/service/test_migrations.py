@@ -15,7 +15,15 @@ from service import db
 from service.repository import candidate_read
 from service.tables import CandidateRow, Checkpoint, Search
 
-TABLES = {"searches", "generations", "candidates", "checkpoints", "search_genomes", "runners"}
+TABLES = {
+    "searches",
+    "generations",
+    "candidates",
+    "checkpoints",
+    "search_genomes",
+    "runners",
+    "measurements",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -4,7 +4,8 @@
 //
 //   api.js      fetch, ApiError, the API key        state.js   page state, refresh/schedule
 //   dom.js      element helpers                     format.js  numbers, times, names
-//   charts.js   SVG charts                          views/     auth, list, form, search, candidate
+//   charts.js   SVG charts                          views/     auth, list, form, search, candidate,
+//                                                              store (size, deletes), ...
 
 import { api } from "./api.js";
 import { ACTIVE, FAST_POLL_MS, IDLE_POLL_MS, OFFLINE_POLL_MS, refresh, schedule, setPoll, state } from "./state.js";
@@ -13,8 +14,10 @@ import { pollExports } from "./views/candidate.js";
 import { loadModels, setupForm } from "./views/form.js";
 import { renderList } from "./views/list.js";
 import { loadSelected, select } from "./views/search.js";
+import { loadStoreSize } from "./views/store.js";
 
-// Polling: one loop for the list, the selected search and exports in progress.
+// Polling: one loop for the list, the selected search, exports in progress and the store size.
+let storeSizeFor = -1; // the exports version the store size was read for
 async function poll() {
   if (state.running) {
     state.again = true; // coalesce: one request cycle at a time
@@ -30,6 +33,8 @@ async function poll() {
     let busy = state.searches.some((x) => ACTIVE.has(x.status));
     if (state.selectedId) busy = (await loadSelected()) || busy;
     busy = (await pollExports()) || busy;
+    await loadStoreSize({ force: state.exportsVersion !== storeSizeFor }); // an export ended
+    storeSizeFor = state.exportsVersion;
     setConnection(true);
     setBanner(null);
     next = busy && !document.hidden ? FAST_POLL_MS : IDLE_POLL_MS; // a hidden tab polls slowly

@@ -6,6 +6,7 @@ import { blockChart } from "../charts.js";
 import { $, fill, h, progressBar, stat } from "../dom.js";
 import { bytes, duration, fmt, pct, target } from "../format.js";
 import { ACTIVE, refresh, schedule, state } from "../state.js";
+import { measurementsPanel } from "./measurements.js";
 
 function isWanda(g) {
   // The all-identity genome is exactly Wanda's score (README: the meta metric).
@@ -175,6 +176,7 @@ function exportView(c) {
     h("div", { class: "small mono", id: "export-sha" }, `sha256 ${ck.sha256}`),
     link,
     h("span", { id: "download-status", class: "muted small" }),
+    measurementsPanel(ck),
   );
 }
 

@@ -63,7 +63,7 @@ export function heldOutCard(search) {
       bars(cmp.rows),
       h(
         "table",
-        { class: "front-table", id: "heldout-table" },
+        { class: "measure-table", id: "heldout-table" },
         h("thead", {}, h("tr", {}, h("th", {}, "model"), h("th", { class: "num" }, "perplexity"), h("th", { class: "num" }, "sparsity"))),
         h(
           "tbody",

@@ -10,6 +10,7 @@ import { setBanner } from "./auth.js";
 import { heldOutCard } from "./heldout.js";
 import { renderCandidate } from "./candidate.js";
 import { renderList } from "./list.js";
+import { deleteCheckpointButton, deleteSearchButton } from "./store.js";
 
 /** Show search `id` (null: none), loading it on the next poll. */
 export function select(id) {
@@ -81,6 +82,7 @@ export async function loadSelected() {
     setCheckpoints(checkpoints, `${id}:${exportsKey}`);
     renderHeader();
     renderSparsity();
+    renderCandidate(); // its export panel follows an export that finished or was deleted
   } else {
     renderHeader();
   }
@@ -165,6 +167,7 @@ function renderHeader() {
       ACTIVE.has(x.status) && !x.cancel_requested
         ? h("button", { class: "secondary", type: "button", id: "cancel", onclick: () => cancel(x.id) }, "Cancel")
         : null,
+      deleteSearchButton(x),
     ),
     h("div", { class: "muted small mono" }, `search ${x.id}`),
     x.model !== modelLabel(x.model) ? h("div", { class: "muted small mono" }, x.model) : null,
@@ -322,7 +325,7 @@ function exportsTable(exports) {
   return h(
     "table",
     { class: "front-table", id: "exports-table" },
-    h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "exported candidate"), h("th", { class: "num" }, "status"), h("th", { class: "num" }, "sparsity"), h("th", { class: "num" }, "perplexity"))),
+    h("thead", {}, h("tr", {}, h("th", {}, ""), h("th", {}, "exported candidate"), h("th", { class: "num" }, "status"), h("th", { class: "num" }, "sparsity"), h("th", { class: "num" }, "perplexity"), h("th", {}, ""))),
     h(
       "tbody",
       {},
@@ -340,6 +343,7 @@ function exportsTable(exports) {
           h("td", { class: "num" }, e.status),
           h("td", { class: "num" }, pct(e.sparsity)),
           h("td", { class: "num" }, fmt(e.perplexity)),
+          h("td", { class: "num" }, deleteCheckpointButton(e)),
         ),
       ),
     ),

@@ -1,0 +1,743 @@
+"""Keeping the checkpoint store tidy: deletes, retention, the sweep, and what the store holds.
+
+One implementation for the API (DELETE routes, GET /api/stats), the runner (the sweep at start,
+retention after each export) and `optishear store`. No torch here: the API imports it.
+
+A delete is two-phase, so that no crash leaves a row pointing to a missing file, nor a file
+without a row:
+
+1. One transaction marks the rows (`deleting_at`): from its commit on, the API answers 404 for
+   them and lists leave them out. Only finished jobs are marked (409 otherwise).
+2. The files are unlinked (`<id>.tar`, `<id>.compact`), then the rows are deleted; a search's
+   row takes its generations, candidates, checkpoints and genomes with it (ON DELETE CASCADE).
+
+A process killed between the steps leaves marked rows, never unmarked files without rows; the
+sweep (at API and runner start, `optishear store sweep`) finishes every marked row, removes
+files that no live row owns, and applies retention.
+
+Genomes: a search's stored genomes (GET /api/genomes, `metric_from`) go with it. A search made
+with `metric_from` holds the expanded genomes in its own request, so it never needs the source's
+rows again; and the library's entries are scoped by their search's owner, which they would lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import islice
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, delete, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from optishear.errors import OptiShearError
+from service import db
+from service.auth import OPEN, Principal
+from service.db import utcnow
+from service.schemas import RetentionRead, StatsRead, StatusCounts, StoreUsage
+from service.settings import ServiceSettings
+from service.store import MISSING, CheckpointStore, StoreFile
+from service.tables import FINISHED, Checkpoint, JobStatus, Measurement, Search
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+STATUSES = frozenset(s.value for s in JobStatus)
+MARKED = "marked"  # steps, as `step` hears of them (tests stop the process there)
+FILES_REMOVED = "files removed"
+_BATCH = 500  # ids per IN (...) query
+
+
+class HousekeepingError(OptiShearError):
+    """A delete that cannot be done; `status_code` for the API."""
+
+    status_code = 409
+
+
+class NotFoundError(HousekeepingError):
+    status_code = 404
+
+
+class BusyError(HousekeepingError):
+    """The job (or one of its exports) is queued or running."""
+
+    status_code = 409
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What a delete, the sweep or retention removed."""
+
+    searches: int = 0
+    checkpoints: int = 0
+    files: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Removed) -> Removed:
+        return Removed(
+            self.searches + other.searches,
+            self.checkpoints + other.checkpoints,
+            self.files + other.files,
+            self.bytes + other.bytes,
+        )
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    finished: Removed  # deletes a crash had left half done
+    orphans: Removed  # files without a live row
+    retention: Removed
+    lost: int  # succeeded checkpoints whose archive had gone (now failed, as reads show them)
+
+
+@dataclass(frozen=True)
+class CheckpointEntry:
+    id: uuid.UUID
+    status: str
+    created_at: datetime
+    size_bytes: int | None
+    compact_bytes: int | None
+    on_disk: int  # bytes of its files in the store now
+
+
+@dataclass(frozen=True)
+class SearchEntry:
+    id: uuid.UUID
+    status: str
+    model: str
+    created_at: datetime
+    checkpoints: list[CheckpointEntry] = field(default_factory=list)
+
+    @property
+    def on_disk(self) -> int:
+        return sum(c.on_disk for c in self.checkpoints)
+
+
+def _no_step(_name: str) -> None:
+    return None
+
+
+def _batched(items: Iterable[uuid.UUID]) -> Iterator[list[uuid.UUID]]:
+    it = iter(items)
+    while chunk := list(islice(it, _BATCH)):
+        yield chunk
+
+
+def _live_checkpoint() -> ColumnElement[bool]:
+    """A checkpoint no delete has started on, of a search no delete has started on."""
+    return Checkpoint.deleting_at.is_(None) & Search.deleting_at.is_(None)
+
+
+class Housekeeping:
+    """Deletes, retention, the sweep and the store's numbers, on one database and store.
+
+    `sessions` may be read or write sessions (service.db.make_sessions); writes always go
+    through the write flavour. `step(name)` is called after each committed step of a delete
+    (MARKED, FILES_REMOVED): the fault tests stop the process there."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        store: CheckpointStore,
+        settings: ServiceSettings,
+        *,
+        step: Callable[[str], None] = _no_step,
+    ) -> None:
+        self.reads = sessions
+        self.writes = db.for_writing(sessions)
+        self.store = store
+        self.settings = settings
+        self.step = step
+
+    # -- deletes ----------------------------------------------------------------------------
+    def delete_search(self, search_id: uuid.UUID, principal: Principal = OPEN) -> Removed:
+        """Delete a finished search with its exports and their files (404, 409 otherwise)."""
+        with self.writes.begin() as session:
+            # Locked: an export requested at the same moment waits for this (routes/searches).
+            search = session.get(Search, search_id, with_for_update=True)
+            if search is None or search.deleting_at is not None or not principal.sees(search.owner):
+                raise NotFoundError(f"search {search_id} not found")
+            if search.status not in FINISHED:
+                raise BusyError(_busy_search(search))
+            active = session.scalars(
+                select(Checkpoint.id)
+                .where(
+                    Checkpoint.search_id == search_id,
+                    Checkpoint.status.in_(ACTIVE),
+                    Checkpoint.deleting_at.is_(None),
+                )
+                .limit(1)
+            ).first()
+            if active is not None:
+                raise BusyError(
+                    f"search {search_id} has an export in progress (checkpoint {active}): wait "
+                    "for the export to finish, then delete the search"
+                )
+            now = utcnow()
+            search.deleting_at = now
+            session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.search_id == search_id, Checkpoint.deleting_at.is_(None))
+                .values(deleting_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            # After the update: it waited for any measurement request holding a checkpoint.
+            measuring = _measuring(session, Checkpoint.search_id == search_id)
+            if measuring is not None:
+                raise BusyError(
+                    f"search {search_id} has a measurement in progress (checkpoint "
+                    f"{measuring}): wait for it to finish, then delete the search"
+                )
+        self.step(MARKED)
+        removed = self._finish_search(search_id)
+        logger.info(
+            "deleted search %s: %d checkpoints, %d files, %d bytes",
+            search_id,
+            removed.checkpoints,
+            removed.files,
+            removed.bytes,
+        )
+        return removed
+
+    def delete_checkpoint(self, checkpoint_id: uuid.UUID, principal: Principal = OPEN) -> Removed:
+        """Delete a finished export and its files (404, 409 otherwise); its search stays."""
+        with self.writes.begin() as session:
+            ckpt = session.get(Checkpoint, checkpoint_id, with_for_update=True)
+            owner = None
+            if ckpt is not None and ckpt.deleting_at is None:
+                owner = session.execute(
+                    select(Search.owner).where(
+                        Search.id == ckpt.search_id, Search.deleting_at.is_(None)
+                    )
+                ).scalar_one_or_none()
+            if ckpt is None or owner is None or not principal.sees(owner):
+                raise NotFoundError(f"checkpoint {checkpoint_id} not found")
+            if ckpt.status in ACTIVE:
+                raise BusyError(
+                    f"checkpoint {checkpoint_id} is {ckpt.status}: wait for the export to "
+                    "finish, then delete it"
+                )
+            if _measuring(session, Checkpoint.id == checkpoint_id) is not None:
+                raise BusyError(
+                    f"checkpoint {checkpoint_id} is being measured: wait for the measurement "
+                    "to finish, then delete it"
+                )
+            ckpt.deleting_at = utcnow()
+        self.step(MARKED)
+        removed = self._finish_checkpoint(checkpoint_id)
+        logger.info(
+            "deleted checkpoint %s: %d files, %d bytes", checkpoint_id, removed.files, removed.bytes
+        )
+        return removed
+
+    def _finish_search(self, search_id: uuid.UUID) -> Removed:
+        """Phase 2 of a marked search: its checkpoints' files, then its rows."""
+        with self.writes.begin() as session:
+            if session.scalar(select(Search.deleting_at).where(Search.id == search_id)) is None:
+                return Removed()  # finished by someone else, or never marked
+            # Phase 1 refused active exports, and an export request locks the search row; an
+            # export that still got in (none should) is cancelled, or waited for if it runs.
+            session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.search_id == search_id, Checkpoint.status == JobStatus.QUEUED)
+                .values(
+                    status=JobStatus.CANCELLED,
+                    finished_at=utcnow(),
+                    error="its search is being deleted",
+                )
+                .execution_options(synchronize_session=False)
+            )
+            running = session.scalar(
+                select(func.count())
+                .select_from(Checkpoint)
+                .where(Checkpoint.search_id == search_id, Checkpoint.status == JobStatus.RUNNING)
+            )
+            if running or not _settle_measurements(session, Checkpoint.search_id == search_id):
+                logger.warning(
+                    "search %s: an export or measurement is running; the next sweep finishes "
+                    "the delete",
+                    search_id,
+                )
+                return Removed()
+            session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.search_id == search_id, Checkpoint.deleting_at.is_(None))
+                .values(deleting_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            ids = list(
+                session.scalars(select(Checkpoint.id).where(Checkpoint.search_id == search_id))
+            )
+        files = size = 0
+        for checkpoint_id in ids:
+            n, b = self.store.remove(checkpoint_id)
+            files, size = files + n, size + b
+        self.step(FILES_REMOVED)
+        with self.writes.begin() as session:
+            gone = session.execute(
+                delete(Search)
+                .where(Search.id == search_id, Search.deleting_at.is_not(None))
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        return Removed(searches=gone, checkpoints=len(ids) if gone else 0, files=files, bytes=size)
+
+    def _finish_checkpoint(self, checkpoint_id: uuid.UUID) -> Removed:
+        """Phase 2 of a marked checkpoint: its files, then its row."""
+        with self.writes.begin() as session:
+            marked = session.scalar(
+                select(Checkpoint.deleting_at).where(Checkpoint.id == checkpoint_id)
+            )
+            if marked is None:
+                return Removed()
+            if not _settle_measurements(session, Checkpoint.id == checkpoint_id):
+                logger.warning(
+                    "checkpoint %s: a measurement is running; the next sweep finishes the delete",
+                    checkpoint_id,
+                )
+                return Removed()
+        files, size = self.store.remove(checkpoint_id)
+        self.step(FILES_REMOVED)
+        with self.writes.begin() as session:
+            gone = session.execute(
+                delete(Checkpoint)
+                .where(Checkpoint.id == checkpoint_id, Checkpoint.deleting_at.is_not(None))
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        return Removed(checkpoints=gone, files=files, bytes=size)
+
+    def finish_marked(self) -> Removed:
+        """Finish every delete a crash (or a running export) left half done."""
+        with self.reads() as session:
+            searches = list(
+                session.scalars(select(Search.id).where(Search.deleting_at.is_not(None)))
+            )
+            checkpoints = list(
+                session.scalars(
+                    select(Checkpoint.id)
+                    .join(Search, Search.id == Checkpoint.search_id)
+                    .where(Checkpoint.deleting_at.is_not(None), Search.deleting_at.is_(None))
+                )
+            )
+        removed = Removed()
+        for search_id in searches:
+            removed += self._finish_search(search_id)
+        for checkpoint_id in checkpoints:
+            removed += self._finish_checkpoint(checkpoint_id)
+        if searches or checkpoints:
+            logger.info(
+                "finished %d interrupted deletes: %d searches, %d checkpoints, %d bytes",
+                len(searches) + len(checkpoints),
+                removed.searches,
+                removed.checkpoints,
+                removed.bytes,
+            )
+        return removed
+
+    # -- the sweep --------------------------------------------------------------------------
+    def remove_orphans(self) -> Removed:
+        """Remove the store's files that no live row owns.
+
+        The folder is listed before the rows are read: an export's row exists before its file
+        does, so a file listed here whose row is missing, finished without success, or being
+        deleted can belong to nothing. A tar of a queued or running export stays (the export
+        renames it in, then records it). A compact archive's temporary file is removed only
+        while no build holds the store's compact lock."""
+        files = self.store.files()
+        rows = self._rows_of({f.checkpoint_id for f in files})
+        removed = Removed()
+        forget: list[uuid.UUID] = []
+        partials: list[StoreFile] = []
+        for f in files:
+            if f.kind == "compact-partial":
+                partials.append(f)
+                continue
+            row = rows.get(f.checkpoint_id)
+            if row is not None and _owns(row, f):
+                continue
+            size = self.store.unlink(f.path)
+            removed += Removed(files=1, bytes=size)
+            logger.info("removed %s from the store (%d bytes): %s", f.path.name, size, _why(row))
+            if row is not None and f.kind == "tar":
+                forget.append(f.checkpoint_id)
+        if partials:
+            with self.store.compact_lock(wait=False) as held:
+                if held:  # no build is running: every temporary file is a crash's
+                    for f in partials:
+                        size = self.store.unlink(f.path)
+                        removed += Removed(files=1, bytes=size)
+                        logger.info("removed %s, a compact build's leftover", f.path.name)
+        if forget:  # rows that stay (failed, cancelled) name no file any more
+            with self.writes.begin() as session:
+                for chunk in _batched(forget):
+                    session.execute(
+                        update(Checkpoint)
+                        .where(Checkpoint.id.in_(chunk), Checkpoint.status != JobStatus.SUCCEEDED)
+                        .values(file_name=None, compact_bytes=None, compact_sha256=None)
+                        .execution_options(synchronize_session=False)
+                    )
+        return removed
+
+    def _rows_of(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, tuple[str, bool]]:
+        """(status, live) of these checkpoints, where rows exist."""
+        rows: dict[uuid.UUID, tuple[str, bool]] = {}
+        with self.reads() as session:
+            for chunk in _batched(ids):
+                for ident, status, ck_deleting, search_deleting in session.execute(
+                    select(
+                        Checkpoint.id, Checkpoint.status, Checkpoint.deleting_at, Search.deleting_at
+                    )
+                    .join(Search, Search.id == Checkpoint.search_id)
+                    .where(Checkpoint.id.in_(chunk))
+                ):
+                    rows[ident] = (status, ck_deleting is None and search_deleting is None)
+        return rows
+
+    def forget_lost_archives(self) -> int:
+        """Succeeded checkpoints whose archive left the store (by hand) become failed, as the
+        API already shows them; their compact archive goes too. Returns how many."""
+        with self.reads() as session:
+            ids = list(
+                session.scalars(
+                    select(Checkpoint.id)
+                    .join(Search, Search.id == Checkpoint.search_id)
+                    .where(Checkpoint.status == JobStatus.SUCCEEDED, _live_checkpoint())
+                )
+            )
+        # Checked after the read: a row read as succeeded had its file before it committed.
+        lost = [i for i in ids if self.store.archive(i) is None]
+        n = 0
+        for checkpoint_id in lost:
+            with self.writes.begin() as session:
+                done = session.execute(
+                    update(Checkpoint)
+                    .where(
+                        Checkpoint.id == checkpoint_id,
+                        Checkpoint.status == JobStatus.SUCCEEDED,
+                        Checkpoint.deleting_at.is_(None),
+                    )
+                    .values(
+                        status=JobStatus.FAILED,
+                        error=MISSING,
+                        file_name=None,
+                        compact_bytes=None,
+                        compact_sha256=None,
+                    )
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+            if done:
+                self.store.remove(checkpoint_id)  # its compact archive, if one was built
+                logger.warning(
+                    "checkpoint %s: its archive is missing; marked failed", checkpoint_id
+                )
+                n += 1
+        return n
+
+    def sweep(self) -> SweepReport:
+        """Finish interrupted deletes, remove orphan files, mark lost archives, apply retention."""
+        finished = self.finish_marked()
+        orphans = self.remove_orphans()
+        lost = self.forget_lost_archives()
+        retention = self.apply_retention()
+        return SweepReport(finished=finished, orphans=orphans, retention=retention, lost=lost)
+
+    def sweep_quietly(self) -> SweepReport | None:
+        """The sweep at start-up: a database or store problem is logged, never raised."""
+        try:
+            return self.sweep()
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("checkpoint store sweep skipped: %s", exc)
+            return None
+
+    # -- retention --------------------------------------------------------------------------
+    def apply_retention(self, *, protect: Collection[uuid.UUID] = ()) -> Removed:
+        """OPTISHEAR_KEEP_CHECKPOINTS and OPTISHEAR_STORE_MAX_BYTES: the oldest succeeded
+        checkpoints beyond either limit are deleted (two-phase). The newest one, and those in
+        `protect` (the export just made), always stay. A download already in progress still
+        completes: an open file outlives its unlink."""
+        keep, cap = self.settings.keep_checkpoints, self.settings.store_max_bytes
+        if keep is None and cap is None:
+            return Removed()
+        finished = func.coalesce(Checkpoint.finished_at, Checkpoint.created_at)
+        with self.reads() as session:
+            live = session.execute(
+                select(Checkpoint.id, Checkpoint.size_bytes, Checkpoint.compact_bytes, finished)
+                .join(Search, Search.id == Checkpoint.search_id)
+                .where(Checkpoint.status == JobStatus.SUCCEEDED, _live_checkpoint())
+                .order_by(finished.desc(), Checkpoint.id.desc())
+            ).all()
+            measured = set(
+                session.scalars(
+                    select(Measurement.checkpoint_id).where(Measurement.status.in_(ACTIVE))
+                )
+            )
+        if not live:
+            return Removed()
+        sizes = {row[0]: (row[1] or 0) + (row[2] or 0) for row in live}
+        newest = [row[0] for row in live]  # newest first
+        protected = {newest[0], *protect, *measured}  # being measured: kept for now
+        victims = _retention_victims(newest, sizes, keep, cap, protected)
+        now = utcnow()
+        marked: list[uuid.UUID] = []
+        with self.writes.begin() as session:
+            for checkpoint_id, _why_deleted in victims:
+                if session.execute(
+                    update(Checkpoint)
+                    .where(
+                        Checkpoint.id == checkpoint_id,
+                        Checkpoint.status == JobStatus.SUCCEEDED,
+                        Checkpoint.deleting_at.is_(None),
+                    )
+                    .values(deleting_at=now)
+                    .execution_options(synchronize_session=False)
+                ).rowcount:
+                    marked.append(checkpoint_id)
+        if not marked:
+            return Removed()
+        self.step(MARKED)
+        reasons = dict(victims)
+        removed = Removed()
+        for checkpoint_id in marked:
+            done = self._finish_checkpoint(checkpoint_id)
+            removed += done
+            logger.info(
+                "retention deleted checkpoint %s (%d bytes): %s",
+                checkpoint_id,
+                done.bytes,
+                reasons[checkpoint_id],
+            )
+        return removed
+
+    def after_export(self, checkpoint_id: uuid.UUID) -> Removed | None:
+        """The runner, after each export: deletes it held up (a search's delete waits for its
+        exports), then retention, which never takes this export. A failure is logged: the
+        export itself has succeeded."""
+        try:
+            return self.finish_marked() + self.apply_retention(protect={checkpoint_id})
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("retention skipped: %s", exc)
+            return None
+
+    # -- what the store holds ---------------------------------------------------------------
+    def stats(self, principal: Principal = OPEN) -> StatsRead:
+        """Searches and checkpoints by status, the store's bytes, the retention settings:
+        everyone's for an admin (or the open API), else the caller's own."""
+        owner = None if principal.admin else principal.owner
+        mine = [] if owner is None else [Search.owner == owner]
+        with self.reads() as session:
+            searches = dict(
+                session.execute(
+                    select(Search.status, func.count())
+                    .where(Search.deleting_at.is_(None), *mine)
+                    .group_by(Search.status)
+                ).all()
+            )
+            checkpoints: dict[str, int] = {}
+            recorded = 0
+            for status, count, tar_bytes, compact_bytes in session.execute(
+                select(
+                    Checkpoint.status,
+                    func.count(),
+                    func.coalesce(func.sum(Checkpoint.size_bytes), 0),
+                    func.coalesce(func.sum(Checkpoint.compact_bytes), 0),
+                )
+                .join(Search, Search.id == Checkpoint.search_id)
+                .where(_live_checkpoint(), *mine)
+                .group_by(Checkpoint.status)
+            ):
+                checkpoints[status] = int(count)
+                if status == JobStatus.SUCCEEDED:
+                    recorded = int(tar_bytes) + int(compact_bytes)
+            own_ids = (
+                []
+                if owner is None
+                else list(
+                    session.scalars(
+                        select(Checkpoint.id)
+                        .join(Search, Search.id == Checkpoint.search_id)
+                        .where(_live_checkpoint(), *mine)
+                    )
+                )
+            )
+        if owner is None:
+            disk = self.store.usage()
+            usage = StoreUsage(
+                recorded_bytes=recorded,
+                disk_bytes=disk.bytes,
+                archives=disk.archives,
+                compact_archives=disk.compact_archives,
+                staging_bytes=disk.staging_bytes,
+            )
+        else:
+            tars = [p for i in own_ids if (p := self.store.archive(i)) is not None]
+            compacts = [p for i in own_ids if (p := self.store.compact(i)) is not None]
+            usage = StoreUsage(
+                recorded_bytes=recorded,
+                disk_bytes=sum(_size(p) for p in (*tars, *compacts)),
+                archives=len(tars),
+                compact_archives=len(compacts),
+                staging_bytes=0,
+            )
+        return StatsRead(
+            scope="all" if owner is None else "own",
+            store=usage,
+            searches=StatusCounts(**{k: v for k, v in searches.items() if k in STATUSES}),
+            checkpoints=StatusCounts(**{k: v for k, v in checkpoints.items() if k in STATUSES}),
+            retention=RetentionRead(
+                keep_checkpoints=self.settings.keep_checkpoints,
+                store_max_bytes=self.settings.store_max_bytes,
+            ),
+        )
+
+    def inventory(self) -> list[SearchEntry]:
+        """Every search (newest first) with its checkpoints and their bytes on disk, for
+        `optishear store list`; rows being deleted are left out."""
+        with self.reads() as session:
+            searches = session.execute(
+                select(Search.id, Search.status, Search.model, Search.created_at)
+                .where(Search.deleting_at.is_(None))
+                .order_by(Search.created_at.desc(), Search.id)
+            ).all()
+            by_search: dict[uuid.UUID, list[CheckpointEntry]] = {}
+            for row in session.execute(
+                select(
+                    Checkpoint.search_id,
+                    Checkpoint.id,
+                    Checkpoint.status,
+                    Checkpoint.created_at,
+                    Checkpoint.size_bytes,
+                    Checkpoint.compact_bytes,
+                )
+                .join(Search, Search.id == Checkpoint.search_id)
+                .where(_live_checkpoint())
+                .order_by(Checkpoint.created_at, Checkpoint.id)
+            ):
+                by_search.setdefault(row[0], []).append(
+                    CheckpointEntry(
+                        id=row[1],
+                        status=row[2],
+                        created_at=row[3],
+                        size_bytes=row[4],
+                        compact_bytes=row[5],
+                        on_disk=self._on_disk(row[1]),
+                    )
+                )
+        return [
+            SearchEntry(
+                id=s[0],
+                status=s[1],
+                model=s[2],
+                created_at=s[3],
+                checkpoints=by_search.get(s[0], []),
+            )
+            for s in searches
+        ]
+
+    def _on_disk(self, checkpoint_id: uuid.UUID) -> int:
+        paths = (self.store.archive(checkpoint_id), self.store.compact(checkpoint_id))
+        return sum(_size(p) for p in paths if p is not None)
+
+
+def _measuring(session: Session, checkpoints: ColumnElement[bool]) -> uuid.UUID | None:
+    """A checkpoint (of those selected) with a queued or running measurement, if any."""
+    return session.scalars(
+        select(Measurement.checkpoint_id)
+        .join(Checkpoint, Checkpoint.id == Measurement.checkpoint_id)
+        .where(checkpoints, Measurement.status.in_(ACTIVE))
+        .limit(1)
+    ).first()
+
+
+def _settle_measurements(session: Session, checkpoints: ColumnElement[bool]) -> bool:
+    """Phase 2's guard: queued measurements of these (marked) checkpoints are cancelled; False
+    while one runs (it reads the tar). Phase 1 refused both; this covers a request that got in
+    after it."""
+    ids = select(Checkpoint.id).where(checkpoints).scalar_subquery()
+    session.execute(
+        update(Measurement)
+        .where(Measurement.checkpoint_id.in_(ids), Measurement.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.CANCELLED,
+            finished_at=utcnow(),
+            error="its checkpoint is being deleted",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    running = session.scalar(
+        select(func.count())
+        .select_from(Measurement)
+        .where(Measurement.checkpoint_id.in_(ids), Measurement.status == JobStatus.RUNNING)
+    )
+    return not running
+
+
+def _busy_search(search: Search) -> str:
+    cancel = f"POST /api/searches/{search.id}/cancel"
+    if search.status == JobStatus.QUEUED:
+        return f"search {search.id} is queued: cancel it first ({cancel}), then delete it"
+    if search.cancel_requested:
+        return f"search {search.id} is stopping after a cancel: delete it once it has stopped"
+    return (
+        f"search {search.id} is running: cancel it first ({cancel}) and delete it once it "
+        "has stopped"
+    )
+
+
+def _owns(row: tuple[str, bool], f: StoreFile) -> bool:
+    """Whether a checkpoint row (status, live) owns this file of the store."""
+    status, live = row
+    if not live:
+        return False
+    if f.kind == "tar":  # queued or running: an export renames its tar in, then records it
+        return status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
+    return status == JobStatus.SUCCEEDED
+
+
+def _why(row: tuple[str, bool] | None) -> str:
+    if row is None:
+        return "no checkpoint has this id"
+    status, live = row
+    return "its checkpoint is being deleted" if not live else f"its checkpoint is {status}"
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _retention_victims(
+    newest_first: Sequence[uuid.UUID],
+    sizes: dict[uuid.UUID, int],
+    keep: int | None,
+    cap: int | None,
+    protected: Collection[uuid.UUID],
+) -> list[tuple[uuid.UUID, str]]:
+    """The checkpoints retention deletes, oldest first, each with why."""
+    victims: dict[uuid.UUID, str] = {}
+    if keep is not None:
+        for checkpoint_id in newest_first[keep:]:
+            if checkpoint_id not in protected:
+                victims[checkpoint_id] = f"beyond the newest {keep} (OPTISHEAR_KEEP_CHECKPOINTS)"
+    if cap is not None:
+        left = [c for c in newest_first if c not in victims]
+        total = sum(sizes[c] for c in left)
+        for checkpoint_id in reversed(left):  # oldest first
+            if total <= cap:
+                break
+            if checkpoint_id in protected:
+                continue
+            victims[checkpoint_id] = f"the store is over {cap} bytes (OPTISHEAR_STORE_MAX_BYTES)"
+            total -= sizes[checkpoint_id]
+        if total > cap:
+            logger.warning(
+                "retention: the checkpoints it must keep hold %d bytes, over the %d-byte cap",
+                total,
+                cap,
+            )
+    order = {c: i for i, c in enumerate(reversed(newest_first))}
+    return sorted(victims.items(), key=lambda item: order[item[0]])
