@@ -1,4 +1,4 @@
-"""The `optishear` command line: assets pull, prune, eval, compare, search (+ service commands).
+"""The `optishear` command line: assets, prune, eval, compare, search, pack, unpack (+ service).
 
 Flags of every setting are generated from optishear.config (optishear.cli.flags); the service
 adds serve, worker, run and db through the `optishear.commands` entry point, so the library
@@ -19,7 +19,7 @@ from typing import Any
 import transformers
 
 from optishear.assets import DEFAULT_MODELS, pull_assets
-from optishear.cli import prune_cmds, search_cmd
+from optishear.cli import compact_cmds, eval_cmd, prune_cmds, search_cmd, speed_cmd
 from optishear.cli.progress import Bars
 from optishear.errors import OptiShearError
 from optishear.settings import LibrarySettings
@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     pull.set_defaults(handler=_run_assets)
 
     prune_cmds.register(sub)
+    eval_cmd.register(sub)
     search_cmd.register(sub)
+    compact_cmds.register(sub)
+    speed_cmd.register(sub)
     _add_plugin_commands(sub)
     return parser
 

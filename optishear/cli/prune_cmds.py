@@ -1,4 +1,4 @@
-"""`optishear prune`, `optishear eval` and `optishear compare`: one method at a time, by hand."""
+"""`optishear prune` and `optishear compare`: one method at a time, by hand (eval: eval_cmd)."""
 
 from __future__ import annotations
 
@@ -50,13 +50,6 @@ def register(sub: Any) -> None:
     prune.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prune.add_argument("--json", action="store_true", help="print the report as JSON")
     prune.set_defaults(handler=run_prune)
-
-    ev = sub.add_parser("eval", help="held-out perplexity of a model")
-    add_runtime_flags(ev)
-    add_dtype_flag(ev)
-    add_config_flags(ev, EvaluationConfig, prefix="evaluation.")
-    ev.add_argument("--json", action="store_true")
-    ev.set_defaults(handler=run_eval)
 
     cmp_ = sub.add_parser("compare", help="prune with several methods and print a table")
     add_runtime_flags(cmp_)
@@ -141,21 +134,6 @@ def _print_prune_summary(report: PruneReport, result: dict[str, Any]) -> None:
         )
     if "checkpoint" in result:
         print(f"checkpoint written to {result['checkpoint']['path']}")
-
-
-def run_eval(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
-    eval_cfg = config_from_flags(EvaluationConfig, args, "evaluation.")
-    ensure_assets(settings, bars, args.model, eval_cfg.text)
-    model, tokenizer, _, _ = _load(args, settings)
-    ppl = held_out(model, tokenizer, eval_cfg, settings)
-    if args.json:
-        print(json.dumps({"model": args.model, "eval": ppl.to_dict()}, indent=2))
-    else:
-        print(
-            f"{args.model}: held-out perplexity {ppl.perplexity:.3f} ({ppl.n_tokens} tokens, "
-            f"{ppl.n_windows} windows of {ppl.seq_len})"
-        )
-    return 0
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:

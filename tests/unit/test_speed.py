@@ -1,0 +1,383 @@
+"""Speed measurement: report structure, pattern detection, kernel choice, JSON, bad config."""
+
+import copy
+import dataclasses
+import json
+
+import pytest
+import torch
+from tiny_models import build_tiny
+
+from optishear import speed
+from optishear.config import PruneConfig
+from optishear.errors import ConfigError, DataError
+from optishear.layers import iter_linears
+from optishear.prune import prune_model
+from optishear.speed import (
+    SpeedConfig,
+    SpeedRatio,
+    SpeedReport,
+    SpeedRow,
+    detect_pattern,
+    measure_model,
+    measure_speed,
+    no_sparse_kernel_reason,
+    semi_structured_linears,
+)
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda")
+SMALL = SpeedConfig(batch_sizes=(1, 2), prompt_len=8, decode_tokens=3, warmup=0, repeats=1)
+
+
+def _pruned(model, pattern: str, method: str = "magnitude", sparsity: float = 0.5):
+    pruned = copy.deepcopy(model)
+    prune_model(pruned, None, PruneConfig(method=method, sparsity=sparsity, pattern=pattern))
+    return pruned
+
+
+@pytest.fixture
+def pair():
+    dense = build_tiny("llama")
+    return dense, _pruned(dense, "2:4")
+
+
+def test_report_has_a_row_per_variant_and_batch_size(pair) -> None:
+    dense, pruned = pair
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    report = measure_speed(dense, pruned, SMALL, device=CPU)
+    assert [(r.variant, r.batch_size) for r in report.rows] == [
+        ("dense", 1),
+        ("pruned", 1),
+        ("dense", 2),
+        ("pruned", 2),
+    ]
+    assert {r.kernel for r in report.rows} == {"dense"}
+    for r in report.rows:
+        # throughput is the latency's inverse, counted in tokens of the whole batch
+        assert r.prefill_tokens_per_s == pytest.approx(r.batch_size * 8 / (r.prefill_ms / 1e3))
+        assert r.decode_tokens_per_s == pytest.approx(r.batch_size / (r.decode_ms_per_token / 1e3))
+        assert r.prefill_ms > 0
+        assert r.decode_ms_per_token > 0
+    assert report.dtype == "float32"
+    assert report.device.startswith("cpu")
+    assert report.pattern == "2:4"
+    assert report.config == SMALL.to_dict()
+    after = pruned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cpu_note_says_no_sparse_kernel_applies(pair) -> None:
+    report = measure_speed(*pair, SMALL, device=CPU)
+    assert report.kernel_note.startswith(
+        "no sparse kernel applies on cpu: the pruned model runs the dense kernels; "
+        "any difference is noise"
+    )
+    assert "2:4, 50.0% zeros over 14 decoder linears" in report.kernel_note
+
+
+def test_semi_structured_on_the_cpu_is_refused(pair) -> None:
+    config = dataclasses.replace(SMALL, kernel="semi_structured")
+    with pytest.raises(
+        ConfigError, match="semi_structured cannot run here: no sparse kernel applies on cpu"
+    ):
+        measure_speed(*pair, config, device=CPU)
+
+
+def test_dense_kernels_asked_for_are_noted(pair) -> None:
+    report = measure_speed(*pair, dataclasses.replace(SMALL, kernel="dense"), device=CPU)
+    assert report.kernel_note.startswith("dense kernels asked for: the pruned model runs")
+
+
+def test_pattern_detection() -> None:
+    dense = build_tiny("llama")
+    assert detect_pattern(dense).pattern is None
+    two_four = detect_pattern(_pruned(dense, "2:4"))
+    assert (two_four.pattern, two_four.sparsity, two_four.n_linears) == ("2:4", 0.5, 14)
+    assert len(two_four.semi_structured) == 14
+    # 4:8 leaves groups of 4 with fewer than 2 zeros: no 2:4 kernel can take it
+    assert detect_pattern(_pruned(dense, "4:8")).pattern == "unstructured"
+    unstructured = detect_pattern(_pruned(dense, "unstructured", sparsity=0.6))
+    assert unstructured.pattern == "unstructured"
+    assert unstructured.sparsity == pytest.approx(0.6, abs=1e-3)
+
+
+def test_a_2_4_model_with_dense_layers_is_still_2_4() -> None:
+    dense = build_tiny("llama")
+    mixed = _pruned(dense, "2:4")
+    restored = {f"{i}.{n}": lin for i, n, lin in iter_linears(dense)}
+    for idx, name, lin in iter_linears(mixed):
+        if name == "mlp.down_proj":
+            lin.weight.data.copy_(restored[f"{idx}.{name}"].weight)
+    found = detect_pattern(mixed)
+    assert found.pattern == "2:4"
+    assert found.kept_dense == ("0.mlp.down_proj", "1.mlp.down_proj")
+    assert "0.mlp.down_proj" not in found.semi_structured
+    assert "(2 kept dense)" in found.describe()
+
+
+def test_unstructured_report(pair) -> None:
+    dense, _ = pair
+    pruned = _pruned(dense, "unstructured")
+    report = measure_speed(dense, pruned, dataclasses.replace(SMALL, batch_sizes=(1,)), device=CPU)
+    assert report.pattern == "unstructured"
+    assert "unstructured, 50.0% zeros" in report.kernel_note
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "pattern", "capability", "expected"),
+    [
+        (CPU, torch.float16, "2:4", None, "no sparse kernel applies on cpu"),
+        (CUDA, torch.float16, "unstructured", (9, 0), "unstructured sparsity"),
+        (CUDA, torch.float16, None, (9, 0), "no pruned decoder linears"),
+        (CUDA, torch.float32, "2:4", (9, 0), "float32 weights"),
+        (CUDA, torch.bfloat16, "2:4", (7, 5), "compute capability 7.5"),
+        (CUDA, torch.bfloat16, "2:4", (8, 0), None),
+        (CUDA, torch.float16, "2:4", (9, 0), None),
+    ],
+)
+def test_where_the_sparse_kernel_applies(device, dtype, pattern, capability, expected) -> None:
+    reason = no_sparse_kernel_reason(device, dtype, pattern, capability)
+    if expected is None:
+        assert reason is None
+    else:
+        assert expected in reason
+
+
+def test_semi_structured_swap_counts_skips_and_restores(pair) -> None:
+    _, pruned = pair
+    originals = {f"{i}.{n}": lin.weight for i, n, lin in iter_linears(pruned)}
+    names = detect_pattern(pruned).semi_structured
+
+    def convert(W):  # a stand-in kernel that, like the real one, refuses some shapes
+        if W.shape[0] < 64:
+            raise RuntimeError("Error original_tensor.shape is not supported!\nmore")
+        return W.clone()
+
+    with semi_structured_linears(pruned, names, convert=convert, backend="test") as conv:
+        swapped = {f"{i}.{n}": lin.weight for i, n, lin in iter_linears(pruned)}
+        # q, o and down take 32 outputs; k, v 16; gate and up 64
+        assert sorted(conv.converted) == [
+            "0.mlp.gate_proj",
+            "0.mlp.up_proj",
+            "1.mlp.gate_proj",
+            "1.mlp.up_proj",
+        ]
+        assert len(conv.skipped) == 10
+        assert conv.skipped["0.self_attn.q_proj"] == "Error original_tensor.shape is not supported!"
+        assert swapped["0.mlp.up_proj"] is not originals["0.mlp.up_proj"]
+        assert swapped["0.self_attn.q_proj"] is originals["0.self_attn.q_proj"]
+    for i, n, lin in iter_linears(pruned):
+        assert lin.weight is originals[f"{i}.{n}"]
+
+
+def test_the_swap_restores_after_an_error(pair) -> None:
+    _, pruned = pair
+    originals = [lin.weight for _, _, lin in iter_linears(pruned)]
+    names = detect_pattern(pruned).semi_structured
+    with pytest.raises(KeyError), semi_structured_linears(pruned, names, convert=torch.clone):
+        raise KeyError("boom")
+    assert [lin.weight for _, _, lin in iter_linears(pruned)] == originals
+
+
+@pytest.fixture
+def stand_in_kernel(monkeypatch):
+    """Pretend the 2:4 kernel applies on the CPU, with `convert` as the kernel's weight format:
+    the control flow around the real kernel, checked without a GPU."""
+
+    def use(convert):
+        monkeypatch.setattr(speed, "no_sparse_kernel_reason", lambda *a, **k: None)
+        monkeypatch.setattr(speed, "_semi_structured_backend", lambda: ("stand-in", convert))
+
+    return use
+
+
+def test_auto_runs_the_sparse_kernel_where_it_applies(pair, stand_in_kernel) -> None:
+    stand_in_kernel(torch.clone)
+    dense, pruned = pair
+    originals = [lin.weight for _, _, lin in iter_linears(pruned)]
+    report = measure_speed(dense, pruned, SMALL, device=CPU)
+    assert [r.kernel for r in report.rows] == ["dense", "semi_structured"] * 2
+    assert report.kernel_note.startswith(
+        "14 of 14 decoder linears run 2:4 semi-structured kernels (stand-in; max |logit "
+        "difference| against the dense kernels 0)"
+    )
+    assert [lin.weight for _, _, lin in iter_linears(pruned)] == originals
+
+
+def test_a_kernel_that_fails_on_the_model_falls_back_or_errs(pair, stand_in_kernel) -> None:
+    stand_in_kernel(lambda W: W[:, :-1].contiguous())  # the forward pass fails on these
+    report = measure_speed(*pair, SMALL, device=CPU)
+    assert {r.kernel for r in report.rows} == {"dense"}
+    assert report.kernel_note.startswith(
+        "the 2:4 semi-structured kernels failed on this model (RuntimeError: "
+    )
+    assert "the pruned model runs the dense kernels; any difference is noise" in report.kernel_note
+    config = dataclasses.replace(SMALL, kernel="semi_structured")
+    with pytest.raises(
+        ConfigError, match="cannot run here: the 2:4 semi-structured kernels failed"
+    ):
+        measure_speed(*pair, config, device=CPU)
+
+
+def test_no_linear_the_kernel_takes(pair, stand_in_kernel) -> None:
+    def refuse(W):
+        raise RuntimeError("Error original_tensor.dtype torch.float32 is not a supported dtype")
+
+    stand_in_kernel(refuse)
+    report = measure_speed(*pair, SMALL, device=CPU)
+    assert report.kernel_note.startswith(
+        "no decoder linear could take the 2:4 semi-structured kernels (Error original_tensor"
+    )
+
+
+def _report(dense_ms: float, pruned_ms: float) -> SpeedReport:
+    rows = tuple(
+        SpeedRow(v, k, 4, ms, 4 * 16 / (ms / 1e3), ms / 2, 4 / (ms / 2e3))
+        for v, k, ms in (("dense", "dense", dense_ms), ("pruned", "semi_structured", pruned_ms))
+    )
+    return SpeedReport("cuda:0 (test)", "float16", rows, "a note", "2:4", SMALL.to_dict())
+
+
+def test_ratios_mark_a_slower_pruned_model() -> None:
+    slower, faster = _report(10.0, 12.5).ratios(), _report(10.0, 8.0).ratios()
+    assert [(q.batch_size, q.prefill, q.decode) for q in slower] == [(4, 1.25, 1.25)]
+    assert (slower[0].prefill_verdict, slower[0].decode_verdict) == ("slower", "slower")
+    assert faster[0].decode == pytest.approx(0.8)
+    assert faster[0].decode_verdict == "faster"
+    assert _report(10.0, 12.5).to_dict()["ratios"][0]["decode_verdict"] == "slower"
+
+
+def test_a_slower_sparse_kernel_is_said_in_the_note() -> None:
+    ratios = [SpeedRatio(1, 0.9, 1.2), SpeedRatio(8, 1.05, 0.7)]
+    assert speed._slower_sentence(ratios) == (
+        " SLOWER than the dense kernels: prefill at batch 8 (1.050x), decode at batch 1 (1.200x)."
+    )
+    assert speed._slower_sentence([SpeedRatio(1, 0.9, 0.8)]) == ""
+
+
+def test_json_round_trip(pair) -> None:
+    report = measure_speed(*pair, SMALL, device=CPU)
+    again = SpeedReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert again == report
+    assert again.ratios() == report.ratios()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"rows": "x"}, {**_report(1, 2).to_dict(), "rows": [{"variant": "other"}]}],
+)
+def test_a_damaged_report_is_a_data_error(data) -> None:
+    with pytest.raises(DataError, match="not a speed report"):
+        SpeedReport.from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_sizes": ()}, "batch_sizes must name at least one"),
+        ({"batch_sizes": (1, 0)}, r"every batch size must be an integer in \[1, 4096\], got 0"),
+        ({"batch_sizes": (1, 1)}, "repeats a batch size"),
+        ({"batch_sizes": (2.5,)}, "every batch size must be an integer"),
+        ({"prompt_len": 0}, "prompt_len must be an integer"),
+        ({"decode_tokens": 0}, "decode_tokens must be an integer"),
+        ({"warmup": -1}, r"warmup must be an integer in \[0, 100\]"),
+        ({"repeats": 0}, "repeats must be an integer"),
+        ({"repeats": True}, "repeats must be an integer"),
+        ({"kernel": "sparse"}, "kernel must be one of auto, dense, semi_structured, got 'sparse'"),
+    ],
+)
+def test_bad_config(kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SpeedConfig(**kwargs)
+
+
+def test_config_takes_a_list_of_batch_sizes() -> None:
+    assert SpeedConfig(batch_sizes=[4, 1]).batch_sizes == (4, 1)
+
+
+def test_too_long_for_the_model(pair) -> None:
+    config = dataclasses.replace(SMALL, prompt_len=120, decode_tokens=16)
+    with pytest.raises(ConfigError, match="136 exceeds the model's 128 positions"):
+        measure_speed(*pair, config, device=CPU)
+
+
+def test_models_of_different_shapes_are_refused(pair) -> None:
+    dense, _ = pair
+    other = _pruned(build_tiny("llama", layers=3), "2:4")
+    with pytest.raises(ConfigError, match="does not have the dense model's architecture"):
+        measure_speed(dense, other, SMALL, device=CPU)
+
+
+def test_one_model_at_a_time(pair) -> None:
+    rows = measure_model(pair[1], SMALL, device=CPU, variant="pruned")
+    assert [(r.variant, r.kernel, r.batch_size) for r in rows] == [
+        ("pruned", "dense", 1),
+        ("pruned", "dense", 2),
+    ]
+
+
+# --- on a CUDA GPU: the semi-structured kernels ----------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _gpu_pair(dtype):
+    # 128 wide: every projection fits both backends' minimum shapes (CUTLASS: 32 x 64)
+    dense = build_tiny("llama", hidden=128).to(CUDA, dtype)
+    return dense, _pruned(dense, "2:4")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_semi_structured_kernels_on_cuda(dtype) -> None:
+    dense, pruned = _gpu_pair(dtype)
+    originals = [lin.weight for _, _, lin in iter_linears(pruned)]
+    config = SpeedConfig(
+        batch_sizes=(1, 8), prompt_len=64, decode_tokens=4, kernel="semi_structured"
+    )
+    report = measure_speed(dense, pruned, config, device=CUDA)
+    assert [(r.variant, r.kernel) for r in report.rows[:2]] == [
+        ("dense", "dense"),
+        ("pruned", "semi_structured"),
+    ]
+    assert report.kernel_note.startswith("14 of 14 decoder linears run 2:4 semi-structured")
+    assert report.device.startswith("cuda:")
+    assert report.dtype == str(dtype).removeprefix("torch.")
+    assert [lin.weight for _, _, lin in iter_linears(pruned)] == originals
+    assert len(report.ratios()) == 2
+    auto = measure_speed(dense, pruned, dataclasses.replace(config, kernel="auto"), device=CUDA)
+    assert auto.rows[1].kernel == "semi_structured"
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_semi_structured_logits_match_the_dense_kernels() -> None:
+    _, pruned = _gpu_pair(torch.float16)
+    ids = torch.randint(0, 128, (2, 16), generator=torch.Generator().manual_seed(0)).to(CUDA)
+    with torch.no_grad():
+        reference = pruned(input_ids=ids).logits.float()
+        with semi_structured_linears(pruned, detect_pattern(pruned).semi_structured) as conv:
+            assert len(conv.converted) == 14
+            assert not conv.skipped
+            assert all(
+                isinstance(lin.weight, torch.sparse.SparseSemiStructuredTensor)
+                for _, _, lin in iter_linears(pruned)
+            )
+            logits = pruned(input_ids=ids).logits.float()
+    assert torch.allclose(logits, reference, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_float32_on_cuda_runs_dense_kernels_and_says_why() -> None:
+    dense = build_tiny("llama", hidden=128).to(CUDA)
+    pruned = _pruned(dense, "2:4")
+    report = measure_speed(dense, pruned, SMALL, device=CUDA)
+    assert {r.kernel for r in report.rows} == {"dense"}
+    assert report.kernel_note.startswith("no sparse kernel applies to float32 weights")
+    with pytest.raises(ConfigError, match="float32"):
+        measure_speed(
+            dense, pruned, dataclasses.replace(SMALL, kernel="semi_structured"), device=CUDA
+        )
