@@ -16,15 +16,16 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from optishear.compact import pack_tar
 from optishear.errors import DataError, OptiShearError
 from optishear.files import sha256_file
 from service import db
+from service.checkpoint_rows import update_succeeded
 from service.store import CheckpointStore
-from service.tables import Checkpoint, JobStatus
+from service.tables import Checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +92,9 @@ def ensure_compact(
             raise
         digest = sha256_file(dest)
         with db.for_writing(sessions).begin() as session:
-            stored = session.execute(
-                update(Checkpoint)
-                .where(
-                    Checkpoint.id == checkpoint_id,
-                    Checkpoint.status == JobStatus.SUCCEEDED,
-                    Checkpoint.deleting_at.is_(None),
-                )
-                .values(compact_bytes=report.compact_bytes, compact_sha256=digest)
-                .execution_options(synchronize_session=False)
-            ).rowcount
+            stored = update_succeeded(
+                session, checkpoint_id, compact_bytes=report.compact_bytes, compact_sha256=digest
+            )
         if not stored:
             store.unlink(dest)
             raise CompactGoneError(f"checkpoint {checkpoint_id} was deleted meanwhile")

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, HTTPException, Request, Response, Security, status
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import UNAUTHORIZED, Principal
-from service.housekeeping import Housekeeping
+from service.housekeeping import Housekeeping, HousekeepingError, Removed
 from service.settings import ServiceSettings
 from service.store import CheckpointStore
 
@@ -59,6 +59,18 @@ def get_or_404(session: Session, model: type[Row], ident: uuid.UUID, what: str) 
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} {ident} not found")
     return row
+
+
+def deleted(
+    delete: Callable[[uuid.UUID, Principal], Removed], ident: uuid.UUID, principal: Principal
+) -> Response:
+    """A DELETE route's answer: 204 once `delete` (a Housekeeping one) is done, else its
+    refusal (404, 409) as the HTTP error."""
+    try:
+        delete(ident, principal)
+    except HousekeepingError as exc:
+        raise HTTPException(exc.status_code, str(exc)) from exc
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]

@@ -1,4 +1,6 @@
-"""Keeping the checkpoint store tidy: deletes, retention, the sweep, and what the store holds.
+"""Keeping the checkpoint store tidy: deletes and the sweep, behind the `Housekeeping` facade
+that also runs retention (service.retention) and reports what the store holds
+(service.store_stats).
 
 One implementation for the API (DELETE routes, GET /api/stats), the runner (the sweep at start,
 retention after each export) and `optishear store`. No torch here: the API imports it.
@@ -24,29 +26,28 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from optishear.errors import OptiShearError
-from service import db
+from service import db, store_stats
 from service.auth import OPEN, Principal
+from service.checkpoint_rows import ACTIVE, live_checkpoint, update_succeeded
 from service.db import utcnow
-from service.schemas import RetentionRead, StatsRead, StatusCounts, StoreUsage
+from service.retention import mark_for_retention
+from service.schemas import StatsRead
 from service.settings import ServiceSettings
 from service.store import MISSING, CheckpointStore, StoreFile
+from service.store_stats import SearchEntry
 from service.tables import FINISHED, Checkpoint, JobStatus, Measurement, Search
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
-STATUSES = frozenset(s.value for s in JobStatus)
 MARKED = "marked"  # steps, as `step` hears of them (tests stop the process there)
 FILES_REMOVED = "files removed"
 _BATCH = 500  # ids per IN (...) query
@@ -94,29 +95,6 @@ class SweepReport:
     lost: int  # succeeded checkpoints whose archive had gone (now failed, as reads show them)
 
 
-@dataclass(frozen=True)
-class CheckpointEntry:
-    id: uuid.UUID
-    status: str
-    created_at: datetime
-    size_bytes: int | None
-    compact_bytes: int | None
-    on_disk: int  # bytes of its files in the store now
-
-
-@dataclass(frozen=True)
-class SearchEntry:
-    id: uuid.UUID
-    status: str
-    model: str
-    created_at: datetime
-    checkpoints: list[CheckpointEntry] = field(default_factory=list)
-
-    @property
-    def on_disk(self) -> int:
-        return sum(c.on_disk for c in self.checkpoints)
-
-
 def _no_step(_name: str) -> None:
     return None
 
@@ -125,11 +103,6 @@ def _batched(items: Iterable[uuid.UUID]) -> Iterator[list[uuid.UUID]]:
     it = iter(items)
     while chunk := list(islice(it, _BATCH)):
         yield chunk
-
-
-def _live_checkpoint() -> ColumnElement[bool]:
-    """A checkpoint no delete has started on, of a search no delete has started on."""
-    return Checkpoint.deleting_at.is_(None) & Search.deleting_at.is_(None)
 
 
 class Housekeeping:
@@ -241,22 +214,9 @@ class Housekeeping:
                 return Removed()  # finished by someone else, or never marked
             # Phase 1 refused active exports, and an export request locks the search row; an
             # export that still got in (none should) is cancelled, or waited for if it runs.
-            session.execute(
-                update(Checkpoint)
-                .where(Checkpoint.search_id == search_id, Checkpoint.status == JobStatus.QUEUED)
-                .values(
-                    status=JobStatus.CANCELLED,
-                    finished_at=utcnow(),
-                    error="its search is being deleted",
-                )
-                .execution_options(synchronize_session=False)
-            )
-            running = session.scalar(
-                select(func.count())
-                .select_from(Checkpoint)
-                .where(Checkpoint.search_id == search_id, Checkpoint.status == JobStatus.RUNNING)
-            )
-            if running or not _settle_measurements(session, Checkpoint.search_id == search_id):
+            exports = Checkpoint.search_id == search_id
+            settled = _settle(session, Checkpoint, exports, "its search is being deleted")
+            if not (settled and _settle_measurements(session, exports)):
                 logger.warning(
                     "search %s: an export or measurement is running; the next sweep finishes "
                     "the delete",
@@ -276,13 +236,7 @@ class Housekeeping:
         for checkpoint_id in ids:
             n, b = self.store.remove(checkpoint_id)
             files, size = files + n, size + b
-        self.step(FILES_REMOVED)
-        with self.writes.begin() as session:
-            gone = session.execute(
-                delete(Search)
-                .where(Search.id == search_id, Search.deleting_at.is_not(None))
-                .execution_options(synchronize_session=False)
-            ).rowcount
+        gone = self._delete_marked(Search, search_id)
         return Removed(searches=gone, checkpoints=len(ids) if gone else 0, files=files, bytes=size)
 
     def _finish_checkpoint(self, checkpoint_id: uuid.UUID) -> Removed:
@@ -300,14 +254,18 @@ class Housekeeping:
                 )
                 return Removed()
         files, size = self.store.remove(checkpoint_id)
+        gone = self._delete_marked(Checkpoint, checkpoint_id)
+        return Removed(checkpoints=gone, files=files, bytes=size)
+
+    def _delete_marked(self, table: type[Search | Checkpoint], ident: uuid.UUID) -> int:
+        """Phase 2's last step, once the files are gone: the row, if it is still marked."""
         self.step(FILES_REMOVED)
         with self.writes.begin() as session:
-            gone = session.execute(
-                delete(Checkpoint)
-                .where(Checkpoint.id == checkpoint_id, Checkpoint.deleting_at.is_not(None))
+            return session.execute(
+                delete(table)
+                .where(table.id == ident, table.deleting_at.is_not(None))
                 .execution_options(synchronize_session=False)
             ).rowcount
-        return Removed(checkpoints=gone, files=files, bytes=size)
 
     def finish_marked(self) -> Removed:
         """Finish every delete a crash (or a running export) left half done."""
@@ -404,7 +362,7 @@ class Housekeeping:
                 session.scalars(
                     select(Checkpoint.id)
                     .join(Search, Search.id == Checkpoint.search_id)
-                    .where(Checkpoint.status == JobStatus.SUCCEEDED, _live_checkpoint())
+                    .where(Checkpoint.status == JobStatus.SUCCEEDED, live_checkpoint())
                 )
             )
         # Checked after the read: a row read as succeeded had its file before it committed.
@@ -412,22 +370,15 @@ class Housekeeping:
         n = 0
         for checkpoint_id in lost:
             with self.writes.begin() as session:
-                done = session.execute(
-                    update(Checkpoint)
-                    .where(
-                        Checkpoint.id == checkpoint_id,
-                        Checkpoint.status == JobStatus.SUCCEEDED,
-                        Checkpoint.deleting_at.is_(None),
-                    )
-                    .values(
-                        status=JobStatus.FAILED,
-                        error=MISSING,
-                        file_name=None,
-                        compact_bytes=None,
-                        compact_sha256=None,
-                    )
-                    .execution_options(synchronize_session=False)
-                ).rowcount
+                done = update_succeeded(
+                    session,
+                    checkpoint_id,
+                    status=JobStatus.FAILED,
+                    error=MISSING,
+                    file_name=None,
+                    compact_bytes=None,
+                    compact_sha256=None,
+                )
             if done:
                 self.store.remove(checkpoint_id)  # its compact archive, if one was built
                 logger.warning(
@@ -452,62 +403,22 @@ class Housekeeping:
             logger.warning("checkpoint store sweep skipped: %s", exc)
             return None
 
-    # -- retention --------------------------------------------------------------------------
+    # -- retention (service.retention) -------------------------------------------------------
     def apply_retention(self, *, protect: Collection[uuid.UUID] = ()) -> Removed:
         """OPTISHEAR_KEEP_CHECKPOINTS and OPTISHEAR_STORE_MAX_BYTES: the oldest succeeded
         checkpoints beyond either limit are deleted (two-phase). The newest one, and those in
         `protect` (the export just made), always stay. A download already in progress still
         completes: an open file outlives its unlink."""
-        keep, cap = self.settings.keep_checkpoints, self.settings.store_max_bytes
-        if keep is None and cap is None:
-            return Removed()
-        finished = func.coalesce(Checkpoint.finished_at, Checkpoint.created_at)
-        with self.reads() as session:
-            live = session.execute(
-                select(Checkpoint.id, Checkpoint.size_bytes, Checkpoint.compact_bytes, finished)
-                .join(Search, Search.id == Checkpoint.search_id)
-                .where(Checkpoint.status == JobStatus.SUCCEEDED, _live_checkpoint())
-                .order_by(finished.desc(), Checkpoint.id.desc())
-            ).all()
-            measured = set(
-                session.scalars(
-                    select(Measurement.checkpoint_id).where(Measurement.status.in_(ACTIVE))
-                )
-            )
-        if not live:
-            return Removed()
-        sizes = {row[0]: (row[1] or 0) + (row[2] or 0) for row in live}
-        newest = [row[0] for row in live]  # newest first
-        protected = {newest[0], *protect, *measured}  # being measured: kept for now
-        victims = _retention_victims(newest, sizes, keep, cap, protected)
-        now = utcnow()
-        marked: list[uuid.UUID] = []
-        with self.writes.begin() as session:
-            for checkpoint_id, _why_deleted in victims:
-                if session.execute(
-                    update(Checkpoint)
-                    .where(
-                        Checkpoint.id == checkpoint_id,
-                        Checkpoint.status == JobStatus.SUCCEEDED,
-                        Checkpoint.deleting_at.is_(None),
-                    )
-                    .values(deleting_at=now)
-                    .execution_options(synchronize_session=False)
-                ).rowcount:
-                    marked.append(checkpoint_id)
+        marked = mark_for_retention(self.reads, self.writes, self.settings, protect=protect)
         if not marked:
             return Removed()
         self.step(MARKED)
-        reasons = dict(victims)
         removed = Removed()
-        for checkpoint_id in marked:
+        for checkpoint_id, why in marked:
             done = self._finish_checkpoint(checkpoint_id)
             removed += done
             logger.info(
-                "retention deleted checkpoint %s (%d bytes): %s",
-                checkpoint_id,
-                done.bytes,
-                reasons[checkpoint_id],
+                "retention deleted checkpoint %s (%d bytes): %s", checkpoint_id, done.bytes, why
             )
         return removed
 
@@ -521,124 +432,14 @@ class Housekeeping:
             logger.warning("retention skipped: %s", exc)
             return None
 
-    # -- what the store holds ---------------------------------------------------------------
+    # -- what the store holds (service.store_stats) -----------------------------------------
     def stats(self, principal: Principal = OPEN) -> StatsRead:
-        """Searches and checkpoints by status, the store's bytes, the retention settings:
-        everyone's for an admin (or the open API), else the caller's own."""
-        owner = None if principal.admin else principal.owner
-        mine = [] if owner is None else [Search.owner == owner]
-        with self.reads() as session:
-            searches = dict(
-                session.execute(
-                    select(Search.status, func.count())
-                    .where(Search.deleting_at.is_(None), *mine)
-                    .group_by(Search.status)
-                ).all()
-            )
-            checkpoints: dict[str, int] = {}
-            recorded = 0
-            for status, count, tar_bytes, compact_bytes in session.execute(
-                select(
-                    Checkpoint.status,
-                    func.count(),
-                    func.coalesce(func.sum(Checkpoint.size_bytes), 0),
-                    func.coalesce(func.sum(Checkpoint.compact_bytes), 0),
-                )
-                .join(Search, Search.id == Checkpoint.search_id)
-                .where(_live_checkpoint(), *mine)
-                .group_by(Checkpoint.status)
-            ):
-                checkpoints[status] = int(count)
-                if status == JobStatus.SUCCEEDED:
-                    recorded = int(tar_bytes) + int(compact_bytes)
-            own_ids = (
-                []
-                if owner is None
-                else list(
-                    session.scalars(
-                        select(Checkpoint.id)
-                        .join(Search, Search.id == Checkpoint.search_id)
-                        .where(_live_checkpoint(), *mine)
-                    )
-                )
-            )
-        if owner is None:
-            disk = self.store.usage()
-            usage = StoreUsage(
-                recorded_bytes=recorded,
-                disk_bytes=disk.bytes,
-                archives=disk.archives,
-                compact_archives=disk.compact_archives,
-                staging_bytes=disk.staging_bytes,
-            )
-        else:
-            tars = [p for i in own_ids if (p := self.store.archive(i)) is not None]
-            compacts = [p for i in own_ids if (p := self.store.compact(i)) is not None]
-            usage = StoreUsage(
-                recorded_bytes=recorded,
-                disk_bytes=sum(_size(p) for p in (*tars, *compacts)),
-                archives=len(tars),
-                compact_archives=len(compacts),
-                staging_bytes=0,
-            )
-        return StatsRead(
-            scope="all" if owner is None else "own",
-            store=usage,
-            searches=StatusCounts(**{k: v for k, v in searches.items() if k in STATUSES}),
-            checkpoints=StatusCounts(**{k: v for k, v in checkpoints.items() if k in STATUSES}),
-            retention=RetentionRead(
-                keep_checkpoints=self.settings.keep_checkpoints,
-                store_max_bytes=self.settings.store_max_bytes,
-            ),
-        )
+        """GET /api/stats: everyone's numbers for an admin (or the open API), else the caller's."""
+        return store_stats.stats(self.reads, self.store, self.settings, principal)
 
     def inventory(self) -> list[SearchEntry]:
-        """Every search (newest first) with its checkpoints and their bytes on disk, for
-        `optishear store list`; rows being deleted are left out."""
-        with self.reads() as session:
-            searches = session.execute(
-                select(Search.id, Search.status, Search.model, Search.created_at)
-                .where(Search.deleting_at.is_(None))
-                .order_by(Search.created_at.desc(), Search.id)
-            ).all()
-            by_search: dict[uuid.UUID, list[CheckpointEntry]] = {}
-            for row in session.execute(
-                select(
-                    Checkpoint.search_id,
-                    Checkpoint.id,
-                    Checkpoint.status,
-                    Checkpoint.created_at,
-                    Checkpoint.size_bytes,
-                    Checkpoint.compact_bytes,
-                )
-                .join(Search, Search.id == Checkpoint.search_id)
-                .where(_live_checkpoint())
-                .order_by(Checkpoint.created_at, Checkpoint.id)
-            ):
-                by_search.setdefault(row[0], []).append(
-                    CheckpointEntry(
-                        id=row[1],
-                        status=row[2],
-                        created_at=row[3],
-                        size_bytes=row[4],
-                        compact_bytes=row[5],
-                        on_disk=self._on_disk(row[1]),
-                    )
-                )
-        return [
-            SearchEntry(
-                id=s[0],
-                status=s[1],
-                model=s[2],
-                created_at=s[3],
-                checkpoints=by_search.get(s[0], []),
-            )
-            for s in searches
-        ]
-
-    def _on_disk(self, checkpoint_id: uuid.UUID) -> int:
-        paths = (self.store.archive(checkpoint_id), self.store.compact(checkpoint_id))
-        return sum(_size(p) for p in paths if p is not None)
+        """`optishear store list`: every search with its checkpoints and their bytes on disk."""
+        return store_stats.inventory(self.reads, self.store)
 
 
 def _measuring(session: Session, checkpoints: ColumnElement[bool]) -> uuid.UUID | None:
@@ -656,20 +457,25 @@ def _settle_measurements(session: Session, checkpoints: ColumnElement[bool]) -> 
     while one runs (it reads the tar). Phase 1 refused both; this covers a request that got in
     after it."""
     ids = select(Checkpoint.id).where(checkpoints).scalar_subquery()
+    measures = Measurement.checkpoint_id.in_(ids)
+    return _settle(session, Measurement, measures, "its checkpoint is being deleted")
+
+
+def _settle(
+    session: Session,
+    job: type[Checkpoint | Measurement],
+    where: ColumnElement[bool],
+    why: str,
+) -> bool:
+    """The queued jobs (of those selected) are cancelled, with why; False while one runs."""
     session.execute(
-        update(Measurement)
-        .where(Measurement.checkpoint_id.in_(ids), Measurement.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.CANCELLED,
-            finished_at=utcnow(),
-            error="its checkpoint is being deleted",
-        )
+        update(job)
+        .where(where, job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, finished_at=utcnow(), error=why)
         .execution_options(synchronize_session=False)
     )
     running = session.scalar(
-        select(func.count())
-        .select_from(Measurement)
-        .where(Measurement.checkpoint_id.in_(ids), Measurement.status == JobStatus.RUNNING)
+        select(func.count()).select_from(job).where(where, job.status == JobStatus.RUNNING)
     )
     return not running
 
@@ -701,43 +507,3 @@ def _why(row: tuple[str, bool] | None) -> str:
         return "no checkpoint has this id"
     status, live = row
     return "its checkpoint is being deleted" if not live else f"its checkpoint is {status}"
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
-def _retention_victims(
-    newest_first: Sequence[uuid.UUID],
-    sizes: dict[uuid.UUID, int],
-    keep: int | None,
-    cap: int | None,
-    protected: Collection[uuid.UUID],
-) -> list[tuple[uuid.UUID, str]]:
-    """The checkpoints retention deletes, oldest first, each with why."""
-    victims: dict[uuid.UUID, str] = {}
-    if keep is not None:
-        for checkpoint_id in newest_first[keep:]:
-            if checkpoint_id not in protected:
-                victims[checkpoint_id] = f"beyond the newest {keep} (OPTISHEAR_KEEP_CHECKPOINTS)"
-    if cap is not None:
-        left = [c for c in newest_first if c not in victims]
-        total = sum(sizes[c] for c in left)
-        for checkpoint_id in reversed(left):  # oldest first
-            if total <= cap:
-                break
-            if checkpoint_id in protected:
-                continue
-            victims[checkpoint_id] = f"the store is over {cap} bytes (OPTISHEAR_STORE_MAX_BYTES)"
-            total -= sizes[checkpoint_id]
-        if total > cap:
-            logger.warning(
-                "retention: the checkpoints it must keep hold %d bytes, over the %d-byte cap",
-                total,
-                cap,
-            )
-    order = {c: i for i, c in enumerate(reversed(newest_first))}
-    return sorted(victims.items(), key=lambda item: order[item[0]])

@@ -21,10 +21,10 @@ from service.deps import (
     SessionDep,
     SessionsDep,
     StoreDep,
+    deleted,
     get_or_404,
     visible_or_404,
 )
-from service.housekeeping import HousekeepingError
 from service.responses import RETRY_AFTER
 from service.schemas import CheckpointRead, Message
 from service.store import MISSING, UNAVAILABLE, CheckpointStore
@@ -206,8 +206,4 @@ def delete_checkpoint(
 ) -> Response:
     """Delete a finished export and its archives (tar and compact; the disk is reclaimed).
     Its search and candidate stay: the candidate can be exported again."""
-    try:
-        housekeeping.delete_checkpoint(checkpoint_id, principal)
-    except HousekeepingError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from exc
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(housekeeping.delete_checkpoint, checkpoint_id, principal)

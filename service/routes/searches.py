@@ -20,10 +20,10 @@ from service.deps import (
     SettingsDep,
     StoreDep,
     WriteSessionDep,
+    deleted,
     get_or_404,
     visible_or_404,
 )
-from service.housekeeping import HousekeepingError
 from service.responses import RETRY_AFTER, ValidationProblem
 from service.schemas import (
     CheckpointCreate,
@@ -231,11 +231,7 @@ def delete_search(
 ) -> Response:
     """Delete a finished search: its generations, front, stored genomes, checkpoints and their
     archives (the disk is reclaimed). Cancel a queued or running search first."""
-    try:
-        housekeeping.delete_search(search_id, principal)
-    except HousekeepingError as exc:
-        raise HTTPException(exc.status_code, str(exc)) from exc
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(housekeeping.delete_search, search_id, principal)
 
 
 @router.post(
