@@ -75,13 +75,13 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
 
     request, state = runner.write(read, f"reading search {search_id}")
     ensure_assets(runner, request, evaluation=request.compare_baselines)
-    eval_ids = None
-    if request.compare_baselines:  # the windows every held-out figure of this search uses
-        tokenizer = load_tokenizer(request.model, settings=runner.library)
-        eval_ids = held_out_ids(tokenizer, request.evaluation, runner.library)
     persist = _Persister(runner, search_id)
     start = time.perf_counter()
     with evaluator_for(runner, request) as evaluator:
+        eval_ids = None  # after the model loaded: a broken model is reported as such
+        if request.compare_baselines:  # the windows every held-out figure of this search uses
+            tokenizer = load_tokenizer(request.model, settings=runner.library)
+            eval_ids = held_out_ids(tokenizer, request.evaluation, runner.library)
         result = run_search(
             evaluator, request, resume_from=state, on_generation=persist, held_out_ids=eval_ids
         )
