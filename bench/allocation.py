@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from optishear.candidates import Candidate
 from optishear.config import (
     CalibrationConfig,
     EvaluationConfig,
@@ -35,13 +34,14 @@ from optishear.config import (
     PruneConfig,
     SearchConfig,
 )
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import perplexity
-from optishear.genome import WANDA_GENOME
-from optishear.hf import load_model
-from optishear.layers import iter_linears
-from optishear.patterns import Pattern
-from optishear.prune import PruneReport, prune_candidate, prune_model
+from optishear.core.genome import WANDA_GENOME
+from optishear.core.patterns import Pattern
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.blocks import iter_linears
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import PruneReport, prune_candidate, prune_model
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.fitness import engine_for
 from optishear.search.loop import run_search

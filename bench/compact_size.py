@@ -1,7 +1,7 @@
 """Compact archive size and speed on the bundled model, for each pruning pattern.
 
 Prunes smollm2-135m with Wanda (50% unstructured, 2:4, 70% unstructured), exports each as the
-service does (HF folder, then write_archive's tar), packs the tar with optishear.compact, unpacks
+service does (HF folder, then write_archive's tar), packs the tar with optishear.artifacts.compact, unpacks
 it and checks every file bit for bit. Run from the repository root:
 python bench/compact_size.py [--dtype bfloat16] [--out bench/out/compact_size.json]
 """
@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optishear.compact import ITEMSIZE, BitmaskTensor, pack_tar, read_header, unpack
+from optishear.artifacts.compact import ITEMSIZE, BitmaskTensor, pack_tar, read_header, unpack
+from optishear.artifacts.export import export_checkpoint, write_archive
 from optishear.config import DTYPES, CalibrationConfig, PruneConfig
-from optishear.data import sample_calibration
-from optishear.export import export_checkpoint, write_archive
-from optishear.files import sha256_file
-from optishear.hf import load_model, torch_dtype
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.files import sha256_file
+from optishear.core.patterns import Pattern
+from optishear.data.text import sample_calibration
+from optishear.model.hf import load_model, torch_dtype
+from optishear.recipe.prune import prune_model
 
 MODEL = "smollm2-135m"
 RUNS = (("50% unstructured", 0.5, Pattern()), ("2:4", 0.5, Pattern(2, 4)),

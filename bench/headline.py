@@ -7,7 +7,7 @@ recommended model (pruned as shipped) beside Wanda's and SparseGPT's, all three 
 the same dense weights with the same calibration sample and scored on the same windows. For
 every other seed, that recommended candidate (genome and plan) is pruned as shipped from that
 seed's calibration sample, beside Wanda and SparseGPT on the same sample, by the same
-function the search uses (optishear.comparison.compare_held_out). The table gives each
+function the search uses (optishear.recipe.comparison.compare_held_out). The table gives each
 method's mean and spread over the seeds, and the searched model's gain, called a tie when it
 is smaller than the spread of the gains themselves.
 
@@ -72,12 +72,12 @@ def repruned(first: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
         return json.loads(out.read_text())
     import torch
 
-    from optishear.candidates import ScoredCandidate
-    from optishear.comparison import compare_held_out, held_out_ids
     from optishear.config import SearchConfig
-    from optishear.data import sample_calibration
-    from optishear.hf import load_model
-    from optishear.layers import iter_linears
+    from optishear.data.text import sample_calibration
+    from optishear.model.blocks import iter_linears
+    from optishear.model.hf import load_model
+    from optishear.recipe.candidates import ScoredCandidate
+    from optishear.recipe.comparison import compare_held_out, held_out_ids
 
     base = SearchConfig.model_validate(first["config"])
     calibration = base.calibration.model_copy(update={"seed": seed})

@@ -140,12 +140,12 @@ def random_model(name: str, dtype: torch.dtype) -> torch.nn.Module:
 
 def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-    from optishear.data import evaluation_stream, sample_calibration
-    from optishear.evaluate import perplexity
-    from optishear.genome import Genome
-    from optishear.hf import load_model
-    from optishear.patterns import Pattern
-    from optishear.prune import prune_candidate, prune_model
+    from optishear.core.genome import Genome
+    from optishear.core.patterns import Pattern
+    from optishear.data.text import evaluation_stream, sample_calibration
+    from optishear.evaluation.perplexity import perplexity
+    from optishear.model.hf import load_model
+    from optishear.recipe.prune import prune_candidate, prune_model
     from optishear.search.fitness import Candidate, FitnessEngine
 
     torch.set_grad_enabled(False)

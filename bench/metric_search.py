@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from optishear.config import SearchConfig
-from optishear.evaluate import perplexity
+from optishear.evaluation.perplexity import perplexity
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
 
@@ -52,7 +52,7 @@ def best_truth(records: list[dict[str, Any]]) -> float | None:
 def rung_agreement(state_path: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per screening rung: Spearman of its errors with the full-fidelity and as-shipped
     errors of the ground truth, and where the truth's best classes ranked in it."""
-    from optishear.genome import Genome
+    from optishear.core.genome import Genome
 
     state = json.loads(state_path.read_text())
     full = {r["index"]: r["error"] for r in records if r["kind"] == "full"}
@@ -164,8 +164,8 @@ def main() -> int:
         )
         screen_seconds = measure("screen", config)["search_seconds"]
     if "nsga3" in rows:
-        from optishear.candidates import Candidate
-        from optishear.genome import Genome
+        from optishear.core.genome import Genome
+        from optishear.recipe.candidates import Candidate
 
         one = engine.evaluate(Candidate(Genome.parse("f1=sqrt"), (target,) * engine.n_blocks))
         engine.clear_mask_cache()

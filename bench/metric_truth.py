@@ -1,6 +1,6 @@
 """Issue 14: the metric space's ground truth, scored once, resumable, kept in the repository.
 
-Every row-canonical class of the metric space (optishear.genome.canonical_genomes) is scored
+Every row-canonical class of the metric space (optishear.core.genome.canonical_genomes) is scored
 by the fitness engine at full fidelity on one model, one calibration sample and one pattern
 (phase `full`). The best classes are then pruned as shipped (statistics from the pruned
 prefix) and measured by held-out perplexity (phase `shipped`), and the same classes are scored
@@ -30,13 +30,13 @@ from typing import Any
 
 import torch
 
-from optishear.candidates import Candidate
 from optishear.config import CalibrationConfig, EvaluationConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import perplexity
-from optishear.genome import WANDA_GENOME, Genome, canonical_genomes
-from optishear.hf import load_model
-from optishear.patterns import Pattern
+from optishear.core.genome import WANDA_GENOME, Genome, canonical_genomes
+from optishear.core.patterns import Pattern
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import Candidate
 from optishear.search.fitness import FitnessEngine
 
 _START = time.perf_counter()

@@ -23,11 +23,11 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from optishear.config import CalibrationConfig, EvaluationConfig, PlanConfig, PruneConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import perplexity
-from optishear.hf import load_model
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.patterns import Pattern
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.hf import load_model
+from optishear.recipe.prune import prune_model
 
 MODEL = "smollm2-135m"
 EVAL_SEQ_LEN = 512

@@ -28,18 +28,18 @@ import torch
 from torch import Tensor
 
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-from optishear.data import evaluation_stream, sample_calibration
-from optishear.evaluate import perplexity
-from optishear.hf import load_model
-from optishear.layers import capture_block_inputs, decoder_blocks, linear_sublayers, run_block
-from optishear.masks import prune_mask
-from optishear.metrics import wanda_score
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
-from optishear.reconstruct import least_squares_refit
-from optishear.settings import LibrarySettings
-from optishear.sparsegpt import sparsegpt_prune
-from optishear.stats import recording_inputs
+from optishear.core.patterns import Pattern
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import evaluation_stream, sample_calibration
+from optishear.evaluation.perplexity import perplexity
+from optishear.methods.masks import prune_mask
+from optishear.methods.metrics import wanda_score
+from optishear.methods.sparsegpt import sparsegpt_prune
+from optishear.methods.stats import recording_inputs
+from optishear.model.blocks import capture_block_inputs, decoder_blocks, linear_sublayers, run_block
+from optishear.model.hf import load_model
+from optishear.recipe.prune import prune_model
+from optishear.refit.reconstruct import least_squares_refit
 
 
 def log(msg: str) -> None:

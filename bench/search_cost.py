@@ -22,10 +22,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from optishear.config import CalibrationConfig
-from optishear.data import sample_calibration
-from optishear.genome import Genome
-from optishear.hf import load_model
-from optishear.patterns import Pattern
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.data.text import sample_calibration
+from optishear.model.hf import load_model
 from optishear.search.fitness import Candidate, FitnessEngine
 
 
@@ -71,7 +71,7 @@ def main() -> None:
             torch.cuda.synchronize()
 
     if args.execution == "streaming":
-        from optishear.streaming import BlockStreamer
+        from optishear.model.streaming import BlockStreamer
 
         BlockStreamer(model, device)
     pattern = Pattern.parse(args.pattern)

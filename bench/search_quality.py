@@ -21,7 +21,6 @@ from typing import Any
 
 import torch
 
-from optishear.candidates import Candidate
 from optishear.config import (
     CalibrationConfig,
     EvaluationConfig,
@@ -29,12 +28,13 @@ from optishear.config import (
     PruneConfig,
     SearchConfig,
 )
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.evaluate import perplexity
-from optishear.genome import WANDA_GENOME
-from optishear.hf import load_model
-from optishear.patterns import Pattern
-from optishear.prune import PruneReport, prune_candidate, prune_model
+from optishear.core.genome import WANDA_GENOME
+from optishear.core.patterns import Pattern
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import PruneReport, prune_candidate, prune_model
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.fitness import engine_for
 from optishear.search.loop import run_search
@@ -112,7 +112,7 @@ def main() -> int:
         return measured(lambda: prune_model(model, calib, config))
 
     def held_out_candidate(candidate: Candidate, pattern: Pattern, refit: bool) -> dict[str, Any]:
-        """The candidate pruned as it ships (optishear.prune.prune_candidate), measured."""
+        """The candidate pruned as it ships (optishear.recipe.prune.prune_candidate), measured."""
         return measured(lambda: prune_candidate(model, calib, candidate, pattern, refit=refit))
 
     def measured(prune: Callable[[], PruneReport]) -> dict[str, Any]:

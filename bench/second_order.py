@@ -21,14 +21,14 @@ from typing import Any
 
 import torch
 
-from optishear.candidates import Candidate
 from optishear.config import CalibrationConfig, PruneConfig
-from optishear.data import sample_calibration
-from optishear.evaluate import perplexity
-from optishear.genome import Genome
-from optishear.hf import load_model
-from optishear.layers import block_param_counts
-from optishear.prune import prune_candidate, prune_model
+from optishear.core.genome import Genome
+from optishear.data.text import sample_calibration
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.blocks import block_param_counts
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import prune_candidate, prune_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from metric_truth import held_out, log, parse_pattern

@@ -1,7 +1,7 @@
 """Does a Wanda-pruned model run faster? Dense against 50% unstructured and 2:4, as a table.
 
 For each model, the dense model and a Wanda-pruned copy per pattern are timed with
-`optishear.speed.measure_speed` (greedy generation with the KV cache, repeats alternating
+`optishear.evaluation.speed.measure_speed` (greedy generation with the KV cache, repeats alternating
 between the two models, medians), and one Markdown table is printed with the command that made
 it. Only 2:4 on a CUDA GPU in float16/bfloat16 has a sparse kernel; everywhere else the pruned
 model runs the dense kernels and the note says so.
@@ -38,13 +38,13 @@ from transformers import (
 )
 
 from optishear.config import CalibrationConfig, PruneConfig
-from optishear.data import sample_calibration
-from optishear.errors import ModelSourceError
-from optishear.hf import load_model, torch_device, torch_dtype
-from optishear.prune import prune_model
-from optishear.settings import LibrarySettings
-from optishear.sources import registered_model_dir
-from optishear.speed import SpeedConfig, SpeedReport, measure_speed, verdict
+from optishear.core.errors import ModelSourceError
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import sample_calibration
+from optishear.evaluation.speed import SpeedConfig, SpeedReport, measure_speed, verdict
+from optishear.model.hf import load_model, torch_device, torch_dtype
+from optishear.model.sources import registered_model_dir
+from optishear.recipe.prune import prune_model
 
 # The bundled models' architectures (from their config.json), for --weights random on a machine
 # that never fetched them.

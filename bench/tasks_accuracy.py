@@ -21,15 +21,21 @@ from typing import Any
 
 from torch import nn
 
-from optishear.candidates import ScoredCandidate
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-from optishear.data import evaluation_stream, sample_calibration
-from optishear.evaluate import perplexity
-from optishear.hf import load_model
-from optishear.layers import iter_linears
-from optishear.patterns import Pattern
-from optishear.prune import prune_candidate, prune_model
-from optishear.tasks import LoadedTasks, TaskConfig, TaskReport, load_tasks, run_loaded_tasks
+from optishear.core.patterns import Pattern
+from optishear.data.text import evaluation_stream, sample_calibration
+from optishear.evaluation.perplexity import perplexity
+from optishear.evaluation.tasks import (
+    LoadedTasks,
+    TaskConfig,
+    TaskReport,
+    load_tasks,
+    run_loaded_tasks,
+)
+from optishear.model.blocks import iter_linears
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import ScoredCandidate
+from optishear.recipe.prune import prune_candidate, prune_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_TASKS = ROOT / "tests" / "data" / "lm_eval_tasks"

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from optishear.candidates import Candidate
 from optishear.config import SearchConfig
-from optishear.evaluate import perplexity
-from optishear.genome import WANDA_GENOME, Genome
+from optishear.core.genome import WANDA_GENOME, Genome
+from optishear.evaluation.perplexity import perplexity
+from optishear.recipe.candidates import Candidate
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
 

@@ -28,9 +28,9 @@ import numpy as np
 import ray
 import torch
 
-from optishear.candidates import Candidate
 from optishear.config import BUNDLED, CalibrationConfig, SearchConfig
-from optishear.genome import N_GENOMES, Genome
+from optishear.core.genome import N_GENOMES, Genome
+from optishear.recipe.candidates import Candidate
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import InProcessEvaluator
 from workers.actor import ActorUsage

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import compile_path
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 from service import db
 from service.auth import ApiKeyAuth
 from service.deps import require_api_key

@@ -1,12 +1,12 @@
-"""Compact archives of exports (optishear.compact), built on their first `?format=compact`
+"""Compact archives of exports (optishear.artifacts.compact), built on their first `?format=compact`
 download from the stored tar, once however many requests race for it.
 
 The build holds the store's compact lock (an flock: across threads and processes), writes
-`<id>.compact` through a temporary file and a rename (optishear.compact.pack_tar), then records
+`<id>.compact` through a temporary file and a rename (optishear.artifacts.compact.pack_tar), then records
 its size and sha256 on the row only if no delete has started meanwhile; otherwise it removes
 the file itself. A delete marks the row before it unlinks the files, so either the delete sees
 the renamed file or the build sees the mark: no compact archive outlives its checkpoint.
-optishear.compact imports no torch: the API process builds it.
+optishear.artifacts.compact imports no torch: the API process builds it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from optishear.compact import pack_tar
-from optishear.errors import DataError, OptiShearError
-from optishear.files import sha256_file
+from optishear.artifacts.compact import pack_tar
+from optishear.core.errors import DataError, OptiShearError
+from optishear.core.files import sha256_file
 from service import db
 from service.checkpoint_rows import update_succeeded
 from service.store import CheckpointStore

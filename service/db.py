@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from optishear.candidates import ScoredCandidate, SearchSummary
 from optishear.config import config_error
-from optishear.errors import ConfigError
-from optishear.genome import Genome
-from optishear.patterns import Pattern
+from optishear.core.errors import ConfigError
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.recipe.candidates import ScoredCandidate, SearchSummary
 from service.auth import OPEN, Principal
 from service.db import utcnow
 from service.schemas import GenomeOrigin, GenomePage, GenomeRef, SearchCreate, StoredGenomeRead

@@ -34,7 +34,7 @@ from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 from service import db, store_stats
 from service.auth import OPEN, Principal
 from service.checkpoint_rows import ACTIVE, live_checkpoint, update_succeeded

@@ -2,8 +2,8 @@
 accuracy (lm-evaluation-harness) and prefill/decode speed against the dense model.
 
 A measurement is a job on the queue like an export (service.queue); the runner
-(service.runner.measure_job) unpacks the checkpoint and runs the library's optishear.tasks
-or optishear.speed on it. The API imports neither: it never holds torch.
+(service.runner.measure_job) unpacks the checkpoint and runs the library's optishear.evaluation.tasks
+or optishear.evaluation.speed on it. The API imports neither: it never holds torch.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ class MeasurementRead(BaseModel):
     error: str | None
     request: dict[str, Any]
     result: dict[str, Any] | None = Field(
-        description="when succeeded: optishear.tasks.TaskReport (scores per task and metric) "
-        "or optishear.speed.SpeedReport (rows per model and batch size, ratios, kernel note), "
+        description="when succeeded: optishear.evaluation.tasks.TaskReport (scores per task and metric) "
+        "or optishear.evaluation.speed.SpeedReport (rows per model and batch size, ratios, kernel note), "
         "as JSON"
     )
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from optishear.candidates import ScoredCandidate
+from optishear.recipe.candidates import ScoredCandidate
 from service.db import utcnow
 from service.schemas import (
     CandidateRead,

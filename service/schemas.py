@@ -2,7 +2,7 @@
 
 The request body of a search is the library's `SearchConfig` (optishear.config), so every
 default and cross-field rule is the library's; a scored candidate is the library's
-`ScoredCandidate` (optishear.candidates) everywhere. Nothing here imports torch.
+`ScoredCandidate` (optishear.recipe.candidates) everywhere. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from optishear.candidates import ScoredCandidate, SearchSummary
 from optishear.config import BUNDLED, SearchConfig, Text, validation_message
-from optishear.errors import ConfigError, ModelSourceError
-from optishear.files import user_path
-from optishear.patterns import check_pattern_fits
-from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, layer_widths, resolve_source
+from optishear.core.errors import ConfigError, ModelSourceError
+from optishear.core.files import user_path
+from optishear.core.patterns import check_pattern_fits
+from optishear.core.settings import LibrarySettings
+from optishear.model.sources import REGISTERED_MODELS, layer_widths, resolve_source
+from optishear.recipe.candidates import ScoredCandidate, SearchSummary
 
 __all__ = ["validation_message"]
 

@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from optishear.settings import LibrarySettings
+from optishear.core.settings import LibrarySettings
 
 HASH_PREFIX = "sha256:"
 

@@ -4,7 +4,7 @@ What lives there, by name (every other name is left alone):
 
 - `<checkpoint id>.tar`: an export's archive, renamed in by the runner (service.runner).
 - `<checkpoint id>.compact`: its compact archive, built on the first `?format=compact`
-  download; `.<checkpoint id>.compact.tmp-*` while it is written (optishear.compact).
+  download; `.<checkpoint id>.compact.tmp-*` while it is written (optishear.artifacts.compact).
 - `.compact.lock`: held while a compact archive is built, so that builds and the sweep of
   their temporary files take turns, across threads and processes.
 - `.export-*/`: runners' staging folders (service.runner.staging sweeps those).
@@ -65,7 +65,7 @@ class CheckpointStore:
 
     @classmethod
     def of(cls, settings: ServiceSettings) -> CheckpointStore:
-        from optishear.settings import LibrarySettings
+        from optishear.core.settings import LibrarySettings
 
         root = settings.checkpoint_dir or LibrarySettings().cache / "checkpoints"
         return cls(root.expanduser().absolute())
@@ -97,7 +97,7 @@ class CheckpointStore:
         return self._inside(f"{checkpoint_id}{COMPACT}")
 
     def compact_destination(self, checkpoint_id: uuid.UUID) -> Path:
-        """Where the compact archive of this export is built (optishear.compact.pack_tar
+        """Where the compact archive of this export is built (optishear.artifacts.compact.pack_tar
         writes a temporary file beside it and renames it there)."""
         return self.root.resolve() / f"{checkpoint_id}{COMPACT}"
 

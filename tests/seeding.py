@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from optishear.candidates import Scored, SearchSummary
+from optishear.recipe.candidates import Scored, SearchSummary
 from service import db
 from service.genomes import genome_rows
 from service.runner.rows import candidate_rows, population_json

@@ -12,8 +12,8 @@ from typing import Any
 from seeding import seed_front_search
 from sqlalchemy import func, select, update
 
-from optishear.candidates import Candidate, Evaluation, Scored
-from optishear.genome import Genome
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from service import db
 from service.housekeeping import Housekeeping
 from service.settings import ServiceSettings

@@ -2,15 +2,15 @@
 
 import pytest
 
-from optishear.assets import pull_assets
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.errors import AssetError
-from optishear.evaluate import perplexity
-from optishear.hf import load_model
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
-from optishear.settings import LibrarySettings
+from optishear.core.errors import AssetError
+from optishear.core.patterns import Pattern
+from optishear.core.settings import LibrarySettings
+from optishear.data.assets import pull_assets
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.hf import load_model
+from optishear.recipe.prune import prune_model
 
 # Five prunes and perplexities of a real model: about 2 minutes on 2 free cores.
 pytestmark = [pytest.mark.assets, pytest.mark.slow, pytest.mark.timeout(1800)]

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
+from optishear.artifacts.export import MANIFEST_NAME
 from optishear.cli import main
-from optishear.export import MANIFEST_NAME
-from optishear.layers import iter_linears
+from optishear.model.blocks import iter_linears
 
 
 def _common(root):

@@ -3,11 +3,11 @@
 import torch
 from tiny_models import build_tiny, tiny_tokenizer
 
+from optishear.artifacts.export import export_checkpoint, write_archive
 from optishear.cli import main
 from optishear.config import PruneConfig
-from optishear.export import export_checkpoint, write_archive
-from optishear.files import sha256_file
-from optishear.prune import prune_model
+from optishear.core.files import sha256_file
+from optishear.recipe.prune import prune_model
 
 
 def _pruned_folder(tmp_path):

@@ -7,7 +7,7 @@ from tiny_models import build_tiny, tiny_tokenizer
 
 from optishear.cli import main
 from optishear.config import PruneConfig
-from optishear.prune import prune_model
+from optishear.recipe.prune import prune_model
 
 FAST = [
     "--batch-sizes",

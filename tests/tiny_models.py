@@ -78,7 +78,7 @@ def word_text(n_words: int, seed: int) -> str:
 def tiny_engine(pattern=None, objective="kl", second_order=True):  # type: ignore[no-untyped-def]
     """A FitnessEngine on a 4-block tiny Llama with 8 x 24 random calibration ids (with the
     second-order statistics that a default metric search scores)."""
-    from optishear.patterns import Pattern
+    from optishear.core.patterns import Pattern
     from optishear.search.fitness import FitnessEngine
 
     model = build_tiny("llama", layers=4)

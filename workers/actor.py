@@ -14,9 +14,9 @@ import torch
 import transformers
 from torch import Tensor
 
-from optishear.candidates import Candidate, Evaluation
 from optishear.config import SearchConfig
-from optishear.held_out import HeldOutComparison
+from optishear.evaluation.held_out import HeldOutComparison
+from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 

@@ -1,6 +1,6 @@
 """Errors of the Ray workers, reported like every other OptiShear error."""
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 
 
 class WorkerError(OptiShearError):

@@ -18,10 +18,10 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError
 from torch import Tensor
 
-from optishear.candidates import Candidate, Evaluation
 from optishear.config import SearchConfig
-from optishear.errors import ConfigError
-from optishear.held_out import HeldOutComparison
+from optishear.core.errors import ConfigError
+from optishear.evaluation.held_out import HeldOutComparison
+from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote

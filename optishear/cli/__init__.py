@@ -18,12 +18,12 @@ from typing import Any
 
 import transformers
 
-from optishear.assets import DEFAULT_MODELS, pull_assets
 from optishear.cli import compact_cmds, eval_cmd, prune_cmds, search_cmd, speed_cmd
 from optishear.cli.progress import Bars
-from optishear.errors import OptiShearError
-from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS
+from optishear.core.errors import OptiShearError
+from optishear.core.settings import LibrarySettings
+from optishear.data.assets import DEFAULT_MODELS, pull_assets
+from optishear.model.sources import REGISTERED_MODELS
 
 logger = logging.getLogger("optishear")
 

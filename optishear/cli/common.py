@@ -10,15 +10,15 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from optishear import assets
 from optishear.cli.progress import Bars
 from optishear.config import DTYPES, EvaluationConfig
-from optishear.data import evaluation_stream
-from optishear.evaluate import Perplexity, perplexity
-from optishear.hf import load_model, torch_dtype
-from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, ModelSource, resolve_source
-from optishear.streaming import EXECUTIONS, BlockStreamer, Execution, place_model
+from optishear.core.settings import LibrarySettings
+from optishear.data import assets
+from optishear.data.text import evaluation_stream
+from optishear.evaluation.perplexity import Perplexity, perplexity
+from optishear.model.hf import load_model, torch_dtype
+from optishear.model.sources import REGISTERED_MODELS, ModelSource, resolve_source
+from optishear.model.streaming import EXECUTIONS, BlockStreamer, Execution, place_model
 
 
 def add_runtime_flags(p: argparse.ArgumentParser, *, model: bool = True) -> None:

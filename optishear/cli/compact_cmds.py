@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from optishear.artifacts.compact import pack, pack_tar, read_header, unpack
 from optishear.cli.progress import Bars
-from optishear.compact import pack, pack_tar, read_header, unpack
-from optishear.errors import DataError
-from optishear.settings import LibrarySettings
+from optishear.core.errors import DataError
+from optishear.core.settings import LibrarySettings
 
 _MB = 1e6
 

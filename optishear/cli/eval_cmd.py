@@ -17,11 +17,11 @@ from optishear.cli.common import (
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
 from optishear.config import EvaluationConfig
-from optishear.errors import ConfigError
-from optishear.files import user_path
-from optishear.hf import torch_device
-from optishear.settings import LibrarySettings
-from optishear.tasks import TaskConfig, TaskReport, load_tasks, run_loaded_tasks
+from optishear.core.errors import ConfigError
+from optishear.core.files import user_path
+from optishear.core.settings import LibrarySettings
+from optishear.evaluation.tasks import TaskConfig, TaskReport, load_tasks, run_loaded_tasks
+from optishear.model.hf import torch_device
 
 _TASK_DEFAULTS = TaskConfig(("-",))
 # Flags that mean nothing without --tasks (their dests; None when not given).

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from optishear.artifacts.export import export_checkpoint
 from optishear.cli.common import (
     add_dtype_flag,
     add_runtime_flags,
@@ -21,12 +22,11 @@ from optishear.cli.common import (
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
-from optishear.data import sample_calibration
-from optishear.errors import ConfigError
-from optishear.export import export_checkpoint
-from optishear.hf import torch_device
-from optishear.prune import PruneReport, prune_model
-from optishear.settings import LibrarySettings
+from optishear.core.errors import ConfigError
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import sample_calibration
+from optishear.model.hf import torch_device
+from optishear.recipe.prune import PruneReport, prune_model
 
 logger = logging.getLogger("optishear")
 

@@ -13,18 +13,18 @@ from typing import Any
 
 from tqdm import tqdm
 
+from optishear.artifacts.export import export_checkpoint
 from optishear.cli.common import add_execution_flag, ensure_assets, held_out, load_placed
 from optishear.cli.flags import add_config_flags, config_from_flags
 from optishear.cli.progress import Bars
-from optishear.comparison import held_out_ids
 from optishear.config import SearchConfig
-from optishear.data import sample_calibration
-from optishear.errors import ConfigError
-from optishear.export import export_checkpoint
-from optishear.held_out import manifest_comparison
-from optishear.hf import torch_device
-from optishear.prune import prune_candidate
-from optishear.settings import LibrarySettings
+from optishear.core.errors import ConfigError
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import sample_calibration
+from optishear.evaluation.held_out import manifest_comparison
+from optishear.model.hf import torch_device
+from optishear.recipe.comparison import held_out_ids
+from optishear.recipe.prune import prune_candidate
 
 logger = logging.getLogger("optishear")
 

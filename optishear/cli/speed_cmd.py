@@ -13,13 +13,10 @@ from optishear.cli.common import add_dtype_flag, ensure_assets
 from optishear.cli.flags import add_config_flags, config_body, config_from_flags
 from optishear.cli.progress import Bars
 from optishear.config import CalibrationConfig, PruneConfig
-from optishear.data import sample_calibration
-from optishear.errors import ConfigError
-from optishear.hf import load_model, torch_device, torch_dtype
-from optishear.prune import prune_model
-from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, resolve_source
-from optishear.speed import (
+from optishear.core.errors import ConfigError
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import sample_calibration
+from optishear.evaluation.speed import (
     KERNELS,
     SpeedConfig,
     SpeedReport,
@@ -27,6 +24,9 @@ from optishear.speed import (
     measure_speed,
     no_sparse_kernel_reason,
 )
+from optishear.model.hf import load_model, torch_device, torch_dtype
+from optishear.model.sources import REGISTERED_MODELS, resolve_source
+from optishear.recipe.prune import prune_model
 
 _DEFAULTS = SpeedConfig()
 

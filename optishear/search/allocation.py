@@ -30,10 +30,10 @@ from pymoo.core.algorithm import Algorithm
 from pymoo.core.mutation import Mutation
 from pymoo.core.population import Population
 
-from optishear.candidates import Candidate, block_means
 from optishear.config import SearchConfig
-from optishear.errors import ConfigError
-from optishear.genome import Genome
+from optishear.core.errors import ConfigError
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, block_means
 from optishear.search.space import balance_offsets
 
 _TRIES = 64  # attempts to find a feasible move before a mutant is left as it is
@@ -43,7 +43,7 @@ _TOL = 1e-9
 
 @dataclass(frozen=True)
 class LayerLayout:
-    """The model's prunable linear layers, in `optishear.layers.iter_linears` order."""
+    """The model's prunable linear layers, in `optishear.model.blocks.iter_linears` order."""
 
     numel: tuple[int, ...]
     block: tuple[int, ...]

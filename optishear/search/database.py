@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from optishear.errors import ConfigError
-from optishear.genome import Genome
-from optishear.masks import prune_mask
-from optishear.meta import meta_log_score
-from optishear.patterns import Pattern
-from optishear.sparsegpt import sparsegpt_prune
+from optishear.core.errors import ConfigError
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.methods.masks import prune_mask
+from optishear.methods.meta import meta_log_score
+from optishear.methods.sparsegpt import sparsegpt_prune
 
 logger = logging.getLogger(__name__)
 

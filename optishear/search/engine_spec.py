@@ -9,13 +9,13 @@ from pathlib import Path
 from torch import Tensor
 
 from optishear.config import SearchConfig
-from optishear.data import sample_calibration
-from optishear.errors import ModelSourceError
-from optishear.files import user_path
-from optishear.hf import load_model, torch_device, torch_dtype
+from optishear.core.errors import ModelSourceError
+from optishear.core.files import user_path
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import sample_calibration
+from optishear.model.hf import load_model, torch_device, torch_dtype
+from optishear.model.streaming import Execution, place_model
 from optishear.search.fitness import FitnessEngine, engine_for
-from optishear.settings import LibrarySettings
-from optishear.streaming import Execution, place_model
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class EngineSpec:
 
     config: SearchConfig
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ... or "auto"
-    execution: Execution = "auto"  # resident or block streaming (optishear.streaming)
+    execution: Execution = "auto"  # resident or block streaming (optishear.model.streaming)
     folder: str | None = None  # where a layer database too big for memory goes
 
     def __post_init__(self) -> None:

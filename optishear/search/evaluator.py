@@ -10,9 +10,9 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from optishear.candidates import Candidate, Evaluation
 from optishear.config import SearchConfig
-from optishear.held_out import HeldOutComparison
+from optishear.evaluation.held_out import HeldOutComparison
+from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
 
@@ -59,7 +59,7 @@ class DatabaseReporter(Protocol):
 @runtime_checkable
 class HeldOutComparer(Protocol):
     """Optional for a BatchEvaluator: held-out perplexity of a candidate beside the baselines'
-    (optishear.comparison), on a model it holds."""
+    (optishear.recipe.comparison), on a model it holds."""
 
     def compare_held_out(
         self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool

@@ -1,10 +1,10 @@
 """Model-wise reconstruction error of a candidate, computed fast on one resident model.
 
 The model is loaded once and its weights are held once: a candidate is laid over the dense
-layers at forward time (optishear.overlay: each linear computes with its masked weight), so
+layers at forward time (optishear.model.overlay: each linear computes with its masked weight), so
 there is no dense backup to restore from, and no reload or deep copy. The few steps that prune
 in place (a baseline prune, candidates scored as shipped) are undone from a transient file
-(optishear.backup). Dense activation statistics and the dense reference
+(optishear.model.backup). Dense activation statistics and the dense reference
 outputs are computed once, as final hidden states (lm_head inputs), never as logits.
 
 Two objectives, both accumulated one sequence at a time:
@@ -30,13 +30,16 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from optishear.backup import restored_after
-from optishear.candidates import Candidate, Evaluation
-from optishear.comparison import compare_held_out
 from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
-from optishear.errors import ConfigError, UnsupportedModelError
-from optishear.held_out import HeldOutComparison
-from optishear.layers import (
+from optishear.core.errors import ConfigError, UnsupportedModelError
+from optishear.core.patterns import Pattern, check_pattern_fits
+from optishear.evaluation.held_out import HeldOutComparison
+from optishear.methods.masks import pack_mask, prune_mask, unpack_mask
+from optishear.methods.meta import meta_log_score
+from optishear.methods.sparsegpt import hessian_rho
+from optishear.methods.stats import LayerStats
+from optishear.model.backup import restored_after
+from optishear.model.blocks import (
     block_param_counts,
     capture_block_inputs,
     decoder_blocks,
@@ -44,20 +47,22 @@ from optishear.layers import (
     inputs_of,
     iter_linears,
 )
-from optishear.masks import pack_mask, prune_mask, unpack_mask
-from optishear.memory import release_free_memory
-from optishear.meta import meta_log_score
-from optishear.overlay import WeightOverlay
-from optishear.patterns import Pattern, check_pattern_fits
-from optishear.prune import collect_dense_stats, owl_plan_from_dense, prune_candidate, prune_model
+from optishear.model.memory import release_free_memory
+from optishear.model.overlay import WeightOverlay
+from optishear.recipe.candidates import Candidate, Evaluation
+from optishear.recipe.comparison import compare_held_out
+from optishear.recipe.prune import (
+    collect_dense_stats,
+    owl_plan_from_dense,
+    prune_candidate,
+    prune_model,
+)
 from optishear.search.database import (
     DatabaseInfo,
     DatabaseRequest,
     LayerDatabase,
     build_database,
 )
-from optishear.sparsegpt import hessian_rho
-from optishear.stats import LayerStats
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +106,7 @@ class FitnessEngine:
         survivors), and per-layer candidates are applied from it (optishear.search.database).
 
         With `second_order`, the scoring statistics carry input Hessians, from which every
-        layer's rho (optishear.genome) is kept, so that second-order genomes can be scored.
+        layer's rho (optishear.core.genome) is kept, so that second-order genomes can be scored.
         """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
@@ -478,7 +483,7 @@ class FitnessEngine:
         """Prune as the final model is pruned; returns its sparsity.
 
         Unlike `apply`, statistics come from the already-pruned prefix, and with `refit` every
-        layer's surviving weights are refit by least squares (optishear.reconstruct): what a
+        layer's surviving weights are refit by least squares (optishear.refit.reconstruct): what a
         user downloads. It costs a sequential pass over the blocks (with input Gram matrices
         when refitting).
         """
@@ -500,7 +505,7 @@ class FitnessEngine:
         self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, *, refit: bool
     ) -> HeldOutComparison:
         """Held-out perplexity of the candidate as shipped, Wanda and SparseGPT; the model is
-        dense again afterwards (optishear.comparison)."""
+        dense again afterwards (optishear.recipe.comparison)."""
         self.restore()
         return compare_held_out(
             self.model, self.dense, self.calib_ids, held_out_ids, candidate, config, refit=refit

@@ -29,10 +29,10 @@ from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 from torch import Tensor
 
-from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
-from optishear.errors import ConfigError, OptiShearError
-from optishear.genome import WANDA_GENOME
+from optishear.core.errors import ConfigError, OptiShearError
+from optishear.core.genome import WANDA_GENOME
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.allocation import (
     AllocationSpace,
     LayerLayout,
@@ -507,7 +507,7 @@ def run_search(
     JSON state) before `progress` is called; `resume_from` continues from such a snapshot's
     `state` instead of from `state_path`. With `config.compare_baselines`, the recommended
     candidate's held-out perplexity is measured beside Wanda's and SparseGPT's on
-    `held_out_ids` (optishear.comparison.held_out_ids) by the evaluator's model.
+    `held_out_ids` (optishear.recipe.comparison.held_out_ids) by the evaluator's model.
     """
     if config.compare_baselines and held_out_ids is None:
         raise ConfigError("comparing with the baselines needs the held-out token ids")

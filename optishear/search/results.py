@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optishear.candidates import (
+from optishear.config import SearchConfig
+from optishear.evaluation.held_out import HeldOutComparison
+from optishear.recipe.candidates import (
     GAP_TOLERANCE,
     Candidate,
     Scored,
     SearchSummary,
     StageSummary,
 )
-from optishear.config import SearchConfig
-from optishear.held_out import HeldOutComparison
 
 
 @dataclass(frozen=True)

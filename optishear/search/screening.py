@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
-from optishear.genome import canonical_genomes
+from optishear.core.genome import canonical_genomes
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.evaluator import BatchEvaluator
 from optishear.search.state import SearchState
 

@@ -10,9 +10,9 @@ from typing import Any, Literal
 import numpy as np
 from pymoo.core.repair import Repair
 
-from optishear.candidates import Candidate
-from optishear.errors import ConfigError
-from optishear.genome import COEFFICIENTS, HESSIAN_TERMS, TRANSFORMS, WANDA_GENOME, Genome
+from optishear.core.errors import ConfigError
+from optishear.core.genome import COEFFICIENTS, HESSIAN_TERMS, TRANSFORMS, WANDA_GENOME, Genome
+from optishear.recipe.candidates import Candidate
 
 Stage = Literal["metric", "layerwise", "joint"]
 
@@ -32,7 +32,7 @@ class SearchSpace:
     levels: int = 1
     genome: Genome = WANDA_GENOME  # fixed genome of a layerwise-only stage
     block_sparsity: tuple[float, ...] = field(default_factory=tuple)  # fixed plan of a metric stage
-    second_order: bool = False  # the metric genes include h (optishear.genome)
+    second_order: bool = False  # the metric genes include h (optishear.core.genome)
 
     def __post_init__(self) -> None:
         if self.stage not in ("metric", "layerwise", "joint"):

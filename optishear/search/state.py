@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from optishear.candidates import Candidate, Evaluation, Scored
-from optishear.errors import ConfigError, OptiShearError
-from optishear.genome import Genome
+from optishear.core.errors import ConfigError, OptiShearError
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.results import StageOutcome
 
 FORMAT = "optishear.search-state"

@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from optishear.cli.flags import add_config_flags
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 from service.commands.run import run_command
 from service.commands.serve import db_command, serve_command, worker_command
 from service.commands.store import register as register_store

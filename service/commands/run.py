@@ -24,8 +24,8 @@ POLL_SECONDS = 0.5  # `optishear run` reads its job's progress from the database
 def _search_request(args: argparse.Namespace) -> SearchCreate:
     """SearchCreate from the flags given; bad input raises ConfigError with the API's message."""
     from optishear.cli.flags import config_from_flags, flag_value
-    from optishear.errors import ConfigError
-    from optishear.settings import LibrarySettings
+    from optishear.core.errors import ConfigError
+    from optishear.core.settings import LibrarySettings
     from service.schemas import SearchCreate
 
     source, use = getattr(args, "metric_from", None), getattr(args, "metric_use", None)
@@ -46,7 +46,7 @@ def run_command(args: argparse.Namespace) -> int:
     """Queue the search, work the queue here until it and its export end; 0 when both succeed."""
     from sqlalchemy import make_url
 
-    from optishear.errors import ConfigError
+    from optishear.core.errors import ConfigError
     from service import db
     from service.runner import QueueRunner
     from service.settings import get_settings
@@ -164,7 +164,7 @@ def _follow(
     """Print the search's generations, then export its recommended candidate and print both."""
     from sqlalchemy import select
 
-    from optishear.held_out import gain_text
+    from optishear.evaluation.held_out import gain_text
     from service import db, repository
     from service.store import CheckpointStore
     from service.tables import CandidateRow, Checkpoint, JobStatus, Search

@@ -85,7 +85,7 @@ def _housekeeping(*, verbose: bool) -> Iterator[Housekeeping]:
 
 
 def _id(text: str, kind: str) -> uuid.UUID:
-    from optishear.errors import ConfigError
+    from optishear.core.errors import ConfigError
 
     try:
         return uuid.UUID(text)

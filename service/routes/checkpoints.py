@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.responses import MalformedRangeHeader, RangeNotSatisfiable
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 from service import compacts, repository
 from service.deps import (
     HousekeepingDep,

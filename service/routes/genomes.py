@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from optishear.errors import ConfigError
-from optishear.patterns import Pattern
+from optishear.core.errors import ConfigError
+from optishear.core.patterns import Pattern
 from service import genomes
 from service.deps import PrincipalDep, SessionDep
 from service.responses import ValidationProblem

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Response, status
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from optishear.settings import LibrarySettings
-from optishear.sources import REGISTERED_MODELS, registered_model_dir
+from optishear.core.settings import LibrarySettings
+from optishear.model.sources import REGISTERED_MODELS, registered_model_dir
 from service.db import utcnow
 from service.deps import SessionDep, SettingsDep, StoreDep
 from service.responses import API_ERRORS, RETRY_AFTER

@@ -10,8 +10,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
 from sqlalchemy import select
 
-from optishear.errors import ConfigError
-from optishear.settings import LibrarySettings
+from optishear.core.errors import ConfigError
+from optishear.core.settings import LibrarySettings
 from service import genomes, repository
 from service.deps import (
     HousekeepingDep,

@@ -17,12 +17,12 @@ from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from optishear.data import evaluation_stream, sample_calibration
-from optishear.evaluate import perplexity
-from optishear.export import export_checkpoint, measured_sparsity, write_archive
-from optishear.held_out import HeldOutComparison, manifest_comparison
-from optishear.hf import load_model, torch_dtype
-from optishear.prune import prune_candidate
+from optishear.artifacts.export import export_checkpoint, measured_sparsity, write_archive
+from optishear.data.text import evaluation_stream, sample_calibration
+from optishear.evaluation.held_out import HeldOutComparison, manifest_comparison
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.hf import load_model, torch_dtype
+from optishear.recipe.prune import prune_candidate
 from service import queue, repository
 from service.housekeeping import Housekeeping
 from service.runner import retry
@@ -34,7 +34,7 @@ from service.store import CheckpointStore
 from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
 if TYPE_CHECKING:
-    from optishear.candidates import Candidate
+    from optishear.recipe.candidates import Candidate
     from service.runner.loop import QueueRunner
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from optishear.errors import OptiShearError
-from optishear.settings import LibrarySettings
+from optishear.core.errors import OptiShearError
+from optishear.core.settings import LibrarySettings
 from service import db, queue
 from service.db import utcnow
 from service.housekeeping import Housekeeping

@@ -1,5 +1,5 @@
 """A measurement job: unpack an exported checkpoint and measure it, downstream tasks
-(optishear.tasks) or speed against the dense model (optishear.speed); store the report.
+(optishear.evaluation.tasks) or speed against the dense model (optishear.evaluation.speed); store the report.
 
 The checkpoint is read from its tar in the store into a staging folder (service.runner.staging),
 so that a runner killed midway leaves nothing a sweep would not remove. A task or setting the
@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
-from optishear.errors import DataError
-from optishear.hf import load_model, torch_device, torch_dtype
+from optishear.core.errors import DataError
+from optishear.model.hf import load_model, torch_device, torch_dtype
 from service import queue
 from service.runner import retry
 from service.runner.errors import LeaseLostError
@@ -86,7 +86,10 @@ def _unpacked(archive: Path, into: Path) -> Path:
 def _tasks(
     runner: QueueRunner, model: nn.Module, tokenizer: PreTrainedTokenizerBase, body: dict[str, Any]
 ) -> dict[str, Any]:
-    from optishear.tasks import TaskConfig, run_tasks  # lm-eval loads only where it is used
+    from optishear.evaluation.tasks import (  # lm-eval loads only where it is used
+        TaskConfig,
+        run_tasks,
+    )
 
     config = TaskConfig(
         tasks=tuple(body["tasks"]),
@@ -102,7 +105,7 @@ def _tasks(
 def _speed(
     runner: QueueRunner, pruned: nn.Module, request: SearchCreate, body: dict[str, Any]
 ) -> dict[str, Any]:
-    from optishear.speed import SpeedConfig, measure_speed
+    from optishear.evaluation.speed import SpeedConfig, measure_speed
 
     config = SpeedConfig(
         batch_sizes=tuple(body["batch_sizes"]),

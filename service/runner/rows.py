@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from optishear.candidates import Scored
+from optishear.recipe.candidates import Scored
 from service.tables import CandidateRow
 
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
 
-from optishear import assets
-from optishear.comparison import held_out_ids
-from optishear.hf import load_tokenizer
+from optishear.data import assets
+from optishear.model.hf import load_tokenizer
+from optishear.model.sources import model_family
+from optishear.recipe.comparison import held_out_ids
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
 from optishear.search.loop import run_search
 from optishear.search.results import GenerationSnapshot
-from optishear.sources import model_family
 from service import queue
 from service.genomes import genome_rows
 from service.runner import retry

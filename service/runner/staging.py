@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
-from optishear.errors import OptiShearError
+from optishear.core.errors import OptiShearError
 from service.db import utcnow
 from service.tables import RunnerRow
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from seeding import seed_front_search
 
-from optishear.candidates import Candidate, Evaluation, Scored, block_means
-from optishear.genome import Genome
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored, block_means
 from service.tables import JobStatus
 
 # `expect` and `page` come from conftest.py: without Chromium these tests skip, or fail under CI.

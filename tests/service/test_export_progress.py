@@ -8,8 +8,8 @@ import uuid
 from seeding import seed_front_search
 from sqlalchemy import select
 
-from optishear.candidates import Candidate, Evaluation, Scored
-from optishear.genome import Genome
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from service import db
 from service.runner import QueueRunner
 from service.runner.export_job import ExportProgressWriter

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from optishear.layers import iter_linears
+from optishear.model.blocks import iter_linears
 
 
 def test_submit_poll_front_export_download_load(

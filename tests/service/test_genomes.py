@@ -11,11 +11,11 @@ import pytest
 from seeding import seed_front_search
 from sqlalchemy import delete, select
 
-from optishear.candidates import Candidate, Evaluation, Scored, SearchSummary
 from optishear.cli import main
-from optishear.genome import Genome
-from optishear.settings import LibrarySettings
-from optishear.sources import model_family
+from optishear.core.genome import Genome
+from optishear.core.settings import LibrarySettings
+from optishear.model.sources import model_family
+from optishear.recipe.candidates import Candidate, Evaluation, Scored, SearchSummary
 from service import db
 from service.commands.run import _submit
 from service.genomes import MAX_GENOMES, best_genomes

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from seeding import seed_front_search
 from sqlalchemy import func, select
 
-from optishear.candidates import Candidate, Evaluation, Scored
-from optishear.genome import Genome
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from service import db
 from service.app import create_app
 from service.settings import ServiceSettings, hash_key

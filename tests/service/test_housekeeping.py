@@ -34,8 +34,8 @@ from store_checks import (
     store_files,
 )
 
-from optishear.compact import unpack
-from optishear.export import write_archive
+from optishear.artifacts.compact import unpack
+from optishear.artifacts.export import write_archive
 from service import db
 from service.app import create_app
 from service.commands import main as service_main

@@ -11,8 +11,8 @@ from typing import Any
 from seeding import CheckpointSeed, seed_front_search
 from sqlalchemy import select
 
-from optishear.candidates import Candidate, Evaluation, Scored, ScoredCandidate, block_means
-from optishear.genome import Genome
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored, ScoredCandidate, block_means
 from service import db
 from service.runner.rows import population_json
 from service.tables import CandidateRow, JobStatus

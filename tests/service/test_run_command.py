@@ -9,8 +9,8 @@ import tarfile
 import pytest
 from sqlalchemy import select
 
+from optishear.artifacts.export import MANIFEST_NAME
 from optishear.cli import main
-from optishear.export import MANIFEST_NAME
 from service import db
 from service.settings import get_settings
 from service.tables import Checkpoint, JobStatus, Search

@@ -8,21 +8,21 @@ import torch
 from pydantic import ValidationError
 from tiny_models import VOCAB, build_tiny
 
-from optishear.candidates import Candidate
+from optishear.artifacts.export import measured_sparsity
 from optishear.config import PlanConfig, PruneConfig, SearchConfig
-from optishear.export import measured_sparsity
-from optishear.genome import WANDA_GENOME, Genome
-from optishear.layers import iter_linears
-from optishear.masks import prune_mask
-from optishear.meta import meta_log_score
-from optishear.patterns import Pattern
-from optishear.prune import prune_candidate, prune_model
+from optishear.core.genome import WANDA_GENOME, Genome
+from optishear.core.patterns import Pattern
+from optishear.methods.masks import prune_mask
+from optishear.methods.meta import meta_log_score
+from optishear.methods.sparsegpt import sparsegpt_prune
+from optishear.model.blocks import iter_linears
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import prune_candidate, prune_model
 from optishear.search.allocation import AllocationSpace, LayerLayout, LevelSwitch, mutate
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.fitness import engine_for
 from optishear.search.loop import run_search
 from optishear.search.state import SearchState
-from optishear.sparsegpt import sparsegpt_prune
 
 # A GQA-like block: q and o 4x, k and v 1x, three MLP layers 10x (an MLP holds 3 attentions).
 _LAYOUT = LayerLayout.of(
@@ -192,8 +192,8 @@ def test_refit_database_equals_masking_and_refitting_directly(where, tmp_path) -
     got = engine.evaluate(cand)
 
     # The same prune by hand: dense statistics and Hessians, the genome's masks, OBS update.
-    from optishear.layers import capture_block_inputs
-    from optishear.prune import collect_dense_stats
+    from optishear.model.blocks import capture_block_inputs
+    from optishear.recipe.prune import collect_dense_stats
 
     inputs = capture_block_inputs(dense_model, ids, 4)
     stats = collect_dense_stats(dense_model, inputs, hessian=True)

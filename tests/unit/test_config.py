@@ -19,9 +19,9 @@ from optishear.config import (
     config_error,
     default_sparsity,
 )
-from optishear.errors import ConfigError
-from optishear.genome import WANDA_GENOME, Genome
-from optishear.patterns import Pattern
+from optishear.core.errors import ConfigError
+from optishear.core.genome import WANDA_GENOME, Genome
+from optishear.core.patterns import Pattern
 
 GENOME = Genome.parse("f1=sqrt,beta=inv_col_sum")
 

@@ -9,13 +9,13 @@ import torch
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from optishear.candidates import Candidate
+from optishear.artifacts.export import export_checkpoint
 from optishear.config import PruneConfig, SearchConfig
-from optishear.export import export_checkpoint
-from optishear.genome import Genome
-from optishear.layers import iter_linears
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.model.blocks import iter_linears
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import prune_model
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.fitness import FitnessEngine
 from optishear.search.loop import run_search

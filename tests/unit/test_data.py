@@ -5,10 +5,10 @@ from pydantic import ValidationError
 from tiny_models import tiny_tokenizer, word_text
 
 from optishear.config import CalibrationConfig, EvaluationConfig
-from optishear.data import load_texts, sample_calibration, tokenize_stream
-from optishear.errors import DataError
-from optishear.evaluate import eval_windows
-from optishear.settings import LibrarySettings
+from optishear.core.errors import DataError
+from optishear.core.settings import LibrarySettings
+from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.evaluation.perplexity import eval_windows
 
 
 def test_calibration_is_seeded_and_shaped(tmp_path) -> None:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from tiny_models import VOCAB, build_tiny
 
-from optishear import evaluate
 from optishear.config import EvaluationConfig
+from optishear.evaluation import perplexity as evaluate
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])

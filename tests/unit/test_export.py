@@ -7,12 +7,17 @@ import torch
 from tiny_models import build_tiny, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
+from optishear.artifacts.export import (
+    MANIFEST_NAME,
+    export_checkpoint,
+    measured_sparsity,
+    write_archive,
+)
 from optishear.config import PruneConfig
-from optishear.errors import ConfigError
-from optishear.export import MANIFEST_NAME, export_checkpoint, measured_sparsity, write_archive
-from optishear.files import sha256_file
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.errors import ConfigError
+from optishear.core.files import sha256_file
+from optishear.core.patterns import Pattern
+from optishear.recipe.prune import prune_model
 
 
 @pytest.mark.parametrize("arch", ["llama", "opt", "gemma3"])

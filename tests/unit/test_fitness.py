@@ -6,12 +6,12 @@ import pytest
 import torch
 from tiny_models import build_tiny, tiny_engine
 
-from optishear.candidates import Candidate
 from optishear.config import PlanConfig, PruneConfig
-from optishear.genome import Genome
-from optishear.layers import capture_block_inputs, iter_linears
-from optishear.patterns import Pattern
-from optishear.prune import collect_dense_stats, prune_model
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.model.blocks import capture_block_inputs, iter_linears
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import collect_dense_stats, prune_model
 from optishear.search.fitness import FitnessEngine
 
 

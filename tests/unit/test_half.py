@@ -1,7 +1,7 @@
 """bf16 models prune as fp32 ones do, up to documented near-ties.
 
 A bf16 model keeps its weights in bf16 on the device while statistics, Hessians, scores and the
-KL are float32 (optishear.stats, optishear.search.fitness). Its activations are computed in
+KL are float32 (optishear.methods.stats, optishear.search.fitness). Its activations are computed in
 bf16 (8 bits of mantissa), so a weight whose score sits within a few bf16 steps of its row's
 threshold may fall on the other side: those are the near-ties below, and nothing else differs.
 """
@@ -14,13 +14,13 @@ import pytest
 import torch
 from tiny_models import VOCAB, build_tiny
 
-from optishear.candidates import Candidate
 from optishear.config import PruneConfig
-from optishear.genome import Genome
-from optishear.layers import capture_block_inputs, iter_linears
-from optishear.metrics import wanda_score
-from optishear.patterns import Pattern
-from optishear.prune import collect_dense_stats, prune_model
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.methods.metrics import wanda_score
+from optishear.model.blocks import capture_block_inputs, iter_linears
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import collect_dense_stats, prune_model
 from optishear.search.fitness import FitnessEngine
 
 # Relative distance from the threshold within which fp32 and bf16 may disagree: a few bf16

@@ -3,8 +3,8 @@ import torch
 from tiny_models import ARCHS, build_tiny
 from torch import nn
 
-from optishear.errors import UnsupportedModelError
-from optishear.layers import (
+from optishear.core.errors import UnsupportedModelError
+from optishear.model.blocks import (
     capture_block_inputs,
     decoder_blocks,
     fit_batch_size,

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from optishear.errors import ConfigError
-from optishear.masks import pack_mask, prune_mask, unpack_mask
-from optishear.patterns import Pattern, check_pattern_fits
+from optishear.core.errors import ConfigError
+from optishear.core.patterns import Pattern, check_pattern_fits
+from optishear.methods.masks import pack_mask, prune_mask, unpack_mask
 
 
 def test_pattern_parse() -> None:
@@ -67,7 +67,7 @@ def test_ties_go_to_the_lower_index_first() -> None:
 def test_n_m_selections_equal_the_stable_sort(n: int, m: int) -> None:
     """The comparison-rank N:M selection (CUDA) and the pairwise one (CPU) give a stable sort's
     masks, ties to the lower index too."""
-    from optishear.masks import _lowest_in_groups_by_pairs, _lowest_in_groups_by_rank
+    from optishear.methods.masks import _lowest_in_groups_by_pairs, _lowest_in_groups_by_rank
 
     gen = torch.Generator().manual_seed(0)
     score = torch.randint(0, 4, (16, 64), generator=gen).float()  # many ties

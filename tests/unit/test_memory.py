@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from optishear.memory import _malloc_trim, release_free_memory
+from optishear.model.memory import _malloc_trim, release_free_memory
 
 
 def _anon_bytes() -> int:

@@ -3,15 +3,15 @@ import math
 import pytest
 import torch
 
-from optishear.errors import ConfigError, UnknownMethodError
-from optishear.genome import N_FIRST_ORDER, N_GENOMES, WANDA_GENOME, Genome, canonical_genomes
-from optishear.layers import capture_block_inputs, iter_linears
-from optishear.masks import prune_mask
-from optishear.meta import meta_log_score
-from optishear.metrics import get_metric, ria_score, wanda_score
-from optishear.patterns import Pattern
-from optishear.prune import collect_dense_stats
-from optishear.sparsegpt import damped_inverse, hessian_rho
+from optishear.core.errors import ConfigError, UnknownMethodError
+from optishear.core.genome import N_FIRST_ORDER, N_GENOMES, WANDA_GENOME, Genome, canonical_genomes
+from optishear.core.patterns import Pattern
+from optishear.methods.masks import prune_mask
+from optishear.methods.meta import meta_log_score
+from optishear.methods.metrics import get_metric, ria_score, wanda_score
+from optishear.methods.sparsegpt import damped_inverse, hessian_rho
+from optishear.model.blocks import capture_block_inputs, iter_linears
+from optishear.recipe.prune import collect_dense_stats
 
 
 def test_unknown_metric() -> None:

@@ -9,11 +9,11 @@ import torch
 from tiny_models import build_tiny, tiny_engine
 from torch import nn
 
-from optishear.backup import restored_after
-from optishear.candidates import Candidate
-from optishear.genome import Genome
-from optishear.layers import iter_linears
-from optishear.overlay import WeightOverlay
+from optishear.core.genome import Genome
+from optishear.model.backup import restored_after
+from optishear.model.blocks import iter_linears
+from optishear.model.overlay import WeightOverlay
+from optishear.recipe.candidates import Candidate
 
 
 def test_an_overlaid_layer_computes_as_the_masked_layer_and_comes_off_cleanly() -> None:

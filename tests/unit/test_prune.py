@@ -4,13 +4,13 @@ from pydantic import ValidationError
 from tiny_models import ARCHS, build_tiny
 
 from optishear.config import PlanConfig, PruneConfig, config_error
-from optishear.errors import ConfigError, UnknownMethodError
-from optishear.genome import Genome
-from optishear.layers import decoder_blocks, iter_linears, linear_sublayers
-from optishear.methods import build_method
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
-from optishear.sparsegpt import sparsegpt_prune
+from optishear.core.errors import ConfigError, UnknownMethodError
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.methods.registry import build_method
+from optishear.methods.sparsegpt import sparsegpt_prune
+from optishear.model.blocks import decoder_blocks, iter_linears, linear_sublayers
+from optishear.recipe.prune import prune_model
 
 PATTERNS = [Pattern(), Pattern(2, 4), Pattern(4, 8)]
 
@@ -127,7 +127,7 @@ def test_sparsegpt_layer_error_below_wanda(pattern) -> None:
     H = 2 * X.T @ X / 16
     wanda = W.clone()
     score = W.abs() * (X**2).sum(0).sqrt()[None, :]
-    from optishear.masks import prune_mask
+    from optishear.methods.masks import prune_mask
 
     wanda[prune_mask(score, 0.5, pattern)] = 0
     sgpt = W.clone()

@@ -6,14 +6,14 @@ from pydantic import ValidationError
 from tiny_models import build_tiny
 
 from optishear.config import PruneConfig
-from optishear.errors import ConfigError
-from optishear.layers import iter_linears
-from optishear.masks import prune_mask
-from optishear.metrics import wanda_score
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
-from optishear.reconstruct import least_squares_refit
-from optishear.sparsegpt import sparsegpt_prune
+from optishear.core.errors import ConfigError
+from optishear.core.patterns import Pattern
+from optishear.methods.masks import prune_mask
+from optishear.methods.metrics import wanda_score
+from optishear.methods.sparsegpt import sparsegpt_prune
+from optishear.model.blocks import iter_linears
+from optishear.recipe.prune import prune_model
+from optishear.refit.reconstruct import least_squares_refit
 
 PATTERNS = [Pattern(), Pattern(2, 4), Pattern(4, 8)]
 
@@ -102,12 +102,12 @@ def test_reconstruct_is_refused_where_it_means_nothing() -> None:
 
 def test_refit_on_too_few_tokens_warns(calib_ids, caplog) -> None:
     model = build_tiny("llama")  # widest layer: 64 inputs; calib_ids hold 8 x 24 = 192 tokens
-    with caplog.at_level("WARNING", logger="optishear.prune"):
+    with caplog.at_level("WARNING", logger="optishear.recipe.prune"):
         prune_model(model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, reconstruct=True))
     assert "192 calibration tokens for layers with up to 64 inputs" in caplog.text
     caplog.clear()
     many = torch.randint(0, 128, (16, 24), generator=torch.Generator().manual_seed(2))
-    with caplog.at_level("WARNING", logger="optishear.prune"):
+    with caplog.at_level("WARNING", logger="optishear.recipe.prune"):
         prune_model(
             build_tiny("llama"), many, PruneConfig(method="wanda", sparsity=0.5, reconstruct=True)
         )

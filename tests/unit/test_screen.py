@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from tiny_models import tiny_engine
 
-from optishear.candidates import Evaluation
 from optishear.config import SearchConfig
-from optishear.genome import WANDA_GENOME, Genome, canonical_genomes
+from optishear.core.genome import WANDA_GENOME, Genome, canonical_genomes
+from optishear.recipe.candidates import Evaluation
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
 

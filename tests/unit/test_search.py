@@ -6,12 +6,12 @@ import torch
 from pydantic import ValidationError
 from tiny_models import build_tiny, tiny_engine
 
-from optishear.candidates import Candidate, Evaluation
 from optishear.config import PlanConfig, PruneConfig, SearchConfig, config_error
-from optishear.errors import ConfigError
-from optishear.genome import Genome
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.errors import ConfigError
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.recipe.candidates import Candidate, Evaluation
+from optishear.recipe.prune import prune_model
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
 from optishear.search.space import SearchSpace, balance_offsets

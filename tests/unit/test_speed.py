@@ -8,12 +8,10 @@ import pytest
 import torch
 from tiny_models import build_tiny
 
-from optishear import speed
 from optishear.config import PruneConfig
-from optishear.errors import ConfigError, DataError
-from optishear.layers import iter_linears
-from optishear.prune import prune_model
-from optishear.speed import (
+from optishear.core.errors import ConfigError, DataError
+from optishear.evaluation import speed
+from optishear.evaluation.speed import (
     SpeedConfig,
     SpeedRatio,
     SpeedReport,
@@ -24,6 +22,8 @@ from optishear.speed import (
     no_sparse_kernel_reason,
     semi_structured_linears,
 )
+from optishear.model.blocks import iter_linears
+from optishear.recipe.prune import prune_model
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")

@@ -11,10 +11,10 @@ from dataclasses import fields, is_dataclass
 import numpy as np
 import pytest
 
-from optishear.candidates import Candidate, Evaluation, Scored
 from optishear.config import SearchConfig
-from optishear.errors import ConfigError
-from optishear.genome import Genome
+from optishear.core.errors import ConfigError
+from optishear.core.genome import Genome
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.loop import run_search
 from optishear.search.results import StageOutcome
 from optishear.search.state import FORMAT, VERSION, SearchState, SearchStateError, Tell

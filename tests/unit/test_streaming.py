@@ -8,15 +8,15 @@ import pytest
 import torch
 from tiny_models import VOCAB, build_tiny
 
-from optishear.candidates import Candidate
 from optishear.config import EvaluationConfig, PruneConfig
-from optishear.evaluate import perplexity
-from optishear.genome import Genome
-from optishear.layers import capture_block_inputs, decoder_blocks
-from optishear.patterns import Pattern
-from optishear.prune import prune_model
+from optishear.core.genome import Genome
+from optishear.core.patterns import Pattern
+from optishear.evaluation.perplexity import perplexity
+from optishear.model.blocks import capture_block_inputs, decoder_blocks
+from optishear.model.streaming import BlockStreamer, choose_execution, onloaded
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.prune import prune_model
 from optishear.search.fitness import FitnessEngine
-from optishear.streaming import BlockStreamer, choose_execution, onloaded
 
 CPU = torch.device("cpu")
 

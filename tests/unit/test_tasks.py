@@ -11,9 +11,8 @@ from tiny_models import tiny_config
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from optishear.errors import ConfigError, DataError
-from optishear.streaming import BlockStreamer
-from optishear.tasks import (
+from optishear.core.errors import ConfigError, DataError
+from optishear.evaluation.tasks import (
     TaskConfig,
     TaskReport,
     TaskScore,
@@ -21,6 +20,7 @@ from optishear.tasks import (
     run_loaded_tasks,
     run_tasks,
 )
+from optishear.model.streaming import BlockStreamer
 
 TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
 CLOZE = TASKS / "optishear_cloze"
@@ -223,7 +223,7 @@ def test_hub_task_offline_is_a_clear_data_error(monkeypatch, tmp_path) -> None:
 @pytest.mark.assets
 @pytest.mark.slow
 def test_bundled_model_beats_chance_on_the_local_task() -> None:
-    from optishear.hf import load_model
+    from optishear.model.hf import load_model
 
     model, tokenizer, _ = load_model("smollm2-135m")
     report = run_tasks(

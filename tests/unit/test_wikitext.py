@@ -1,6 +1,6 @@
 import bz2
 
-from optishear.wikitext import clean_wikitext, read_dump
+from optishear.data.wikitext import clean_wikitext, read_dump
 
 RAW = """{{Infobox person|name=Ada {{nowrap|Lovelace}}}}
 '''Ada Lovelace''' was an [[England|English]] [[mathematician]].<ref>{{cite book|title=X}}</ref>

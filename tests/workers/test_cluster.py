@@ -90,7 +90,7 @@ def _drive(address: str, model_root: Path, out: Path, victim: str | None) -> Non
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from optishear.errors import ConfigError
+    from optishear.core.errors import ConfigError
     from optishear.search.engine_spec import EngineSpec
     from optishear.search.loop import run_search
     from workers.actor import ModelActorRemote

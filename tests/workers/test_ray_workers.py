@@ -13,12 +13,12 @@ import ray
 import torch
 from tiny_models import build_tiny, tiny_tokenizer, word_text
 
-from optishear.candidates import Candidate
 from optishear.cli import main
-from optishear.comparison import held_out_ids
 from optishear.config import CalibrationConfig, EvaluationConfig, SearchConfig
-from optishear.data import sample_calibration
-from optishear.hf import load_model
+from optishear.data.text import sample_calibration
+from optishear.model.hf import load_model
+from optishear.recipe.candidates import Candidate
+from optishear.recipe.comparison import held_out_ids
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search

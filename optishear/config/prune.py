@@ -1,0 +1,102 @@
+"""One prune: method, genome, target, pattern, per-block plan and statistics."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from optishear.config.base import ConfigModel, Method, TargetConfig, flag
+from optishear.config.fields import BlockSparsity, GenomeField
+from optishear.core.genome import WANDA_GENOME
+
+
+class PlanConfig(ConfigModel):
+    """How the per-block sparsity is chosen; OWL's lambda and M follow Yin et al. (2024)."""
+
+    kind: Literal["uniform", "owl", "explicit"] = Field(
+        "uniform", description="per-block sparsity plan", json_schema_extra=flag("plan")
+    )
+    owl_lambda: float = Field(0.08, gt=0, lt=0.5, description="OWL: largest deviation")
+    owl_m: float = Field(5.0, gt=0, description="OWL: outlier threshold (times the mean)")
+    block_sparsity: BlockSparsity = Field(
+        (),
+        description="explicit plan: one sparsity per block, comma-separated",
+        json_schema_extra=flag("block-sparsity", aliases=["--layer-sparsity"]),
+    )
+    linear_sparsity: BlockSparsity = Field(
+        (),
+        description="explicit plan: one sparsity per linear layer (blocks in order, each "
+        "block's linears in module order), comma-separated; 0 keeps a layer dense",
+        json_schema_extra=flag("linear-sparsity"),
+    )
+
+    @model_validator(mode="after")
+    def _explicit(self) -> PlanConfig:
+        given = bool(self.block_sparsity) + bool(self.linear_sparsity)
+        if self.kind == "explicit" and given != 1:
+            raise ValueError(
+                "an explicit plan needs one sparsity per block or one per linear layer"
+            )
+        if self.kind != "explicit" and given:
+            raise ValueError(
+                "per-block or per-layer sparsities are only given with an explicit plan"
+            )
+        return self
+
+
+class PruneConfig(TargetConfig):
+    """One prune: method (and genome for 'meta'), target, pattern, plan and statistics."""
+
+    method: Method = Field("wanda", description="pruning method")
+    genome: GenomeField | None = Field(
+        None,
+        description="meta metric genome (method meta; default Wanda's), e.g. "
+        "'f1=sqrt,f2=identity,alpha=one,beta=inv_col_sum'",
+    )
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    stats: Literal["pruned", "dense"] = Field(
+        "pruned",
+        description="activation statistics from the pruned prefix (Wanda, SparseGPT) or the "
+        "dense model",
+    )
+    batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
+    reconstruct: bool = Field(
+        False,
+        description="refit the surviving weights by least squares after masking (wanda, ria, meta)",
+    )
+    refit_solver: Literal["cg", "exact"] = Field(
+        "cg",
+        description="how the refit solves each layer: conjugate gradients on the shared Gram "
+        "matrix (fast at any width), or an exact factorisation per row (the reference)",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> PruneConfig:
+        if self.method == "meta" and self.genome is None:
+            object.__setattr__(self, "genome", WANDA_GENOME)
+        if self.method != "meta" and self.genome is not None:
+            raise ValueError("a genome is given with method 'meta', and only with it")
+        explicit = self.plan.block_sparsity or self.plan.linear_sparsity
+        per_layer = bool(self.plan.linear_sparsity)
+        # An explicit plan without a target is its own (unweighted) mean.
+        self._fill_target(
+            sum(explicit) / len(explicit) if explicit else None, dense_exceptions=per_layer
+        )
+        if self.pattern.structured and self.plan.kind != "uniform" and not per_layer:
+            raise ValueError(
+                f"an {self.pattern} pattern keeps every block at N/M: use a uniform plan"
+            )
+        if per_layer and self.pattern.structured:
+            allowed = (0.0, self.pattern.sparsity)
+            if any(min(abs(r - a) for a in allowed) > 1e-9 for r in explicit):
+                raise ValueError(
+                    f"under {self.pattern} a layer is pruned {self.pattern} "
+                    f"({self.pattern.sparsity:g}) or kept dense (0)"
+                )
+        if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
+            raise ValueError(
+                "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "
+                "sparsegpt always reconstructs, and magnitude gathers no calibration inputs"
+            )
+        return self

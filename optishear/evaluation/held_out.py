@@ -1,0 +1,89 @@
+"""What a held-out comparison reports: perplexity of the dense, searched and baseline models.
+
+The measurement is optishear.recipe.comparison; these are the plain records it returns, which a
+search's summary, the API and exported manifests carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+# The methods users run by hand today, in the order they are shown.
+BASELINES = ("wanda", "sparsegpt")
+SEARCHED = "searched"
+
+
+class HeldOutRow(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="dense, searched, or a baseline method (wanda, sparsegpt)")
+    perplexity: float
+    sparsity: float = Field(description="achieved, over the prunable layers")
+    prune_seconds: float
+
+
+class HeldOutComparison(BaseModel):
+    """Held-out perplexity of the dense model, the searched model and each baseline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rows: tuple[HeldOutRow, ...]
+    protocol: dict[str, Any] = Field(
+        description="evaluation text, windows and tokens; calibration source, size and seed"
+    )
+    seconds: float
+
+    def row(self, name: str) -> HeldOutRow | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gains(self) -> dict[str, float]:
+        """The searched model's relative perplexity change against each baseline (-0.056 is
+        5.6% lower, that is better)."""
+        searched = self.row(SEARCHED)
+        if searched is None:
+            return {}
+        return {
+            r.name: searched.perplexity / r.perplexity - 1.0
+            for r in self.rows
+            if r.name in BASELINES
+        }
+
+    def lines(self) -> list[str]:
+        """The comparison as the CLI prints it: one line per model, the gain on the searched."""
+        gains = self.gains
+        out = []
+        for r in self.rows:
+            text = f"  {r.name:<10} perplexity {r.perplexity:9.3f}"
+            if r.name != "dense":
+                text += f"  sparsity {r.sparsity:.4f}  pruned in {r.prune_seconds:.1f} s"
+            if r.name == SEARCHED and gains:
+                text += "  (" + ", ".join(gain_text(g, n) for n, g in gains.items()) + ")"
+            out.append(text)
+        p = self.protocol
+        out.append(
+            f"  protocol: {p['eval_windows']} windows of {p['eval_seq_len']} tokens of "
+            f"{p['eval_text']!r} ({p['eval_tokens']} predicted); calibration "
+            f"{p['calibration_samples']} x {p['calibration_seq_len']} tokens of "
+            f"{p['calibration_source']!r}, seed {p['calibration_seed']}"
+        )
+        return out
+
+
+def gain_text(gain: float, baseline: str) -> str:
+    """'-5.6% vs wanda': negative is a lower perplexity, a gain."""
+    return f"{gain * 100:+.1f}% vs {baseline}"
+
+
+def manifest_comparison(comparison: HeldOutComparison | None) -> dict[str, Any] | None:
+    """The comparison as an exported checkpoint's manifest carries it: no timings, which differ
+    between runs of the same weights (an export's bytes are reproducible)."""
+    if comparison is None:
+        return None
+    data = comparison.model_dump(mode="json", exclude={"seconds"})
+    for row in data["rows"]:
+        row.pop("prune_seconds", None)
+    return data
