@@ -12,17 +12,19 @@ import torch
 from safetensors.torch import load_file
 from tiny_models import build_tiny, tiny_tokenizer
 
-from optishear.artifacts import compact
 from optishear.artifacts.compact import (
     FORMAT,
     VERSION,
     BitmaskTensor,
     DenseTensor,
     RawPart,
+    layout,
     pack,
     pack_tar,
     read_header,
+    reader,
     unpack,
+    writer,
 )
 from optishear.artifacts.export import export_checkpoint, write_archive
 from optishear.config import PruneConfig
@@ -128,7 +130,9 @@ def _st_file(path: Path, header: dict, data: bytes, pad: bytes = b"") -> None:
 def test_odd_safetensors_layouts_survive(tmp_path, monkeypatch) -> None:
     """Unsorted keys, metadata, padding, a gap, trailing bytes, zero-size, all -0.0, every dtype,
     and tensors spanning many small scan steps (with a tail not a multiple of 8)."""
-    monkeypatch.setattr(compact, "CHUNK_ELEMENTS", 64)
+    # both directions walk a tensor in CHUNK_ELEMENTS steps
+    monkeypatch.setattr(writer, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(reader, "CHUNK_ELEMENTS", 64)
     folder = tmp_path / "odd"
     folder.mkdir()
     gen = torch.Generator().manual_seed(0)
@@ -239,13 +243,13 @@ def archive(tmp_path) -> Path:
 def _rewrite_header(path: Path, edit, *, version: int | None = None) -> None:
     """Replace the header by edit(header) with a consistent trailer (and preamble version)."""
     raw = path.read_bytes()
-    offset, length, _, end = compact._TRAILER.unpack(raw[-compact._TRAILER.size :])
+    offset, length, _, end = layout.TRAILER.unpack(raw[-layout.TRAILER.size :])
     header = json.loads(raw[offset : offset + length])
     index = json.dumps(edit(header)).encode()
     body = raw[:offset]
     if version is not None:
-        body = compact._PREAMBLE.pack(compact.MAGIC, version, 0) + body[compact._PREAMBLE.size :]
-    trailer = compact._TRAILER.pack(offset, len(index), hashlib.sha256(index).digest(), end)
+        body = layout.PREAMBLE.pack(layout.MAGIC, version, 0) + body[layout.PREAMBLE.size :]
+    trailer = layout.TRAILER.pack(offset, len(index), hashlib.sha256(index).digest(), end)
     path.write_bytes(body + index + trailer)
 
 
@@ -279,7 +283,7 @@ def test_header_version_must_match_the_preamble(archive, tmp_path) -> None:
 def test_corrupt_archive_is_refused(archive, tmp_path, where, message) -> None:
     raw = bytearray(archive.read_bytes())
     header = read_header(archive)
-    offset = compact._TRAILER.unpack(raw[-compact._TRAILER.size :])[0]
+    offset = layout.TRAILER.unpack(raw[-layout.TRAILER.size :])[0]
     bitmask = next(p for f in header.files for p in f.parts if isinstance(p, BitmaskTensor))
     at = {
         "data": bitmask.values.offset + 5,
