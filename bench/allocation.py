@@ -42,8 +42,8 @@ from optishear.model.blocks import iter_linears
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
 from optishear.recipe.prune import PruneReport, prune_candidate, prune_model
+from optishear.search.engine_spec import engine_for
 from optishear.search.evaluator import InProcessEvaluator
-from optishear.search.fitness import engine_for
 from optishear.search.loop import run_search
 
 _START = time.perf_counter()

@@ -101,9 +101,9 @@ def engine_inventory(engine: Any) -> dict[str, int]:
         "scoring statistics (act_sq)": _bytes(engine._act_stacks),
         "second-order rho": _bytes(engine._rho_stacks),
         "reference lm_head inputs": _bytes(engine.reference),
-        "KL terms (u, c)": _bytes(engine._kl_terms),
-        "lm_head Gram matrix": _bytes(engine._gram),
-        "mask cache": int(engine._mask_bytes),
+        "KL terms (u, c)": _bytes(engine._error.kl_terms),
+        "lm_head Gram matrix": _bytes(engine._error.gram),
+        "mask cache": int(engine._masker.cache.bytes),
         "calibration ids": _bytes(engine.calib_ids),
     }
 

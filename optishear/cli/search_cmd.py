@@ -85,9 +85,8 @@ def _evaluator_plugin(name: str) -> Callable[..., Any]:
 
 
 def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
-    from optishear.search.engine_spec import EngineSpec
+    from optishear.search.engine_spec import EngineSpec, engine_for
     from optishear.search.evaluator import InProcessEvaluator
-    from optishear.search.fitness import engine_for
     from optishear.search.loop import run_search
 
     config = config_from_flags(SearchConfig, args)

@@ -31,6 +31,7 @@ from optishear.core.patterns import Pattern
 from optishear.methods.masks import prune_mask
 from optishear.methods.meta import meta_log_score
 from optishear.methods.sparsegpt import sparsegpt_prune
+from optishear.model.overlay import WeightOverlay
 
 logger = logging.getLogger(__name__)
 
@@ -220,3 +221,40 @@ def build_database(
     db.seconds = time.perf_counter() - start
     logger.info("%s", db.info().describe())
     return db
+
+
+@torch.no_grad()
+def lay_levels(
+    db: LayerDatabase,
+    overlay: WeightOverlay,
+    loaded: list[int | None],
+    layer_sparsity: Sequence[float],
+    sizes: Sequence[int],
+    device: torch.device,
+) -> float:
+    """Lay a per-layer candidate's stored layers over the model; returns its sparsity.
+
+    `loaded` is the level each layer of the overlay carries now (None: unknown), updated in
+    place: only the layers whose level changes are written.
+    """
+    index = {round(r, 9): i for i, r in enumerate(db.levels)}
+    pruned = 0
+    for pos, ratio in enumerate(layer_sparsity):
+        try:
+            level = index[round(ratio, 9)]
+        except KeyError:
+            raise ValueError(
+                f"layer {pos} asks for sparsity {ratio:g}, which is not a level of the layer "
+                f"database {db.levels}"
+            ) from None
+        if loaded[pos] != level:
+            loaded[pos] = None  # consistent even if a copy fails
+            if db.levels[level] == 0:
+                overlay.set_mask(pos, None)
+            elif db.refit:
+                overlay.set_weight(pos, db.get(pos, level))
+            else:
+                overlay.set_mask(pos, db.get(pos, level).to(device, non_blocking=True))
+            loaded[pos] = level
+        pruned += db.pruned(pos, level)
+    return pruned / sum(sizes)

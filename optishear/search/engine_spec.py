@@ -1,4 +1,5 @@
-"""A small, picklable recipe for a FitnessEngine, so that a remote actor can build its own."""
+"""How a search config becomes a FitnessEngine: on a loaded model (engine_for), or from a small,
+picklable recipe with which a remote actor builds its own (EngineSpec)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from optishear.config import SearchConfig
 from optishear.core.errors import ModelSourceError
@@ -15,9 +16,46 @@ from optishear.core.settings import LibrarySettings
 from optishear.data.text import sample_calibration
 from optishear.model.hf import load_model, torch_device, torch_dtype
 from optishear.model.streaming import Execution, place_model
-from optishear.search.fitness import FitnessEngine, engine_for
+from optishear.search.database import DatabaseRequest
+from optishear.search.fitness import FitnessEngine
 
 logger = logging.getLogger(__name__)
+
+
+def database_request(config: SearchConfig, folder: Path | None = None) -> DatabaseRequest | None:
+    """The layer database an allocation search asks for (None for other stages, or off)."""
+    a = config.allocation
+    if "allocation" not in config.stage_list() or a.database == "off":
+        return None
+    return DatabaseRequest(
+        config.genome,
+        config.allocation_levels(),
+        refit=a.refit,
+        storage=a.database,
+        memory_bytes=int(a.memory_gib * 2**30),
+        folder=folder,
+    )
+
+
+def engine_for(
+    model: nn.Module, calib_ids: Tensor, config: SearchConfig, *, folder: Path | None = None
+) -> FitnessEngine:
+    """The fitness engine a search config asks for, on a loaded model and its calibration.
+
+    `folder` is where a layer database too big for memory goes (the search's folder).
+    """
+    return FitnessEngine(
+        model,
+        calib_ids,
+        config.pattern,
+        batch_size=config.batch_size,
+        fitness_samples=config.fitness_samples,
+        objective=config.objective,
+        stats=config.engine_stats,
+        sparsity=config.target,
+        database=database_request(config, folder),
+        second_order=config.needs_hessians(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,8 +19,8 @@ from optishear.model.blocks import iter_linears
 from optishear.recipe.candidates import Candidate
 from optishear.recipe.prune import prune_candidate, prune_model
 from optishear.search.allocation import AllocationSpace, LayerLayout, LevelSwitch, mutate
+from optishear.search.engine_spec import engine_for
 from optishear.search.evaluator import InProcessEvaluator
-from optishear.search.fitness import engine_for
 from optishear.search.loop import run_search
 from optishear.search.state import SearchState
 

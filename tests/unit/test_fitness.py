@@ -55,12 +55,12 @@ def test_layer_masks_are_reused_across_candidates_and_give_identical_errors() ->
     a = Candidate(genome, (0.4, 0.5, 0.5, 0.6))
     b = Candidate(genome.parse("alpha=inv_row_sum,f1=sqrt"), (0.45, 0.5, 0.5, 0.55))
     first = engine.evaluate(a)
-    cached = len(engine._masks)
+    cached = len(engine._masker.cache)
     assert cached == len(engine.layers)
     # b shares the row-equivalent genome and blocks 1 and 2: only blocks 0 and 3 are new masks
     per_block = cached // 4
     engine.evaluate(b)
-    assert len(engine._masks) == cached + 2 * per_block
+    assert len(engine._masker.cache) == cached + 2 * per_block
     again = engine.evaluate(a)
     engine.clear_mask_cache()
     fresh = engine.evaluate(a)

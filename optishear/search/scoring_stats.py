@@ -1,0 +1,78 @@
+"""The statistics a fitness engine scores masks with: per layer, of the dense model or of a
+stand-in for every candidate's pruned prefix (Wanda's model at the target)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from optishear.config import PruneConfig
+from optishear.core.patterns import Pattern
+from optishear.methods.sparsegpt import hessian_rho
+from optishear.methods.stats import LayerStats
+from optishear.model.backup import restored_after
+from optishear.model.blocks import capture_block_inputs
+from optishear.recipe.prune import collect_dense_stats, prune_model
+
+Layers = list[tuple[int, str, nn.Linear]]  # (block index, name, linear), iter_linears order
+
+
+@torch.no_grad()
+def layer_stats(
+    model: nn.Module,
+    calib_ids: Tensor,
+    layers: Layers,
+    batch_size: int,
+    *,
+    hessian: bool = False,
+    keep: bool = False,
+) -> list[LayerStats]:
+    """Per layer, the input statistics of the model as its weights are now.
+
+    Without `keep`, each block's Hessians are reduced to their rho as soon as the block is
+    done: only the refit of a layer database needs whole Hessians.
+    """
+    inputs = capture_block_inputs(model, calib_ids, batch_size)
+    on_block = None if keep or not hessian else _keep_rho_only
+    stats = collect_dense_stats(model, inputs, hessian=hessian, on_block=on_block)
+    return [stats[idx][name] for idx, name, _ in layers]
+
+
+def baseline_stats(
+    model: nn.Module,
+    calib_ids: Tensor,
+    layers: Layers,
+    dense: list[Tensor],
+    pattern: Pattern,
+    target: float,
+    batch_size: int,
+    *,
+    hessian: bool = False,
+    keep: bool = False,
+) -> list[LayerStats]:
+    """Statistics of the model pruned by Wanda at `target`; the dense weights come back.
+
+    Below N/M (N:M with dense exceptions) the stand-in is Wanda at N:M everywhere.
+    """
+    if pattern.structured:
+        target = pattern.sparsity
+    config = PruneConfig(method="wanda", sparsity=target, pattern=pattern, batch_size=batch_size)
+    with restored_after(dense):
+        prune_model(model, calib_ids, config)
+        return layer_stats(model, calib_ids, layers, batch_size, hessian=hessian, keep=keep)
+
+
+def stacked(groups: list[list[int]], per_layer: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """One stack per group of equally shaped layers (copies), and per layer a view into it."""
+    stacks = [torch.stack([per_layer[pos] for pos in group]) for group in groups]
+    views: list[Tensor] = [torch.empty(0)] * len(per_layer)
+    for group, stack in zip(groups, stacks, strict=True):
+        for j, pos in enumerate(group):
+            views[pos] = stack[j]
+    return stacks, views
+
+
+def _keep_rho_only(stats: dict[str, LayerStats]) -> None:
+    for s in stats.values():
+        s.rho = hessian_rho(s.hessian)
+        s.xtx = None
