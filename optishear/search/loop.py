@@ -1,7 +1,7 @@
 """The search in ask/tell form: evaluates through a BatchEvaluator, saves state every generation.
 
 Metric and per-block stages run NSGA-III; the allocation stage runs NSGA-III or (1+lambda)
-with the level-switch mutation (optishear.search.allocation). Every algorithm is a pymoo one,
+with the level-switch mutation (built in optishear.search.algorithms). Every algorithm is a pymoo one,
 so resuming replays its stored tells from its seed. A stage that searches the metric opens
 with a screen of every row-canonical class (successive halving over rising fidelities), and
 its NSGA-III starts from the survivors; the screen is saved rung by rung and, on resume, read
@@ -17,28 +17,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pymoo.algorithms.moo.nsga3 import NSGA3
 from pymoo.core.algorithm import Algorithm
 from pymoo.core.evaluator import Evaluator
-from pymoo.core.problem import Problem
-from pymoo.operators.crossover.nox import NoCrossover
-from pymoo.operators.crossover.sbx import SBX
-from pymoo.operators.mutation.pm import PM
 from pymoo.problems.static import StaticProblem
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-from pymoo.util.ref_dirs import get_reference_directions
 from torch import Tensor
 
 from optishear.config import SearchConfig
 from optishear.core.errors import ConfigError, OptiShearError
 from optishear.core.genome import WANDA_GENOME
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
+from optishear.search.algorithms import Space, StageBuilder
 from optishear.search.allocation import (
     AllocationSpace,
-    LayerLayout,
-    LevelSwitch,
-    OnePlusLambda,
-    mutate,
 )
 from optishear.search.evaluator import (
     BatchEvaluator,
@@ -48,21 +39,10 @@ from optishear.search.evaluator import (
 )
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
-from optishear.search.space import BalanceRepair, SearchSpace, Stage, plan_gap
+from optishear.search.space import SearchSpace, plan_gap
 from optishear.search.state import SearchState, SearchStateError, Tell, replay_mismatch
 
 logger = logging.getLogger(__name__)
-
-
-Space = SearchSpace | AllocationSpace
-
-
-class _IntProblem(Problem):
-    """pymoo's view of the space; objectives arrive through StaticProblem (ask/tell)."""
-
-    def __init__(self, space: Space) -> None:
-        xl, xu = space.bounds()
-        super().__init__(n_var=space.n_var, n_obj=space.n_obj, xl=xl, xu=xu, vtype=int)
 
 
 class _Search:
@@ -81,133 +61,11 @@ class _Search:
         self.config = config
         self.block_params = tuple(evaluator.block_params)
         self.screening = Screening(evaluator, state, config)
+        self.stages = StageBuilder(config, state, evaluator)
         self.evaluate = self.screening.evaluate
         self.ensure_full = self.screening.ensure_full
         self._last_space: Space | None = None
         self._seeds: list[Candidate] = []  # the screen's survivors, best first
-
-    # -- one stage -------------------------------------------------------------------------
-    def _space(self, stage: Stage | str) -> Space:
-        s = self.config
-        uniform = (s.target,) * len(self.block_params)
-        genome = (
-            self.state.outcomes[-1].front[0].candidate.genome if self.state.outcomes else s.genome
-        )
-        if stage == "allocation":
-            layout = LayerLayout.of(self.evaluator.layer_layout)
-            return AllocationSpace.build(s, layout, genome)
-        return SearchSpace(
-            stage,
-            s.target,
-            self.block_params,
-            s.step,
-            s.levels,
-            genome,
-            uniform if stage == "metric" else (),
-            second_order=s.metric_space == "second_order",
-        )
-
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng(self.config.seed + 7919 * self.state.stage_index)
-
-    def _allocation_algorithm(self, space: AllocationSpace) -> Algorithm:
-        """(1+lambda) from the start candidates, or NSGA-III with the same mutation, no crossover.
-
-        The start candidates are the uniform plan and, for an unstructured target, OWL's
-        per-block plan carried to the layers (snapped to the levels, balanced to the exact
-        budget): (1+lambda) takes the better as its first parent. NSGA-III starts from them and
-        mutants; in front mode from every level's uniform plan (the sparsity axis covered from
-        the first generation) and mutants.
-        """
-        s = self.config
-        a = s.allocation
-        rng = self._rng()
-        start = space.start(rng)
-        starts = [start]
-        if space.mode == "exact" and isinstance(self.evaluator, OwlPlanner):
-            owl = space.from_block_plan(self.evaluator.owl_plan(s.target), rng)
-            if owl is not None and not np.array_equal(owl, start):
-                starts.append(owl)
-        mutation = LevelSwitch(space, a.max_moves)
-        algorithm: Algorithm
-        if a.selection == "one_plus_lambda":
-            algorithm = OnePlusLambda(np.array(starts), mutation, s.population)
-        else:
-            seeds = starts
-            if space.mode == "front":
-                low, high = s.allocation.front or (0.0, 1.0)
-                seeds = [space.uniform(r) for r in space.levels if low <= r <= high] or seeds
-            init = [seeds[i % len(seeds)].copy() for i in range(s.population)]
-            for i in range(len(seeds), s.population):
-                mutate(space, init[i], 1 + i % a.max_moves, rng)
-            ref_dirs = (
-                get_reference_directions("das-dennis", 2, n_partitions=s.population - 1)
-                if space.n_obj == 2
-                else np.array([[1.0]])
-            )
-            algorithm = NSGA3(
-                ref_dirs=ref_dirs,
-                pop_size=s.population,
-                sampling=np.array(init, dtype=float),
-                crossover=NoCrossover(),
-                mutation=mutation,
-                eliminate_duplicates=True,
-            )
-        return self._set_up(algorithm, space)
-
-    def _set_up(self, algorithm: Algorithm, space: Space) -> Algorithm:
-        """The stage's problem, generations and seed: what replaying a stage relies on."""
-        s = self.config
-        algorithm.setup(
-            _IntProblem(space),
-            termination=("n_gen", s.generations),
-            seed=s.seed + self.state.stage_index,
-            verbose=False,
-        )
-        return algorithm
-
-    def _algorithm(self, space: Space) -> Algorithm:
-        if isinstance(space, AllocationSpace):
-            return self._allocation_algorithm(space)
-        s = self.config
-        if space.n_obj == 1:
-            ref_dirs = np.array([[1.0]])
-        else:
-            ref_dirs = get_reference_directions("das-dennis", 2, n_partitions=s.population - 1)
-        xl, xu = space.bounds()
-        rng = self._rng()
-        init = rng.integers(xl, xu + 1, size=(s.population, space.n_var)).astype(float)
-        init[0] = self._baseline_genes(space)  # the search starts from the baseline
-        if space.has_metric:
-            # then from the given seed genomes and the screen's survivors, best first
-            plan = (s.target,) * len(self.block_params)
-            seeds = [Candidate(g, plan) for g in s.seed_genomes] + self._seeds
-            rows = {tuple(init[0])}
-            i = 1
-            for c in seeds:
-                genes = tuple(float(v) for v in space.genes(c))
-                if i >= s.population:
-                    break
-                if genes not in rows:
-                    rows.add(genes)
-                    init[i] = genes
-                    i += 1
-        algorithm = NSGA3(
-            ref_dirs=ref_dirs,
-            pop_size=s.population,
-            sampling=init,
-            crossover=SBX(prob=0.9, eta=15, vtype=float),
-            mutation=PM(eta=20, vtype=float),
-            repair=BalanceRepair(space),
-            eliminate_duplicates=True,
-        )
-        return self._set_up(algorithm, space)
-
-    def _baseline_genes(self, space: Space) -> np.ndarray:
-        if isinstance(space, AllocationSpace):
-            return space.start(self._rng()).astype(float)
-        plan = (space.target,) * space.n_blocks
-        return np.array(space.genes(Candidate(space.genome, plan)), dtype=float)
 
     def objectives(
         self, space: Space, cands: Sequence[Candidate], evals: Sequence[Evaluation]
@@ -264,7 +122,7 @@ class _Search:
         budget = self.config.max_evaluations
         while st.stage_index < len(stages):
             stage = stages[st.stage_index]
-            space = self._space(stage)
+            space = self.stages.space(stage)
             self._last_space = space
             self._seeds = []
             if stage in self.config.screened_stages():
@@ -321,7 +179,7 @@ class _Search:
                     stage,
                     self.front(space, algorithm),
                     tuple(self.population(space, algorithm)),
-                    space.decode(self._baseline_genes(space)),
+                    space.decode(self.stages.baseline_genes(space)),
                 )
             )
             st.stage_index += 1
@@ -457,7 +315,7 @@ class _Search:
         pymoo is deterministic for a seed and the same told objectives, so replaying the
         stored tells brings it to exactly the state it had after the last saved generation.
         """
-        algorithm = self._algorithm(space)
+        algorithm = self.stages.algorithm(space, self._seeds)
         for number, tell in enumerate(self.state.tells, start=1):
             pop = algorithm.ask()
             if pop is None or not np.array_equal(pop.get("X"), np.asarray(tell.X)):
