@@ -10,17 +10,19 @@ from tiny_models import build_tiny
 
 from optishear.config import PruneConfig
 from optishear.core.errors import ConfigError, DataError
-from optishear.evaluation import speed
 from optishear.evaluation.speed import (
     SpeedConfig,
     SpeedRatio,
     SpeedReport,
     SpeedRow,
     detect_pattern,
+    kernels,
     measure_model,
     measure_speed,
     no_sparse_kernel_reason,
+    report,
     semi_structured_linears,
+    timing,
 )
 from optishear.model.blocks import iter_linears
 from optishear.recipe.prune import prune_model
@@ -186,8 +188,8 @@ def stand_in_kernel(monkeypatch):
     the control flow around the real kernel, checked without a GPU."""
 
     def use(convert):
-        monkeypatch.setattr(speed, "no_sparse_kernel_reason", lambda *a, **k: None)
-        monkeypatch.setattr(speed, "_semi_structured_backend", lambda: ("stand-in", convert))
+        monkeypatch.setattr(timing, "no_sparse_kernel_reason", lambda *a, **k: None)
+        monkeypatch.setattr(kernels, "_semi_structured_backend", lambda: ("stand-in", convert))
 
     return use
 
@@ -250,10 +252,10 @@ def test_ratios_mark_a_slower_pruned_model() -> None:
 
 def test_a_slower_sparse_kernel_is_said_in_the_note() -> None:
     ratios = [SpeedRatio(1, 0.9, 1.2), SpeedRatio(8, 1.05, 0.7)]
-    assert speed._slower_sentence(ratios) == (
+    assert report.slower_sentence(ratios) == (
         " SLOWER than the dense kernels: prefill at batch 8 (1.050x), decode at batch 1 (1.200x)."
     )
-    assert speed._slower_sentence([SpeedRatio(1, 0.9, 0.8)]) == ""
+    assert report.slower_sentence([SpeedRatio(1, 0.9, 0.8)]) == ""
 
 
 def test_json_round_trip(pair) -> None:
