@@ -11,9 +11,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import UNAUTHORIZED, Principal
-from service.housekeeping import Housekeeping, HousekeepingError, Removed
+from service.housekeeping import Housekeeping, HousekeepingError
 from service.settings import ServiceSettings
 from service.store import CheckpointStore
+from service.store_sweep import Removed
 
 
 def get_settings(request: Request) -> ServiceSettings:

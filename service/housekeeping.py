@@ -1,6 +1,6 @@
 """Keeping the checkpoint store tidy: deletes and the sweep, behind the `Housekeeping` facade
-that also runs retention (service.retention) and reports what the store holds
-(service.store_stats).
+that also runs retention (service.retention), removes orphan files (service.store_sweep) and
+reports what the store holds (service.store_stats).
 
 One implementation for the API (DELETE routes, GET /api/stats), the runner (the sweep at start,
 retention after each export) and `optishear store`. No torch here: the API imports it.
@@ -26,31 +26,30 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from itertools import islice
 
 from sqlalchemy import ColumnElement, delete, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from optishear.core.errors import OptiShearError
-from service import db, store_stats
+from service import db, store_stats, store_sweep
 from service.auth import OPEN, Principal
-from service.checkpoint_rows import ACTIVE, live_checkpoint, update_succeeded
+from service.checkpoint_rows import ACTIVE
 from service.db import utcnow
 from service.retention import mark_for_retention
 from service.schemas import StatsRead
 from service.settings import ServiceSettings
-from service.store import MISSING, CheckpointStore, StoreFile
+from service.store import CheckpointStore
 from service.store_stats import SearchEntry
+from service.store_sweep import Removed
 from service.tables import FINISHED, Checkpoint, JobStatus, Measurement, Search
 
 logger = logging.getLogger(__name__)
 
 MARKED = "marked"  # steps, as `step` hears of them (tests stop the process there)
 FILES_REMOVED = "files removed"
-_BATCH = 500  # ids per IN (...) query
 
 
 class HousekeepingError(OptiShearError):
@@ -70,24 +69,6 @@ class BusyError(HousekeepingError):
 
 
 @dataclass(frozen=True)
-class Removed:
-    """What a delete, the sweep or retention removed."""
-
-    searches: int = 0
-    checkpoints: int = 0
-    files: int = 0
-    bytes: int = 0
-
-    def __add__(self, other: Removed) -> Removed:
-        return Removed(
-            self.searches + other.searches,
-            self.checkpoints + other.checkpoints,
-            self.files + other.files,
-            self.bytes + other.bytes,
-        )
-
-
-@dataclass(frozen=True)
 class SweepReport:
     finished: Removed  # deletes a crash had left half done
     orphans: Removed  # files without a live row
@@ -97,12 +78,6 @@ class SweepReport:
 
 def _no_step(_name: str) -> None:
     return None
-
-
-def _batched(items: Iterable[uuid.UUID]) -> Iterator[list[uuid.UUID]]:
-    it = iter(items)
-    while chunk := list(islice(it, _BATCH)):
-        yield chunk
 
 
 class Housekeeping:
@@ -297,95 +272,12 @@ class Housekeeping:
 
     # -- the sweep --------------------------------------------------------------------------
     def remove_orphans(self) -> Removed:
-        """Remove the store's files that no live row owns.
-
-        The folder is listed before the rows are read: an export's row exists before its file
-        does, so a file listed here whose row is missing, finished without success, or being
-        deleted can belong to nothing. A tar of a queued or running export stays (the export
-        renames it in, then records it). A compact archive's temporary file is removed only
-        while no build holds the store's compact lock."""
-        files = self.store.files()
-        rows = self._rows_of({f.checkpoint_id for f in files})
-        removed = Removed()
-        forget: list[uuid.UUID] = []
-        partials: list[StoreFile] = []
-        for f in files:
-            if f.kind == "compact-partial":
-                partials.append(f)
-                continue
-            row = rows.get(f.checkpoint_id)
-            if row is not None and _owns(row, f):
-                continue
-            size = self.store.unlink(f.path)
-            removed += Removed(files=1, bytes=size)
-            logger.info("removed %s from the store (%d bytes): %s", f.path.name, size, _why(row))
-            if row is not None and f.kind == "tar":
-                forget.append(f.checkpoint_id)
-        if partials:
-            with self.store.compact_lock(wait=False) as held:
-                if held:  # no build is running: every temporary file is a crash's
-                    for f in partials:
-                        size = self.store.unlink(f.path)
-                        removed += Removed(files=1, bytes=size)
-                        logger.info("removed %s, a compact build's leftover", f.path.name)
-        if forget:  # rows that stay (failed, cancelled) name no file any more
-            with self.writes.begin() as session:
-                for chunk in _batched(forget):
-                    session.execute(
-                        update(Checkpoint)
-                        .where(Checkpoint.id.in_(chunk), Checkpoint.status != JobStatus.SUCCEEDED)
-                        .values(file_name=None, compact_bytes=None, compact_sha256=None)
-                        .execution_options(synchronize_session=False)
-                    )
-        return removed
-
-    def _rows_of(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, tuple[str, bool]]:
-        """(status, live) of these checkpoints, where rows exist."""
-        rows: dict[uuid.UUID, tuple[str, bool]] = {}
-        with self.reads() as session:
-            for chunk in _batched(ids):
-                for ident, status, ck_deleting, search_deleting in session.execute(
-                    select(
-                        Checkpoint.id, Checkpoint.status, Checkpoint.deleting_at, Search.deleting_at
-                    )
-                    .join(Search, Search.id == Checkpoint.search_id)
-                    .where(Checkpoint.id.in_(chunk))
-                ):
-                    rows[ident] = (status, ck_deleting is None and search_deleting is None)
-        return rows
+        """Remove the store's files that no live row owns (service.store_sweep)."""
+        return store_sweep.remove_orphans(self.reads, self.writes, self.store)
 
     def forget_lost_archives(self) -> int:
-        """Succeeded checkpoints whose archive left the store (by hand) become failed, as the
-        API already shows them; their compact archive goes too. Returns how many."""
-        with self.reads() as session:
-            ids = list(
-                session.scalars(
-                    select(Checkpoint.id)
-                    .join(Search, Search.id == Checkpoint.search_id)
-                    .where(Checkpoint.status == JobStatus.SUCCEEDED, live_checkpoint())
-                )
-            )
-        # Checked after the read: a row read as succeeded had its file before it committed.
-        lost = [i for i in ids if self.store.archive(i) is None]
-        n = 0
-        for checkpoint_id in lost:
-            with self.writes.begin() as session:
-                done = update_succeeded(
-                    session,
-                    checkpoint_id,
-                    status=JobStatus.FAILED,
-                    error=MISSING,
-                    file_name=None,
-                    compact_bytes=None,
-                    compact_sha256=None,
-                )
-            if done:
-                self.store.remove(checkpoint_id)  # its compact archive, if one was built
-                logger.warning(
-                    "checkpoint %s: its archive is missing; marked failed", checkpoint_id
-                )
-                n += 1
-        return n
+        """Succeeded checkpoints whose archive has gone become failed (service.store_sweep)."""
+        return store_sweep.forget_lost_archives(self.reads, self.writes, self.store)
 
     def sweep(self) -> SweepReport:
         """Finish interrupted deletes, remove orphan files, mark lost archives, apply retention."""
@@ -490,20 +382,3 @@ def _busy_search(search: Search) -> str:
         f"search {search.id} is running: cancel it first ({cancel}) and delete it once it "
         "has stopped"
     )
-
-
-def _owns(row: tuple[str, bool], f: StoreFile) -> bool:
-    """Whether a checkpoint row (status, live) owns this file of the store."""
-    status, live = row
-    if not live:
-        return False
-    if f.kind == "tar":  # queued or running: an export renames its tar in, then records it
-        return status in (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCEEDED)
-    return status == JobStatus.SUCCEEDED
-
-
-def _why(row: tuple[str, bool] | None) -> str:
-    if row is None:
-        return "no checkpoint has this id"
-    status, live = row
-    return "its checkpoint is being deleted" if not live else f"its checkpoint is {status}"

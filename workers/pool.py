@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -26,47 +25,18 @@ from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError, WorkerStartError
-from workers.runtime import ADDRESS_ENV, NodeSlots, node_slots, ray_runtime
+from workers.messages import capacity_text, placement, raised_in_worker, short
+from workers.runtime import ADDRESS_ENV, node_slots, ray_runtime
 
 logger = logging.getLogger(__name__)
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(: |$)")
-
-
-def _raised_in_worker(exc: RayActorError) -> str:
-    """The exception line(s) at the end of the traceback Ray reports for a failed __init__."""
-    lines = _ANSI.sub("", str(exc)).rstrip().splitlines()
-    for i in range(len(lines) - 1, -1, -1):
-        if _EXCEPTION_LINE.match(lines[i]):
-            return "\n".join(lines[i:]).strip()
-    return lines[-1].strip() if lines else type(exc).__name__
-
-
-def _short(exc: BaseException, limit: int = 400) -> str:
-    text = " ".join(_ANSI.sub("", str(exc)).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
 
 _CLOSE_TIMEOUT_S = 10.0
+
+
 # What a call loses when its worker or that worker's node dies: the call is run again, on
 # whichever worker is free (an evaluation gives the same answer wherever it runs).
 _LOST = (RayActorError, ObjectLostError, NodeDiedError)
-
-
-def _placement(infos: Sequence[ActorInfo]) -> str:
-    """Where the workers run, one entry per node: `10.0.0.2 (node 3f2a9c1e): 4 (pids ...)`."""
-    by_node: dict[tuple[str, str], list[int]] = {}
-    for info in infos:
-        by_node.setdefault((info.node, info.node_id[:8]), []).append(info.pid)
-    return "; ".join(
-        f"{ip} (node {node}): {len(pids)} (pids {', '.join(map(str, pids))})"
-        for (ip, node), pids in sorted(by_node.items())
-    )
-
-
-def _capacity_text(slots: Sequence[NodeSlots]) -> str:
-    return ", ".join(f"{s.address} (node {s.node_id[:8]}): {s.slots}" for s in slots) or "no nodes"
 
 
 class RayEvaluator:
@@ -149,7 +119,7 @@ class RayEvaluator:
             workers,
             ", ".join(sorted({i.device for i in self.infos})),
             threads_per_worker,
-            _placement(self.infos),
+            placement(self.infos),
         )
 
     def _check_capacity(self, workers: int | None, need: dict[str, int]) -> int:
@@ -168,7 +138,7 @@ class RayEvaluator:
         if workers > capacity:
             raise ConfigError(
                 f"{workers} Ray workers need {wanted} each, but the cluster's alive nodes can "
-                f"hold only {capacity} ({_capacity_text(slots)}): ask for at most {capacity} "
+                f"hold only {capacity} ({capacity_text(slots)}): ask for at most {capacity} "
                 "or add nodes before the search starts"
             )
         return workers
@@ -198,11 +168,11 @@ class RayEvaluator:
                 if exc.actor_init_failed:
                     raise WorkerStartError(
                         f"a Ray worker could not load model {self.spec.config.model!r}: "
-                        f"{_raised_in_worker(exc)}"
+                        f"{raised_in_worker(exc)}"
                     ) from exc
                 raise WorkerStartError(
                     f"a Ray worker died while loading model {self.spec.config.model!r} (out of "
-                    f"memory?): {_short(exc)}"
+                    f"memory?): {short(exc)}"
                 ) from exc
             infos[index[done[0]]] = info
         assert all(i is not None for i in infos)
@@ -306,13 +276,13 @@ class RayEvaluator:
                         raise WorkerError(
                             f"a Ray worker died during {method} and its call was lost "
                             f"{reruns[i]} times ({self.max_task_retries} re-runs allowed): "
-                            f"{_short(exc)}"
+                            f"{short(exc)}"
                         ) from exc
                     logger.warning(
                         "a Ray worker was lost during %s (%s): its call runs again on the "
                         "next free one",
                         method,
-                        _short(exc, 200),
+                        short(exc, 200),
                     )
                     todo.appendleft(i)
                     continue
@@ -338,13 +308,13 @@ class RayEvaluator:
         except RayError as exc:
             self._actors.remove(actor)
             reason = (
-                _raised_in_worker(exc)
+                raised_in_worker(exc)
                 if isinstance(exc, RayActorError) and exc.actor_init_failed
-                else _short(exc, 200)
+                else short(exc, 200)
             )
             logger.warning("a Ray worker is gone for good (%s); %d left", reason, len(self._actors))
             return
-        logger.warning("a Ray worker is back after a restart: %s", _placement([info]))
+        logger.warning("a Ray worker is back after a restart: %s", placement([info]))
         self._idle.append(actor)
 
     def actor_info(self) -> list[ActorInfo]:

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.housekeeping import Housekeeping, Removed
+    from service.housekeeping import Housekeeping
+    from service.store_sweep import Removed
 
 
 def register(sub: Any) -> None:
