@@ -26,6 +26,7 @@ from optishear.recipe.prune import prune_candidate
 from service import queue, repository
 from service.housekeeping import Housekeeping
 from service.runner import retry
+from service.runner.context import JobContext
 from service.runner.errors import LeaseLostError
 from service.runner.search_job import ensure_assets
 from service.runner.staging import staging_folder
@@ -35,12 +36,11 @@ from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
 if TYPE_CHECKING:
     from optishear.recipe.candidates import Candidate
-    from service.runner.loop import QueueRunner
 
 logger = logging.getLogger(__name__)
 
 
-def run_export(runner: QueueRunner, checkpoint_id: uuid.UUID) -> None:
+def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
     def read(
         session: Session,
     ) -> tuple[SearchCreate, Candidate, dict[str, Any], uuid.UUID, HeldOutComparison | None]:
@@ -138,7 +138,7 @@ class ExportProgressWriter:
     write that fails is skipped, never retried, and never fails the export."""
 
     def __init__(
-        self, runner: QueueRunner, checkpoint_id: uuid.UUID, suffix: str = "", every: float = 2.0
+        self, runner: JobContext, checkpoint_id: uuid.UUID, suffix: str = "", every: float = 2.0
     ) -> None:
         self.runner = runner
         self.checkpoint_id = checkpoint_id

@@ -21,6 +21,7 @@ from optishear.core.errors import DataError
 from optishear.model.hf import load_model, torch_device, torch_dtype
 from service import queue
 from service.runner import retry
+from service.runner.context import JobContext
 from service.runner.errors import LeaseLostError
 from service.runner.search_job import ensure_assets
 from service.runner.staging import staging_folder
@@ -32,12 +33,11 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedTokenizerBase
 
-    from service.runner.loop import QueueRunner
 
 logger = logging.getLogger(__name__)
 
 
-def run_measurement(runner: QueueRunner, measurement_id: uuid.UUID) -> None:
+def run_measurement(runner: JobContext, measurement_id: uuid.UUID) -> None:
     def read(session: Session) -> tuple[str, dict[str, Any], uuid.UUID, SearchCreate]:
         row = session.get_one(Measurement, measurement_id)
         ckpt = session.get_one(Checkpoint, row.checkpoint_id)
@@ -84,7 +84,7 @@ def _unpacked(archive: Path, into: Path) -> Path:
 
 
 def _tasks(
-    runner: QueueRunner, model: nn.Module, tokenizer: PreTrainedTokenizerBase, body: dict[str, Any]
+    runner: JobContext, model: nn.Module, tokenizer: PreTrainedTokenizerBase, body: dict[str, Any]
 ) -> dict[str, Any]:
     from optishear.evaluation.tasks import (  # lm-eval loads only where it is used
         TaskConfig,
@@ -103,7 +103,7 @@ def _tasks(
 
 
 def _speed(
-    runner: QueueRunner, pruned: nn.Module, request: SearchCreate, body: dict[str, Any]
+    runner: JobContext, pruned: nn.Module, request: SearchCreate, body: dict[str, Any]
 ) -> dict[str, Any]:
     from optishear.evaluation.speed import SpeedConfig, measure_speed
 

@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
@@ -29,25 +28,23 @@ from optishear.search.results import GenerationSnapshot
 from service import queue
 from service.genomes import genome_rows
 from service.runner import retry
+from service.runner.context import JobContext
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.rows import candidate_rows, population_json
 from service.schemas import SearchCreate, SearchOutcome
 from service.tables import Generation, JobStatus, Search
 
-if TYPE_CHECKING:
-    from service.runner.loop import QueueRunner
-
 logger = logging.getLogger(__name__)
 
 
-def ensure_assets(runner: QueueRunner, request: SearchCreate, *, evaluation: bool) -> None:
+def ensure_assets(runner: JobContext, request: SearchCreate, *, evaluation: bool) -> None:
     """The bundled model and text this job names, fetched once on this runner's machine."""
     texts = (request.calibration.source, request.evaluation.text if evaluation else None)
     assets.ensure_assets(runner.library, model=request.model, texts=texts)
 
 
 @contextlib.contextmanager
-def evaluator_for(runner: QueueRunner, request: SearchCreate) -> Iterator[BatchEvaluator]:
+def evaluator_for(runner: JobContext, request: SearchCreate) -> Iterator[BatchEvaluator]:
     """In this process (OPTISHEAR_WORKERS=0) or on Ray actors (workers.pool)."""
     # a layer database too big for memory goes under the cache, one folder per search engine
     spec = EngineSpec(request, folder=str(runner.library.cache / "layer-databases"))
@@ -66,7 +63,7 @@ def evaluator_for(runner: QueueRunner, request: SearchCreate) -> Iterator[BatchE
         yield ev
 
 
-def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
+def run_search_job(runner: JobContext, search_id: uuid.UUID) -> None:
     def read(session: Session) -> tuple[SearchCreate, bytes | None]:
         search = session.scalars(
             select(Search).options(undefer(Search.state)).where(Search.id == search_id)
@@ -128,7 +125,7 @@ def run_search_job(runner: QueueRunner, search_id: uuid.UUID) -> None:
 class _Persister:
     """Writes each generation in one transaction, only while this runner holds the job."""
 
-    def __init__(self, runner: QueueRunner, search_id: uuid.UUID) -> None:
+    def __init__(self, runner: JobContext, search_id: uuid.UUID) -> None:
         self.runner = runner
         self.search_id = search_id
         self.seconds = 0.0  # this attempt's time in the per-generation transactions

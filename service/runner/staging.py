@@ -15,17 +15,14 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
 from optishear.core.errors import OptiShearError
 from service.db import utcnow
+from service.runner.context import JobContext
 from service.tables import RunnerRow
-
-if TYPE_CHECKING:
-    from service.runner.loop import QueueRunner
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ class StoreNotWritableError(OptiShearError):
 
 
 @contextlib.contextmanager
-def staging_folder(runner: QueueRunner) -> Iterator[tuple[Path, Path]]:
+def staging_folder(runner: JobContext) -> Iterator[tuple[Path, Path]]:
     """(store, a fresh staging folder in it, owned by `runner`), removed afterwards.
 
     Made before the model is loaded: an unwritable store fails the export at once. The message
@@ -65,7 +62,7 @@ def staging_folder(runner: QueueRunner) -> Iterator[tuple[Path, Path]]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sweep(runner: QueueRunner) -> None:
+def sweep(runner: JobContext) -> None:
     """Remove the staging folders of runners without a fresh heartbeat (see readyz), and
     ownerless ones older than ORPHAN_AGE seconds. Best effort: a failure is logged, not raised."""
     try:
@@ -102,7 +99,7 @@ def _owner(folder: Path) -> str:
         return ""
 
 
-def _live_runners(runner: QueueRunner) -> set[str]:
+def _live_runners(runner: JobContext) -> set[str]:
     """Runners with a fresh heartbeat, other than this one (it has only just started)."""
     fresh = utcnow() - timedelta(seconds=max(3 * runner.settings.heartbeat_seconds, 5.0))
     with runner.sessions() as session:
