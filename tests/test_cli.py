@@ -8,10 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import build_tiny, tiny_tokenizer
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from optishear.artifacts.export import MANIFEST_NAME
-from optishear.cli import main
+from optishear.cli import main, search_cmd
+from optishear.cli.common import held_out as measure_held_out
+from optishear.config import EvaluationConfig
+from optishear.core.settings import LibrarySettings
 from optishear.model.blocks import iter_linears
 
 
@@ -261,19 +264,45 @@ def test_search_writes_front_and_exports(tiny_model_dir, tmp_path, capsys) -> No
     assert again["front"] == report["front"]
 
 
-def test_search_compares_held_out_perplexity_with_the_baselines(tiny_model_dir, tmp_path, capsys):
+def _counting(monkeypatch, module, name):
+    """Count the calls of module.name, which still runs."""
+    calls = []
+    real = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_search_compares_held_out_perplexity_with_the_baselines(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     out = tmp_path / "search"
     args = [*_search(tiny_model_dir, 1), "--refit-top", "2", "--baselines", "--out", str(out)]
+    prunes = _counting(monkeypatch, search_cmd, "prune_candidate")
+    perplexities = _counting(monkeypatch, search_cmd, "held_out")
     assert main([*args, "--export"]) == 0
+    # the comparison measured the shipped model: one prune more (for the export), no forward
+    assert prunes == ["prune_candidate"]
+    assert perplexities == []
     printed = capsys.readouterr().out
     report = json.loads((out / "search.json").read_text())
     held_out = report["summary"]["held_out"]
     rows = {r["name"]: r for r in held_out["rows"]}
     assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
-    # the searched row is the shipped model: pruned and refit as exported, on the same windows
-    assert rows["searched"]["perplexity"] == pytest.approx(
-        report["recommended_eval"]["perplexity"], rel=1e-6
-    )
+    assert report["recommended_eval"]["perplexity"] == rows["searched"]["perplexity"]
+    assert report["recommended_eval"]["measured_by"] == "held-out comparison"
+    # the searched row is the shipped model: the exported checkpoint, measured here on the
+    # same windows, has its perplexity
+    exported = AutoModelForCausalLM.from_pretrained(out / "checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(out / "checkpoint")
+    evaluation = EvaluationConfig(**report["config"]["evaluation"])
+    again = measure_held_out(exported, tokenizer, evaluation, LibrarySettings())
+    assert again.perplexity == pytest.approx(rows["searched"]["perplexity"], rel=1e-5)
+    assert again.n_tokens == report["recommended_eval"]["n_tokens"]
     assert rows["wanda"]["sparsity"] == pytest.approx(0.5, abs=0.02)
     for name in ("wanda", "sparsegpt"):
         gain = rows["searched"]["perplexity"] / rows[name]["perplexity"] - 1
@@ -283,12 +312,26 @@ def test_search_compares_held_out_perplexity_with_the_baselines(tiny_model_dir, 
     assert held_out["protocol"]["calibration_samples"] == 4
     manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())
     assert manifest["held_out_comparison"]["gains"] == held_out["gains"]
+    assert manifest["eval"]["perplexity"] == rows["searched"]["perplexity"]
     assert "prune_seconds" not in manifest["held_out_comparison"]["rows"][1]
 
-    # off by default in `optishear search`
+    # without an export, the comparison's figures are all: no prune, no forward after it
+    prunes.clear()
+    assert main([*args[:-1], str(tmp_path / "noexport")]) == 0
+    assert prunes == []
+    assert perplexities == []
+    quiet = json.loads((tmp_path / "noexport" / "search.json").read_text())
+    assert quiet["recommended_eval"]["perplexity"] == pytest.approx(
+        rows["searched"]["perplexity"], rel=1e-9
+    )
+
+    # off by default in `optishear search`: the recommended model is pruned and measured here
     assert main([*_search(tiny_model_dir, 1), "--out", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "search.json").read_text())
     assert plain["summary"]["held_out"] is None
+    assert prunes == ["prune_candidate"]
+    assert perplexities == ["held_out"]
+    assert plain["recommended_eval"]["n_tokens"] == 4 * 31
 
 
 def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, capsys) -> None:

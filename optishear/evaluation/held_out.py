@@ -6,6 +6,7 @@ search's summary, the API and exported manifests carry.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
@@ -50,6 +51,23 @@ class HeldOutComparison(BaseModel):
             r.name: searched.perplexity / r.perplexity - 1.0
             for r in self.rows
             if r.name in BASELINES
+        }
+
+    def searched_eval(self) -> dict[str, Any] | None:
+        """The searched model's held-out figure in the shape of a Perplexity's dict (None
+        without a searched row): the candidate pruned as shipped, on the windows of every
+        held-out figure, so that nobody prunes and measures it a second time."""
+        searched = self.row(SEARCHED)
+        if searched is None:
+            return None
+        p = self.protocol
+        return {
+            "perplexity": searched.perplexity,
+            "mean_nll": math.log(searched.perplexity),
+            "n_windows": p["eval_windows"],
+            "n_tokens": p["eval_tokens"],
+            "seq_len": p["eval_seq_len"],
+            "measured_by": "held-out comparison",
         }
 
     def lines(self) -> list[str]:

@@ -80,8 +80,12 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
             batch_size=request.batch_size,
             progress=ExportProgressWriter(runner, checkpoint_id, " + refit" if refit else ""),
         )
-        stream = evaluation_stream(tokenizer, request.evaluation, library)
-        ppl = perplexity(model, stream, request.evaluation)
+        # A recommended candidate's comparison measured this very model (pruned as shipped,
+        # the same windows): its figure, not a second forward over the held-out text.
+        ppl = _compared(compared, refit)
+        if ppl is None:
+            stream = evaluation_stream(tokenizer, request.evaluation, library)
+            ppl = perplexity(model, stream, request.evaluation).to_dict()
         if runner.lost.is_set():
             raise LeaseLostError
         folder = tmp / f"optishear-{_safe(stored['key'])}"
@@ -95,7 +99,7 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
                 "search_id": str(search_id),
                 "candidate": stored,
                 "prune": _untimed(report.to_dict()),
-                "eval": _untimed(ppl.to_dict()),
+                "eval": _untimed(ppl),
                 "held_out_comparison": manifest_comparison(compared),
             },
         )
@@ -115,8 +119,8 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
             file_name=final.name,
             size_bytes=size,
             sha256=digest,
-            perplexity=ppl.perplexity,
-            eval_tokens=ppl.n_tokens,
+            perplexity=ppl["perplexity"],
+            eval_tokens=ppl["n_tokens"],
             sparsity=sparsity,
         ) and not retry.succeeded(session, Checkpoint, checkpoint_id):
             raise LeaseLostError
@@ -187,3 +191,10 @@ def _untimed(record: dict[str, Any]) -> dict[str, Any]:
 def _safe(name: str) -> str:
     """A folder name from a candidate key ('<genome index>-<plan label>')."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _compared(compared: HeldOutComparison | None, refit: bool) -> dict[str, Any] | None:
+    """The held-out figure of the comparison's searched row, where it measured this export."""
+    if compared is None or compared.protocol.get("searched_refit") != refit:
+        return None
+    return compared.searched_eval()
