@@ -123,3 +123,11 @@ def age_exports(settings: ServiceSettings, ids: list[uuid.UUID]) -> None:
     start = db.utcnow() - timedelta(days=1)
     for i, ck in enumerate(ids):
         set_row(settings, Checkpoint, ck, finished_at=start + timedelta(hours=i))
+
+
+# Two user keys and an admin key: what each key may see and delete (the `keyed` fixture).
+KEYS = {"api_keys": "alice-key,bob-key", "admin_keys": "root-key"}
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"X-API-Key": key}

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
+from store_checks import KEYS
 
 from service import db
 from service.app import create_app
@@ -204,3 +205,13 @@ def fresh_pg_url() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(admin, name)
+
+
+# Two user keys and an admin key: what each key may see and delete.
+
+
+@pytest.fixture
+def keyed(make_settings):
+    settings = make_settings(**KEYS)
+    with TestClient(create_app(settings)) as c:
+        yield c, settings

@@ -8,64 +8,15 @@ import os
 import pickle
 from dataclasses import fields, is_dataclass
 
-import numpy as np
 import pytest
+from search_fakes import GENERATIONS, FakeEvaluator, Interrupt, state_config, stop_after
 
-from optishear.config import SearchConfig
 from optishear.core.errors import ConfigError
 from optishear.core.genome import Genome
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.loop import run_search
 from optishear.search.results import StageOutcome
 from optishear.search.state import FORMAT, VERSION, SearchState, SearchStateError, Tell
-
-GENERATIONS = 4  # per stage; 'both' runs 2 stages: generations 1-4, then 5-8
-
-
-class FakeEvaluator:
-    """A cheap, deterministic objective that records every evaluation it is asked for."""
-
-    block_params = (100, 100, 100, 100, 100, 100)
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[tuple, int | None]] = []
-
-    def evaluate(self, candidates, n_samples=None, n_tokens=None):
-        out = []
-        for c in candidates:
-            self.calls.append((c.key(), n_samples))
-            g = c.genome.row_canonical()
-            err = abs(g.f1 - 1) + abs(g.f2 - 0) * 0.5 + g.beta * 0.1
-            err -= sum((r - 0.5) * (i - 2.5) for i, r in enumerate(c.block_sparsity))
-            if n_samples is not None:  # a screening error: on other sequences, not comparable
-                err = err * 0.9 + 0.01 * g.alpha
-            out.append(Evaluation(1.0 + err, float(np.mean(c.block_sparsity)), n_samples or 8, 0.0))
-        return out
-
-
-class Interrupt(Exception):  # noqa: N818
-    pass
-
-
-def _config(**fields) -> SearchConfig:
-    # the opening screen is off here (tests/unit/test_screen.py resumes it)
-    base = {
-        "model": "tiny",
-        "sparsity": 0.5,
-        "population": 8,
-        "generations": GENERATIONS,
-        "screen": {"rungs": "off"},
-    }
-    return SearchConfig(**{**base, "seed": 1, **fields})
-
-
-def _stop_after(number: int, snaps: list):
-    def on_generation(snap) -> None:
-        snaps.append(snap)
-        if snap.number == number:
-            raise Interrupt
-
-    return on_generation
 
 
 def _history(result) -> list[tuple]:
@@ -100,13 +51,13 @@ CASES = [
 
 @pytest.mark.parametrize(("extra", "stop_at", "stage_index"), CASES)
 def test_resume_from_a_snapshot_equals_the_uninterrupted_search(extra, stop_at, stage_index):
-    config = _config(**extra)
+    config = state_config(**extra)
     full_ev = FakeEvaluator()
     full = run_search(full_ev, config)
 
     first_ev, snaps = FakeEvaluator(), []
     with pytest.raises(Interrupt):
-        run_search(first_ev, config, on_generation=_stop_after(stop_at, snaps))
+        run_search(first_ev, config, on_generation=stop_after(stop_at, snaps))
     snap = snaps[-1]
     assert snap.progress.stage_index == stage_index  # stopped inside this stage
     stored = json.loads(snap.state)
@@ -123,13 +74,13 @@ def test_resume_from_a_snapshot_equals_the_uninterrupted_search(extra, stop_at, 
 
 
 def test_resume_from_the_state_file_as_the_cli_does(tmp_path) -> None:
-    config = _config()
+    config = state_config()
     full = run_search(FakeEvaluator(), config)
     path = tmp_path / "state.json"
     first_ev, snaps = FakeEvaluator(), []
     with pytest.raises(Interrupt):
         run_search(
-            first_ev, config, state_path=path, on_generation=_stop_after(GENERATIONS + 1, snaps)
+            first_ev, config, state_path=path, on_generation=stop_after(GENERATIONS + 1, snaps)
         )
     assert path.read_bytes() == snaps[-1].state  # saved before anyone saw the generation
     assert json.loads(path.read_text())["version"] == VERSION
@@ -150,7 +101,7 @@ def test_resume_from_the_state_file_as_the_cli_does(tmp_path) -> None:
 
 def _snapshot(number: int, **extra) -> bytes:
     snaps: list = []
-    run_search(FakeEvaluator(), _config(**extra), on_generation=snaps.append)
+    run_search(FakeEvaluator(), state_config(**extra), on_generation=snaps.append)
     return snaps[number - 1].state
 
 
@@ -196,11 +147,11 @@ def test_an_old_pickled_state_is_refused_and_never_unpickled(tmp_path, monkeypat
     assert old[:2] == b"\x80\x05"
     assert "old pickle format" in _state_error(old)
     with pytest.raises(SearchStateError, match="old pickle format"):
-        run_search(FakeEvaluator(), _config(), resume_from=old)
+        run_search(FakeEvaluator(), state_config(), resume_from=old)
     path = tmp_path / "state.json"
     path.write_bytes(old)
     with pytest.raises(SearchStateError, match=f"{path} was saved in the old pickle format"):
-        run_search(FakeEvaluator(), _config(), state_path=path, resume=True)
+        run_search(FakeEvaluator(), state_config(), state_path=path, resume=True)
 
 
 DAMAGE = [
@@ -254,7 +205,7 @@ def test_a_type_damaged_state_is_refused_with_a_message(mid_stage_2, change, mes
 
 
 def test_damaged_tells_are_refused_when_they_are_replayed(mid_stage_2) -> None:
-    config = _config(low_fidelity_samples=2)
+    config = state_config(low_fidelity_samples=2)
 
     def resume(change) -> str:
         with pytest.raises(SearchStateError) as info:
@@ -270,17 +221,17 @@ def test_damaged_tells_are_refused_when_they_are_replayed(mid_stage_2) -> None:
 
 def test_a_state_of_another_search_is_a_config_error(mid_stage_2, tmp_path) -> None:
     for other in (
-        _config(low_fidelity_samples=2, seed=2),
-        _config(low_fidelity_samples=2, population=12),
-        _config(low_fidelity_samples=2, sparsity=0.6),
-        _config(),
+        state_config(low_fidelity_samples=2, seed=2),
+        state_config(low_fidelity_samples=2, population=12),
+        state_config(low_fidelity_samples=2, sparsity=0.6),
+        state_config(),
     ):
         with pytest.raises(ConfigError, match="the given state holds the state of a different"):
             run_search(FakeEvaluator(), other, resume_from=mid_stage_2)
     path = tmp_path / "state.json"
     path.write_bytes(mid_stage_2)
     with pytest.raises(ConfigError, match=f"{path} holds the state of a different search"):
-        run_search(FakeEvaluator(), _config(seed=2), state_path=path, resume=True)
+        run_search(FakeEvaluator(), state_config(seed=2), state_path=path, resume=True)
 
 
 PLAIN = (str, int, float, bool, type(None))
@@ -358,7 +309,7 @@ def test_loading_a_state_runs_nothing_it_holds(mid_stage_2, tmp_path, monkeypatc
     assert dict(_leaves(state))  # every value is plain data or one of the state's records
     # a planted state is still one of another search (its config differs): refused, not run
     with pytest.raises(ConfigError, match="different search"):
-        run_search(FakeEvaluator(), _config(low_fidelity_samples=2), resume_from=data)
+        run_search(FakeEvaluator(), state_config(low_fidelity_samples=2), resume_from=data)
     assert not marker.exists()
 
 
@@ -366,7 +317,7 @@ def test_a_planted_history_is_carried_as_data_through_a_resume(mid_stage_2, tmp_
     marker = tmp_path / "ran"
     payload = base64.b64encode(pickle.dumps(_Payload(str(marker)))).decode()
     data = _tampered(mid_stage_2, lambda o: o["history"][0].update(note=payload))
-    result = run_search(FakeEvaluator(), _config(low_fidelity_samples=2), resume_from=data)
+    result = run_search(FakeEvaluator(), state_config(low_fidelity_samples=2), resume_from=data)
     assert result.history[0]["note"] == payload
     assert not marker.exists()
 
@@ -386,7 +337,7 @@ def test_round_trip_is_exact(mid_stage_2) -> None:
 
 
 def test_round_trip_of_a_fresh_and_of_a_finished_state(tmp_path) -> None:
-    config = _config()
+    config = state_config()
     fresh = SearchState(config.resume_identity())
     assert SearchState.from_json(fresh.to_json()) == fresh
     path = tmp_path / "state.json"
