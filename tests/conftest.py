@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random models, calibration ids and a saved tiny model folder."""
+"""Shared fixtures (tiny random models, calibration ids, a saved tiny model folder) and the count
+of tests per component that closes every run."""
 
 from __future__ import annotations
 
@@ -36,3 +37,28 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "calib.txt").write_text(word_text(3000, seed=1))
     (root / "eval.txt").write_text(word_text(2000, seed=2))
     return root
+
+
+# What a run covered, by the real part it needed: `.ci/run` shows that none went missing.
+COMPONENTS = ("postgres", "ray", "browser", "assets", "gpu")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    counts: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "when", "call") not in ("call", "setup"):
+                continue
+            if outcome == "passed" and report.when != "call":
+                continue
+            keywords = getattr(report, "keywords", {})
+            part = next((c for c in COMPONENTS if c in keywords), "tiny models and SQLite")
+            counts.setdefault(part, {}).setdefault(outcome, 0)
+            counts[part][outcome] += 1
+    if not counts:
+        return
+    terminalreporter.section("tests per component")
+    for part in (*COMPONENTS, "tiny models and SQLite"):
+        if part in counts:
+            line = ", ".join(f"{n} {outcome}" for outcome, n in counts[part].items())
+            terminalreporter.write_line(f"{part:<24} {line}")

@@ -1,6 +1,7 @@
 """Pruning quality on the real bundled model (SmolLM2-135M) and held-out Wikipedia text."""
 
 import pytest
+from needs import cannot_run
 
 from optishear.config import CalibrationConfig, EvaluationConfig, PruneConfig
 from optishear.core.errors import AssetError
@@ -22,7 +23,7 @@ def bundled():
     try:
         pull_assets(settings)  # verifies checksums; fetches once on a fresh machine
     except AssetError as exc:
-        pytest.skip(f"bundled assets unavailable: {exc}")
+        cannot_run(f"bundled assets unavailable: {exc}")
     model, tok, _ = load_model("smollm2-135m", settings=settings)
     # SparseGPT needs more calibration tokens than the widest layer has inputs (1,536): with
     # 8 x 128 its Hessians are rank-deficient and 2:4 SparseGPT falls behind Wanda (197 vs 183).

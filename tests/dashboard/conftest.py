@@ -7,7 +7,6 @@ first (scripts/ensure-chromium.sh)."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 from live_server import LiveServer
+from needs import cannot_run
 
 from service import db
 from service.runner import QueueRunner
@@ -75,18 +75,11 @@ def make_service(
         thing.stop()
 
 
-def _cannot_run(reason: str) -> None:
-    """Skip locally, fail under CI."""
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail(f"{reason} (CI=true: the browser tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
 def _sync_api() -> Any:
     try:
         from playwright import sync_api  # optional: the dev extra
     except ImportError:
-        _cannot_run("Playwright is missing: pip install -e '.[dev]'")
+        cannot_run("Playwright is missing: pip install -e '.[dev]'")
     return sync_api
 
 
@@ -94,7 +87,7 @@ def _sync_api() -> Any:
 def browser() -> Iterator[Any]:
     """Debian's Chromium, never a browser download (see the module docstring when missing)."""
     if not CHROMIUM.is_file():
-        _cannot_run(f"{CHROMIUM} is missing: `bash scripts/ensure-chromium.sh` installs it")
+        cannot_run(f"{CHROMIUM} is missing: `bash scripts/ensure-chromium.sh` installs it")
     with _sync_api().sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM))
         yield chromium

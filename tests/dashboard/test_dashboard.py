@@ -15,6 +15,8 @@ from optishear.core.genome import Genome
 from optishear.recipe.candidates import Candidate, Evaluation, Scored, block_means
 from service.tables import JobStatus
 
+pytestmark = pytest.mark.browser
+
 # `expect` and `page` come from conftest.py: without Chromium these tests skip, or fail under CI.
 
 TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from needs import cannot_run
 from sqlalchemy import text
 from store_checks import KEYS
 
@@ -35,9 +36,9 @@ def _pg_admin() -> Any:
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-    except Exception as exc:  # noqa: BLE001 - any connection failure means: skip
+    except Exception as exc:  # noqa: BLE001 - any connection failure means: cannot run
         engine.dispose()
-        pytest.skip(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {type(exc).__name__}")
+        cannot_run(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {type(exc).__name__}")
     return engine
 
 
