@@ -29,6 +29,7 @@ def _env(tmp_path: Path, url: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow  # 10-30 s: in `make test-all`
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_db_upgrade_and_worker_once(database_url, client, search_body, tmp_path) -> None:
     env = _env(tmp_path, database_url)

@@ -8,6 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
@@ -289,6 +290,7 @@ def test_allocation_with_dense_exceptions_under_2_4_through_the_service(
     assert ck["sparsity"] >= 0.4 - 1e-9
 
 
+@pytest.mark.slow  # 10-30 s: in `make test-all`
 def test_a_screened_search_stores_its_rungs_as_steps(
     client, search_body, thread_runner, poll
 ) -> None:

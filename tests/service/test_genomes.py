@@ -67,6 +67,7 @@ def test_best_genomes_rank_the_recommendation_then_finalists_then_the_front() ->
     assert len(best_genomes(summary, many)) == MAX_GENOMES
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)  # one run is enough
 def test_the_runner_stores_a_finished_searchs_genomes_and_they_seed_the_next(
     client, search_body, thread_runner, poll

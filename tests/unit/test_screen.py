@@ -103,6 +103,7 @@ def test_seed_genomes_start_the_search_and_first_order_spaces_skip_h() -> None:
     assert len(screened) == len(canonical_genomes(second_order=False)) == 324
 
 
+@pytest.mark.slow  # 10-30 s: in `make test-all`
 def test_a_real_screen_scores_every_class_finite_and_beats_wanda() -> None:
     engine, _, _ = tiny_engine()
     config = _config(
