@@ -19,8 +19,9 @@ class Pattern:
     m: int = 0
 
     def __post_init__(self) -> None:
-        if self.m and not 0 < self.n < self.m:
-            raise ConfigError(f"N:M pattern needs 0 < N < M, got {self.n}:{self.m}")
+        # 0:0 is the unstructured pattern; any other N:M keeps N of every M > N >= 1 (so M >= 2)
+        if (self.n or self.m) and not 0 < self.n < self.m:
+            raise ConfigError(f"N:M pattern needs 0 < N < M (so M >= 2), got {self.n}:{self.m}")
 
     @classmethod
     def parse(cls, text: str) -> Pattern:

@@ -21,6 +21,9 @@ class RegisteredModel:
     name: str
     description: str
     folder: str  # under <cache>/models
+    # The input widths of its prunable layers, as layer_widths reads them from its config.json:
+    # a request is checked against them before the model is ever pulled.
+    layer_widths: tuple[tuple[str, int], ...] = ()
 
 
 REGISTERED_MODELS: dict[str, RegisteredModel] = {
@@ -28,12 +31,18 @@ REGISTERED_MODELS: dict[str, RegisteredModel] = {
         "smollm2-135m",
         "SmolLM2-135M-Instruct (Apache-2.0), 30 blocks, de-quantised from Q4_1 GGUF",
         "smollm2-135m",
+        (
+            ("hidden_size", 576),
+            ("intermediate_size", 1536),
+            ("num_attention_heads x head_dim", 576),
+        ),
     ),
     "qwen2.5-0.5b": RegisteredModel(
         "qwen2.5-0.5b",
         "Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), 24 blocks, de-quantised from 4-bit GGUF; "
         "fetched on first use (478 MB, 2.4 GB once converted)",
         "qwen2.5-0.5b",
+        (("hidden_size", 896), ("intermediate_size", 4864)),
     ),
 }
 
@@ -96,7 +105,8 @@ def model_family(source: str, settings: LibrarySettings) -> str:
 
 def layer_widths(source: str, settings: LibrarySettings) -> dict[str, int]:
     """The input widths of a model's prunable layers, by the config.json field they come from,
-    read without loading any weights; {} where there is no config.json to read.
+    read without loading any weights; a registered model not pulled yet gives the widths it is
+    registered with; {} where there is no config.json to read.
 
     Attention projections and the MLP's first layers take `hidden_size` inputs, the attention
     output `num_attention_heads * head_dim`, the MLP's last layer `intermediate_size` (the
@@ -107,6 +117,8 @@ def layer_widths(source: str, settings: LibrarySettings) -> dict[str, int]:
         data = json.loads(config.read_text(encoding="utf-8")) if config is not None else None
     except (ModelSourceError, OSError, ValueError):
         return {}
+    if data is None and source in REGISTERED_MODELS:
+        return dict(REGISTERED_MODELS[source].layer_widths)
     if not isinstance(data, dict):
         return {}
 

@@ -33,6 +33,8 @@ def test_submit_returns_201_queued_with_progress(client, search_body) -> None:
         ({"model": "no-such-model"}, "smollm2-135m"),
         ({"model": "/no/such/folder"}, "smollm2-135m"),
         ({"pattern": "3:2"}, "N:M"),
+        ({"pattern": "2:0"}, "0 < N < M"),  # not taken for unstructured
+        ({"pattern": "0:4"}, "0 < N < M"),
         ({"pattern": "2:4", "sparsity": 0.7}, "2:4"),
         ({"pattern": "2:4", "stages": "layerwise"}, "only the metric"),
         ({"sparsity": 1.5}, "sparsity"),
@@ -46,6 +48,24 @@ def test_bad_submissions_give_422_with_a_message(client, search_body, override, 
     r = client.post("/api/searches", json=search_body(**override))
     assert r.status_code == 422, r.text
     assert fragment in r.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("model", "width"),
+    [("smollm2-135m", "hidden_size = 576"), ("qwen2.5-0.5b", "intermediate_size = 4864")],
+)
+def test_a_pattern_is_checked_against_a_registered_model_not_pulled_yet(
+    client, search_body, monkeypatch, tmp_path, model, width
+) -> None:
+    # an empty cache: the model's config.json is not on disk, its registered widths are
+    monkeypatch.setenv("OPTISHEAR_CACHE", str(tmp_path / "empty-cache"))
+    body = search_body(model=model, calibration={"n_samples": 4, "seq_len": 16})
+    body.pop("evaluation")
+    r = client.post("/api/searches", json={**body, "pattern": "3:7"})
+    assert r.status_code == 422, r.text
+    assert f"3:7 does not divide layer inputs ({width})" in r.json()["detail"]
+    r = client.post("/api/searches", json={**body, "pattern": "2:4"})
+    assert r.status_code == 201, r.text
 
 
 def test_malformed_json_and_wrong_types_are_4xx_json(client) -> None:

