@@ -17,9 +17,8 @@ BUNDLED = "wiki"  # the bundled Wikipedia sample (calibration split / evaluation
 # No NUL characters: Postgres text and file paths both reject them.
 Text = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00]+$")]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Method = Literal[
-    "magnitude", "wanda", "ria", "sparsegpt", "meta"
-]  # optishear.methods.registry builds each
+# optishear.methods.registry builds each
+Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 Stages = Literal["metric", "layerwise", "both", "joint", "allocation"]
 Objective = Literal["kl", "logits_fro"]

@@ -123,6 +123,9 @@ def _generations_done(engine, sid: str) -> int:  # type: ignore[no-untyped-def]
         return int(done or 0)
 
 
+OUTAGE_SECONDS = 20.0
+
+
 @pytest.mark.postgres
 @pytest.mark.slow
 def test_database_outages_mid_search_cost_no_attempt(
@@ -148,7 +151,7 @@ def test_database_outages_mid_search_cost_no_attempt(
         )
         try:
             seen = 0
-            for _ in range(3):  # three outages of 2.5 s, a generation apart
+            for _ in range(3):  # three outages of 20 s (the lease's length), a generation apart
                 deadline = time.monotonic() + 180
                 while (done := _generations_done(direct, sid)) <= seen:
                     assert worker.poll() is None, log.read_text()
@@ -157,7 +160,7 @@ def test_database_outages_mid_search_cost_no_attempt(
                 assert done < total, "the search ended before the outages"
                 seen = done
                 proxy.cut()
-                time.sleep(2.5)
+                time.sleep(OUTAGE_SECONDS)
                 proxy.restore()
             result = poll(client, f"/api/searches/{sid}", timeout=240)
         finally:
