@@ -6,7 +6,8 @@ N concurrent clients poll GET /api/searches/{id} for --seconds (status-poll late
 at the same time, N other clients each submit --submits searches (submit latency; those are
 cancelled afterwards, so the runner never starts them). `--submits 0`: pollers alone;
 `--interval S`: each poller waits S seconds between its polls (0: back to back);
-`--runner-nice N`: the runner's OPTISHEAR_RUNNER_NICE.
+`--runner-nice N`: the runner's OPTISHEAR_RUNNER_NICE; `--poller wrk`: the pollers are wrk's
+connections instead of Python coroutines (which share the cores and queue on their own loop).
 When the search ends, the share of its time spent persisting is read from its result: the
 seconds inside the per-generation DB transaction (generation row, front, serialized search
 state) over the runner's wall time for the search.
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -116,10 +118,49 @@ async def _submit_load(
     return {**_summary(ms, time.perf_counter() - start), "errors": errors}, ids
 
 
+_WRK_LINE = re.compile(r"^\s*(50|99)%\s+([0-9.]+)(us|ms|s)\s*$")
+_UNIT_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _wrk_polls(base: str, sid: str, clients: int, seconds: float) -> dict[str, Any]:
+    """The same back-to-back polls from wrk (C, one thread, `clients` connections): the
+    server's latency without a Python load generator's own queueing on the shared cores."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{clients}",
+            f"-d{seconds:g}s",
+            "--latency",
+            f"{base}/api/searches/{sid}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    pct = {
+        m[1]: float(m[2]) * _UNIT_MS[m[3]]
+        for line in out.splitlines()
+        if (m := _WRK_LINE.match(line))
+    }
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": total,
+        "p50_ms": round(pct["50"], 2),
+        "p99_ms": round(pct["99"], 2),
+        "requests_per_s": round(float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)), 1),
+        "errors": int(errors.group(1)) if errors else 0,
+        "load": "wrk",
+    }
+
+
 async def _load(
     base: str, sid: str, body: dict[str, Any], args: argparse.Namespace
 ) -> tuple[dict[str, Any], tuple[dict[str, Any], list[str]]]:
     """Pollers and submitters at the same time, N clients each."""
+    if not args.submits and args.poller == "wrk":
+        return _wrk_polls(base, sid, args.clients, args.seconds), ({}, [])
     if not args.submits:  # pollers alone
         polls = await _poll_load(base, sid, args.clients, args.seconds, args.interval)
         return polls, ({}, [])
@@ -154,6 +195,12 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=64)
     p.add_argument(
         "--runner-nice", type=int, default=None, help="OPTISHEAR_RUNNER_NICE of the runner"
+    )
+    p.add_argument(
+        "--poller",
+        choices=("httpx", "wrk"),
+        default="httpx",
+        help="the status pollers: Python coroutines (httpx) or wrk (Debian's package)",
     )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -241,6 +288,7 @@ def main() -> None:
         "clients": args.clients,
         "runner_nice": args.runner_nice,
         "poll_interval_s": args.interval,
+        "poller": args.poller,
         "search": {
             "status": done["status"],
             "generations": len(gens),

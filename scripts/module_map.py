@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     text = readme.read_text()
     if args.check:
         if BEGIN not in text or _readme_copy(text) != drawn:
-            sys.stderr.write("README.md's module map is stale: python scripts/module_map.py --write\n")
+            sys.stderr.write(
+                "README.md's module map is stale: python scripts/module_map.py --write\n"
+            )
             return 1
         return 0
     if args.write:

@@ -1,4 +1,9 @@
-"""Request dependencies: settings, a DB session per request, API-key auth."""
+"""Request dependencies: settings, a DB session per request, API-key auth.
+
+Those that only read the app's state are async: FastAPI runs a sync dependency on a worker
+thread, and under concurrent polls each such trip costs more than the work (the GIL's convoy).
+Those that touch the database stay sync, on a worker thread, so that a slow database never
+holds up the event loop."""
 
 from __future__ import annotations
 
@@ -17,24 +22,24 @@ from service.store import CheckpointStore
 from service.store_sweep import Removed
 
 
-def get_settings(request: Request) -> ServiceSettings:
+async def get_settings(request: Request) -> ServiceSettings:
     settings: ServiceSettings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> CheckpointStore:
+async def get_store(request: Request) -> CheckpointStore:
     store: CheckpointStore = request.app.state.store
     return store
 
 
-def get_housekeeping(request: Request) -> Housekeeping:
+async def get_housekeeping(request: Request) -> Housekeeping:
     """Deletes and the store's numbers (service.housekeeping): they run their own transactions."""
     return Housekeeping(
         request.app.state.sessions, request.app.state.store, request.app.state.settings
     )
 
 
-def get_sessions(request: Request) -> sessionmaker[Session]:
+async def get_sessions(request: Request) -> sessionmaker[Session]:
     """The session factory, for work that runs its own short transactions."""
     sessions: sessionmaker[Session] = request.app.state.sessions
     return sessions
@@ -85,12 +90,13 @@ _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API 
 _bearer = HTTPBearer(auto_error=False, description="an API key as a bearer token")
 
 
-def require_api_key(
+async def require_api_key(
     request: Request,
     header_key: Annotated[str | None, Security(_api_key)] = None,  # noqa: ARG001
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,  # noqa: ARG001
 ) -> Principal:
-    """The caller, as service.auth.ApiKeyAuth found it before the request was read.
+    """The caller, as service.auth.ApiKeyAuth found it before the request was read (async: it
+    reads the request's state only, so it costs no trip to a worker thread).
 
     The two parameters only document the schemes in OpenAPI: the middleware has checked the
     key already (401 before any parsing)."""

@@ -8,15 +8,19 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException, Query, Response, status
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from optishear.core.errors import ConfigError
 from optishear.core.settings import LibrarySettings
 from service import genomes, repository
+from service.auth import Principal
 from service.deps import (
     HousekeepingDep,
     PrincipalDep,
     SessionDep,
+    SessionsDep,
     SettingsDep,
     StoreDep,
     WriteSessionDep,
@@ -46,6 +50,10 @@ NOT_FOUND = {404: {"model": Message, "description": "no search with this id"}}
 
 
 def search_or_404(search_id: uuid.UUID, session: SessionDep, principal: PrincipalDep) -> Search:
+    return _visible_search(session, search_id, principal)
+
+
+def _visible_search(session: Session, search_id: uuid.UUID, principal: Principal) -> Search:
     search = get_or_404(session, Search, search_id, "search")
     visible_or_404(principal, search.owner, "search", search_id)
     if search.deleting_at is not None:  # a delete has started (service.housekeeping)
@@ -153,9 +161,18 @@ def list_searches(
 
 
 @router.get("/{search_id}", responses=NOT_FOUND)
-def read_search(search: SearchDep) -> SearchRead:
+async def read_search(
+    search_id: uuid.UUID, principal: PrincipalDep, sessions: SessionsDep
+) -> SearchRead:
     """Status, progress (generation k of n, evaluations, best error, elapsed, ETA), error."""
-    return repository.search_read(search)
+
+    # What a dashboard polls: the session, the read and the record in one trip to a worker
+    # thread, where the sync dependencies took five (bench/RESULTS.md, "Status polls").
+    def read() -> SearchRead:
+        with sessions() as session:
+            return repository.search_read(_visible_search(session, search_id, principal))
+
+    return await run_in_threadpool(read)
 
 
 @router.get("/{search_id}/front", responses=NOT_FOUND)
