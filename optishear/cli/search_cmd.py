@@ -165,7 +165,7 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     # With --baselines the comparison has pruned the recommended candidate as shipped and
     # measured it on the held-out windows: that is the figure, not a second prune and forward.
     compared = (
-        result.held_out.searched_eval()
+        result.held_out.searched_eval(refit=bool(result.refitted))
         if result.held_out is not None and args.final_stats == "pruned"
         else None
     )

@@ -53,12 +53,13 @@ class HeldOutComparison(BaseModel):
             if r.name in BASELINES
         }
 
-    def searched_eval(self) -> dict[str, Any] | None:
-        """The searched model's held-out figure in the shape of a Perplexity's dict (None
-        without a searched row): the candidate pruned as shipped, on the windows of every
-        held-out figure, so that nobody prunes and measures it a second time."""
+    def searched_eval(self, *, refit: bool) -> dict[str, Any] | None:
+        """The searched model's held-out figure in the shape of a Perplexity's dict: the
+        candidate pruned as shipped, on the windows of every held-out figure, so that nobody
+        prunes and measures it a second time. None without a searched row, or when the row was
+        pruned with another `refit` than the model asked about."""
         searched = self.row(SEARCHED)
-        if searched is None:
+        if searched is None or self.protocol.get("searched_refit") != refit:
             return None
         p = self.protocol
         return {

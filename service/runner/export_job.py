@@ -82,7 +82,7 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
         )
         # A recommended candidate's comparison measured this very model (pruned as shipped,
         # the same windows): its figure, not a second forward over the held-out text.
-        ppl = _compared(compared, refit)
+        ppl = compared.searched_eval(refit=refit) if compared is not None else None
         if ppl is None:
             stream = evaluation_stream(tokenizer, request.evaluation, library)
             ppl = perplexity(model, stream, request.evaluation).to_dict()
@@ -191,10 +191,3 @@ def _untimed(record: dict[str, Any]) -> dict[str, Any]:
 def _safe(name: str) -> str:
     """A folder name from a candidate key ('<genome index>-<plan label>')."""
     return re.sub(r"[^A-Za-z0-9._-]", "_", name)
-
-
-def _compared(compared: HeldOutComparison | None, refit: bool) -> dict[str, Any] | None:
-    """The held-out figure of the comparison's searched row, where it measured this export."""
-    if compared is None or compared.protocol.get("searched_refit") != refit:
-        return None
-    return compared.searched_eval()
