@@ -229,10 +229,11 @@ def lay_levels(
     overlay: WeightOverlay,
     loaded: list[int | None],
     layer_sparsity: Sequence[float],
-    sizes: Sequence[int],
+    total: int,
     device: torch.device,
 ) -> float:
-    """Lay a per-layer candidate's stored layers over the model; returns its sparsity.
+    """Lay a per-layer candidate's stored layers over the model; returns its sparsity, its
+    pruned weights over `total`, the weights of the prunable layers.
 
     `loaded` is the level each layer of the overlay carries now (None: unknown), updated in
     place: only the layers whose level changes are written.
@@ -257,4 +258,4 @@ def lay_levels(
                 overlay.set_mask(pos, db.get(pos, level).to(device, non_blocking=True))
             loaded[pos] = level
         pruned += db.pruned(pos, level)
-    return pruned / sum(sizes)
+    return pruned / total

@@ -120,6 +120,7 @@ class FitnessEngine:
         self._groups = list(groups.values())
         # The live layers' own weights, which stay dense: candidates are laid over them.
         self.dense = [lin.weight.detach() for _, _, lin in self.layers]
+        self._n_weights = sum(W.numel() for W in self.dense)
         self._overlay = WeightOverlay([lin for _, _, lin in self.layers])
         self._in_place = ExitStack()  # the backup of a candidate pruned in place, until restore
 
@@ -286,22 +287,24 @@ class FitnessEngine:
             return self._apply_database(candidate)
         self._loaded = [None] * len(self.layers)
         pruned = torch.zeros((), dtype=torch.int64, device=self.device)
-        total = 0
         masks = self._masker.masks(candidate, self._ratio)
         for pos, mask in enumerate(masks):
             self._overlay.set_mask(pos, mask)
             if mask is not None:
                 pruned += mask.sum()  # stays on the device: one sync per candidate, not per layer
-            total += self.dense[pos].numel()
-        return int(pruned) / total
+        return int(pruned) / self._n_weights
 
     def _apply_database(self, candidate: Candidate) -> float:
         # The overlay keeps the layers after the evaluation: the next candidate of a (1+lambda)
         # or NSGA-III mutation differs in a few layers, so it costs a few look-ups and a forward.
         assert self.database is not None
-        sizes = [lin.weight.numel() for _, _, lin in self.layers]
         return lay_levels(
-            self.database, self._overlay, self._loaded, candidate.layer_sparsity, sizes, self.device
+            self.database,
+            self._overlay,
+            self._loaded,
+            candidate.layer_sparsity,
+            self._n_weights,
+            self.device,
         )
 
     def weight(self, pos: int) -> Tensor:
