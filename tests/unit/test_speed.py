@@ -1,15 +1,14 @@
 """Speed measurement: report structure, pattern detection, kernel choice, JSON, bad config."""
 
-import copy
 import dataclasses
 import json
 import re
 
 import pytest
 import torch
+from speed_models import SMALL, pruned_copy
 from tiny_models import build_tiny
 
-from optishear.config import PruneConfig
 from optishear.core.errors import ConfigError, DataError
 from optishear.evaluation.speed import (
     SpeedConfig,
@@ -26,23 +25,15 @@ from optishear.evaluation.speed import (
     timing,
 )
 from optishear.model.blocks import iter_linears
-from optishear.recipe.prune import prune_model
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
-SMALL = SpeedConfig(batch_sizes=(1, 2), prompt_len=8, decode_tokens=3, warmup=0, repeats=1)
-
-
-def _pruned(model, pattern: str, method: str = "magnitude", sparsity: float = 0.5):
-    pruned = copy.deepcopy(model)
-    prune_model(pruned, None, PruneConfig(method=method, sparsity=sparsity, pattern=pattern))
-    return pruned
 
 
 @pytest.fixture
 def pair():
     dense = build_tiny("llama")
-    return dense, _pruned(dense, "2:4")
+    return dense, pruned_copy(dense, "2:4")
 
 
 def test_report_has_a_row_per_variant_and_batch_size(pair) -> None:
@@ -95,19 +86,19 @@ def test_dense_kernels_asked_for_are_noted(pair) -> None:
 def test_pattern_detection() -> None:
     dense = build_tiny("llama")
     assert detect_pattern(dense).pattern is None
-    two_four = detect_pattern(_pruned(dense, "2:4"))
+    two_four = detect_pattern(pruned_copy(dense, "2:4"))
     assert (two_four.pattern, two_four.sparsity, two_four.n_linears) == ("2:4", 0.5, 14)
     assert len(two_four.semi_structured) == 14
     # 4:8 leaves groups of 4 with fewer than 2 zeros: no 2:4 kernel can take it
-    assert detect_pattern(_pruned(dense, "4:8")).pattern == "unstructured"
-    unstructured = detect_pattern(_pruned(dense, "unstructured", sparsity=0.6))
+    assert detect_pattern(pruned_copy(dense, "4:8")).pattern == "unstructured"
+    unstructured = detect_pattern(pruned_copy(dense, "unstructured", sparsity=0.6))
     assert unstructured.pattern == "unstructured"
     assert unstructured.sparsity == pytest.approx(0.6, abs=1e-3)
 
 
 def test_a_2_4_model_with_dense_layers_is_still_2_4() -> None:
     dense = build_tiny("llama")
-    mixed = _pruned(dense, "2:4")
+    mixed = pruned_copy(dense, "2:4")
     restored = {f"{i}.{n}": lin for i, n, lin in iter_linears(dense)}
     for idx, name, lin in iter_linears(mixed):
         if name == "mlp.down_proj":
@@ -121,7 +112,7 @@ def test_a_2_4_model_with_dense_layers_is_still_2_4() -> None:
 
 def test_unstructured_report(pair) -> None:
     dense, _ = pair
-    pruned = _pruned(dense, "unstructured")
+    pruned = pruned_copy(dense, "unstructured")
     report = measure_speed(dense, pruned, dataclasses.replace(SMALL, batch_sizes=(1,)), device=CPU)
     assert report.pattern == "unstructured"
     assert "unstructured, 50.0% zeros" in report.kernel_note
@@ -327,7 +318,7 @@ def test_too_long_for_the_model(pair) -> None:
 
 def test_models_of_different_shapes_are_refused(pair) -> None:
     dense, _ = pair
-    other = _pruned(build_tiny("llama", layers=3), "2:4")
+    other = pruned_copy(build_tiny("llama", layers=3), "2:4")
     with pytest.raises(ConfigError, match="does not have the dense model's architecture"):
         measure_speed(dense, other, SMALL, device=CPU)
 

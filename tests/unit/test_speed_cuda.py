@@ -1,14 +1,13 @@
 """Speed on a CUDA GPU: PyTorch's 2:4 semi-structured kernels run, match the dense kernels'
 logits, and float32 says why it runs the dense ones (marked gpu: CI has no GPU)."""
 
-import copy
 import dataclasses
 
 import pytest
 import torch
+from speed_models import SMALL, pruned_copy
 from tiny_models import build_tiny
 
-from optishear.config import PruneConfig
 from optishear.core.errors import ConfigError
 from optishear.evaluation.speed import (
     SpeedConfig,
@@ -17,16 +16,8 @@ from optishear.evaluation.speed import (
     semi_structured_linears,
 )
 from optishear.model.blocks import iter_linears
-from optishear.recipe.prune import prune_model
 
 CUDA = torch.device("cuda")
-SMALL = SpeedConfig(batch_sizes=(1, 2), prompt_len=8, decode_tokens=3, warmup=0, repeats=1)
-
-
-def _pruned(model, pattern: str, method: str = "magnitude", sparsity: float = 0.5):
-    pruned = copy.deepcopy(model)
-    prune_model(pruned, None, PruneConfig(method=method, sparsity=sparsity, pattern=pattern))
-    return pruned
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -35,7 +26,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _gpu_pair(dtype):
     # 128 wide: every projection fits both backends' minimum shapes (CUTLASS: 32 x 64)
     dense = build_tiny("llama", hidden=128).to(CUDA, dtype)
-    return dense, _pruned(dense, "2:4")
+    return dense, pruned_copy(dense, "2:4")
 
 
 @pytest.mark.gpu
@@ -83,7 +74,7 @@ def test_semi_structured_logits_match_the_dense_kernels() -> None:
 @needs_cuda
 def test_float32_on_cuda_runs_dense_kernels_and_says_why() -> None:
     dense = build_tiny("llama", hidden=128).to(CUDA)
-    pruned = _pruned(dense, "2:4")
+    pruned = pruned_copy(dense, "2:4")
     report = measure_speed(dense, pruned, SMALL, device=CUDA)
     assert {r.kernel for r in report.rows} == {"dense"}
     assert report.kernel_note.startswith("no sparse kernel applies to float32 weights")
