@@ -6,7 +6,8 @@ N concurrent clients poll GET /api/searches/{id} for --seconds (status-poll late
 at the same time, N other clients each submit --submits searches (submit latency; those are
 cancelled afterwards, so the runner never starts them). `--submits 0`: pollers alone;
 `--interval S`: each poller waits S seconds between its polls (0: back to back);
-`--runner-nice N`: the runner's OPTISHEAR_RUNNER_NICE; `--poller wrk`: the pollers are wrk's
+`--runner-nice N`: the runner's OPTISHEAR_RUNNER_NICE; `--status-cache S`: the API's
+OPTISHEAR_STATUS_CACHE_SECONDS (0: every poll reads the database); `--poller wrk`: the pollers are wrk's
 connections instead of Python coroutines (which share the cores and queue on their own loop).
 When the search ends, the share of its time spent persisting is read from its result: the
 seconds inside the per-generation DB transaction (generation row, front, serialized search
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -202,6 +204,12 @@ def main() -> None:
         default="httpx",
         help="the status pollers: Python coroutines (httpx) or wrk (Debian's package)",
     )
+    p.add_argument(
+        "--status-cache",
+        type=float,
+        default=None,
+        help="OPTISHEAR_STATUS_CACHE_SECONDS of the API (default: the API's default)",
+    )
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
@@ -227,9 +235,14 @@ def main() -> None:
     base = f"http://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "optishear.cli"]
     subprocess.run([*cli, "db", "upgrade"], env=env, check=True, capture_output=True)
+    cache = (
+        {}
+        if args.status_cache is None
+        else {"OPTISHEAR_STATUS_CACHE_SECONDS": str(args.status_cache)}
+    )
     api = subprocess.Popen(
         [*cli, "serve", "--runner", "no", "--port", str(port)],
-        env=env,
+        env=env | cache,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -289,6 +302,8 @@ def main() -> None:
         "runner_nice": args.runner_nice,
         "poll_interval_s": args.interval,
         "poller": args.poller,
+        "status_cache_s": args.status_cache,
+        "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
         "search": {
             "status": done["status"],
             "generations": len(gens),

@@ -23,6 +23,7 @@ from service.responses import API_ERRORS, RETRY_AFTER, install_openapi
 from service.routes import checkpoints, dashboard, genomes, health, measurements, searches, stats
 from service.schemas import validation_message
 from service.settings import ServiceSettings, get_settings
+from service.status_cache import StatusCache
 from service.store import CheckpointStore
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def create_app(settings: ServiceSettings | None = None, *, migrate: bool = True)
     )
     app.state.settings = settings
     app.state.store = CheckpointStore.of(settings)
+    app.state.status_cache = StatusCache(settings.status_cache_seconds)
 
     api = APIRouter(prefix="/api", dependencies=[Depends(require_api_key)], responses=API_ERRORS)
     api.include_router(searches.router)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.auth import UNAUTHORIZED, Principal
 from service.housekeeping import Housekeeping, HousekeepingError
 from service.settings import ServiceSettings
+from service.status_cache import StatusCache
 from service.store import CheckpointStore
 from service.store_sweep import Removed
 
@@ -30,6 +31,11 @@ async def get_settings(request: Request) -> ServiceSettings:
 async def get_store(request: Request) -> CheckpointStore:
     store: CheckpointStore = request.app.state.store
     return store
+
+
+async def get_status_cache(request: Request) -> StatusCache:
+    cache: StatusCache = request.app.state.status_cache
+    return cache
 
 
 async def get_housekeeping(request: Request) -> Housekeeping:
@@ -82,6 +88,7 @@ def deleted(
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 StoreDep = Annotated[CheckpointStore, Depends(get_store)]
 HousekeepingDep = Annotated[Housekeeping, Depends(get_housekeeping)]
+StatusCacheDep = Annotated[StatusCache, Depends(get_status_cache)]
 SessionsDep = Annotated[sessionmaker[Session], Depends(get_sessions)]
 SessionDep = Annotated[Session, Depends(get_session)]
 WriteSessionDep = Annotated[Session, Depends(get_write_session)]

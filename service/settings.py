@@ -48,6 +48,9 @@ class ServiceSettings(BaseSettings):
     # A runner process lowers its CPU priority by this much (0: not at all), so that the API's
     # answers never queue behind a search's torch threads on the same machine.
     runner_nice: int = Field(default=10, ge=0, le=19)
+    # GET /api/searches/{id} answers from a copy this many seconds old at most
+    # (service.status_cache): polls cost no database read in between. 0: always read.
+    status_cache_seconds: float = Field(default=0.5, ge=0, le=60)
     # At start, `serve` and `worker` wait this long (with backoff) for the database.
     startup_wait_seconds: float = Field(default=60.0, ge=0)
     # A runner retries a write through a database outage this long, keeping its job.

@@ -22,6 +22,7 @@ from service.deps import (
     SessionDep,
     SessionsDep,
     SettingsDep,
+    StatusCacheDep,
     StoreDep,
     WriteSessionDep,
     deleted,
@@ -160,19 +161,29 @@ def list_searches(
     )
 
 
-@router.get("/{search_id}", responses=NOT_FOUND)
+@router.get("/{search_id}", response_model=SearchRead, responses=NOT_FOUND)
 async def read_search(
-    search_id: uuid.UUID, principal: PrincipalDep, sessions: SessionsDep
-) -> SearchRead:
-    """Status, progress (generation k of n, evaluations, best error, elapsed, ETA), error."""
+    search_id: uuid.UUID, principal: PrincipalDep, sessions: SessionsDep, cache: StatusCacheDep
+) -> Response:
+    """Status, progress (generation k of n, evaluations, best error, elapsed, ETA), error.
 
-    # What a dashboard polls: the session, the read and the record in one trip to a worker
-    # thread, where the sync dependencies took five (bench/RESULTS.md, "Status polls").
-    def read() -> SearchRead:
+    Answered from a copy at most OPTISHEAR_STATUS_CACHE_SECONDS old (service.status_cache).
+    """
+    cached = cache.get(search_id)
+    if cached is not None:
+        visible_or_404(principal, cached.owner, "search", search_id)
+        return Response(cached.body, media_type="application/json")
+
+    # A miss reads the session, the row and the record in one trip to a worker thread, where
+    # the sync dependencies took five (bench/RESULTS.md, "Status polls").
+    def read() -> tuple[str, bytes]:
         with sessions() as session:
-            return repository.search_read(_visible_search(session, search_id, principal))
+            search = _visible_search(session, search_id, principal)
+            return search.owner, repository.search_read(search).model_dump_json().encode()
 
-    return await run_in_threadpool(read)
+    owner, body = await run_in_threadpool(read)
+    cache.put(search_id, owner, body)
+    return Response(body, media_type="application/json")
 
 
 @router.get("/{search_id}/front", responses=NOT_FOUND)
@@ -224,8 +235,11 @@ def read_generations(search: SearchDep, session: SessionDep) -> list[GenerationR
     status_code=status.HTTP_202_ACCEPTED,
     responses={**NOT_FOUND, 409: {"model": Message, "description": "already finished"}},
 )
-def cancel_search(search: WritableSearchDep, session: WriteSessionDep) -> SearchRead:
+def cancel_search(
+    search: WritableSearchDep, session: WriteSessionDep, cache: StatusCacheDep
+) -> SearchRead:
     """Queued searches end at once; running ones after the current batch of evaluations."""
+    cache.drop(search.id)
     if not repository.request_cancel(session=session, search=search):
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"search {search.id} has already finished ({search.status})"
@@ -244,11 +258,17 @@ def cancel_search(search: WritableSearchDep, session: WriteSessionDep) -> Search
     },
 )
 def delete_search(
-    search_id: uuid.UUID, principal: PrincipalDep, housekeeping: HousekeepingDep
+    search_id: uuid.UUID,
+    principal: PrincipalDep,
+    housekeeping: HousekeepingDep,
+    cache: StatusCacheDep,
 ) -> Response:
     """Delete a finished search: its generations, front, stored genomes, checkpoints and their
     archives (the disk is reclaimed). Cancel a queued or running search first."""
-    return deleted(housekeeping.delete_search, search_id, principal)
+    try:
+        return deleted(housekeeping.delete_search, search_id, principal)
+    finally:
+        cache.drop(search_id)  # after the delete: no poll in between left a copy behind
 
 
 @router.post(

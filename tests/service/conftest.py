@@ -95,6 +95,9 @@ def make_settings(
             "heartbeat_seconds": 0.5,
             "poll_seconds": 0.1,
             "api_keys": (),
+            # Tests read a search right after a runner thread wrote it: no half-second copies
+            # (tests/service/test_status_cache.py tests them; served processes keep them on).
+            "status_cache_seconds": 0.0,
         }
         values.update(overrides)
         return ServiceSettings(**values)
