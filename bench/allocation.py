@@ -235,7 +235,9 @@ def main() -> int:
                 row(text, name, info_row | {"perplexity": float("nan"), "achieved": achieved})
             for refit_ship in ships:
                 data = measured(
-                    lambda r=refit_ship: prune_candidate(model, calib, cand, pattern, refit=r)
+                    lambda r=refit_ship: prune_candidate(
+                        model, calib, cand, pattern, update="lstsq" if r else "none"
+                    )
                 )
                 shipped = "refit" if refit_ship else "masks"
                 row(text, f"{name}, shipped {shipped}", data | info_row)

@@ -61,6 +61,7 @@ def searched(args: argparse.Namespace, pattern: str, seed: int) -> dict[str, Any
         "seed": seed,
         "held_out": data["summary"]["held_out"],
         "recommended": data["recommended"],
+        "shipped": data["summary"].get("shipped"),
         "config": data["config"],
         "search_seconds": data["summary"]["search_seconds"],
     }
@@ -72,12 +73,13 @@ def repruned(first: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
         return json.loads(out.read_text())
     import torch
 
-    from optishear.config import SearchConfig
+    from optishear.config import PruneConfig, SearchConfig
     from optishear.data.text import sample_calibration
-    from optishear.model.blocks import iter_linears
+    from optishear.model.blocks import block_param_counts, iter_linears
     from optishear.model.hf import load_model
     from optishear.recipe.candidates import ScoredCandidate
     from optishear.recipe.comparison import compare_held_out, held_out_ids
+    from optishear.recipe.prune import shipped_config
 
     base = SearchConfig.model_validate(first["config"])
     calibration = base.calibration.model_copy(update={"seed": seed})
@@ -88,10 +90,20 @@ def repruned(first: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     weights = [lin.weight for _, _, lin in iter_linears(model)]
     candidate = ScoredCandidate.model_validate(first["recommended"]).candidate()
     print(f"  seed {seed}: {candidate.label()} re-pruned", file=sys.stderr, flush=True)
-    with torch.no_grad():
-        held = compare_held_out(
-            model, weights, calib, eval_ids, candidate, config, refit=config.refit_top > 0
+    shipped = first.get("shipped")  # the first seed's recipe (optishear.search.finish)
+    if shipped is not None:
+        recipe = PruneConfig.model_validate(shipped)
+    else:
+        recipe = shipped_config(
+            candidate,
+            config.pattern,
+            block_param_counts(model),
+            update=config.shipped_update(),
+            batch_size=config.batch_size,
+            layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],
         )
+    with torch.no_grad():
+        held = compare_held_out(model, weights, calib, eval_ids, recipe, config)
     result = {
         "pattern": first["pattern"],
         "seed": seed,

@@ -113,7 +113,11 @@ def main() -> int:
 
     def held_out_candidate(candidate: Candidate, pattern: Pattern, refit: bool) -> dict[str, Any]:
         """The candidate pruned as it ships (optishear.recipe.prune.prune_candidate), measured."""
-        return measured(lambda: prune_candidate(model, calib, candidate, pattern, refit=refit))
+        return measured(
+            lambda: prune_candidate(
+                model, calib, candidate, pattern, update="lstsq" if refit else "none"
+            )
+        )
 
     def measured(prune: Callable[[], PruneReport]) -> dict[str, Any]:
         model.load_state_dict(dense)

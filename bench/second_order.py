@@ -85,7 +85,7 @@ def main() -> int:
         c = Candidate(g, (target,) * n_blocks)
         row(
             f"{g.formula()} + refit",
-            lambda c=c: prune_candidate(model, calib, c, pattern, refit=True),
+            lambda c=c: prune_candidate(model, calib, c, pattern, update="lstsq"),
         )
     return 0
 

@@ -141,7 +141,9 @@ def main() -> int:
         measure(f"{method} {report.target:g} {report.pattern}", report.seconds)
     for path, scored in candidates.items():
         model.load_state_dict(dense)
-        report = prune_candidate(model, calib, scored.candidate(), pattern, refit=args.refit)
+        report = prune_candidate(
+            model, calib, scored.candidate(), pattern, update="lstsq" if args.refit else "none"
+        )
         measure(f"searched {scored.key} ({path.name})", report.seconds)
 
     print(f"model {args.model}; calibration {args.nsamples}x{args.seqlen}, seed {args.seed}")

@@ -208,10 +208,20 @@ def request_cancel(*, session: Session, search: Search) -> bool:
     return bool(done)
 
 
-def candidate_read(c: CandidateRow) -> CandidateRead:
+def _fallback_methods(search: Search) -> dict[str, str]:
+    stored = (search.result or {}).get("fallbacks", [])
+    return {b["key"]: b["method"] for b in stored if b.get("method")}
+
+
+def candidate_read(c: CandidateRow, methods: dict[str, str] | None = None) -> CandidateRead:
+    """A stored row as the API shows it; `methods` names the published method of a baseline's
+    row by its key (a baseline recommended instead of the search's candidates)."""
+    method = (methods or {}).get(c.key)
     return CandidateRead(
         id=c.id,
         key=c.key,
+        name=method,
+        method=method,
         genome=c.genome,
         block_sparsity=c.block_sparsity,
         layer_sparsity=c.layer_sparsity or [],
@@ -247,7 +257,7 @@ def front(*, session: Session, search: Search, generation: int | None) -> FrontR
     return FrontRead(
         search_id=search.id,
         generation=generation,
-        candidates=[candidate_read(c) for c in rows],
+        candidates=[candidate_read(c, _fallback_methods(search)) for c in rows],
         recommended_id=recommended,
         baselines=[
             ScoredCandidate.model_validate(stored_scored(b))

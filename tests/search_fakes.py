@@ -3,13 +3,38 @@ generation callback that interrupts the search (the resume tests)."""
 
 import numpy as np
 
-from optishear.config import SearchConfig
-from optishear.recipe.candidates import Evaluation
+from optishear.config import PruneConfig, SearchConfig
+from optishear.recipe.candidates import Candidate, Evaluation
 
 GENERATIONS = 4  # per stage; 'both' runs 2 stages: generations 1-4, then 5-8
 
 
-class FakeEvaluator:
+class ShipsAsScored:
+    """For a fake evaluator (its `block_params`, `evaluate` and `calls`): as shipped, a
+    searched candidate scores as `evaluate` scored it, and a published baseline
+    `BASELINE_ERROR`, worse than any search finds. Shipped scores are not recorded in `calls`.
+    """
+
+    BASELINE_ERROR = 5.0
+
+    @property
+    def layer_layout(self):
+        return tuple((i, "linear", n) for i, n in enumerate(self.block_params))  # one per block
+
+    def shipped(self, recipes):
+        recorded = len(self.calls)
+        out = []
+        for r in recipes:
+            if r.method != "meta":
+                out.append(Evaluation(self.BASELINE_ERROR, float(r.sparsity), 8, 0.0))
+                continue
+            [e] = self.evaluate([candidate_of(r, len(self.block_params))])
+            out.append(e)
+        del self.calls[recorded:]
+        return out
+
+
+class FakeEvaluator(ShipsAsScored):
     """A cheap, deterministic objective that records every evaluation it is asked for."""
 
     block_params = (100, 100, 100, 100, 100, 100)
@@ -28,6 +53,15 @@ class FakeEvaluator:
                 err = err * 0.9 + 0.01 * g.alpha
             out.append(Evaluation(1.0 + err, float(np.mean(c.block_sparsity)), n_samples or 8, 0.0))
         return out
+
+
+def candidate_of(recipe: PruneConfig, n_blocks: int) -> Candidate:
+    """The candidate a searched candidate's recipe ships (one linear layer per block)."""
+    plan = recipe.plan
+    if plan.linear_sparsity:
+        return Candidate(recipe.genome, tuple(plan.linear_sparsity), tuple(plan.linear_sparsity))
+    ratios = tuple(plan.block_sparsity) or (float(recipe.sparsity),) * n_blocks
+    return Candidate(recipe.genome, ratios)
 
 
 class Interrupt(Exception):  # noqa: N818

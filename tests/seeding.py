@@ -30,6 +30,7 @@ def seed_front_search(
     request: SearchCreate | None = None,
     family: str = "llama",
     owner: str = "",
+    fallback: str = "",
 ) -> tuple[uuid.UUID, list[CandidateRow]]:
     """A succeeded search (default: an allocation search) with `front` (final and generation
     1), its best genomes (of `family`) and `checkpoints`, created in this order; returns its id
@@ -78,6 +79,7 @@ def seed_front_search(
                         "evaluations": evaluations,
                         "cache_hits": 0,
                         "search_seconds": 1.0,
+                        "fallback": fallback,
                     },
                 )
             )

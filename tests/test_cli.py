@@ -282,11 +282,11 @@ def test_search_compares_held_out_perplexity_with_the_baselines(
 ):
     out = tmp_path / "search"
     args = [*_search(tiny_model_dir, 1), "--refit-top", "2", "--baselines", "--out", str(out)]
-    prunes = _counting(monkeypatch, search_cmd, "prune_candidate")
+    prunes = _counting(monkeypatch, search_cmd, "prune_model")
     perplexities = _counting(monkeypatch, search_cmd, "held_out")
     assert main([*args, "--export"]) == 0
     # the comparison measured the shipped model: one prune more (for the export), no forward
-    assert prunes == ["prune_candidate"]
+    assert prunes == ["prune_model"]
     assert perplexities == []
     printed = capsys.readouterr().out
     report = json.loads((out / "search.json").read_text())
@@ -329,16 +329,14 @@ def test_search_compares_held_out_perplexity_with_the_baselines(
     assert main([*_search(tiny_model_dir, 1), "--out", str(tmp_path / "plain")]) == 0
     plain = json.loads((tmp_path / "plain" / "search.json").read_text())
     assert plain["summary"]["held_out"] is None
-    assert prunes == ["prune_candidate"]
+    assert prunes == ["prune_model"]
     assert perplexities == ["held_out"]
     assert plain["recommended_eval"]["n_tokens"] == 4 * 31
 
 
 def test_search_rescore_top_ships_the_best_as_shipped(tiny_model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "search"
-    args = [*_search(tiny_model_dir, 1), "--rescore-top", "2"]
-    assert main([*args, "--final-stats", "dense", "--out", str(tmp_path / "x")]) == 2
-    assert "--final-stats dense would ship a different model" in capsys.readouterr().err
+    args = [*_search(tiny_model_dir, 1), "--rescore-top", "2", "--no-fallback"]
     assert main([*args, "--out", str(out)]) == 0
     report = json.loads((out / "search.json").read_text())
     assert report["summary"]["rescored"][0] == report["recommended"]
@@ -372,6 +370,7 @@ def test_search_allocation_on_disk_database_exports_its_per_layer_plan(
         "disk",
         "--low-fidelity",
         "2",
+        "--no-fallback",  # the search's own per-layer plan
         "--out",
         str(out),
         "--export",
@@ -387,6 +386,9 @@ def test_search_allocation_on_disk_database_exports_its_per_layer_plan(
     for pos, (_idx, _name, lin) in enumerate(iter_linears(model)):
         assert float(lin.weight.eq(0).float().mean()) == pytest.approx(layers[pos], abs=0.07)
     assert report["recommended_prune"]["achieved_sparsity"] == pytest.approx(0.6, abs=0.01)
+    # scored with the database's OBS-updated weights, so shipped with the OBS update
+    assert report["recommended_prune"]["update"] == "obs"
+    assert report["summary"]["shipped"]["obs_update"] is True
     capsys.readouterr()
     bad = main([*args[:-3], "--front", "0.5,0.7", "--out", str(tmp_path / "x")])
     assert bad == 2

@@ -88,3 +88,17 @@ def tiny_engine(pattern=None, objective="kl", second_order=True):  # type: ignor
         second_order=second_order,
     )  # fmt: skip
     return engine, model, ids
+
+
+def shipped_recipe(engine, candidate, update="none"):  # type: ignore[no-untyped-def]
+    """The prune that ships `candidate` from `engine`'s model (optishear.recipe.prune)."""
+    from optishear.recipe.prune import shipped_config
+
+    return shipped_config(
+        candidate,
+        engine.pattern,
+        engine.block_params,
+        update=update,
+        batch_size=engine.batch_size,
+        layer_numel=[n for _, _, n in engine.layer_layout],
+    )

@@ -14,7 +14,7 @@ import torch
 import transformers
 from torch import Tensor
 
-from optishear.config import SearchConfig
+from optishear.config import PruneConfig, SearchConfig
 from optishear.evaluation.held_out import HeldOutComparison
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
@@ -70,11 +70,17 @@ class ModelActor:
     follows a failed call, gives the same answer.
     """
 
-    def __init__(self, spec: EngineSpec, calib_ids: Tensor | None = None, threads: int = 1) -> None:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        calib_ids: Tensor | None = None,
+        threads: int = 1,
+        valid_ids: Tensor | None = None,
+    ) -> None:
         torch.set_num_threads(threads)
         transformers.utils.logging.disable_progress_bar()  # worker output goes to the driver
         self.spec = spec
-        self.engine = spec.build(calib_ids)
+        self.engine = spec.build(calib_ids, valid_ids=valid_ids)
         self.evaluations = 0
         gc.collect()  # loading leaves garbage behind; free it before the first evaluation
 
@@ -104,10 +110,10 @@ class ModelActor:
             self.evaluations += 1
         return results
 
-    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
+    def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
         results = []
-        for candidate in candidates:
-            results.append(self.engine.evaluate(candidate, shipped=True, refit=refit))
+        for recipe in recipes:
+            results.append(self.engine.evaluate_shipped(recipe))
             self.evaluations += 1
         return results
 
@@ -120,10 +126,10 @@ class ModelActor:
         return self.engine.owl_plan(target)
 
     def compare_held_out(
-        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
     ) -> HeldOutComparison:
-        """Held-out perplexity of the candidate, Wanda and SparseGPT on this worker's model."""
-        return self.engine.compare_held_out(candidate, config, held_out_ids, refit=refit)
+        """Held-out perplexity of the shipped model, Wanda and SparseGPT on this worker's."""
+        return self.engine.compare_held_out(recipe, config, held_out_ids)
 
     def usage(self) -> ActorUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")

@@ -17,7 +17,7 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError
 from torch import Tensor
 
-from optishear.config import SearchConfig
+from optishear.config import PruneConfig, SearchConfig
 from optishear.core.errors import ConfigError
 from optishear.evaluation.held_out import HeldOutComparison
 from optishear.recipe.candidates import Candidate, Evaluation
@@ -68,6 +68,7 @@ class RayEvaluator:
         workers: int | None = None,
         *,
         calib_ids: Tensor | None = None,
+        valid_ids: Tensor | None = None,
         threads_per_worker: int = 1,
         use_gpu: bool | None = None,
         max_restarts: int = 3,
@@ -91,7 +92,7 @@ class RayEvaluator:
         self.start_timeout_s = start_timeout_s
         self.resources = {"num_cpus": threads_per_worker, "num_gpus": 1 if use_gpu else 0}
         workers = self._check_capacity(workers, {"CPU": threads_per_worker, "GPU": int(use_gpu)})
-        calib_ref = None if calib_ids is None else ray.put(calib_ids)
+        refs = [None if ids is None else ray.put(ids) for ids in (calib_ids, valid_ids)]
         options = {
             **self.resources,
             "scheduling_strategy": "SPREAD",  # over the nodes, so that a search uses them all
@@ -102,7 +103,7 @@ class RayEvaluator:
             "max_task_retries": 0,
         }
         self._actors: list[ActorHandle] = [
-            actor_class.options(**options).remote(self.spec, calib_ref, threads_per_worker)
+            actor_class.options(**options).remote(self.spec, refs[0], threads_per_worker, refs[1])
             for _ in range(workers)
         ]
         self._idle: deque[ActorHandle] = deque()  # alive, as far as we know, and free
@@ -206,8 +207,8 @@ class RayEvaluator:
     ) -> list[Evaluation]:
         return self._dispatch("evaluate", candidates, n_samples, n_tokens)
 
-    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
-        return self._dispatch("shipped", candidates, refit)
+    def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
+        return self._dispatch("shipped", recipes)
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
@@ -215,16 +216,14 @@ class RayEvaluator:
         return tuple(plan)
 
     def compare_held_out(
-        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
     ) -> HeldOutComparison:
         """On one worker: every worker holds the same model and calibration."""
-        (comparison,) = self._run("compare_held_out", [(candidate, config, held_out_ids, refit)])
+        (comparison,) = self._run("compare_held_out", [(recipe, config, held_out_ids)])
         return comparison  # type: ignore[no-any-return]
 
-    def _dispatch(
-        self, method: str, candidates: Sequence[Candidate], *args: Any
-    ) -> list[Evaluation]:
-        cands = list(candidates)
+    def _dispatch(self, method: str, items: Sequence[Any], *args: Any) -> list[Evaluation]:
+        cands = list(items)
         chunks = [cands[i : i + self.chunk_size] for i in range(0, len(cands), self.chunk_size)]
         batches = self._run(method, [(chunk, *args) for chunk in chunks])
         return [e for batch in batches for e in batch]
@@ -369,6 +368,7 @@ def ray_evaluator(
     workers: int | None = None,
     address: str | None = None,
     calib_ids: Tensor | None = None,
+    valid_ids: Tensor | None = None,
     threads_per_worker: int = 1,
 ) -> Iterator[RayEvaluator]:
     """Start or join Ray, and yield a RayEvaluator with `workers` actors.
@@ -386,10 +386,9 @@ def ray_evaluator(
                 f"{workers} workers x {threads_per_worker} thread(s) need "
                 f"{workers * threads_per_worker} CPUs; this machine has {cores}"
             )
+    ids = {"calib_ids": calib_ids, "valid_ids": valid_ids}
     with (
         ray_runtime(address),
-        RayEvaluator(
-            spec, workers, calib_ids=calib_ids, threads_per_worker=threads_per_worker
-        ) as evaluator,
+        RayEvaluator(spec, workers, threads_per_worker=threads_per_worker, **ids) as evaluator,
     ):
         yield evaluator

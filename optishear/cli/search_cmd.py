@@ -24,7 +24,7 @@ from optishear.data.text import sample_calibration
 from optishear.evaluation.held_out import manifest_comparison
 from optishear.model.hf import torch_device
 from optishear.recipe.comparison import held_out_ids
-from optishear.recipe.prune import prune_candidate
+from optishear.recipe.prune import prune_model
 
 logger = logging.getLogger("optishear")
 
@@ -43,12 +43,6 @@ def register(sub: Any) -> None:
         "--export",
         action="store_true",
         help="also write the recommended pruned checkpoint to OUT/checkpoint",
-    )
-    p.add_argument(
-        "--final-stats",
-        choices=("pruned", "dense"),
-        default="pruned",
-        help="statistics used when pruning the recommended solution",
     )
     p.add_argument("--no-eval", action="store_true", help="skip held-out perplexity")
     p.add_argument(
@@ -85,18 +79,13 @@ def _evaluator_plugin(name: str) -> Callable[..., Any]:
 
 
 def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
-    from optishear.search.engine_spec import EngineSpec, engine_for
+    from optishear.search.engine_spec import EngineSpec, engine_for, search_validation
     from optishear.search.evaluator import InProcessEvaluator
     from optishear.search.loop import run_search
 
     config = config_from_flags(SearchConfig, args)
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {args.workers}")
-    if (config.refit_top or config.rescore_top) and args.final_stats != "pruned":
-        raise ConfigError(
-            "--refit-top and --rescore-top score candidates pruned with statistics from the "
-            "pruned prefix: --final-stats dense would ship a different model"
-        )
     out: Path = args.out
     state_path = out / STATE_FILE
     if (out / "state.pkl").exists() and not state_path.exists():
@@ -118,6 +107,7 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         config.model, settings, device=device, dtype=config.dtype, execution=args.execution
     )
     calib = sample_calibration(tokenizer, config.calibration, settings)
+    valid = search_validation(tokenizer, config, settings)  # scores candidates; never fits
     eval_ids = (
         held_out_ids(tokenizer, config.evaluation, settings) if config.compare_baselines else None
     )
@@ -125,9 +115,11 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     evaluator: contextlib.AbstractContextManager[Any]
     if plugin is not None:  # each actor loads its own model; only the calibration ids travel
         spec = EngineSpec(config, folder=str(out.resolve()), execution=args.execution)
-        evaluator = plugin(spec, workers=args.workers, address=args.ray_address, calib_ids=calib)
+        evaluator = plugin(
+            spec, workers=args.workers, address=args.ray_address, calib_ids=calib, valid_ids=valid
+        )
     else:
-        engine = engine_for(model, calib, config, folder=out)
+        engine = engine_for(model, calib, config, folder=out, valid_ids=valid)
         evaluator = contextlib.closing(InProcessEvaluator(engine))
     bar = tqdm(
         total=config.total_generations(), desc="search", unit="gen", disable=not bars.enabled
@@ -162,26 +154,16 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     bar.close()
     report = result.to_dict()
     rec = result.recommended
-    # With --baselines the comparison has pruned the recommended candidate as shipped and
-    # measured it on the held-out windows: that is the figure, not a second prune and forward.
-    compared = (
-        result.held_out.searched_eval(refit=bool(result.refitted))
-        if result.held_out is not None and args.final_stats == "pruned"
-        else None
-    )
+    # The recommended model is made by the recipe that scored it (optishear.search.finish).
+    # With --baselines the comparison has pruned it and measured it on the held-out windows:
+    # that is the figure, not a second prune and forward.
+    assert result.recipe is not None
+    recipe = result.recipe.model_dump(mode="json")
+    compared = result.held_out.searched_eval(recipe) if result.held_out is not None else None
     if compared is not None and not args.no_eval:
         report["recommended_eval"] = compared
     if (not args.no_eval and compared is None) or args.export:
-        pruned = prune_candidate(
-            model,
-            calib,
-            rec.candidate,
-            config.pattern,
-            refit=bool(result.refitted),
-            stats=args.final_stats,
-            batch_size=config.batch_size,
-            progress=bars.steps,
-        )
+        pruned = prune_model(model, calib, result.recipe, progress=bars.steps)
         report["recommended_prune"] = pruned.to_dict()
         if not args.no_eval and compared is None:
             ppl = held_out(model, tokenizer, config.evaluation, settings)
@@ -210,8 +192,11 @@ def run(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
         f"search done: {result.evaluations} evaluations, {result.cache_hits} cache hits, "
         f"{result.seconds:.0f}s; front of {len(result.front)}"
     )
+    if result.fallback:
+        print(f"warning: {result.fallback}")
+    what = rec.name if rec.method is not None else rec.candidate.genome.formula()
     print(
-        f"recommended: {rec.candidate.genome.formula()}; per-block sparsity "
+        f"recommended: {what}; per-block sparsity "
         f"{', '.join(f'{x:.2f}' for x in rec.candidate.block_sparsity)}; reconstruction error "
         f"{rec.evaluation.error:.5f}"
     )

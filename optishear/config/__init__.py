@@ -29,7 +29,7 @@ from optishear.config.calibration import (
     EvaluationConfig,
     SearchCalibrationConfig,
 )
-from optishear.config.prune import PlanConfig, PruneConfig
+from optishear.config.prune import PlanConfig, PruneConfig, Update
 from optishear.config.search import AllocationConfig, ScreenConfig, SearchConfig
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "Seed",
     "Stages",
     "Text",
+    "Update",
     "config_error",
     "default_sparsity",
     "validation_message",

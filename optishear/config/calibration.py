@@ -36,6 +36,15 @@ class SearchCalibrationConfig(CalibrationConfig):
     n_samples: int = Field(
         16, ge=1, le=1024, description="calibration sequences", json_schema_extra=flag("nsamples")
     )
+    validation_share: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="share of the calibration text (its end) held aside: the validation "
+        "sequences that score and select candidates come from it, and no statistic, Hessian "
+        "or refit ever sees it (0: candidates are scored on calibration sequences)",
+        json_schema_extra=flag("validation-share"),
+    )
 
 
 class EvaluationConfig(ConfigModel):

@@ -45,6 +45,11 @@ class PlanConfig(ConfigModel):
         return self
 
 
+# How the surviving weights of a masked layer change: not at all, SparseGPT's OBS step with the
+# mask imposed, or a least-squares refit.
+Update = Literal["none", "obs", "lstsq"]
+
+
 class PruneConfig(TargetConfig):
     """One prune: method (and genome for 'meta'), target, pattern, plan and statistics."""
 
@@ -65,11 +70,21 @@ class PruneConfig(TargetConfig):
         False,
         description="refit the surviving weights by least squares after masking (wanda, ria, meta)",
     )
+    obs_update: bool = Field(
+        False,
+        description="update the surviving weights by SparseGPT's OBS step on the method's mask "
+        "(wanda, ria, meta): what a search with a refit layer database scored",
+    )
     refit_solver: Literal["cg", "exact"] = Field(
         "cg",
         description="how the refit solves each layer: conjugate gradients on the shared Gram "
         "matrix (fast at any width), or an exact factorisation per row (the reference)",
     )
+
+    @property
+    def survivor_update(self) -> Update:
+        """How the surviving weights change after masking (sparsegpt's own update aside)."""
+        return "lstsq" if self.reconstruct else "obs" if self.obs_update else "none"
 
     @model_validator(mode="after")
     def _rules(self) -> PruneConfig:
@@ -94,6 +109,11 @@ class PruneConfig(TargetConfig):
                     f"under {self.pattern} a layer is pruned {self.pattern} "
                     f"({self.pattern.sparsity:g}) or kept dense (0)"
                 )
+        if self.obs_update and (self.reconstruct or self.method in ("sparsegpt", "magnitude")):
+            raise ValueError(
+                "obs_update applies to activation-aware mask methods (wanda, ria, meta), "
+                "without reconstruct: each is an update of the survivors"
+            )
         if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
             raise ValueError(
                 "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "

@@ -18,6 +18,7 @@ from optishear.config.base import (
 )
 from optishear.config.calibration import EvaluationConfig, SearchCalibrationConfig
 from optishear.config.fields import FrontRange, GenomeField, Genomes, ScreenRungs, ScreenSteps
+from optishear.config.prune import Update
 from optishear.core.genome import WANDA_GENOME
 
 
@@ -146,7 +147,8 @@ class SearchConfig(TargetConfig):
         None,
         ge=1,
         le=1024,
-        description="of the calibration sequences, how many score the error (default all)",
+        description="validation sequences that score the error (default: as many as the "
+        "calibration sequences; of the calibration sequences when validation_share is 0)",
     )
     engine_stats: Literal["baseline", "dense"] = Field(
         "baseline",
@@ -168,6 +170,12 @@ class SearchConfig(TargetConfig):
         description="re-score the K best candidates (and Wanda) pruned as shipped, with "
         "statistics from the pruned prefix, and recommend the best (0: the engine's best); "
         "not with refit_top, which re-scores as shipped already",
+    )
+    fallback_baselines: bool = Field(
+        True,
+        description="score SparseGPT, Wanda+refit and Wanda (and OWL+ each when unstructured) "
+        "as shipped beside the finalists, and recommend and ship one that beats them all",
+        json_schema_extra=flag("fallback"),
     )
     max_evaluations: float | None = Field(
         None,
@@ -251,6 +259,15 @@ class SearchConfig(TargetConfig):
         else:
             grid = [self.target + j * a.step for j in range(-a.levels, a.levels + 1)]
         return tuple(sorted({round(r, 9) for r in grid if 0 <= round(r, 9) < 1}))
+
+    def shipped_update(self) -> Update:
+        """How the shipped model's surviving weights were scored, so shipped: refit by least
+        squares (refit_top), SparseGPT's OBS step (a refit layer database), or not at all."""
+        if self.refit_top:
+            return "lstsq"
+        if "allocation" in self.stage_list() and self.allocation.refit:
+            return "obs"
+        return "none"
 
     def stage_list(self) -> list[Literal["metric", "layerwise", "joint", "allocation"]]:
         if self.stages == "both":

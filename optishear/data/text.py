@@ -9,7 +9,12 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from optishear.config import BUNDLED, CalibrationConfig, EvaluationConfig
+from optishear.config import (
+    BUNDLED,
+    CalibrationConfig,
+    EvaluationConfig,
+    SearchCalibrationConfig,
+)
 from optishear.core.errors import DataError
 from optishear.core.files import user_path
 from optishear.core.settings import LibrarySettings
@@ -82,21 +87,56 @@ def tokenize_stream(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> Ten
     return torch.tensor(ids, dtype=torch.long)
 
 
+def _windows(stream: Tensor, n: int, seq_len: int, seed: int, what: str) -> Tensor:
+    if stream.numel() <= seq_len:
+        raise DataError(
+            f"{what} has {stream.numel()} tokens, fewer than one {seq_len}-token sample"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, stream.numel() - seq_len, (n,), generator=gen)
+    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+
+
+def _split(stream: Tensor, config: CalibrationConfig) -> tuple[Tensor, Tensor]:
+    """The calibration text's tokens for statistics, and its end held aside for validation."""
+    share = config.validation_share if isinstance(config, SearchCalibrationConfig) else 0.0
+    cut = stream.numel() - int(stream.numel() * share)
+    return stream[:cut], stream[cut:]
+
+
 def sample_calibration(
     tokenizer: PreTrainedTokenizerBase,
     config: CalibrationConfig,
     settings: LibrarySettings | None = None,
 ) -> Tensor:
-    """(n_samples, seq_len) token windows at seeded random offsets of the calibration text."""
+    """(n_samples, seq_len) token windows at seeded random offsets of the calibration text;
+    for a search, of its part before the share held aside for validation."""
     stream = tokenize_stream(tokenizer, load_texts(config.source, "calibration", settings))
-    if stream.numel() <= config.seq_len:
+    calibration, _ = _split(stream, config)
+    return _windows(calibration, config.n_samples, config.seq_len, config.seed, "calibration text")
+
+
+def sample_validation(
+    tokenizer: PreTrainedTokenizerBase,
+    config: SearchCalibrationConfig,
+    n_samples: int,
+    settings: LibrarySettings | None = None,
+) -> Tensor | None:
+    """(n_samples, seq_len) windows of the share of the calibration text held aside, which
+    score a search's candidates; None when nothing is held aside."""
+    if config.validation_share == 0:
+        return None
+    stream = tokenize_stream(tokenizer, load_texts(config.source, "calibration", settings))
+    _, held = _split(stream, config)
+    if held.numel() <= config.seq_len:
         raise DataError(
-            f"calibration text has {stream.numel()} tokens, fewer than one {config.seq_len}-token "
-            "sample"
+            f"the {config.validation_share:g} of the calibration text held aside for validation "
+            f"has {held.numel()} tokens, fewer than one {config.seq_len}-token sequence: give a "
+            "longer text, shorter sequences or a larger validation share (or 0 to score on the "
+            "calibration sequences)"
         )
-    gen = torch.Generator().manual_seed(config.seed)
-    starts = torch.randint(0, stream.numel() - config.seq_len, (config.n_samples,), generator=gen)
-    return torch.stack([stream[s : s + config.seq_len] for s in starts.tolist()])
+    # another seed than the calibration's: the two samples are drawn independently
+    return _windows(held, n_samples, config.seq_len, config.seed + 1, "validation text")
 
 
 def evaluation_stream(

@@ -53,13 +53,13 @@ class HeldOutComparison(BaseModel):
             if r.name in BASELINES
         }
 
-    def searched_eval(self, *, refit: bool) -> dict[str, Any] | None:
+    def searched_eval(self, recipe: dict[str, Any]) -> dict[str, Any] | None:
         """The searched model's held-out figure in the shape of a Perplexity's dict: the
-        candidate pruned as shipped, on the windows of every held-out figure, so that nobody
+        model pruned as shipped, on the windows of every held-out figure, so that nobody
         prunes and measures it a second time. None without a searched row, or when the row was
-        pruned with another `refit` than the model asked about."""
+        pruned by another recipe (a PruneConfig as JSON data) than the model asked about."""
         searched = self.row(SEARCHED)
-        if searched is None or self.protocol.get("searched_refit") != refit:
+        if searched is None or self.protocol.get("searched_recipe") != recipe:
             return None
         p = self.protocol
         return {
@@ -87,7 +87,15 @@ class HeldOutComparison(BaseModel):
             f"  protocol: {p['eval_windows']} windows of {p['eval_seq_len']} tokens of "
             f"{p['eval_text']!r} ({p['eval_tokens']} predicted); calibration "
             f"{p['calibration_samples']} x {p['calibration_seq_len']} tokens of "
-            f"{p['calibration_source']!r}, seed {p['calibration_seed']}"
+            f"{p['calibration_source']!r}, seed {p['calibration_seed']} (statistics, Hessians, "
+            "refits)"
+            + (
+                f"; validation {p['validation_samples']} x {p['calibration_seq_len']} tokens "
+                f"of its last {p['validation_share']:g}, never fitted (scores and selects)"
+                if p.get("validation_samples")
+                else "; candidates scored on calibration sequences"
+            )
+            + "; the held-out text chooses nothing"
         )
         return out
 

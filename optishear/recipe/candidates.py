@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from optishear.config.prune import PruneConfig
 from optishear.core.genome import Genome
 from optishear.evaluation.held_out import HeldOutComparison
 
@@ -109,6 +110,11 @@ class ScoredCandidate(BaseModel):
     name: str | None = Field(
         None, description="a baseline's name: 'Wanda' (uniform plan) or 'OWL+Wanda'"
     )
+    method: str | None = Field(
+        None,
+        description="set when a published method, not the genome, pruned it (a baseline "
+        "scored as shipped: 'SparseGPT', 'OWL+SparseGPT', 'Wanda+refit', ...)",
+    )
     genome: GenomeRecord
     block_sparsity: list[float] = Field(description="the per-block plan")
     layer_sparsity: list[float] = Field(
@@ -136,6 +142,7 @@ class Scored:
     evaluation: Evaluation
     gap: float
     name: str | None = None  # set on baselines
+    method: str | None = None  # set when a published method, not the genome, pruned it
 
     @property
     def meets_target(self) -> bool:
@@ -143,9 +150,13 @@ class Scored:
 
     def record(self) -> ScoredCandidate:
         c, e = self.candidate, self.evaluation
+        key = c.label()
+        if self.method is not None:  # never equal to a genome candidate's key
+            key = f"{self.method.lower().replace('+', '-')}-{plan_label(c.plan)}"
         return ScoredCandidate(
-            key=c.label(),
+            key=key,
             name=self.name,
+            method=self.method,
             genome=GenomeRecord.of(c.genome),
             block_sparsity=[float(r) for r in c.block_sparsity],
             layer_sparsity=[float(r) for r in c.layer_sparsity],
@@ -178,6 +189,19 @@ class SearchSummary(BaseModel):
     baselines: list[ScoredCandidate] = Field(
         default_factory=list,
         description="published methods at the same target (Wanda; OWL+Wanda when unstructured)",
+    )
+    fallbacks: list[ScoredCandidate] = Field(
+        default_factory=list,
+        description="published methods at the same target pruned as shipped, scored beside "
+        "the finalists (SparseGPT, Wanda+refit, Wanda; OWL+ each when unstructured)",
+    )
+    fallback: str = Field(
+        "", description="set when a published method beat every searched candidate as shipped"
+    )
+    shipped: PruneConfig | None = Field(
+        None,
+        description="the prune that makes the recommended model: every export and the "
+        "held-out comparison prune by it",
     )
     selection_rule: str = ""
     database: str = Field(

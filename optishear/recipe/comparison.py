@@ -21,8 +21,7 @@ from optishear.data.text import evaluation_stream
 from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutComparison, HeldOutRow
 from optishear.evaluation.perplexity import eval_windows, perplexity
 from optishear.model.backup import restored_after
-from optishear.recipe.candidates import Candidate
-from optishear.recipe.prune import ProgressFn, prune_candidate, prune_model
+from optishear.recipe.prune import ProgressFn, prune_model
 
 
 def baseline_config(method: str, config: SearchConfig) -> PruneConfig:
@@ -40,15 +39,14 @@ def compare_held_out(
     weights: Sequence[Tensor],
     calib_ids: Tensor,
     held_out_ids: Tensor,
-    candidate: Candidate,
+    shipped: PruneConfig,
     config: SearchConfig,
     *,
-    refit: bool,
     progress: ProgressFn | None = None,
     log: Callable[[str], None] | None = None,
 ) -> HeldOutComparison:
-    """Held-out perplexity of the dense model, the candidate pruned as shipped, and each
-    baseline; `weights` (the prunable layers' weights) are back to dense afterwards.
+    """Held-out perplexity of the dense model, the model `shipped` prunes (the search's
+    recommendation: optishear.search.results.SearchResult.shipped), and each baseline; `weights` (the prunable layers' weights) are back to dense afterwards.
 
     `held_out_ids` is the evaluation token stream (its first windows are scored, as
     optishear.evaluation.perplexity does for every figure a user sees).
@@ -80,15 +78,7 @@ def compare_held_out(
 
     pruned(
         SEARCHED,
-        lambda: prune_candidate(
-            model,
-            calib_ids,
-            candidate,
-            config.pattern,
-            refit=refit,
-            batch_size=config.batch_size,
-            progress=progress,
-        ),
+        lambda: prune_model(model, calib_ids, shipped, progress=progress),
     )
     for method in BASELINES:
         prune = baseline_config(method, config)
@@ -103,9 +93,11 @@ def compare_held_out(
         "calibration_samples": int(calib_ids.shape[0]),
         "calibration_seq_len": int(calib_ids.shape[1]),
         "calibration_seed": config.calibration.seed,
+        "validation_share": config.calibration.validation_share,
+        "validation_samples": config.full_samples() if config.calibration.validation_share else 0,
         "target": config.target,
         "pattern": str(config.pattern),
-        "searched_refit": refit,
+        "searched_recipe": shipped.model_dump(mode="json"),
     }
     return HeldOutComparison(
         rows=tuple(rows), protocol=protocol, seconds=time.perf_counter() - start

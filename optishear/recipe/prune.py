@@ -11,7 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from optishear.config import PlanConfig, PruneConfig
+from optishear.config import PlanConfig, PruneConfig, Update
 from optishear.core.errors import ConfigError
 from optishear.core.patterns import Pattern, check_pattern_fits
 from optishear.methods.metrics import wanda_score
@@ -37,7 +37,7 @@ from optishear.model.blocks import (
 from optishear.model.memory import release_free_memory
 from optishear.model.streaming import onloaded
 from optishear.recipe.candidates import Candidate
-from optishear.refit.reconstruct import Solver, least_squares_refit
+from optishear.refit.update import SurvivorUpdate, warn_if_few_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class PruneReport:
     layers: list[LayerReport] = field(default_factory=list)
     seconds: float = 0.0
     reconstructed: bool = False
+    update: str = "none"  # of the survivors after masking: 'lstsq', 'obs' (or the method's own)
 
     @property
     def achieved(self) -> float:
@@ -95,6 +96,7 @@ class PruneReport:
             "block_sparsity": self.block_sparsity(),
             "genome": self.genome,
             "reconstructed": self.reconstructed,
+            "update": self.update,
             "seconds": self.seconds,
             "layers": [
                 {**asdict(r), "shape": list(r.shape), "sparsity": r.sparsity} for r in self.layers
@@ -191,7 +193,7 @@ def _prune_block(
     pattern: Pattern,
     report: PruneReport,
     *,
-    refit: Solver | None = None,
+    update: SurvivorUpdate | None = None,
 ) -> None:
     for name, lin in linear_sublayers(block).items():
         ratio = plan.ratio(idx, name)
@@ -201,36 +203,15 @@ def _prune_block(
         task = LayerTask(
             f"{idx}.{name}", lin.weight.data, stats[name] if stats else None, ratio, pattern
         )
-        dense = lin.weight.data.clone() if refit else None
+        dense = lin.weight.data.clone() if update else None
         mask = method.prune_layer(task)
-        if dense is not None:
+        if update is not None:
             assert stats is not None
-            # The refit reproduces the dense layer's output, so it starts from the dense weights.
-            lin.weight.data.copy_(dense)
+            assert dense is not None
+            update.apply(lin.weight.data, dense, stats[name].hessian, mask, ratio, pattern)
             del dense
-            least_squares_refit(lin.weight.data, stats[name].hessian, mask, solver=refit)
         report.layers.append(
             LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()))
-        )
-
-
-# Calibration tokens per input of the widest layer below which a least-squares refit fits the
-# calibration sample more than the data: on the bundled model, 16 x 128 tokens (1.3 per input of
-# its 1,536-input down_proj) gave a refit held-out perplexity of 53.75 against 52.98 for the
-# same search without refit (`make demo`'s settings); 32 x 256 (5.3) beat SparseGPT.
-_REFIT_TOKENS_PER_INPUT = 4
-
-
-def _warn_if_few_tokens(model: nn.Module, calib_ids: Tensor) -> None:
-    widest = max(lin.in_features for _, _, lin in iter_linears(model))
-    tokens = calib_ids.numel()
-    if tokens < _REFIT_TOKENS_PER_INPUT * widest:
-        logger.warning(
-            "the least-squares refit sees %d calibration tokens for layers with up to %d inputs; "
-            "it may fit the sample rather than the data: use at least %d tokens",
-            tokens,
-            widest,
-            _REFIT_TOKENS_PER_INPUT * widest,
         )
 
 
@@ -262,9 +243,10 @@ def prune_model(
         if calib_ids is None:
             raise ConfigError(f"method {config.method} needs calibration data")
         inputs = capture_block_inputs(model, calib_ids, config.batch_size)
-    needs_hessian = method.needs_hessian or config.reconstruct
+    update = SurvivorUpdate.of(config)
+    needs_hessian = method.needs_hessian or update is not None
     if config.reconstruct and calib_ids is not None:
-        _warn_if_few_tokens(model, calib_ids)
+        warn_if_few_tokens(model, calib_ids)
     wants_dense = config.plan.kind == "owl" or (
         method.needs_activations and config.stats == "dense"
     )
@@ -280,7 +262,8 @@ def prune_model(
         float(config.sparsity),
         list(plan.block_sparsity),
         config.genome.to_dict() if config.genome else None,
-        reconstructed=config.reconstruct or method.updates_weights,
+        reconstructed=update is not None or method.updates_weights,
+        update=update.kind if update is not None else "none",
     )
 
     sequential = method.needs_activations and config.stats == "pruned"
@@ -302,7 +285,7 @@ def prune_model(
                     plan,
                     config.pattern,
                     report,
-                    refit=config.refit_solver if config.reconstruct else None,
+                    update=update,
                 )
                 del stats
                 if idx < len(blocks) - 1:
@@ -317,7 +300,7 @@ def prune_model(
                     plan,
                     config.pattern,
                     report,
-                    refit=config.refit_solver if config.reconstruct else None,
+                    update=update,
                 )
         if progress:
             progress(idx + 1, len(blocks), f"pruning with {config.method}")
@@ -332,12 +315,13 @@ def shipped_config(
     pattern: Pattern,
     block_params: Sequence[int],
     *,
-    refit: bool = False,
+    update: Update = "none",
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     layer_numel: Sequence[int] | None = None,
 ) -> PruneConfig:
-    """The prune that ships a candidate: its genome, and its plan when the blocks differ.
+    """The prune that ships a candidate: its genome, its plan when the blocks differ, and the
+    `update` of the survivors that scored it (optishear.config.SearchConfig.shipped_update).
 
     The target is the plan's parameter-weighted mean, so a searched plan is kept as it is; a
     per-layer candidate ships its per-layer plan (`layer_numel` weighs its mean).
@@ -361,7 +345,8 @@ def shipped_config(
         genome=candidate.genome,
         stats=stats,
         batch_size=batch_size,
-        reconstruct=refit,
+        reconstruct=update == "lstsq",
+        obs_update=update == "obs",
     )
 
 
@@ -371,7 +356,7 @@ def prune_candidate(
     candidate: Candidate,
     pattern: Pattern,
     *,
-    refit: bool = False,
+    update: Update = "none",
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     progress: ProgressFn | None = None,
@@ -380,14 +365,14 @@ def prune_candidate(
 
     The CLI's search export, the runner's checkpoint export, the fitness engine's as-shipped
     re-score and the benchmarks all build their model here: the candidate's genome with
-    statistics from the pruned prefix (or `stats="dense"`), its per-block plan, and with
-    `refit` a least-squares refit of the surviving weights.
+    statistics from the pruned prefix (or `stats="dense"`), its per-block plan, and its
+    `update` of the surviving weights: none, SparseGPT's OBS step or a least-squares refit.
     """
     config = shipped_config(
         candidate,
         pattern,
         block_param_counts(model),
-        refit=refit,
+        update=update,
         stats=stats,
         batch_size=batch_size,
         layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],

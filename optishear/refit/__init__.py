@@ -1,2 +1,3 @@
-"""Weight reconstruction with the mask fixed: least-squares refits of a pruned layer. May import
-optishear.methods (its Hessian helpers), optishear.config and optishear.core."""
+"""Weight reconstruction with the mask fixed: least-squares refits of a pruned layer
+(reconstruct), and the update a prune applies to its survivors (update: the refit or SparseGPT's
+OBS step). May import optishear.methods, optishear.model, optishear.config and optishear.core."""

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
 
 from optishear.config import SearchConfig
 from optishear.core.errors import ModelSourceError
 from optishear.core.files import user_path
 from optishear.core.settings import LibrarySettings
-from optishear.data.text import sample_calibration
+from optishear.data.text import sample_calibration, sample_validation
 from optishear.model.hf import load_model, torch_device, torch_dtype
 from optishear.model.streaming import Execution, place_model
 from optishear.search.database import DatabaseRequest
@@ -38,9 +39,15 @@ def database_request(config: SearchConfig, folder: Path | None = None) -> Databa
 
 
 def engine_for(
-    model: nn.Module, calib_ids: Tensor, config: SearchConfig, *, folder: Path | None = None
+    model: nn.Module,
+    calib_ids: Tensor,
+    config: SearchConfig,
+    *,
+    folder: Path | None = None,
+    valid_ids: Tensor | None = None,
 ) -> FitnessEngine:
-    """The fitness engine a search config asks for, on a loaded model and its calibration.
+    """The fitness engine a search config asks for, on a loaded model, its calibration and
+    validation sequences (optishear.data.text.sample_validation; None: none held aside).
 
     `folder` is where a layer database too big for memory goes (the search's folder).
     """
@@ -55,6 +62,7 @@ def engine_for(
         sparsity=config.target,
         database=database_request(config, folder),
         second_order=config.needs_hessians(),
+        valid_ids=valid_ids,
     )
 
 
@@ -80,13 +88,17 @@ class EngineSpec:
             object.__setattr__(self, "config", config)
 
     def build(
-        self, calib_ids: Tensor | None = None, settings: LibrarySettings | None = None
+        self,
+        calib_ids: Tensor | None = None,
+        settings: LibrarySettings | None = None,
+        valid_ids: Tensor | None = None,
     ) -> FitnessEngine:
         """Load the model and build its engine.
 
-        `calib_ids` are the calibration token ids when the caller sampled them already (they
-        must come from the config's calibration); without them they are sampled here, with
-        the same seeded sampler, so every builder gets the same ids.
+        `calib_ids` and `valid_ids` are the calibration and validation token ids when the
+        caller sampled them already (they must come from the config's calibration); without
+        them they are sampled here, with the same seeded samplers, so every builder gets the
+        same ids.
         """
         settings = settings or LibrarySettings()
         model, tokenizer, _ = load_model(
@@ -96,5 +108,15 @@ class EngineSpec:
         logger.info("%s", execution.describe())  # in the actor's log
         if calib_ids is None:
             calib_ids = sample_calibration(tokenizer, self.config.calibration, settings)
+        if valid_ids is None:
+            valid_ids = search_validation(tokenizer, self.config, settings)
         folder = Path(self.folder) if self.folder is not None else None
-        return engine_for(model, calib_ids, self.config, folder=folder)
+        return engine_for(model, calib_ids, self.config, folder=folder, valid_ids=valid_ids)
+
+
+def search_validation(
+    tokenizer: PreTrainedTokenizerBase, config: SearchConfig, settings: LibrarySettings | None
+) -> Tensor | None:
+    """The validation sequences that score a search's candidates: as many as a full
+    evaluation uses, from the share of the calibration text held aside."""
+    return sample_validation(tokenizer, config.calibration, config.full_samples(), settings)

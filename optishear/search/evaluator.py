@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from optishear.config import SearchConfig
+from optishear.config import PruneConfig, SearchConfig
 from optishear.evaluation.held_out import HeldOutComparison
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
@@ -37,8 +37,9 @@ class BatchEvaluator(Protocol):
         """At full fidelity, or on the first n_samples sequences' first n_tokens tokens."""
         ...
 
-    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
-        """Errors of the candidates pruned as shipped: pruned-prefix masks (refit weights)."""
+    def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
+        """Full-fidelity errors of the models the recipes ship (optishear.recipe.prune:
+        statistics from the pruned prefix, the recipe's update of the survivors)."""
         ...
 
 
@@ -62,7 +63,7 @@ class HeldOutComparer(Protocol):
     (optishear.recipe.comparison), on a model it holds."""
 
     def compare_held_out(
-        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
     ) -> HeldOutComparison: ...
 
 
@@ -95,13 +96,13 @@ class InProcessEvaluator:
     ) -> list[Evaluation]:
         return [self.engine.evaluate(c, n_samples, n_tokens=n_tokens) for c in candidates]
 
-    def shipped(self, candidates: Sequence[Candidate], refit: bool) -> list[Evaluation]:
-        return [self.engine.evaluate(c, shipped=True, refit=refit) for c in candidates]
+    def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
+        return [self.engine.evaluate_shipped(r) for r in recipes]
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         return self.engine.owl_plan(target)
 
     def compare_held_out(
-        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, refit: bool
+        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
     ) -> HeldOutComparison:
-        return self.engine.compare_held_out(candidate, config, held_out_ids, refit=refit)
+        return self.engine.compare_held_out(recipe, config, held_out_ids)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from optishear.config import Objective, PlanConfig, SearchConfig
+from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
 from optishear.core.errors import ConfigError, UnsupportedModelError
 from optishear.core.patterns import Pattern, check_pattern_fits
 from optishear.evaluation.held_out import HeldOutComparison
@@ -38,10 +39,7 @@ from optishear.model.memory import release_free_memory
 from optishear.model.overlay import WeightOverlay
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.recipe.comparison import compare_held_out
-from optishear.recipe.prune import (
-    owl_plan_from_dense,
-    prune_candidate,
-)
+from optishear.recipe.prune import owl_plan_from_dense, prune_model
 from optishear.search.database import (
     DatabaseInfo,
     DatabaseRequest,
@@ -80,8 +78,12 @@ class FitnessEngine:
         sparsity: float | None = None,
         database: DatabaseRequest | None = None,
         second_order: bool = False,
+        valid_ids: Tensor | None = None,
     ) -> None:
-        """Statistics come from all of `calib_ids`; the error from the first `fitness_samples`.
+        """Statistics (and Hessians, refits, shipped prunes) come from all of `calib_ids`; the
+        error from the first `fitness_samples` of `valid_ids`, the validation sequences that
+        none of those ever sees (optishear.data.text.sample_validation). Without `valid_ids`
+        the error is measured on the calibration sequences themselves.
 
         With `stats="baseline"`, the masks are scored with the activation statistics of the model
         pruned by Wanda at `sparsity` and the pattern, not of the dense model. A shipped model is
@@ -105,6 +107,7 @@ class FitnessEngine:
         self.objective = objective
         self.pattern = pattern
         self.calib_ids = calib_ids
+        self.valid_ids = calib_ids if valid_ids is None else valid_ids
         self.batch_size = fit_batch_size(calib_ids.shape[0], batch_size)
         self.device = next(model.parameters()).device
         self.layers = list(iter_linears(model))
@@ -177,14 +180,15 @@ class FitnessEngine:
             self.database = self._build_database(database, hessians)
         else:
             del dense_stats, scoring_stats
-        self.n_fitness = min(fitness_samples or calib_ids.shape[0], calib_ids.shape[0])
+        n_valid = self.valid_ids.shape[0]
+        self.n_fitness = min(fitness_samples or n_valid, n_valid)
         gpu = self.device.type == "cuda"
         self._error = OutputError(
             head,
             self._final_hidden(self.n_fitness),  # (n, seq, d_model)
             objective,
             softcap=getattr(model.config, "final_logit_softcapping", None),
-            kl_chunk=max(1, _GPU_KL_CHUNK_TOKENS // calib_ids.shape[1]) if gpu else 1,
+            kl_chunk=max(1, _GPU_KL_CHUNK_TOKENS // self.valid_ids.shape[1]) if gpu else 1,
         )
         self._masker = CandidateMasks(
             self.dense,
@@ -199,10 +203,10 @@ class FitnessEngine:
 
     @torch.no_grad()
     def _final_hidden(self, n_samples: int, n_tokens: int | None = None) -> Tensor:
-        """Inputs of lm_head for the first n_samples calibration sequences (logits never made),
+        """Inputs of lm_head for the first n_samples validation sequences (logits never made),
         or for their first n_tokens tokens: the model is causal, so those equal the first
         n_tokens positions of the whole sequences'."""
-        ids = self.calib_ids if n_tokens is None else self.calib_ids[:, :n_tokens]
+        ids = self.valid_ids if n_tokens is None else self.valid_ids[:, :n_tokens]
         return torch.cat(
             [
                 inputs_of(
@@ -319,68 +323,67 @@ class FitnessEngine:
         self._in_place.close()
 
     @torch.no_grad()
-    def apply_shipped(self, candidate: Candidate, *, refit: bool = False) -> float:
-        """Prune as the final model is pruned; returns its sparsity.
+    def apply_shipped(self, recipe: PruneConfig) -> float:
+        """Prune in place by `recipe`, as a shipped model is pruned; returns its sparsity.
 
-        Unlike `apply`, statistics come from the already-pruned prefix, and with `refit` every
-        layer's surviving weights are refit by least squares (optishear.refit.reconstruct): what a
-        user downloads. It costs a sequential pass over the blocks (with input Gram matrices
-        when refitting).
+        Unlike `apply`, statistics come from the already-pruned prefix, and the recipe's update
+        changes the survivors (a least-squares refit, or SparseGPT's OBS step): what a user
+        downloads. It costs a sequential pass over the blocks (with input Hessians when the
+        survivors are updated). `restore` brings the dense weights back.
         """
         self.restore()
         # pruned in place: `restore` reads the dense weights back from the backup
         self._in_place.enter_context(restored_after(self.dense))
-        report = prune_candidate(
-            self.model,
-            self.calib_ids,
-            candidate,
-            self.pattern,
-            refit=refit,
-            batch_size=self.batch_size,
-        )
-        return report.achieved
+        recipe = recipe.model_copy(update={"batch_size": self.batch_size})
+        return prune_model(self.model, self.calib_ids, recipe).achieved
 
     @torch.no_grad()
     def compare_held_out(
-        self, candidate: Candidate, config: SearchConfig, held_out_ids: Tensor, *, refit: bool
+        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
     ) -> HeldOutComparison:
-        """Held-out perplexity of the candidate as shipped, Wanda and SparseGPT; the model is
+        """Held-out perplexity of the model `recipe` ships, Wanda and SparseGPT; the model is
         dense again afterwards (optishear.recipe.comparison)."""
         self.restore()
         return compare_held_out(
-            self.model, self.dense, self.calib_ids, held_out_ids, candidate, config, refit=refit
+            self.model, self.dense, self.calib_ids, held_out_ids, recipe, config
         )
 
     @torch.no_grad()
     def evaluate(
-        self,
-        candidate: Candidate,
-        n_samples: int | None = None,
-        *,
-        n_tokens: int | None = None,
-        shipped: bool = False,
-        refit: bool = False,
+        self, candidate: Candidate, n_samples: int | None = None, *, n_tokens: int | None = None
     ) -> Evaluation:
-        """Prune with the candidate, measure the error on n_samples sequences (their first
-        n_tokens tokens), restore.
+        """Lay the candidate over the model, measure the error on n_samples sequences (their
+        first n_tokens tokens), restore."""
+        return self._measured(
+            lambda: self.apply(candidate),
+            n_samples,
+            n_tokens,
+            keep=bool(candidate.layer_sparsity and self.database is not None),
+        )
 
-        With `shipped` the candidate is pruned as the final model is (see `apply_shipped`);
-        `refit` implies it and refits the survivors too.
-        """
+    @torch.no_grad()
+    def evaluate_shipped(self, recipe: PruneConfig) -> Evaluation:
+        """The error of the model `recipe` ships (see `apply_shipped`), at full fidelity."""
+        return self._measured(lambda: self.apply_shipped(recipe), None, None, keep=False)
+
+    def _measured(
+        self,
+        prune: Callable[[], float],
+        n_samples: int | None,
+        n_tokens: int | None,
+        *,
+        keep: bool,
+    ) -> Evaluation:
         start = time.perf_counter()
         n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
-        seq = self.calib_ids.shape[1]
+        seq = self.valid_ids.shape[1]
         t = seq if n_tokens is None else max(1, min(n_tokens, seq))
         try:
-            if shipped or refit:
-                sparsity = self.apply_shipped(candidate, refit=refit)
-            else:
-                sparsity = self.apply(candidate)
+            sparsity = prune()
             hidden = self._final_hidden(n, t if t < seq else None)
             error = self._error.error(hidden, n, t)
         finally:
-            # database candidates stay in place: the next one rewrites only what differs
-            if not (candidate.layer_sparsity and self.database is not None) or shipped or refit:
+            if not keep:  # a database candidate stays: the next rewrites only what differs
                 self.restore()
             # With other threads about (Ray's, a sampler's), glibc keeps an evaluation's freed
             # temporaries in per-thread arenas: 0.7 GB after three on the bundled model.

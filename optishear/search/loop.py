@@ -37,6 +37,7 @@ from optishear.search.evaluator import (
     HeldOutComparer,
     OwlPlanner,
 )
+from optishear.search.finish import recommend
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
 from optishear.search.space import SearchSpace, plan_gap
@@ -187,45 +188,33 @@ class _Search:
             self._save()
         final = st.outcomes[-1].front
         meeting = [s for s in final if s.meets_target]
-        recommended = meeting[0] if meeting else min(final, key=lambda s: s.gap)
-        refitted: list[Scored] = []
-        rescored: list[Scored] = []
-        finalists: list[Scored] = []
-        top = self.config.refit_top or self.config.rescore_top
-        if top and meeting:
-            # The engine scores masks from dense statistics; the shipped model is pruned with
-            # statistics from its pruned prefix (and maybe refit), which ranks close genomes
-            # differently, so the best few are re-scored as they will be shipped.
-            finalists = self._finalists(st.outcomes[-1], top)
-            evals = self.evaluator.shipped(
-                [s.candidate for s in finalists], refit=bool(self.config.refit_top)
-            )
-            shipped = sorted(
-                (Scored(s.candidate, e, s.gap) for s, e in zip(finalists, evals, strict=True)),
-                key=lambda s: s.evaluation.error,
-            )
-            recommended = shipped[0]
-            if self.config.refit_top:
-                refitted = shipped
-            else:
-                rescored = shipped
+        top = max(1, self.config.refit_top or self.config.rescore_top)
+        finalists = (
+            self._finalists(st.outcomes[-1], top) if meeting else [min(final, key=lambda s: s.gap)]
+        )
+        # Scored = shipped: the finalists and the published baselines, pruned as they ship
+        chosen = recommend(self.config, self.evaluator, finalists)
         baselines = self.baselines()
         database = (
             self.evaluator.database_info() if isinstance(self.evaluator, DatabaseReporter) else None
         )
+        refit = self.config.shipped_update() == "lstsq"
         return SearchResult(
             self.config,
             st.outcomes,
-            recommended,
+            chosen.recommended,
             st.history,
             st.evaluations,
             st.cache_hits,
             time.perf_counter() - clock,
-            refitted,
-            rescored,
+            chosen.shipped if refit else [],
+            [] if refit else chosen.shipped,
             finalists,
             baselines,
             database.describe() if database is not None else "",
+            recipe=chosen.recipe,
+            fallbacks=chosen.fallbacks,
+            fallback=chosen.note,
         )
 
     def _report(
@@ -387,7 +376,5 @@ def run_search(
         assert isinstance(evaluator, HeldOutComparer)
         assert held_out_ids is not None
         logger.info("measuring held-out perplexity: the recommended model, Wanda, SparseGPT")
-        result.held_out = evaluator.compare_held_out(
-            result.recommended.candidate, config, held_out_ids, bool(result.refitted)
-        )
+        result.held_out = evaluator.compare_held_out(result.recipe, config, held_out_ids)
     return result

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from optishear.config import SearchConfig
+from optishear.config import PruneConfig, SearchConfig
 from optishear.evaluation.held_out import HeldOutComparison
 from optishear.recipe.candidates import (
-    GAP_TOLERANCE,
     Candidate,
     Scored,
     SearchSummary,
@@ -76,19 +75,28 @@ class SearchResult:
     database: str = ""  # the allocation stage's layer database: size, storage, build time
     # compare_baselines: held-out perplexity of the recommended model, Wanda and SparseGPT.
     held_out: HeldOutComparison | None = None
+    # The prune that makes the recommended model (optishear.search.finish): what ships.
+    recipe: PruneConfig | None = None
+    # The published baselines pruned as shipped, and the note when one of them is recommended.
+    fallbacks: list[Scored] = field(default_factory=list)
+    fallback: str = ""
 
     @property
     def front(self) -> list[Scored]:
         return self.stages[-1].front
 
     def listed(self) -> list[Scored]:
-        """The front, then the finalists off it (the recommendation may be one of them)."""
+        """The front, then the finalists off it, then a recommended baseline (the
+        recommendation is one of them)."""
         keys = {s.candidate.key() for s in self.front}
-        return [*self.front, *(s for s in self.finalists if s.candidate.key() not in keys)]
+        out = [*self.front, *(s for s in self.finalists if s.candidate.key() not in keys)]
+        if self.recommended.method is not None:
+            out.append(self.recommended)
+        return out
 
     def summary(self) -> SearchSummary:
         return SearchSummary(
-            recommended_key=self.recommended.candidate.label(),
+            recommended_key=self.recommended.record().key,
             evaluations=self.evaluations,
             cache_hits=self.cache_hits,
             search_seconds=self.seconds,
@@ -99,6 +107,9 @@ class SearchResult:
             selection_rule=self.selection_rule(),
             database=self.database,
             held_out=self.held_out,
+            fallbacks=[b.record() for b in self.fallbacks],
+            fallback=self.fallback,
+            shipped=self.recipe,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,17 +128,17 @@ class SearchResult:
 
     def selection_rule(self) -> str:
         finalists = self.refitted or self.rescored
-        if not finalists:
-            return (
-                "lowest reconstruction error among front members whose parameter-weighted "
-                f"sparsity is within {GAP_TOLERANCE:g} of the target"
-            )
-        how = (
-            "refit by least squares, the lowest error after the refit"
-            if self.refitted
-            else "pruned as shipped (statistics from the pruned prefix), the lowest error"
+        how = {
+            "lstsq": "refit by least squares",
+            "obs": "with SparseGPT's OBS update of the survivors",
+            "none": "masks only",
+        }[self.config.shipped_update()]
+        rule = (
+            f"of {len(finalists)} finalists (the best distinct candidates of the last "
+            "population meeting the target, and its baseline with the uniform plan), pruned as "
+            f"shipped (statistics from the pruned prefix, {how}), the lowest error"
         )
-        return (
-            f"of {len(finalists)} finalists meeting the target (the best distinct candidates "
-            f"of the last population, and its baseline with the uniform plan), {how}"
-        )
+        if self.fallbacks:
+            names = ", ".join(str(b.name) for b in self.fallbacks)
+            rule += f"; {names}, pruned as published, recommended instead when lower"
+        return rule

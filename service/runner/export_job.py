@@ -22,7 +22,7 @@ from optishear.data.text import evaluation_stream, sample_calibration
 from optishear.evaluation.held_out import HeldOutComparison, manifest_comparison
 from optishear.evaluation.perplexity import perplexity
 from optishear.model.hf import load_model, torch_dtype
-from optishear.recipe.prune import prune_candidate
+from optishear.recipe.prune import prune_candidate, prune_model
 from service import queue, repository
 from service.housekeeping import Housekeeping
 from service.runner import retry
@@ -35,15 +35,26 @@ from service.store import CheckpointStore
 from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
 if TYPE_CHECKING:
+    from optishear.config import PruneConfig
     from optishear.recipe.candidates import Candidate
 
 logger = logging.getLogger(__name__)
 
 
+_UPDATE_NOTE = {"none": "", "obs": " + OBS update", "lstsq": " + refit"}
+
+
 def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
     def read(
         session: Session,
-    ) -> tuple[SearchCreate, Candidate, dict[str, Any], uuid.UUID, HeldOutComparison | None]:
+    ) -> tuple[
+        SearchCreate,
+        Candidate,
+        PruneConfig | None,
+        dict[str, Any],
+        uuid.UUID,
+        HeldOutComparison | None,
+    ]:
         ckpt = session.get_one(Checkpoint, checkpoint_id)
         row = session.get_one(CandidateRow, ckpt.candidate_id)
         search = session.get_one(Search, ckpt.search_id)
@@ -51,15 +62,20 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
         outcome = repository.outcome(search.result)
         # The search's held-out comparison was measured on its recommended model: this one.
         compared = outcome.held_out if outcome is not None and row.recommended else None
+        request = SearchCreate.model_validate(search.request)
+        # Shipped as the search scored it: the recommended model by the search's own recipe
+        # (a baseline's, when one beat the search), any other by its genome, plan and update.
+        recipe = outcome.shipped if outcome is not None and row.recommended else None
         return (
-            SearchCreate.model_validate(search.request),
+            request,
             repository.candidate_read(row).candidate(),
+            recipe,
             stored,
             ckpt.search_id,
             compared,
         )
 
-    request, candidate, stored, search_id, compared = runner.write(
+    request, candidate, recipe, stored, search_id, compared = runner.write(
         read, f"reading export {checkpoint_id}"
     )
     # The store is checked (a staging folder made in it) before the model is loaded.
@@ -70,19 +86,27 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
             request.model, settings=library, dtype=torch_dtype(request.dtype)
         )
         calib = sample_calibration(tokenizer, request.calibration, library)
-        refit = request.refit_top > 0  # shipped as the search scored it
-        report = prune_candidate(
-            model,
-            calib,
-            candidate,
-            request.pattern,
-            refit=refit,
-            batch_size=request.batch_size,
-            progress=ExportProgressWriter(runner, checkpoint_id, " + refit" if refit else ""),
-        )
-        # A recommended candidate's comparison measured this very model (pruned as shipped,
+        how = recipe.survivor_update if recipe is not None else request.shipped_update()
+        progress = ExportProgressWriter(runner, checkpoint_id, _UPDATE_NOTE[how])
+        if recipe is not None:
+            report = prune_model(model, calib, recipe, progress=progress)
+        else:
+            report = prune_candidate(
+                model,
+                calib,
+                candidate,
+                request.pattern,
+                update=how,
+                batch_size=request.batch_size,
+                progress=progress,
+            )
+        # A recommended candidate's comparison measured this very model (pruned by its recipe,
         # the same windows): its figure, not a second forward over the held-out text.
-        ppl = compared.searched_eval(refit=refit) if compared is not None else None
+        ppl = (
+            compared.searched_eval(recipe.model_dump(mode="json"))
+            if compared is not None and recipe is not None
+            else None
+        )
         if ppl is None:
             stream = evaluation_stream(tokenizer, request.evaluation, library)
             ppl = perplexity(model, stream, request.evaluation).to_dict()

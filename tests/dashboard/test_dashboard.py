@@ -243,8 +243,12 @@ def _seed_front_search(settings) -> tuple[str, list]:
         front,
         recommended=1,
         checkpoints=[(3, JobStatus.SUCCEEDED, 123.5, front[3].evaluation.sparsity)],
+        fallback=FALLBACK,
     )
     return str(sid), rows
+
+
+FALLBACK = "no searched candidate beat SparseGPT as shipped on validation"
 
 
 def test_front_across_sparsities_chart_layers_and_export(make_service, page, expect) -> None:
@@ -252,6 +256,7 @@ def test_front_across_sparsities_chart_layers_and_export(make_service, page, exp
     sid, rows = _seed_front_search(server.settings)
     page.goto(f"{server.url}/#/search/{sid}")
     expect(page.locator("#d-head .badge")).to_have_text("succeeded")
+    expect(page.locator("#d-fallback")).to_contain_text(FALLBACK)  # a baseline was shipped
 
     # Error against achieved sparsity: one point per front member, placed by its sparsity.
     chart = page.locator("#sparsity-chart")

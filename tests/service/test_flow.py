@@ -32,6 +32,16 @@ def test_submit_poll_front_export_download_load(
         rec = next(c for c in front["candidates"] if c["recommended"])
         assert rec["id"] == front["recommended_id"] == done["result"]["recommended_id"]
         assert rec["meets_target"]
+        # The finalists and the published baselines were scored as shipped; the lowest won, and
+        # a baseline that won is named as such (on this random tiny model, one usually does).
+        result = done["result"]
+        shipped = [*result["rescored"], *result["fallbacks"]]
+        assert rec["objectives"]["error"] == min(c["objectives"]["error"] for c in shipped)
+        assert [b["name"] for b in result["fallbacks"]] == [
+            "SparseGPT", "Wanda+refit", "Wanda", "OWL+SparseGPT", "OWL+Wanda"
+        ]  # fmt: skip
+        assert bool(result["fallback"]) == (rec["method"] is not None)
+        assert rec["name"] == rec["method"]
         assert "sqrt(X)" in rec["genome"]["formula"] or "X" in rec["genome"]["formula"]
         assert len(rec["block_sparsity"]) == 2
         assert rec["layer_sparsity"] == []  # a per-block search: the blocks decide
@@ -55,7 +65,7 @@ def test_submit_poll_front_export_download_load(
         assert len(pop["candidates"]) > 1
         keys = {c["key"] for c in pop["candidates"]}
         assert len(keys) == len(pop["candidates"])
-        assert {c["key"] for c in front["candidates"]} <= keys
+        assert {c["key"] for c in front["candidates"] if c["method"] is None} <= keys
         assert {c["key"] for c in pop["candidates"] if c["on_front"]} == {
             c["key"]
             for c in client.get(f"/api/searches/{sid}/front", params={"generation": 2}).json()[
@@ -81,6 +91,9 @@ def test_submit_poll_front_export_download_load(
     assert ck["perplexity"] > 1
     assert ck["sparsity"] == rec["sparsity"]
     assert ck["candidate_key"] == rec["key"]
+    # exported by the search's own recipe: the model that was scored
+    manifest = json.loads((_download(client, ck, tmp_path) / "optishear_manifest.json").read_text())
+    assert manifest["prune"]["method"] == result["shipped"]["method"]
     # The search lists its exports with what they measured: the same record.
     assert client.get(f"/api/searches/{sid}/checkpoints").json() == [ck]
 
@@ -190,7 +203,8 @@ def test_refit_search_recommends_the_best_refit_candidate_and_exports_it_refit(
 def test_rescore_search_recommends_the_best_as_shipped_and_exports_it(
     client, search_body, thread_runner, poll, tmp_path
 ) -> None:
-    body = search_body(rescore_top=2, pattern="2:4", population=6)
+    # the search's own finalists: no published baseline in the way
+    body = search_body(rescore_top=2, pattern="2:4", population=6, fallback_baselines=False)
     sid = client.post("/api/searches", json=body).json()["id"]
     with thread_runner():
         done = poll(client, f"/api/searches/{sid}")
@@ -232,6 +246,7 @@ def test_allocation_front_through_the_service_exports_points_at_their_sparsity(
         sparsity=0.5,
         allocation={"selection": "nsga3", "front": [0.3, 0.7], "step": 0.1, "refit": True},
         low_fidelity_samples=[2],
+        fallback_baselines=False,  # every listed row a per-layer candidate of the front
     )
     sid = client.post("/api/searches", json=body).json()["id"]
     with thread_runner():

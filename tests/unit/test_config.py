@@ -261,6 +261,7 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
         fitness_samples=6,
         engine_stats="dense",
         refit_top=2,
+        fallback_baselines=False,
         max_evaluations=40.5,
         allocation=AllocationConfig(
             granularity="part",
@@ -280,8 +281,9 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
     )
     parser = _parser()
     argv = _argv(parser, config)
-    # every field was given (the switches, --refit-database and --no-baselines, alone)
-    assert len(argv) == 2 * len(_leaf_paths(SearchConfig)) - 2
+    # every field was given (the switches, --refit-database, --no-baselines and --no-fallback,
+    # alone)
+    assert len(argv) == 2 * len(_leaf_paths(SearchConfig)) - 3
     assert "--no-baselines" in argv
     assert config_from_flags(SearchConfig, parser.parse_args(argv)) == config
     # flags left out leave the model's defaults

@@ -4,10 +4,15 @@ import pytest
 from pydantic import ValidationError
 from tiny_models import tiny_tokenizer, word_text
 
-from optishear.config import CalibrationConfig, EvaluationConfig
+from optishear.config import CalibrationConfig, EvaluationConfig, SearchCalibrationConfig
 from optishear.core.errors import DataError
 from optishear.core.settings import LibrarySettings
-from optishear.data.text import load_texts, sample_calibration, tokenize_stream
+from optishear.data.text import (
+    load_texts,
+    sample_calibration,
+    sample_validation,
+    tokenize_stream,
+)
 from optishear.evaluation.perplexity import eval_windows
 
 
@@ -69,3 +74,37 @@ def test_eval_windows_are_fixed_and_capped() -> None:
     assert w.flatten().equal(stream[:96])
     with pytest.raises(DataError, match="fewer than one 512-token window"):
         eval_windows(stream, EvaluationConfig(seq_len=512))
+
+
+def _starts(stream, windows) -> list[int]:
+    """Where in `stream` each window starts (the first match)."""
+    n = windows.shape[1]
+    found = []
+    for w in windows:
+        found.append(next(s for s in range(stream.numel() - n + 1) if stream[s : s + n].equal(w)))
+    return found
+
+
+def test_a_search_holds_the_end_of_its_calibration_text_aside_for_validation(tmp_path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text(word_text(800, seed=5))  # random words: no 16-token window repeats
+    tok = tiny_tokenizer()
+    stream = tokenize_stream(tok, load_texts(str(path), "calibration"))
+    config = SearchCalibrationConfig(
+        source=str(path), n_samples=12, seq_len=16, validation_share=0.25
+    )
+    cut = stream.numel() - int(stream.numel() * 0.25)
+    calib = sample_calibration(tok, config)
+    valid = sample_validation(tok, config, 5)
+    assert valid is not None
+    assert valid.shape == (5, 16)
+    assert max(_starts(stream, calib)) + 16 <= cut  # statistics never see the held-aside end
+    assert min(_starts(stream, valid)) >= cut
+    assert valid.equal(sample_validation(tok, config, 5))  # seeded: every builder agrees
+    # a prune's calibration (and a search holding nothing aside) samples the whole text
+    whole = CalibrationConfig(source=str(path), n_samples=100, seq_len=16)
+    assert max(_starts(stream, sample_calibration(tok, whole))) + 16 > cut
+    assert sample_validation(tok, config.model_copy(update={"validation_share": 0.0}), 5) is None
+    short = config.model_copy(update={"seq_len": 256, "validation_share": 0.05})
+    with pytest.raises(DataError, match="held aside for validation has"):
+        sample_validation(tok, short, 5)

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import build_tiny, tiny_engine
+from tiny_models import build_tiny, shipped_recipe, tiny_engine
 
 from optishear.config import PlanConfig, PruneConfig
 from optishear.core.genome import Genome
@@ -72,9 +72,10 @@ def test_engine_error_as_shipped_is_the_error_of_the_final_prune() -> None:
     dense = copy.deepcopy(model)
     genome = Genome.parse("f1=sqrt,alpha=inv_col_sum")
     cand = Candidate(genome, (0.5,) * 4)
-    e = engine.evaluate(cand, shipped=True)
+    recipe = shipped_recipe(engine, cand)
+    e = engine.evaluate_shipped(recipe)
     assert e.error != pytest.approx(engine.evaluate(cand).error, rel=1e-6)  # other statistics
-    assert engine.evaluate(cand, shipped=True).error == pytest.approx(e.error, rel=1e-9)
+    assert engine.evaluate_shipped(recipe).error == pytest.approx(e.error, rel=1e-9)
     # pruned in place, then read back from the backup: the dense weights, bit for bit
     assert all(
         torch.equal(lin.weight, ref.weight)
@@ -122,8 +123,9 @@ def test_engine_can_score_with_the_statistics_of_wandas_pruned_model() -> None:
     cand = Candidate(genome, (0.5,) * 4)
     assert baseline.evaluate(cand).error != pytest.approx(engine.evaluate(cand).error, rel=1e-6)
     # shipped errors do not depend on how the engine scores masks
-    assert baseline.evaluate(cand, shipped=True).error == pytest.approx(
-        engine.evaluate(cand, shipped=True).error, rel=1e-6
+    recipe = shipped_recipe(engine, cand)
+    assert baseline.evaluate_shipped(recipe).error == pytest.approx(
+        engine.evaluate_shipped(recipe).error, rel=1e-6
     )
 
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from search_fakes import ShipsAsScored
 from tiny_models import tiny_engine
 
 from optishear.config import SearchConfig
@@ -13,7 +14,7 @@ from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
 
 
-class FakeEvaluator:
+class FakeEvaluator(ShipsAsScored):
     """Deterministic errors; a screening rung sees a noisy version of the full error."""
 
     block_params = (100, 100, 100, 100)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 from pydantic import ValidationError
-from tiny_models import build_tiny, tiny_engine
+from search_fakes import ShipsAsScored, candidate_of
+from tiny_models import build_tiny, shipped_recipe, tiny_engine
 
 from optishear.config import PlanConfig, PruneConfig, SearchConfig, config_error
 from optishear.core.errors import ConfigError
@@ -17,7 +18,7 @@ from optishear.search.loop import run_search
 from optishear.search.space import SearchSpace, balance_offsets
 
 
-class FakeEvaluator:
+class FakeEvaluator(ShipsAsScored):
     """A cheap, deterministic objective: prefers sqrt(|W|) and sparser late blocks."""
 
     block_params = (100, 100, 100, 100, 100, 100)
@@ -135,8 +136,11 @@ def test_refit_step_rescores_the_best_candidates_as_shipped() -> None:
         assert s.meets_target
         mask_only = next(f for f in result.finalists if f.candidate == s.candidate)
         assert s.evaluation.error < mask_only.evaluation.error  # the refit pays off
-    # the refit error is reproducible and leaves the engine's weights dense
-    again = engine.evaluate(result.recommended.candidate, refit=True)
+    # the refit error is reproducible from the shipped recipe and leaves the weights dense
+    assert result.recipe is not None
+    recipe = result.recipe.model_copy(update={"batch_size": engine.batch_size})
+    assert recipe == shipped_recipe(engine, result.recommended.candidate, "lstsq")
+    again = engine.evaluate_shipped(result.recipe)
     assert again.error == pytest.approx(result.recommended.evaluation.error, rel=1e-6)
     assert again.sparsity == pytest.approx(0.5, abs=1e-9)
     assert all(
@@ -148,13 +152,18 @@ def test_refit_step_rescores_the_best_candidates_as_shipped() -> None:
 class ShippedDiffers(FakeEvaluator):
     """As shipped, the engine's ranking is reversed: its best candidate ships worst."""
 
+    BASELINE_ERROR = 100.0  # the published baselines lose
+
     def __init__(self) -> None:
         super().__init__()
-        self.shipped_calls: list[tuple[list[Candidate], bool]] = []
+        self.shipped_calls: list[list[PruneConfig]] = []
 
-    def shipped(self, candidates, refit):
-        self.shipped_calls.append((list(candidates), refit))
-        return [replace(e, error=10.0 - e.error) for e in self.evaluate(candidates)]
+    def shipped(self, recipes):
+        self.shipped_calls.append(list(recipes))
+        return [
+            e if r.method != "meta" else replace(e, error=10.0 - e.error)
+            for r, e in zip(recipes, super().shipped(recipes), strict=True)
+        ]
 
 
 def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
@@ -163,9 +172,10 @@ def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
         sparsity=0.5, pattern=Pattern(2, 4), population=8, generations=2, rescore_top=3
     )
     result = run_search(ev, settings)
-    [(shipped, refit)] = ev.shipped_calls
-    assert refit is False
-    keys = [c.key() for c in shipped]
+    [recipes] = ev.shipped_calls
+    searched = [r for r in recipes if r.method == "meta"]
+    assert not any(r.reconstruct or r.obs_update for r in searched)  # masks only, as scored
+    keys = [candidate_of(r, 6).key() for r in searched]
     assert len(keys) == len(set(keys)) in (3, 4)
     wanda = Candidate(Genome(), (0.5,) * 6)
     assert wanda.key() in keys  # the stage's baseline is always a finalist
@@ -195,12 +205,17 @@ def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
 def test_rescore_step_on_a_real_engine_recommends_the_best_as_shipped() -> None:
     engine, _, _ = tiny_engine(Pattern(2, 4))
     settings = _config(
-        sparsity=0.5, pattern=Pattern(2, 4), population=6, generations=2, rescore_top=2
+        sparsity=0.5,
+        pattern=Pattern(2, 4),
+        population=6,
+        generations=2,
+        rescore_top=2,
+        fallback_baselines=False,
     )
     result = run_search(InProcessEvaluator(engine), settings)
     assert 2 <= len(result.rescored) <= 3
     for s in result.rescored:
-        again = engine.evaluate(s.candidate, shipped=True)
+        again = engine.evaluate_shipped(shipped_recipe(engine, s.candidate))
         assert again.error == pytest.approx(s.evaluation.error, rel=1e-9)
     assert result.recommended is result.rescored[0]
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from tiny_models import VOCAB, build_tiny
+from tiny_models import VOCAB, build_tiny, shipped_recipe
 
 from optishear.config import EvaluationConfig, PruneConfig
 from optishear.core.genome import Genome
@@ -121,9 +121,13 @@ def test_a_streamed_engine_scores_candidates_as_a_resident_one(pattern) -> None:
     ratio = 0.5
     for genome in (Genome(), Genome.parse("f1=sqrt,beta=inv_col_sum")):
         cand = Candidate(genome, (ratio,) * 4)
-        for kw in ({}, {"shipped": True}, {"refit": True}, {"n_tokens": 8}):
+        for kw in ({}, {"n_tokens": 8}):
             a, b = resident.evaluate(cand, **kw), streamed.evaluate(cand, **kw)
             assert (a.error, a.sparsity) == (b.error, b.sparsity), kw
+        for update in ("none", "obs", "lstsq"):  # as shipped
+            recipe = shipped_recipe(resident, cand, update)
+            a, b = resident.evaluate_shipped(recipe), streamed.evaluate_shipped(recipe)
+            assert (a.error, a.sparsity) == (b.error, b.sparsity), update
     if pattern == "unstructured":
         assert resident.owl_plan(0.5) == streamed.owl_plan(0.5)
     assert streamer is not None

@@ -20,6 +20,7 @@ from optishear.data.text import sample_calibration
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
 from optishear.recipe.comparison import held_out_ids
+from optishear.recipe.prune import shipped_config
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
@@ -116,33 +117,45 @@ def test_two_actors_give_the_in_process_front(
         finalists = [s.candidate for s in reference.front[:1]] + [
             Candidate(reference.baselines[0].candidate.genome, (0.5,) * 4)
         ]
-        remote = {refit: evaluator.shipped(finalists, refit) for refit in (False, True)}
+        layout = evaluator.layer_layout
+        recipes = {
+            update: [
+                shipped_config(
+                    c,
+                    config.pattern,
+                    evaluator.block_params,
+                    update=update,
+                    layer_numel=[n for _, _, n in layout],
+                )
+                for c in finalists
+            ]
+            for update in ("none", "obs", "lstsq")
+        }
+        remote = {update: evaluator.shipped(r) for update, r in recipes.items()}
         # the held-out comparison runs on one actor's model, as it would in process
         evaluation = EvaluationConfig(text=str(model_root / "calib.txt"), seq_len=32, windows=4)
         compared = config.model_copy(update={"evaluation": evaluation})
         eval_ids = held_out_ids(tokenizer, evaluation)
-        remote_cmp = evaluator.compare_held_out(finalists[0], compared, eval_ids, True)
+        remote_cmp = evaluator.compare_held_out(recipes["lstsq"][0], compared, eval_ids)
     # Computed as the actors compute, on one thread: the same summation order, so that the
     # tolerance covers the transfer, not a reordering (two threads moved a refit error 1.2e-4).
     with _threads(1):
         engine = spec.build()
-        local = {
-            refit: [engine.evaluate(c, shipped=True, refit=refit) for c in finalists]
-            for refit in remote
-        }
-        local_cmp = engine.compare_held_out(finalists[0], compared, eval_ids, refit=True)
+        local = {update: [engine.evaluate_shipped(r) for r in recipes[update]] for update in remote}
+        local_cmp = engine.compare_held_out(recipes["lstsq"][0], compared, eval_ids)
         # the engine's model is dense again: the same candidate scores as before the comparison
-        again = engine.evaluate(finalists[0], shipped=True, refit=True)
-    for refit, evals in remote.items():
-        assert [e.error for e in evals] == pytest.approx([e.error for e in local[refit]], rel=1e-4)
+        again = engine.evaluate_shipped(recipes["lstsq"][0])
+    for update, evals in remote.items():
+        assert [e.error for e in evals] == pytest.approx([e.error for e in local[update]], rel=1e-4)
     assert [r.name for r in remote_cmp.rows] == ["dense", "searched", "wanda", "sparsegpt"]
     assert [r.perplexity for r in remote_cmp.rows] == pytest.approx(
         [r.perplexity for r in local_cmp.rows], rel=1e-4
     )
-    assert again.error == pytest.approx(remote[True][0].error, rel=1e-4)
+    assert again.error == pytest.approx(remote["lstsq"][0].error, rel=1e-4)
     assert _front(result) == _front(reference)
     assert result.evaluations == reference.evaluations
-    assert sum(done) == result.evaluations
+    # and the finalists and baselines scored as shipped at the end
+    assert sum(done) == result.evaluations + len(result.finalists) + len(result.fallbacks)
     assert min(done) > 0  # both actors took work
     assert _cpus_free_again()
 

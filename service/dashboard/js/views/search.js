@@ -175,6 +175,8 @@ function renderHeader() {
       ? h("div", { class: "error failure", role: "alert" }, h("strong", {}, "Search failed: "), x.error ?? "no reason recorded")
       : null,
     x.status === "cancelled" ? h("div", { class: "notice" }, "This search was cancelled.") : null,
+    // A published baseline beat every searched candidate as shipped: it is what was recommended.
+    result?.fallback ? h("div", { class: "notice", id: "d-fallback", role: "status" }, h("strong", {}, "Baseline recommended: "), result.fallback) : null,
     h(
       "div",
       { class: "progress-row" },

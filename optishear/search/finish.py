@@ -1,0 +1,120 @@
+"""The recommendation: the best candidates and the published baselines, each pruned as it ships
+and scored on the same sequences; the lowest error is recommended, and its recipe shipped.
+
+Scored = shipped. The engine scores a candidate laid over the dense model (masks from one set of
+statistics, or a layer database's stored weights); the model a user downloads is pruned block
+by block with statistics from its pruned prefix and the search's update of the survivors
+(`SearchConfig.shipped_update`: none, SparseGPT's OBS step, a least-squares refit). So the
+finalists are scored again by the very recipe (a PruneConfig) that ships them, and that recipe
+is what the result hands on: the held-out comparison, the CLI's export and the runner's export
+all prune by it, and the recommended error is the shipped model's.
+
+Never silently worse than a baseline. The prunes a user would run by hand at the same target
+(SparseGPT, uniform Wanda with a least-squares refit, Wanda, and with an unstructured pattern
+OWL+SparseGPT and OWL+Wanda) are scored the same way; when one beats every finalist, it is the
+recommendation, it is what ships, and `note` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from optishear.config import PlanConfig, PruneConfig, SearchConfig
+from optishear.core.genome import WANDA_GENOME
+from optishear.recipe.candidates import Candidate, Scored
+from optishear.recipe.prune import shipped_config
+from optishear.search.evaluator import BatchEvaluator, OwlPlanner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    recommended: Scored
+    recipe: PruneConfig  # what makes the recommended model
+    shipped: list[Scored]  # the finalists as shipped, best first
+    fallbacks: list[Scored]  # the published baselines as shipped, in their order
+    note: str = ""  # set when a baseline, not a searched candidate, is recommended
+
+
+def candidate_recipe(
+    candidate: Candidate, config: SearchConfig, evaluator: BatchEvaluator
+) -> PruneConfig:
+    """The prune that ships a searched candidate: its genome and plan, the search's update."""
+    return shipped_config(
+        candidate,
+        config.pattern,
+        evaluator.block_params,
+        update=config.shipped_update(),
+        batch_size=config.batch_size,
+        layer_numel=[n for _, _, n in evaluator.layer_layout],
+    )
+
+
+def baseline_recipes(
+    config: SearchConfig, evaluator: BatchEvaluator
+) -> list[tuple[str, Candidate, PruneConfig]]:
+    """(name, the candidate that stands for it, its prune) of every published baseline that
+    applies at the search's target and pattern; OWL's plans are the evaluator's, given
+    explicitly, so that the stored plan is the pruned one."""
+    n_blocks = len(evaluator.block_params)
+    # N/M in every block even when dense exceptions lower the target
+    uniform = config.pattern.sparsity if config.pattern.structured else config.target
+    base = {"pattern": config.pattern, "batch_size": config.batch_size}
+    plans: list[tuple[str, tuple[float, ...], PlanConfig]] = [
+        ("", (uniform,) * n_blocks, PlanConfig())
+    ]
+    if not config.pattern.structured and isinstance(evaluator, OwlPlanner):
+        owl = tuple(float(r) for r in evaluator.owl_plan(config.target))
+        plans.append(("OWL+", owl, PlanConfig(kind="explicit", block_sparsity=owl)))
+    out: list[tuple[str, Candidate, PruneConfig]] = []
+    for prefix, ratios, plan in plans:
+        sparsity = {"sparsity": uniform} if not prefix else {}
+        methods = [("SparseGPT", {"method": "sparsegpt"}), ("Wanda", {"method": "wanda"})]
+        if not prefix:
+            methods.insert(1, ("Wanda+refit", {"method": "wanda", "reconstruct": True}))
+        for name, kw in methods:
+            recipe = PruneConfig(**base, **sparsity, **kw, plan=plan)  # type: ignore[arg-type]
+            out.append((prefix + name, Candidate(WANDA_GENOME, ratios), recipe))
+    return out
+
+
+def recommend(
+    config: SearchConfig, evaluator: BatchEvaluator, finalists: Sequence[Scored]
+) -> Recommendation:
+    """Score `finalists` and the baselines as shipped, in one batch; the lowest error among
+    those meeting the target is recommended (a finalist off the target, the stage's closest,
+    only when no baseline is measured)."""
+    recipes = [candidate_recipe(s.candidate, config, evaluator) for s in finalists]
+    named = baseline_recipes(config, evaluator) if config.fallback_baselines else []
+    evals = evaluator.shipped([*recipes, *(r for _, _, r in named)])
+    shipped = sorted(
+        (
+            (Scored(s.candidate, e, s.gap), r)
+            for s, e, r in zip(finalists, evals[: len(recipes)], recipes, strict=True)
+        ),
+        key=lambda sr: (not sr[0].meets_target, sr[0].evaluation.error),
+    )
+    bases = [
+        (Scored(c, e, 0.0, name, method=name), r)
+        for (name, c, r), e in zip(named, evals[len(recipes) :], strict=True)
+    ]
+    best = shipped[0]
+    note = ""
+    winner = min(bases, key=lambda sr: sr[0].evaluation.error, default=None)
+    if winner is not None and (
+        not best[0].meets_target or winner[0].evaluation.error < best[0].evaluation.error
+    ):
+        name = winner[0].name
+        note = (
+            f"no searched candidate beat {name} as shipped on validation "
+            f"({best[0].evaluation.error:.5g} against {winner[0].evaluation.error:.5g}): "
+            f"{name} is recommended and shipped"
+            if best[0].meets_target
+            else f"no searched candidate met the target: {name} is recommended and shipped"
+        )
+        logger.warning("%s", note)
+        best = winner
+    return Recommendation(best[0], best[1], [s for s, _ in shipped], [s for s, _ in bases], note)
