@@ -307,7 +307,8 @@ def test_search_compares_held_out_perplexity_with_the_baselines(
     for name in ("wanda", "sparsegpt"):
         gain = rows["searched"]["perplexity"] / rows[name]["perplexity"] - 1
         assert held_out["gains"][name] == pytest.approx(gain)
-        assert f"{gain * 100:+.1f}% vs {name}" in printed
+        error = held_out["gain_errors"][name]  # the windows' standard error
+        assert f"{gain * 100:+.1f}% +- {error * 100:.1f}% vs {name}" in printed
     assert held_out["protocol"]["eval_windows"] == 4
     assert held_out["protocol"]["calibration_samples"] == 4
     manifest = json.loads((out / "checkpoint" / MANIFEST_NAME).read_text())

@@ -59,6 +59,14 @@ class AllocationConfig(ConfigModel):
         "that candidates are scored refit",
         json_schema_extra=flag("refit-database"),
     )
+    masks: Literal["genome", "sparsegpt"] = Field(
+        "genome",
+        description="with refit: each stored layer masked by the stage's genome, its "
+        "survivors then OBS-updated; or pruned by SparseGPT itself, which chooses the mask and "
+        "the update together (the model then ships as SparseGPT with the searched per-layer "
+        "sparsities)",
+        json_schema_extra=flag("database-masks"),
+    )
     database: Literal["auto", "memory", "disk", "off"] = Field(
         "auto",
         description="where the pre-pruned layers live: memory, disk (the search's folder), "
@@ -218,6 +226,11 @@ class SearchConfig(TargetConfig):
                 f"per-block sparsity {self.target:g} +- {self.levels} x {self.step:g} must stay "
                 "within [0, 1): lower step or levels"
             )
+        if self.refit_top and self.shipped_method() == "sparsegpt":
+            raise ValueError(
+                "database masks sparsegpt ship SparseGPT's own masks and update: a least-squares "
+                "refit (refit top) would ship other masks"
+            )
         if self.refit_top and self.rescore_top:
             raise ValueError(
                 "refit top already re-scores its candidates as shipped: set refit top or "
@@ -242,6 +255,11 @@ class SearchConfig(TargetConfig):
                 )
         if a.refit and a.database == "off":
             raise ValueError("the refit is carried by the layer database: it cannot be off")
+        if a.masks == "sparsegpt" and not a.refit:
+            raise ValueError(
+                "SparseGPT's masks come with its weight update: database masks sparsegpt "
+                "needs the refit database"
+            )
 
     def allocation_levels(self) -> tuple[float, ...]:
         """The sparsities a layer may take in the allocation stage, ascending.
@@ -262,12 +280,23 @@ class SearchConfig(TargetConfig):
 
     def shipped_update(self) -> Update:
         """How the shipped model's surviving weights were scored, so shipped: refit by least
-        squares (refit_top), SparseGPT's OBS step (a refit layer database), or not at all."""
+        squares (refit_top), SparseGPT's OBS step (a refit layer database of genome masks), or
+        not at all (SparseGPT's own masks carry their update)."""
         if self.refit_top:
             return "lstsq"
-        if "allocation" in self.stage_list() and self.allocation.refit:
+        if self.shipped_method() == "meta" and self._refit_database():
             return "obs"
         return "none"
+
+    def shipped_method(self) -> Literal["meta", "sparsegpt"]:
+        """The method that prunes a searched candidate as shipped: its genome ('meta'), or
+        SparseGPT when the layer database holds SparseGPT's own layers."""
+        if self._refit_database() and self.allocation.masks == "sparsegpt":
+            return "sparsegpt"
+        return "meta"
+
+    def _refit_database(self) -> bool:
+        return "allocation" in self.stage_list() and self.allocation.refit
 
     def stage_list(self) -> list[Literal["metric", "layerwise", "joint", "allocation"]]:
         if self.stages == "both":

@@ -23,6 +23,10 @@ class HeldOutRow(BaseModel):
     perplexity: float
     sparsity: float = Field(description="achieved, over the prunable layers")
     prune_seconds: float
+    window_nll: list[float] = Field(
+        default_factory=list,
+        description="each window's mean NLL, paired across rows for the gains' standard errors",
+    )
 
 
 class HeldOutComparison(BaseModel):
@@ -53,6 +57,26 @@ class HeldOutComparison(BaseModel):
             if r.name in BASELINES
         }
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def gain_errors(self) -> dict[str, float]:
+        """The standard error of each gain, from the windows: the searched model's and the
+        baseline's mean NLLs are paired window by window, and the gain is exp(mean difference)
+        - 1, so its error is exp(mean) x the differences' standard error of the mean. A gain
+        within two of these is inside the windows' own noise."""
+        searched = self.row(SEARCHED)
+        if searched is None or len(searched.window_nll) < 2:
+            return {}
+        out = {}
+        for r in self.rows:
+            if r.name not in BASELINES or len(r.window_nll) != len(searched.window_nll):
+                continue
+            d = [a - b for a, b in zip(searched.window_nll, r.window_nll, strict=True)]
+            mean = sum(d) / len(d)
+            var = sum((x - mean) ** 2 for x in d) / (len(d) - 1)
+            out[r.name] = math.exp(mean) * math.sqrt(var / len(d))
+        return out
+
     def searched_eval(self, recipe: dict[str, Any]) -> dict[str, Any] | None:
         """The searched model's held-out figure in the shape of a Perplexity's dict: the
         model pruned as shipped, on the windows of every held-out figure, so that nobody
@@ -80,7 +104,12 @@ class HeldOutComparison(BaseModel):
             if r.name != "dense":
                 text += f"  sparsity {r.sparsity:.4f}  pruned in {r.prune_seconds:.1f} s"
             if r.name == SEARCHED and gains:
-                text += "  (" + ", ".join(gain_text(g, n) for n, g in gains.items()) + ")"
+                errors = self.gain_errors
+                text += (
+                    "  ("
+                    + ", ".join(gain_text(g, n, errors.get(n)) for n, g in gains.items())
+                    + ")"
+                )
             out.append(text)
         p = self.protocol
         out.append(
@@ -100,9 +129,11 @@ class HeldOutComparison(BaseModel):
         return out
 
 
-def gain_text(gain: float, baseline: str) -> str:
-    """'-5.6% vs wanda': negative is a lower perplexity, a gain."""
-    return f"{gain * 100:+.1f}% vs {baseline}"
+def gain_text(gain: float, baseline: str, error: float | None = None) -> str:
+    """'-5.6% vs wanda' (negative is a lower perplexity, a gain), '-5.6% +- 0.8% vs wanda'
+    with its standard error."""
+    spread = f" +- {error * 100:.1f}%" if error is not None else ""
+    return f"{gain * 100:+.1f}%{spread} vs {baseline}"
 
 
 def manifest_comparison(comparison: HeldOutComparison | None) -> dict[str, Any] | None:

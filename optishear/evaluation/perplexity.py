@@ -24,9 +24,14 @@ class Perplexity:
     n_tokens: int  # predicted tokens (each window predicts seq_len - 1)
     seq_len: int
     seconds: float
+    # Each window's mean NLL (all predict seq_len - 1 tokens): the paired differences between
+    # two models give their gain's standard error (optishear.evaluation.held_out).
+    window_nll: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("window_nll")
+        return data
 
 
 def eval_windows(stream: Tensor, config: EvaluationConfig) -> Tensor:
@@ -46,28 +51,29 @@ def eval_windows(stream: Tensor, config: EvaluationConfig) -> Tensor:
 _LOGIT_CHUNK_TOKENS = 256
 
 
-def _nll_sum(model: nn.Module, ids: Tensor) -> float:
-    """Summed next-token NLL of a batch of windows, the logits made a chunk of tokens at once
-    from the lm_head inputs (the model's own logits, in one piece, where its head is no plain
-    linear layer)."""
+def _nll_per_window(model: nn.Module, ids: Tensor) -> Tensor:
+    """Summed next-token NLL of each window of a batch, the logits made a chunk of tokens at
+    once from the lm_head inputs (the model's own logits, in one piece, where its head is no
+    plain linear layer)."""
     head = model.get_output_embeddings()
     targets = ids[:, 1:].reshape(-1)
     if not isinstance(head, nn.Linear):
         logits = model(ids, use_cache=False).logits[:, :-1]
-        return float(
-            F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+        nll = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none"
         )
+        return nll.view(ids.shape[0], -1).sum(-1).double().cpu()
     softcap = getattr(model.config, "final_logit_softcapping", None)
     hidden = inputs_of(model, head, ids)[:, :-1].reshape(len(targets), -1)
-    total = 0.0
+    parts = []
     for i in range(0, len(targets), _LOGIT_CHUNK_TOKENS):
         logits = head(hidden[i : i + _LOGIT_CHUNK_TOKENS]).float()
         if softcap:
             logits = softcap * torch.tanh(logits / softcap)
-        total += float(
-            F.cross_entropy(logits, targets[i : i + _LOGIT_CHUNK_TOKENS], reduction="sum")
+        parts.append(
+            F.cross_entropy(logits, targets[i : i + _LOGIT_CHUNK_TOKENS], reduction="none")
         )
-    return total
+    return torch.cat(parts).view(ids.shape[0], -1).double().sum(-1).cpu()
 
 
 @torch.no_grad()
@@ -76,13 +82,14 @@ def perplexity(model: nn.Module, stream: Tensor, config: EvaluationConfig) -> Pe
     start = time.perf_counter()
     windows = eval_windows(stream, config)
     device = next(model.parameters()).device
-    total_nll = 0.0
-    total_tokens = 0
-    for i in range(0, windows.shape[0], config.batch_size):
-        ids = windows[i : i + config.batch_size].to(device)
-        total_nll += _nll_sum(model, ids)
-        total_tokens += ids[:, 1:].numel()
-    mean = total_nll / total_tokens
+    sums = torch.cat(
+        [
+            _nll_per_window(model, windows[i : i + config.batch_size].to(device))
+            for i in range(0, windows.shape[0], config.batch_size)
+        ]
+    )
+    total_tokens = windows.shape[0] * (config.seq_len - 1)
+    mean = float(sums.sum()) / total_tokens
     return Perplexity(
         math.exp(mean),
         mean,
@@ -90,4 +97,5 @@ def perplexity(model: nn.Module, stream: Tensor, config: EvaluationConfig) -> Pe
         total_tokens,
         config.seq_len,
         time.perf_counter() - start,
+        tuple(float(x) for x in sums / (config.seq_len - 1)),
     )

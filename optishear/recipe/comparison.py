@@ -53,12 +53,14 @@ def compare_held_out(
     """
     start = time.perf_counter()
     evaluation: EvaluationConfig = config.evaluation
+    dense = perplexity(model, held_out_ids, evaluation)
     rows = [
         HeldOutRow(
             name="dense",
-            perplexity=_ppl(model, held_out_ids, evaluation),
+            perplexity=dense.perplexity,
             sparsity=0.0,
             prune_seconds=0.0,
+            window_nll=list(dense.window_nll),
         )
     ]
 
@@ -67,14 +69,18 @@ def compare_held_out(
             t0 = time.perf_counter()
             report = prune()
             seconds = time.perf_counter() - t0
-            ppl = _ppl(model, held_out_ids, evaluation)
+            ppl = perplexity(model, held_out_ids, evaluation)
         rows.append(
             HeldOutRow(
-                name=name, perplexity=ppl, sparsity=float(report.achieved), prune_seconds=seconds
+                name=name,
+                perplexity=ppl.perplexity,
+                sparsity=float(report.achieved),
+                prune_seconds=seconds,
+                window_nll=list(ppl.window_nll),
             )
         )
         if log is not None:
-            log(f"held-out perplexity of {name}: {ppl:.3f}")
+            log(f"held-out perplexity of {name}: {ppl.perplexity:.3f}")
 
     pruned(
         SEARCHED,
@@ -112,7 +118,3 @@ def held_out_ids(
     """The evaluation windows as one short token stream: what travels to a worker, which scores
     the very windows of every other held-out figure (optishear.evaluation.perplexity.eval_windows)."""
     return eval_windows(evaluation_stream(tokenizer, evaluation, settings), evaluation).reshape(-1)
-
-
-def _ppl(model: nn.Module, ids: Tensor, config: EvaluationConfig) -> float:
-    return perplexity(model, ids, config).perplexity

@@ -316,6 +316,7 @@ def shipped_config(
     block_params: Sequence[int],
     *,
     update: Update = "none",
+    method: Literal["meta", "sparsegpt"] = "meta",
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     layer_numel: Sequence[int] | None = None,
@@ -338,11 +339,11 @@ def shipped_config(
         target = sum(r * w for r, w in zip(ratios, block_params, strict=True)) / sum(block_params)
         plan = PlanConfig(kind="explicit", block_sparsity=ratios)
     return PruneConfig(
-        method="meta",
+        method=method,
         sparsity=target,
         pattern=pattern,
         plan=plan,
-        genome=candidate.genome,
+        genome=candidate.genome if method == "meta" else None,
         stats=stats,
         batch_size=batch_size,
         reconstruct=update == "lstsq",
@@ -357,6 +358,7 @@ def prune_candidate(
     pattern: Pattern,
     *,
     update: Update = "none",
+    method: Literal["meta", "sparsegpt"] = "meta",
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     progress: ProgressFn | None = None,
@@ -366,13 +368,15 @@ def prune_candidate(
     The CLI's search export, the runner's checkpoint export, the fitness engine's as-shipped
     re-score and the benchmarks all build their model here: the candidate's genome with
     statistics from the pruned prefix (or `stats="dense"`), its per-block plan, and its
-    `update` of the surviving weights: none, SparseGPT's OBS step or a least-squares refit.
+    `update` of the surviving weights: none, SparseGPT's OBS step or a least-squares refit
+    (`method="sparsegpt"`: SparseGPT chooses the masks and updates, with the candidate's plan).
     """
     config = shipped_config(
         candidate,
         pattern,
         block_param_counts(model),
         update=update,
+        method=method,
         stats=stats,
         batch_size=batch_size,
         layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],

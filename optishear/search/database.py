@@ -27,6 +27,7 @@ from torch import Tensor
 
 from optishear.core.errors import ConfigError
 from optishear.core.genome import Genome
+from optishear.core.heartbeat import Heartbeat
 from optishear.core.patterns import Pattern
 from optishear.methods.masks import prune_mask
 from optishear.methods.meta import meta_log_score
@@ -166,6 +167,8 @@ class DatabaseRequest:
     genome: Genome
     levels: tuple[float, ...]
     refit: bool = False
+    # with refit: masks from the genome (then OBS-updated), or SparseGPT's own masks and update
+    masks: Literal["genome", "sparsegpt"] = "genome"
     storage: Literal["auto", "memory", "disk"] = "auto"
     memory_bytes: int = 4 << 30
     folder: Path | None = None
@@ -182,7 +185,8 @@ def build_database(
     rho: Sequence[Tensor] | None = None,
 ) -> LayerDatabase:
     """Prune every layer at every level of `request` from its dense weight and statistics;
-    with `hessians` (freed as the build goes), each stored weight carries the OBS update."""
+    with `hessians` (freed as the build goes), each stored weight carries the OBS update of
+    the genome's mask, or (`masks="sparsegpt"`) is SparseGPT's own prune of the layer."""
     shapes = [(int(W.shape[0]), int(W.shape[1])) for W in dense]
     dtype = dense[0].dtype
     size = estimate_bytes(shapes, request.levels, request.refit, dtype)
@@ -204,17 +208,25 @@ def build_database(
         shapes, request.levels, refit=request.refit, dtype=dtype, storage=storage, folder=folder
     )
     start = time.perf_counter()
+    own = request.masks == "sparsegpt" and hessians is not None  # SparseGPT's own masks
+    beat = Heartbeat(logger, "building the layer database: layers", len(dense))
     for pos, W in enumerate(dense):
-        score = meta_log_score(W, act_sq[pos], request.genome, rho[pos] if rho else None)
+        beat.step(pos)
+        score = (
+            None
+            if own
+            else meta_log_score(W, act_sq[pos], request.genome, rho[pos] if rho else None)
+        )
         for li, ratio in enumerate(request.levels):
             if ratio == 0:
                 continue
-            mask = prune_mask(score, ratio, pattern)
+            mask = None if score is None else prune_mask(score, ratio, pattern)
             if hessians is None:
+                assert mask is not None
                 db.put(pos, li, mask, int(mask.sum()))
                 continue
             refit = W.clone()
-            sparsegpt_prune(refit, hessians[pos], ratio, pattern, fixed_mask=mask)
+            mask = sparsegpt_prune(refit, hessians[pos], ratio, pattern, fixed_mask=mask)
             db.put(pos, li, refit, int(mask.sum()))
         if hessians is not None:
             hessians[pos] = torch.empty(0)

@@ -32,6 +32,7 @@ def database_request(config: SearchConfig, folder: Path | None = None) -> Databa
         config.genome,
         config.allocation_levels(),
         refit=a.refit,
+        masks=a.masks,
         storage=a.database,
         memory_bytes=int(a.memory_gib * 2**30),
         folder=folder,

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 
 from optishear.config import PlanConfig, PruneConfig, SearchConfig
 from optishear.core.genome import WANDA_GENOME
-from optishear.recipe.candidates import Candidate, Scored
+from optishear.core.heartbeat import Heartbeat
+from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.recipe.prune import shipped_config
 from optishear.search.evaluator import BatchEvaluator, OwlPlanner
 
 logger = logging.getLogger(__name__)
+
+_CHUNK = 2  # prunes per call: one per actor of a two-actor pool, then a progress line
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ def candidate_recipe(
         config.pattern,
         evaluator.block_params,
         update=config.shipped_update(),
+        method=config.shipped_method(),
         batch_size=config.batch_size,
         layer_numel=[n for _, _, n in evaluator.layer_layout],
     )
@@ -89,7 +93,17 @@ def recommend(
     only when no baseline is measured)."""
     recipes = [candidate_recipe(s.candidate, config, evaluator) for s in finalists]
     named = baseline_recipes(config, evaluator) if config.fallback_baselines else []
-    evals = evaluator.shipped([*recipes, *(r for _, _, r in named)])
+    todo = [*recipes, *(r for _, _, r in named)]
+    logger.info(
+        "scoring %d finalists and %d published baselines as shipped (a prune and a forward each)",
+        len(recipes),
+        len(named),
+    )
+    beat = Heartbeat(logger, "scoring as shipped", len(todo))
+    evals: list[Evaluation] = []
+    for i in range(0, len(todo), _CHUNK):  # a line at least every 30 s on a large model
+        evals += evaluator.shipped(todo[i : i + _CHUNK])
+        beat.step(len(evals), min(e.error for e in evals))
     shipped = sorted(
         (
             (Scored(s.candidate, e, s.gap), r)

@@ -19,11 +19,16 @@ import numpy as np
 
 from optishear.config import SearchConfig
 from optishear.core.genome import canonical_genomes
+from optishear.core.heartbeat import Heartbeat
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.evaluator import BatchEvaluator
 from optishear.search.state import SearchState
 
 logger = logging.getLogger(__name__)
+
+# Candidates per call to the evaluator: a few per Ray actor at a time (the pool spreads each
+# call's candidates), and a progress line possible between calls.
+_CHUNK = 32
 
 
 class Screening:
@@ -43,18 +48,37 @@ class Screening:
         self.seq_len = config.calibration.seq_len
 
     def _full(self, cands: list[Candidate]) -> None:
-        for c, e in zip(cands, self.evaluator.evaluate(cands), strict=True):
+        for c, e in zip(cands, self._scored(cands), strict=True):
             self.state.full[c.key()] = e
         self.state.evaluations += len(cands)
         self.state.cost += len(cands)
 
     def _low(self, cands: list[Candidate], n: int, tokens: int = 0) -> None:
         """Score on the first n sequences (their first `tokens` tokens; 0: all of them)."""
-        for c, e in zip(cands, self.evaluator.evaluate(cands, n, tokens or None), strict=True):
+        for c, e in zip(cands, self._scored(cands, n, tokens), strict=True):
             self.state.low[(c.key(), n, tokens)] = replace(e, n_tokens=tokens)
         self.state.evaluations += len(cands)
         share = tokens / self.seq_len if tokens else 1.0
         self.state.cost += len(cands) * n / self.full_samples * min(share, 1.0)
+
+    def _scored(
+        self, cands: list[Candidate], n: int | None = None, tokens: int = 0
+    ) -> list[Evaluation]:
+        """The evaluator's errors, asked for in chunks, so that a long batch (a screening rung
+        of 972 classes) logs its progress at least every 30 s when it runs that long."""
+        fidelity = "full" if n is None else f"{n} x {tokens or self.seq_len} tokens"
+        beat = Heartbeat(logger, f"scoring {len(cands)} candidates ({fidelity})", len(cands))
+        out: list[Evaluation] = []
+        for i in range(0, len(cands), _CHUNK):
+            chunk = cands[i : i + _CHUNK]
+            got = (
+                self.evaluator.evaluate(chunk)
+                if n is None
+                else self.evaluator.evaluate(chunk, n, tokens or None)
+            )
+            out += got
+            beat.step(len(out), min(e.error for e in got))
+        return out
 
     def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
         """Every candidate scored on n sequences of `tokens` tokens (cached ones looked up)."""

@@ -198,6 +198,8 @@ def _follow(
         f"search {search_id} succeeded: {result.get('evaluations')} evaluations, "
         f"{result.get('cache_hits')} cache hits, {time.monotonic() - start:.0f} s"
     )
+    if result.get("fallback"):  # a published baseline beat every searched candidate
+        _say(f"warning: {result['fallback']}")
     with sessions() as session:
         front = repository.front(session=session, search=search, generation=None)
         recommended = session.scalars(

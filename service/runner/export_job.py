@@ -97,6 +97,7 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
                 candidate,
                 request.pattern,
                 update=how,
+                method=request.shipped_method(),
                 batch_size=request.batch_size,
                 progress=progress,
             )

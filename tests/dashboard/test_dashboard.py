@@ -120,8 +120,9 @@ def test_submit_watch_front_export_download(
     held_out = search["result"]["held_out"]
     assert search["request"]["compare_baselines"] is True
     for name, gain in held_out["gains"].items():
+        error = held_out["gain_errors"][name]  # the windows' standard error beside each gain
         expect(page.locator(f'#heldout .gain[data-baseline="{name}"]')).to_contain_text(
-            f"{abs(gain) * 100:.1f}%"
+            f"{abs(gain) * 100:.1f}% ± {error * 100:.1f}%"
         )
     table = page.locator("#heldout-table")
     for row in held_out["rows"]:

@@ -172,7 +172,7 @@ def test_rescore_step_ships_the_best_finalist_as_shipped_and_lists_it() -> None:
         sparsity=0.5, pattern=Pattern(2, 4), population=8, generations=2, rescore_top=3
     )
     result = run_search(ev, settings)
-    [recipes] = ev.shipped_calls
+    recipes = [r for call in ev.shipped_calls for r in call]  # asked for a few at a time
     searched = [r for r in recipes if r.method == "meta"]
     assert not any(r.reconstruct or r.obs_update for r in searched)  # masks only, as scored
     keys = [candidate_of(r, 6).key() for r in searched]

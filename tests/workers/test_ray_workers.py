@@ -270,6 +270,7 @@ def test_allocation_search_on_actors_equals_in_process_and_frees_its_database(
         "population": 6,
         "generations": 3,
         "allocation": {"refit": True, "database": "disk"},
+        "fallback_baselines": False,  # the search's own per-layer candidate is recommended
     }
     alloc = SearchConfig.model_validate(body)
     spec = EngineSpec(alloc, folder=str(tmp_path))

@@ -7,9 +7,11 @@ import { fmt, pct } from "../format.js";
 
 const NAMES = { dense: "dense", searched: "searched (shipped)", wanda: "Wanda", sparsegpt: "SparseGPT" };
 
-function gainText(gain, name) {
+function gainText(gain, name, error) {
   const sign = gain > 0 ? "+" : gain < 0 ? "−" : "±";
-  return `${sign}${Math.abs(gain * 100).toFixed(1)}% vs ${NAMES[name] ?? name}`;
+  // the standard error over the windows, when the comparison carries them
+  const spread = error == null ? "" : ` ± ${(error * 100).toFixed(1)}%`;
+  return `${sign}${Math.abs(gain * 100).toFixed(1)}%${spread} vs ${NAMES[name] ?? name}`;
 }
 
 /** Horizontal bars of perplexity, one per model, shortest best. */
@@ -55,7 +57,7 @@ export function heldOutCard(search) {
       "div",
       { class: "gains" },
       // Within 0.05% either way it is a tie: the windows' own noise is larger (bench/RESULTS.md).
-      gains.map(([name, g]) => h("span", { class: `gain ${Math.abs(g) < 5e-4 ? "tie" : g < 0 ? "better" : "worse"}`, "data-baseline": name }, gainText(g, name))),
+      gains.map(([name, g]) => h("span", { class: `gain ${Math.abs(g) < 5e-4 ? "tie" : g < 0 ? "better" : "worse"}`, "data-baseline": name }, gainText(g, name, cmp.gain_errors?.[name]))),
     ),
     h(
       "div",

@@ -1,0 +1,60 @@
+"""A log line at least every so often during long work: counts, best so far, time left.
+
+Progress bars only show on a terminal; a search whose output goes to a file or a pipe would
+print nothing for the whole of a long screening rung or layer database. A Heartbeat logs
+`done/total` (and the best error so far, and an estimate of the time left from the rate so far)
+whenever `seconds` have passed since its last line, and never more often.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+
+LOG_SECONDS = 30.0
+
+
+class Heartbeat:
+    """Logs `what`'s progress through `total` steps at most once every `seconds`."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        total: int,
+        seconds: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.logger = logger
+        self.what = what
+        self.total = total
+        self.seconds = LOG_SECONDS if seconds is None else seconds
+        self._clock = clock or time.monotonic
+        self._start = self._last = self._clock()
+        self.best = math.inf
+        self.lines = 0
+
+    def step(self, done: int, best: float | None = None) -> None:
+        """`done` of `total` steps are complete; `best` is the lowest error among them."""
+        if best is not None:
+            self.best = min(self.best, best)
+        now = self._clock()
+        if now - self._last < self.seconds or done >= self.total:
+            return
+        self._last = now
+        elapsed = now - self._start
+        left = elapsed / done * (self.total - done) if done else math.nan
+        best_text = f", best error {self.best:.5g}" if math.isfinite(self.best) else ""
+        left_text = f", about {left:.0f} s left" if math.isfinite(left) else ""
+        self.logger.info(
+            "%s: %d/%d done%s, %.0f s%s",
+            self.what,
+            done,
+            self.total,
+            best_text,
+            elapsed,
+            left_text,
+        )
+        self.lines += 1

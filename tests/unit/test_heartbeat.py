@@ -1,0 +1,37 @@
+"""Progress lines for output that is not a terminal: at least every 30 s of long work."""
+
+from __future__ import annotations
+
+import logging
+
+from search_fakes import FakeEvaluator, state_config
+
+from optishear.core import heartbeat
+from optishear.core.heartbeat import Heartbeat
+from optishear.search.loop import run_search
+
+
+def test_a_line_at_most_every_interval_with_counts_best_and_time_left(caplog) -> None:
+    now = [0.0]
+    beat = Heartbeat(logging.getLogger("t"), "scoring", 100, seconds=30, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger="t"):
+        for done in range(1, 101):
+            now[0] += 1.0  # one step a second: a line every 30 steps
+            beat.step(done, best=1.0 / done)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "scoring: 30/100 done, best error 0.033333, 30 s, about 70 s left",
+        "scoring: 60/100 done, best error 0.016667, 60 s, about 40 s left",
+        "scoring: 90/100 done, best error 0.011111, 90 s, about 10 s left",
+    ]  # and none for the end: the caller reports that
+
+
+def test_a_screening_rung_logs_its_progress_between_chunks(caplog, monkeypatch) -> None:
+    monkeypatch.setattr(heartbeat, "LOG_SECONDS", 0.0)  # as if every chunk took 30 s
+    config = state_config(stages="metric", generations=1, screen={"rungs": "1x16", "keep": 0.05})
+    with caplog.at_level(logging.INFO, logger="optishear.search.screening"):
+        run_search(FakeEvaluator(), config)
+    lines = [r.getMessage() for r in caplog.records if "972 candidates" in r.getMessage()]
+    assert lines[0].startswith("scoring 972 candidates (1 x 16 tokens): 32/972 done, best error")
+    assert len(lines) == 972 // 32  # one after each chunk but the last
+    assert all("s left" in line for line in lines)
