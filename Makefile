@@ -34,6 +34,7 @@ test: lint
 # and a two-node cluster) and the dashboard in Chromium (installed when missing, never a
 # download). Under CI=true a part that cannot run fails the suite instead of skipping.
 test-all: lint
+	$(VENV)/python bench/verify.py
 	@bash scripts/ensure-postgres.sh
 	@bash scripts/ensure-chromium.sh
 	$(VENV)/python -m pytest -m "not gpu"

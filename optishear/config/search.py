@@ -331,5 +331,8 @@ class SearchConfig(TargetConfig):
 
     def resume_identity(self) -> dict[str, Any]:
         """What a stored state must match to be resumed: every setting that shapes the search
-        or its evaluations (all but the held-out evaluation and comparison, which come after)."""
-        return self.model_dump(mode="json", exclude={"evaluation", "compare_baselines"})
+        or its evaluations (all but the held-out evaluation and comparison and the baselines
+        scored as shipped, which come after)."""
+        return self.model_dump(
+            mode="json", exclude={"evaluation", "compare_baselines", "fallback_baselines"}
+        )

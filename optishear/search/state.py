@@ -10,6 +10,7 @@ and type checks; a state of another format, version or search is refused with a 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import dataclass, field
@@ -146,11 +147,26 @@ class SearchState:
         return state
 
     def check_config(self, config: dict[str, Any], where: str) -> None:
-        if self.config != config:
+        if _with_legacy(self.config) != config:
             raise ConfigError(
                 f"{where} holds the state of a different search; use the same settings or "
-                "another folder"
+                "another folder (a state saved before validation sequences existed resumes "
+                "with --validation-share 0)"
             )
+
+
+# Settings added since states were first saved, with the values that give the behaviour a
+# state saved without them had: it scored candidates on calibration sequences, with genome
+# masks in its layer database.
+_LEGACY = {("calibration", "validation_share"): 0.0, ("allocation", "masks"): "genome"}
+
+
+def _with_legacy(stored: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(stored)
+    for (group, key), value in _LEGACY.items():
+        if isinstance(out.get(group), dict):
+            out[group].setdefault(key, value)
+    return out
 
 
 def replay_mismatch(where: str, generation: int) -> SearchStateError:

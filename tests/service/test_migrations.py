@@ -13,6 +13,7 @@ from sqlalchemy import inspect
 
 from service import db
 from service.repository import candidate_read
+from service.schemas import SearchCreate
 from service.tables import CandidateRow, Checkpoint, Search
 
 TABLES = {
@@ -223,3 +224,54 @@ def test_sqlite_owners_migration_keeps_rows_and_dedupes_exports(tmp_path) -> Non
 @pytest.mark.postgres
 def test_postgres_owners_migration_keeps_rows_and_dedupes_exports(fresh_pg_url) -> None:
     _owners_on_existing_rows(fresh_pg_url)
+
+
+def _requests_say_how_they_ran(url: str) -> None:
+    """0010: requests stored before validation sequences and fallback baselines now say that
+    they ran without them; requests that name them keep theirs."""
+    db.upgrade(url, "0009")
+    old = SearchCreate(model="m").model_dump(mode="json")
+    del old["calibration"]["validation_share"], old["fallback_baselines"]
+    new = SearchCreate(model="m", calibration={"validation_share": 0.25}).model_dump(mode="json")
+    searches = _columns_of(Search.__table__)
+    engine = db.make_engine(url)
+    ids = [uuid.uuid4(), uuid.uuid4()]
+    try:
+        with engine.begin() as conn:
+            for sid, request in zip(ids, (old, new), strict=True):
+                conn.execute(
+                    searches.insert().values(
+                        id=sid,
+                        model="m",
+                        request=request,
+                        request_hash=sid.hex,
+                        status="queued",
+                        total_generations=1,
+                        generations_done=0,
+                        evaluations=0,
+                        elapsed_s=0.0,
+                        attempts=0,
+                        cancel_requested=False,
+                        created_at=datetime.now(UTC),
+                    )
+                )
+        db.upgrade(url)
+        with db.make_sessions(engine)() as session:
+            before, after = (
+                SearchCreate.model_validate(session.get_one(Search, i).request) for i in ids
+            )
+        assert before.calibration.validation_share == 0.0
+        assert before.fallback_baselines is False
+        assert after.calibration.validation_share == 0.25
+        assert after.fallback_baselines is True
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_requests_say_how_they_ran(tmp_path) -> None:
+    _requests_say_how_they_ran(f"sqlite:///{tmp_path / 'm.db'}")
+
+
+@pytest.mark.postgres
+def test_postgres_requests_say_how_they_ran(fresh_pg_url) -> None:
+    _requests_say_how_they_ran(fresh_pg_url)

@@ -47,3 +47,15 @@ def test_the_readme_module_map_is_drawn_from_the_tree() -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_the_results_tables_match_their_committed_outputs() -> None:
+    """bench/RESULTS.md's marked tables, recomputed from bench/results/ (bench/verify.py)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "verify.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "0 differ" in done.stdout

@@ -350,3 +350,21 @@ def test_round_trip_of_a_fresh_and_of_a_finished_state(tmp_path) -> None:
     front[0] = Scored(front[0].candidate, front[0].evaluation, 0.0, "Wanda")
     assert SearchState.from_json(named.to_json()) == named
     assert SearchState.from_json(named.to_json()).outcomes[0].front[0].name == "Wanda"
+
+
+def test_a_state_saved_before_validation_sequences_resumes_as_it_ran(mid_stage_2) -> None:
+    """A state saved without validation_share and database masks ran on calibration sequences
+    with genome masks: it resumes under those settings, and is refused under today's defaults
+    with the flag that resumes it."""
+
+    def legacy(obj) -> None:
+        del obj["config"]["calibration"]["validation_share"]
+        del obj["config"]["allocation"]["masks"]
+
+    old = _tampered(mid_stage_2, legacy)
+    as_it_ran = state_config(low_fidelity_samples=2, calibration={"validation_share": 0.0})
+    mid = _tampered(mid_stage_2, lambda o: o["config"]["calibration"].update(validation_share=0))
+    full = run_search(FakeEvaluator(), as_it_ran, resume_from=mid)
+    assert run_search(FakeEvaluator(), as_it_ran, resume_from=old).front == full.front
+    with pytest.raises(ConfigError, match="resumes with --validation-share 0"):
+        run_search(FakeEvaluator(), state_config(low_fidelity_samples=2), resume_from=old)

@@ -1,0 +1,131 @@
+"""Recompute the tables of bench/RESULTS.md from the committed results in bench/results/.
+
+A table that can be checked is announced by a marker line, `<!-- verify: NAME -->`, right
+above it; NAME is one of the renderers below, each of which builds the table from the JSON
+files it names. The script renders every marked table and compares it, line for line, with the
+table under its marker; it exits 1 on any difference or unknown name, and says how many
+tables RESULTS.md has without a marker (older sections, whose outputs were never committed).
+
+    python bench/verify.py            # check
+    python bench/verify.py --print    # print the rendered tables (to paste a new one)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+MARKER = re.compile(r"^<!-- verify: ([a-z0-9_]+) -->$")
+
+
+def _load(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def status_polls() -> list[str]:
+    """Status polls with a search beside them, the API's copy off (0) and on (0.5 s),
+    interleaved runs (bench/service_bench.py --status-cache)."""
+    rows = [
+        "| run | status cache (s) | polls/s | p50 (ms) | p99 (ms) | search |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in (1, 2):
+        for cache in ("0", "0.5"):
+            d = _load(f"polls_cache{cache}_run{run}.json")
+            p = d["status_polls"]
+            search = d["search"]
+            state = "running" if search["still_running_after_the_load"] else "ended"
+            rows.append(
+                f"| {run} | {cache} | {p['requests_per_s']:.0f} | {p['p50_ms']:.1f} | "
+                f"{p['p99_ms']:.1f} | {search['status']}, {state} during the polls |"
+            )
+    return rows
+
+
+def allocation_fallback() -> list[str]:
+    """The 60% allocation search of issue 26: every finalist and baseline scored as shipped on
+    validation, and the held-out perplexity of what shipped."""
+    d = _load("issue26_allocation60_smollm2.json")
+    rows = ["| model | validation error as shipped (KL) | held-out perplexity |", "|---|---|---|"]
+    held = {r["name"]: r["perplexity"] for r in d["held_out"]["rows"]}
+    # the held-out comparison measured what shipped ("searched") beside Wanda and SparseGPT
+    measured = {"Wanda": held["wanda"], "SparseGPT": held["sparsegpt"]}
+    measured[d["recommended_name"] or d["recommended"]] = held["searched"]
+    for key, error in d["validation_errors_as_shipped"].items():
+        ppl = measured.get(key)
+        mark = " (recommended)" if key in (d["recommended_name"], d["recommended"]) else ""
+        kind = "searched " if key in d["searched_finalists"] else ""
+        text = f"{ppl:.3f}" if ppl is not None else "-"
+        rows.append(f"| {kind}{key}{mark} | {error:.4f} | {text} |")
+    rows.append(f"| dense | 0 | {held['dense']:.3f} |")
+    return rows
+
+
+RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "status_polls": status_polls,
+    "allocation_fallback": allocation_fallback,
+}
+
+
+def _table_after(lines: list[str], start: int) -> list[str]:
+    out = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        out.append(line)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=ROOT / "RESULTS.md")
+    p.add_argument("--print", action="store_true", help="print every rendered table")
+    args = p.parse_args()
+    if args.print:
+        for name, render in RENDERERS.items():
+            print(f"<!-- verify: {name} -->\n" + "\n".join(render()) + "\n")
+        return 0
+    lines = args.results.read_text().splitlines()
+    failures, checked, marked_tables = [], 0, set()
+    for i, line in enumerate(lines):
+        m = MARKER.match(line)
+        if not m:
+            continue
+        name = m.group(1)
+        if name not in RENDERERS:
+            failures.append(f"line {i + 1}: no renderer named {name!r}")
+            continue
+        marked_tables.add(i + 1)
+        written = _table_after(lines, i + 1)
+        rendered = RENDERERS[name]()
+        checked += 1
+        if written != rendered:
+            failures.append(
+                f"line {i + 1}: table {name!r} differs from its results:\n  written:\n    "
+                + "\n    ".join(written)
+                + "\n  from bench/results:\n    "
+                + "\n    ".join(rendered)
+            )
+    tables = sum(
+        1
+        for i, line in enumerate(lines)
+        if line.startswith("|---") and i >= 1 and (i - 1) not in marked_tables
+    )
+    for failure in failures:
+        print(f"bench/verify.py: {failure}", file=sys.stderr)
+    print(
+        f"bench/verify.py: {checked} tables recomputed from bench/results/, "
+        f"{len(failures)} differ; {tables} older tables carry no marker"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
