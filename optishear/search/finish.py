@@ -57,25 +57,38 @@ def candidate_recipe(
     )
 
 
+@dataclass(frozen=True)
+class BaselinePlans:
+    """The per-block plans the published baselines prune with: uniform at the target (N/M in
+    every block under N:M, even when dense exceptions lower the target), and OWL's, which needs
+    the evaluator's dense statistics and an unstructured pattern (else None)."""
+
+    uniform: tuple[float, ...]
+    owl: tuple[float, ...] | None
+
+    @classmethod
+    def of(cls, config: SearchConfig, evaluator: BatchEvaluator) -> BaselinePlans:
+        ratio = config.pattern.sparsity if config.pattern.structured else config.target
+        owl = None
+        if not config.pattern.structured and isinstance(evaluator, OwlPlanner):
+            owl = tuple(float(r) for r in evaluator.owl_plan(config.target))
+        return cls((ratio,) * len(evaluator.block_params), owl)
+
+
 def baseline_recipes(
-    config: SearchConfig, evaluator: BatchEvaluator
+    config: SearchConfig, plans: BaselinePlans
 ) -> list[tuple[str, Candidate, PruneConfig]]:
     """(name, the candidate that stands for it, its prune) of every published baseline that
-    applies at the search's target and pattern; OWL's plans are the evaluator's, given
-    explicitly, so that the stored plan is the pruned one."""
-    n_blocks = len(evaluator.block_params)
-    # N/M in every block even when dense exceptions lower the target
-    uniform = config.pattern.sparsity if config.pattern.structured else config.target
+    applies at the search's target and pattern; OWL's plan is given explicitly, so that the
+    stored plan is the pruned one."""
     base = {"pattern": config.pattern, "batch_size": config.batch_size}
-    plans: list[tuple[str, tuple[float, ...], PlanConfig]] = [
-        ("", (uniform,) * n_blocks, PlanConfig())
-    ]
-    if not config.pattern.structured and isinstance(evaluator, OwlPlanner):
-        owl = tuple(float(r) for r in evaluator.owl_plan(config.target))
-        plans.append(("OWL+", owl, PlanConfig(kind="explicit", block_sparsity=owl)))
+    options: list[tuple[str, tuple[float, ...], PlanConfig]] = [("", plans.uniform, PlanConfig())]
+    if plans.owl is not None:
+        owl = plans.owl
+        options.append(("OWL+", owl, PlanConfig(kind="explicit", block_sparsity=owl)))
     out: list[tuple[str, Candidate, PruneConfig]] = []
-    for prefix, ratios, plan in plans:
-        sparsity = {"sparsity": uniform} if not prefix else {}
+    for prefix, ratios, plan in options:
+        sparsity = {"sparsity": plans.uniform[0]} if not prefix else {}
         methods = [("SparseGPT", {"method": "sparsegpt"}), ("Wanda", {"method": "wanda"})]
         if not prefix:
             methods.insert(1, ("Wanda+refit", {"method": "wanda", "reconstruct": True}))
@@ -86,13 +99,16 @@ def baseline_recipes(
 
 
 def recommend(
-    config: SearchConfig, evaluator: BatchEvaluator, finalists: Sequence[Scored]
+    config: SearchConfig,
+    evaluator: BatchEvaluator,
+    finalists: Sequence[Scored],
+    plans: BaselinePlans,
 ) -> Recommendation:
     """Score `finalists` and the baselines as shipped, in one batch; the lowest error among
     those meeting the target is recommended (a finalist off the target, the stage's closest,
     only when no baseline is measured)."""
     recipes = [candidate_recipe(s.candidate, config, evaluator) for s in finalists]
-    named = baseline_recipes(config, evaluator) if config.fallback_baselines else []
+    named = baseline_recipes(config, plans) if config.fallback_baselines else []
     todo = [*recipes, *(r for _, _, r in named)]
     logger.info(
         "scoring %d finalists and %d published baselines as shipped (a prune and a forward each)",

@@ -35,9 +35,8 @@ from optishear.search.evaluator import (
     BatchEvaluator,
     DatabaseReporter,
     HeldOutComparer,
-    OwlPlanner,
 )
-from optishear.search.finish import recommend
+from optishear.search.finish import BaselinePlans, recommend
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
 from optishear.search.space import SearchSpace, plan_gap
@@ -193,8 +192,9 @@ class _Search:
             self._finalists(st.outcomes[-1], top) if meeting else [min(final, key=lambda s: s.gap)]
         )
         # Scored = shipped: the finalists and the published baselines, pruned as they ship
-        chosen = recommend(self.config, self.evaluator, finalists)
-        baselines = self.baselines()
+        plans = BaselinePlans.of(self.config, self.evaluator)  # OWL's plan asked for once
+        chosen = recommend(self.config, self.evaluator, finalists, plans)
+        baselines = self.baselines(plans)
         database = (
             self.evaluator.database_info() if isinstance(self.evaluator, DatabaseReporter) else None
         )
@@ -280,7 +280,7 @@ class _Search:
             return max(0.0, self.config.target - mean)
         return gap
 
-    def baselines(self) -> list[Scored]:
+    def baselines(self, plans: BaselinePlans) -> list[Scored]:
         """Wanda with the uniform plan, and OWL+Wanda where the evaluator can plan OWL.
 
         Wanda's genome with the uniform plan starts every metric stage, so its full evaluation
@@ -288,13 +288,9 @@ class _Search:
         and only an unstructured pattern lets blocks differ. Magnitude pruning is no genome of
         the meta-metric space (every genome is weighted by activations), so it is not reported.
         """
-        s = self.config
-        # N/M in every block even when dense exceptions lower the target
-        uniform = s.pattern.sparsity if s.pattern.structured else s.target
-        named = [("Wanda", Candidate(WANDA_GENOME, (uniform,) * len(self.block_params)))]
-        if not s.pattern.structured and isinstance(self.evaluator, OwlPlanner):
-            owl = tuple(float(r) for r in self.evaluator.owl_plan(s.target))
-            named.append(("OWL+Wanda", Candidate(WANDA_GENOME, owl)))
+        named = [("Wanda", Candidate(WANDA_GENOME, plans.uniform))]
+        if plans.owl is not None:
+            named.append(("OWL+Wanda", Candidate(WANDA_GENOME, plans.owl)))
         evals = self.ensure_full([c for _, c in named])
         return [Scored(c, e, self._gap(c), name) for (name, c), e in zip(named, evals, strict=True)]
 

@@ -59,6 +59,26 @@ def _columns_of(table: sa.Table, *skip: str) -> sa.TableClause:
     return sa.table(table.name, *(sa.column(c.name, c.type) for c in table.c if c.name not in skip))
 
 
+def _search_row(sid: uuid.UUID, request: dict, status: str, generations_done: int = 0) -> dict:
+    """A searches row of model "m" with one generation in all (done or not), as the oldest
+    revisions' columns hold it."""
+    done = generations_done
+    return {
+        "id": sid,
+        "model": "m",
+        "request": request,
+        "request_hash": sid.hex,
+        "status": status,
+        "total_generations": 1,
+        "generations_done": done,
+        "evaluations": done,
+        "elapsed_s": 0.0,
+        "attempts": done,
+        "cancel_requested": False,
+        "created_at": datetime.now(UTC),
+    }
+
+
 def _layer_sparsity_on_existing_rows(url: str) -> None:
     """0004 on a database holding a front: old rows read as per-block, new ones keep theirs."""
     db.upgrade(url, "0003")
@@ -71,20 +91,7 @@ def _layer_sparsity_on_existing_rows(url: str) -> None:
             conn.execute(
                 _columns_of(Search.__table__)
                 .insert()
-                .values(
-                    id=sid,
-                    model="m",
-                    request={"model": "m"},
-                    request_hash="h",
-                    status="succeeded",
-                    total_generations=1,
-                    generations_done=1,
-                    evaluations=1,
-                    elapsed_s=0.0,
-                    attempts=1,
-                    cancel_requested=False,
-                    created_at=datetime.now(UTC),
-                )
+                .values(_search_row(sid, {"model": "m"}, "succeeded", generations_done=1))
             )
             conn.execute(
                 candidates.insert().values(
@@ -143,23 +150,8 @@ def _owners_on_existing_rows(url: str) -> None:
     engine = db.make_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(
-                searches.insert().values(
-                    id=sid,
-                    model="m",
-                    request={"model": "m"},
-                    request_hash="h",
-                    idempotency_key="k",
-                    status="succeeded",
-                    total_generations=1,
-                    generations_done=1,
-                    evaluations=1,
-                    elapsed_s=0.0,
-                    attempts=1,
-                    cancel_requested=False,
-                    created_at=now,
-                )
-            )
+            row = _search_row(sid, {"model": "m"}, "succeeded", generations_done=1)
+            conn.execute(searches.insert().values(**row, idempotency_key="k"))
             conn.execute(
                 candidates.insert().values(
                     id=cid,
@@ -239,22 +231,7 @@ def _requests_say_how_they_ran(url: str) -> None:
     try:
         with engine.begin() as conn:
             for sid, request in zip(ids, (old, new), strict=True):
-                conn.execute(
-                    searches.insert().values(
-                        id=sid,
-                        model="m",
-                        request=request,
-                        request_hash=sid.hex,
-                        status="queued",
-                        total_generations=1,
-                        generations_done=0,
-                        evaluations=0,
-                        elapsed_s=0.0,
-                        attempts=0,
-                        cancel_requested=False,
-                        created_at=datetime.now(UTC),
-                    )
-                )
+                conn.execute(searches.insert().values(_search_row(sid, request, "queued")))
         db.upgrade(url)
         with db.make_sessions(engine)() as session:
             before, after = (
