@@ -21,7 +21,7 @@ class ShipsAsScored:
     def layer_layout(self):
         return tuple((i, "linear", n) for i, n in enumerate(self.block_params))  # one per block
 
-    def shipped(self, recipes):
+    def shipped(self, recipes, progress=None):
         recorded = len(self.calls)
         out = []
         for r in recipes:
@@ -31,6 +31,9 @@ class ShipsAsScored:
             [e] = self.evaluate([candidate_of(r, len(self.block_params))])
             out.append(e)
         del self.calls[recorded:]
+        for e in out:
+            if progress is not None:
+                progress(e)
         return out
 
 
@@ -52,6 +55,16 @@ class FakeEvaluator(ShipsAsScored):
             if n_samples is not None:  # a screening error: on other sequences, not comparable
                 err = err * 0.9 + 0.01 * g.alpha
             out.append(Evaluation(1.0 + err, float(np.mean(c.block_sparsity)), n_samples or 8, 0.0))
+        return out
+
+    def layer_errors(self, candidates):
+        """A layer-wise proxy: the screening error, noisier still (recorded as 0 sequences)."""
+        out = []
+        screened = self.evaluate(candidates, 1)
+        self.calls[-len(candidates) :] = [(c.key(), 0) for c in candidates]
+        for c, e in zip(candidates, screened, strict=True):
+            g = c.genome.row_canonical()
+            out.append(Evaluation(e.error * 0.8 + 0.02 * g.f2, e.sparsity, 0, 0.0))
         return out
 
 

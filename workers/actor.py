@@ -14,8 +14,8 @@ import torch
 import transformers
 from torch import Tensor
 
-from optishear.config import PruneConfig, SearchConfig
-from optishear.evaluation.held_out import HeldOutComparison
+from optishear.config import EvaluationConfig, PruneConfig
+from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
@@ -110,6 +110,11 @@ class ModelActor:
             self.evaluations += 1
         return results
 
+    def layer_errors(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        results = [self.engine.evaluate_layers(c) for c in candidates]
+        self.evaluations += len(candidates)
+        return results
+
     def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
         results = []
         for recipe in recipes:
@@ -125,11 +130,11 @@ class ModelActor:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
         return self.engine.owl_plan(target)
 
-    def compare_held_out(
-        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
-    ) -> HeldOutComparison:
-        """Held-out perplexity of the shipped model, Wanda and SparseGPT on this worker's."""
-        return self.engine.compare_held_out(recipe, config, held_out_ids)
+    def held_out_row(
+        self, name: str, prune: PruneConfig | None, evaluation: EvaluationConfig, ids: Tensor
+    ) -> HeldOutRow:
+        """Held-out perplexity of a model pruned from this worker's (None: the dense one)."""
+        return self.engine.held_out_row(name, prune, evaluation, ids)
 
     def usage(self) -> ActorUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")

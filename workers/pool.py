@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from types import TracebackType
@@ -17,16 +16,18 @@ from ray.actor import ActorClass, ActorHandle
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError
 from torch import Tensor
 
-from optishear.config import PruneConfig, SearchConfig
+from optishear.config import EvaluationConfig, PruneConfig
 from optishear.core.errors import ConfigError
-from optishear.evaluation.held_out import HeldOutComparison
+from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
+from optishear.search.evaluator import Progress
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
-from workers.errors import WorkerError, WorkerStartError
+from workers.errors import WorkerError
 from workers.messages import capacity_text, placement, raised_in_worker, short
 from workers.runtime import ADDRESS_ENV, node_slots, ray_runtime
+from workers.startup import wait_ready
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,9 @@ class RayEvaluator:
         self._idle: deque[ActorHandle] = deque()  # alive, as far as we know, and free
         self._probes: dict[ray.ObjectRef, ActorHandle] = {}  # lost actors: ready() once back
         try:
-            self.infos = self._wait_ready(start_timeout_s)
+            self.infos = wait_ready(
+                self._actors, start_timeout_s, self.resources, spec.config.model
+            )
         except BaseException:
             self.close()
             raise
@@ -144,41 +147,6 @@ class RayEvaluator:
             )
         return workers
 
-    def _wait_ready(self, timeout_s: float) -> list[ActorInfo]:
-        # No retries here: a worker that cannot start must fail the start, not be waited for.
-        index = {
-            a.ready.options(max_task_retries=0).remote(): i for i, a in enumerate(self._actors)
-        }
-        infos: list[ActorInfo | None] = [None] * len(self._actors)
-        pending = list(index)
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            # One at a time, so that the first worker that fails stops the start at once.
-            done, pending = ray.wait(
-                pending, num_returns=1, timeout=max(0.0, deadline - time.monotonic())
-            )
-            if not done:
-                raise WorkerStartError(
-                    f"{len(pending)} of {len(self._actors)} Ray workers were not up after "
-                    f"{timeout_s:.0f}s; each asks for {self.resources}, the cluster has "
-                    f"{ray.available_resources()} free"
-                )
-            try:
-                (info,) = ray.get(done)
-            except RayActorError as exc:
-                if exc.actor_init_failed:
-                    raise WorkerStartError(
-                        f"a Ray worker could not load model {self.spec.config.model!r}: "
-                        f"{raised_in_worker(exc)}"
-                    ) from exc
-                raise WorkerStartError(
-                    f"a Ray worker died while loading model {self.spec.config.model!r} (out of "
-                    f"memory?): {short(exc)}"
-                ) from exc
-            infos[index[done[0]]] = info
-        assert all(i is not None for i in infos)
-        return [i for i in infos if i is not None]
-
     @property
     def block_params(self) -> tuple[int, ...]:
         return self._block_params
@@ -207,20 +175,31 @@ class RayEvaluator:
     ) -> list[Evaluation]:
         return self._dispatch("evaluate", candidates, n_samples, n_tokens)
 
-    def shipped(self, recipes: Sequence[PruneConfig]) -> list[Evaluation]:
-        return self._dispatch("shipped", recipes)
+    def layer_errors(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
+        return self._dispatch("layer_errors", candidates)
+
+    def shipped(
+        self, recipes: Sequence[PruneConfig], progress: Progress | None = None
+    ) -> list[Evaluation]:
+        """A recipe per call (a prune each): the free worker takes the next."""
+        done = None if progress is None else (lambda batch: [progress(e) for e in batch])
+        calls = [([r],) for r in recipes]
+        return [e for batch in self._run("shipped", calls, done) for e in batch]
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
         (plan,) = self._run("owl_plan", [(target,)])
         return tuple(plan)
 
-    def compare_held_out(
-        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
-    ) -> HeldOutComparison:
-        """On one worker: every worker holds the same model and calibration."""
-        (comparison,) = self._run("compare_held_out", [(recipe, config, held_out_ids)])
-        return comparison  # type: ignore[no-any-return]
+    def held_out_rows(
+        self,
+        jobs: Sequence[tuple[str, PruneConfig | None]],
+        evaluation: EvaluationConfig,
+        held_out_ids: Tensor,
+    ) -> list[HeldOutRow]:
+        """A row per call, on whichever worker is free: every worker holds the same model and
+        calibration."""
+        return self._run("held_out_row", [(n, p, evaluation, held_out_ids) for n, p in jobs])
 
     def _dispatch(self, method: str, items: Sequence[Any], *args: Any) -> list[Evaluation]:
         cands = list(items)
@@ -228,9 +207,14 @@ class RayEvaluator:
         batches = self._run(method, [(chunk, *args) for chunk in chunks])
         return [e for batch in batches for e in batch]
 
-    def _run(self, method: str, calls: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def _run(
+        self,
+        method: str,
+        calls: Sequence[tuple[Any, ...]],
+        on_result: Callable[[Any], Any] | None = None,
+    ) -> list[Any]:
         """Call `method` once per argument tuple, each on whichever actor is free; results in
-        call order.
+        call order, and each handed to `on_result` as it comes.
 
         Not ray.util.ActorPool: its ordered `map` hands the next call out only once the oldest
         returns (a fast actor idles behind a slow one), and `map_unordered` loses which call a
@@ -289,6 +273,8 @@ class RayEvaluator:
                     self._idle.append(actor)  # the call failed, not the actor
                     raise
                 self._idle.append(actor)
+                if on_result is not None:
+                    on_result(results[i])
         finally:
             # Calls still out when an error ends the batch: their actors answer them in turn
             # and may take work again next time.

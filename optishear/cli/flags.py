@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from optishear.config import config_error
+from optishear.config.fields import rung_text
 
 M = TypeVar("M", bound=BaseModel)
 _DEST = "config:"  # argparse dest prefix of a generated flag; the dotted field path follows
@@ -71,7 +72,7 @@ def _show(value: Any) -> str:
         if value and all(hasattr(v, "spec") for v in value):
             return ";".join(v.spec() for v in value)  # genomes: a spec holds commas
         if value and all(isinstance(v, tuple) for v in value):
-            return ",".join("x".join(map(str, v)) for v in value)  # screening rungs
+            return ",".join(map(rung_text, value))  # screening rungs
         return ",".join(str(v) for v in value) or "none"
     return str(value)
 

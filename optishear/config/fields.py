@@ -84,15 +84,24 @@ def _screen_steps(value: Any) -> tuple[int, ...]:
     return tuple(out)
 
 
+LAYER_RUNG = (0, 0)  # a rung scored by the layer-wise proxy (optishear.search.layer_proxy)
+
+
 def _screen_rungs(value: Any) -> tuple[tuple[int, int], ...]:
-    """'1x64,2x256' (sequences x tokens per rung), a list of such or of pairs; 'off': none."""
+    """'layers,1x64,2x256' (sequences x tokens per rung; 'layers', first only: the layer-wise
+    proxy), a list of such or of pairs; 'off': none."""
     if isinstance(value, str):
         text = value.replace(" ", "").lower()
         value = [] if text in ("", "off", "none") else text.split(",")
     if not isinstance(value, list | tuple) or len(value) > 8:
-        raise ValueError("expected at most 8 screening rungs like '1x64,2x256', or 'off'")
+        raise ValueError("expected at most 8 screening rungs like 'layers,1x64,2x256', or 'off'")
     rungs = []
     for rung in value:
+        if rung == "layers" or (isinstance(rung, list | tuple) and tuple(rung) == LAYER_RUNG):
+            if rungs:
+                raise ValueError("the 'layers' rung (the layer-wise proxy) can only come first")
+            rungs.append(LAYER_RUNG)
+            continue
         try:
             if isinstance(rung, str):
                 n, t = (int(x) for x in rung.split("x"))
@@ -103,14 +112,20 @@ def _screen_rungs(value: Any) -> tuple[tuple[int, int], ...]:
             n, t = int(n), int(t)
         except (TypeError, ValueError):
             raise ValueError(
-                f"a screening rung is 'SEQUENCESxTOKENS' like '2x256', got {rung!r}"
+                f"a screening rung is 'layers' or 'SEQUENCESxTOKENS' like '2x256', got {rung!r}"
             ) from None
         if not (1 <= n <= 1024 and 1 <= t <= 8192):
             raise ValueError(f"a rung has 1-1024 sequences of 1-8192 tokens, got {n}x{t}")
         rungs.append((n, t))
     if any(a[0] * a[1] >= b[0] * b[1] for a, b in itertools.pairwise(rungs)):
         raise ValueError("screening rungs must grow: each scores more tokens than the last")
+    if rungs == [LAYER_RUNG]:
+        raise ValueError("the 'layers' rung only promotes: a full-fidelity rung must follow it")
     return tuple(rungs)
+
+
+def rung_text(rung: tuple[int, int]) -> str:
+    return "layers" if rung == LAYER_RUNG else f"{rung[0]}x{rung[1]}"
 
 
 def _front_range(value: Any) -> tuple[float, float]:
@@ -142,8 +157,8 @@ ScreenSteps = Annotated[
 ScreenRungs = Annotated[
     tuple[tuple[int, int], ...],
     PlainValidator(_screen_rungs),
-    PlainSerializer(lambda r: ",".join(f"{n}x{t}" for n, t in r) or "off", return_type=str),
-    WithJsonSchema({"type": "string", "examples": ["1x64,2x256", "off"]}),
+    PlainSerializer(lambda r: ",".join(map(rung_text, r)) or "off", return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["1x64,2x256", "layers,1x32", "off"]}),
 ]
 FrontRange = Annotated[
     tuple[float, float],

@@ -90,7 +90,9 @@ class ScreenConfig(ConfigModel):
     rungs: ScreenRungs = Field(
         ((1, 64), (2, 256)),
         description="screening rungs, SEQUENCESxTOKENS each (the first sequences' first "
-        "tokens), comma-separated; every class is scored on the first, the best share of each "
+        "tokens), comma-separated, optionally after 'layers' (each layer's output error on "
+        "sampled rows, no forward: about a tenth of a 1x64 rung's cost); every class is "
+        "scored on the first, the best share of each "
         "rung on the next, and the best `population` start NSGA-III at full fidelity; "
         "'off': NSGA-III from random genomes",
         json_schema_extra=flag("screen-rungs"),

@@ -77,8 +77,14 @@ def meta_log_score(W: Tensor, act_sq: Tensor, genome: Genome, rho: Tensor | None
     (B, d_in): one launch of each kernel for many layers (what keeps a GPU busy on small
     models). A second-order genome needs `rho`.
     """
-    n = genome.names()
     A = W.detach().abs().float()  # (..., d_out, d_in)
+    return log_coefficient(genome.names()["alpha"], A) + log_score_terms(A, act_sq, genome, rho)
+
+
+def log_score_terms(A: Tensor, act_sq: Tensor, genome: Genome, rho: Tensor | None = None) -> Tensor:
+    """Every term of `meta_log_score` but alpha's coefficient, for |W| = A: the terms a row of A
+    decides alone, so that rows taken from a matrix (with its coefficient) score as in it."""
+    n = genome.names()
     X = act_sq.detach().float().clamp_min(0).unsqueeze(-2)  # (..., 1, d_in): a row of stats
     X_term = log_coefficient(n["beta"], X) + log_transform(n["f2"], X.sqrt())
     if genome.second_order:
@@ -87,4 +93,4 @@ def meta_log_score(W: Tensor, act_sq: Tensor, genome: Genome, rho: Tensor | None
                 f"genome {genome.spec()} is second order: scoring it needs input Hessians"
             )
         X_term = X_term + genome.exponent * _log(rho.detach().float().unsqueeze(-2))
-    return log_coefficient(n["alpha"], A) + log_transform(n["f1"], A) + X_term
+    return log_transform(n["f1"], A) + X_term

@@ -3,14 +3,14 @@ Wanda's and SparseGPT's, at the same target and pattern, on the same calibration
 
 A search's own objective (a reconstruction error against the dense model) is no unit anyone
 compares models by; perplexity is. Each model is pruned in place from the dense weights and
-put back bit for bit afterwards (optishear.model.backup), so the comparison costs no second copy.
+put back bit for bit afterwards (optishear.model.backup), so the comparison costs no second copy;
+each row is measured on its own (`held_out_row`), so that workers share the rows out.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
@@ -34,70 +34,76 @@ def baseline_config(method: str, config: SearchConfig) -> PruneConfig:
     )
 
 
-def compare_held_out(
+def comparison_jobs(
+    shipped: PruneConfig, config: SearchConfig
+) -> list[tuple[str, PruneConfig | None]]:
+    """(row name, the prune that makes it; None: the dense model) of a comparison, the longest
+    first (SparseGPT's prune), so that workers sharing them out finish together."""
+    jobs: list[tuple[str, PruneConfig | None]] = [
+        (m, baseline_config(m, config)) for m in reversed(BASELINES)
+    ]
+    return [*jobs, (SEARCHED, shipped), ("dense", None)]
+
+
+def held_out_row(
     model: nn.Module,
     weights: Sequence[Tensor],
     calib_ids: Tensor,
     held_out_ids: Tensor,
-    shipped: PruneConfig,
-    config: SearchConfig,
+    name: str,
+    prune: PruneConfig | None,
+    evaluation: EvaluationConfig,
     *,
     progress: ProgressFn | None = None,
-    log: Callable[[str], None] | None = None,
-) -> HeldOutComparison:
-    """Held-out perplexity of the dense model, the model `shipped` prunes (the search's
-    recommendation: optishear.search.results.SearchResult.shipped), and each baseline; `weights` (the prunable layers' weights) are back to dense afterwards.
+) -> HeldOutRow:
+    """Held-out perplexity of the model `prune` makes from the dense one (the dense model
+    itself for None); `weights` (the prunable layers') are back to dense afterwards.
 
     `held_out_ids` is the evaluation token stream (its first windows are scored, as
     optishear.evaluation.perplexity does for every figure a user sees).
     """
-    start = time.perf_counter()
-    evaluation: EvaluationConfig = config.evaluation
-    dense = perplexity(model, held_out_ids, evaluation)
-    rows = [
-        HeldOutRow(
-            name="dense",
-            perplexity=dense.perplexity,
+    if prune is None:
+        ppl = perplexity(model, held_out_ids, evaluation)
+        return HeldOutRow(
+            name=name,
+            perplexity=ppl.perplexity,
             sparsity=0.0,
             prune_seconds=0.0,
-            window_nll=list(dense.window_nll),
+            window_nll=list(ppl.window_nll),
         )
-    ]
-
-    def pruned(name: str, prune: Callable[[], Any]) -> None:
-        with restored_after(weights):
-            t0 = time.perf_counter()
-            report = prune()
-            seconds = time.perf_counter() - t0
-            ppl = perplexity(model, held_out_ids, evaluation)
-        rows.append(
-            HeldOutRow(
-                name=name,
-                perplexity=ppl.perplexity,
-                sparsity=float(report.achieved),
-                prune_seconds=seconds,
-                window_nll=list(ppl.window_nll),
-            )
-        )
-        if log is not None:
-            log(f"held-out perplexity of {name}: {ppl.perplexity:.3f}")
-
-    pruned(
-        SEARCHED,
-        lambda: prune_model(model, calib_ids, shipped, progress=progress),
+    with restored_after(weights):
+        t0 = time.perf_counter()
+        report = prune_model(model, calib_ids, prune, progress=progress)
+        seconds = time.perf_counter() - t0
+        ppl = perplexity(model, held_out_ids, evaluation)
+    return HeldOutRow(
+        name=name,
+        perplexity=ppl.perplexity,
+        sparsity=float(report.achieved),
+        prune_seconds=seconds,
+        window_nll=list(ppl.window_nll),
     )
-    for method in BASELINES:
-        prune = baseline_config(method, config)
-        pruned(method, lambda p=prune: prune_model(model, calib_ids, p, progress=progress))
-    windows = min(evaluation.windows, held_out_ids.numel() // evaluation.seq_len)
+
+
+def comparison_of(
+    rows: Sequence[HeldOutRow],
+    shipped: PruneConfig,
+    config: SearchConfig,
+    calib_shape: tuple[int, int],
+    held_out_tokens: int,
+    seconds: float,
+) -> HeldOutComparison:
+    """The rows (dense first), with the protocol that says how they were measured."""
+    evaluation = config.evaluation
+    windows = min(evaluation.windows, held_out_tokens // evaluation.seq_len)
     protocol = {
         "eval_text": evaluation.text,
         "eval_windows": windows,
         "eval_seq_len": evaluation.seq_len,
         "eval_tokens": windows * (evaluation.seq_len - 1),
         "calibration_source": config.calibration.source,
-        "calibration_samples": int(calib_ids.shape[0]),
-        "calibration_seq_len": int(calib_ids.shape[1]),
+        "calibration_samples": calib_shape[0],
+        "calibration_seq_len": calib_shape[1],
         "calibration_seed": config.calibration.seed,
         "validation_share": config.calibration.validation_share,
         "validation_samples": config.full_samples() if config.calibration.validation_share else 0,
@@ -105,9 +111,29 @@ def compare_held_out(
         "pattern": str(config.pattern),
         "searched_recipe": shipped.model_dump(mode="json"),
     }
-    return HeldOutComparison(
-        rows=tuple(rows), protocol=protocol, seconds=time.perf_counter() - start
-    )
+    order = ["dense", SEARCHED, *BASELINES]
+    ranked = sorted(rows, key=lambda r: order.index(r.name) if r.name in order else len(order))
+    return HeldOutComparison(rows=tuple(ranked), protocol=protocol, seconds=seconds)
+
+
+def compare_held_out(
+    model: nn.Module,
+    weights: Sequence[Tensor],
+    calib_ids: Tensor,
+    held_out_ids: Tensor,
+    shipped: PruneConfig,
+    config: SearchConfig,
+) -> HeldOutComparison:
+    """Every row of a comparison on this model, one after the other (the search's evaluators
+    share the rows out: optishear.search.evaluator.compare_held_out)."""
+    start = time.perf_counter()
+    rows = [
+        held_out_row(model, weights, calib_ids, held_out_ids, name, prune, config.evaluation)
+        for name, prune in comparison_jobs(shipped, config)
+    ]
+    shape = (int(calib_ids.shape[0]), int(calib_ids.shape[1]))
+    seconds = time.perf_counter() - start
+    return comparison_of(rows, shipped, config, shape, held_out_ids.numel(), seconds)
 
 
 def held_out_ids(

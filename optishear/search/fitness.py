@@ -21,10 +21,10 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from optishear.config import Objective, PlanConfig, PruneConfig, SearchConfig
+from optishear.config import EvaluationConfig, Objective, PlanConfig, PruneConfig
 from optishear.core.errors import ConfigError, UnsupportedModelError
 from optishear.core.patterns import Pattern, check_pattern_fits
-from optishear.evaluation.held_out import HeldOutComparison
+from optishear.evaluation.held_out import HeldOutRow
 from optishear.methods.sparsegpt import hessian_rho
 from optishear.methods.stats import LayerStats
 from optishear.model.backup import restored_after
@@ -38,7 +38,7 @@ from optishear.model.blocks import (
 from optishear.model.memory import release_free_memory
 from optishear.model.overlay import WeightOverlay
 from optishear.recipe.candidates import Candidate, Evaluation
-from optishear.recipe.comparison import compare_held_out
+from optishear.recipe.comparison import held_out_row
 from optishear.recipe.prune import owl_plan_from_dense, prune_model
 from optishear.search.database import (
     DatabaseInfo,
@@ -47,6 +47,7 @@ from optishear.search.database import (
     build_database,
     lay_levels,
 )
+from optishear.search.layer_proxy import LayerProxy
 from optishear.search.masking import CandidateMasks
 from optishear.search.objectives import OutputError
 from optishear.search.scoring_stats import baseline_stats, layer_stats, stacked
@@ -177,7 +178,9 @@ class FitnessEngine:
         if database is not None:
             hessians = [s.hessian for s in scoring_stats] if refit else None
             del dense_stats, scoring_stats
-            self.database = self._build_database(database, hessians)
+            self.database = build_database(
+                database, self.dense, self.act_sq, hessians, pattern, rho=self.rho
+            )
         else:
             del dense_stats, scoring_stats
         n_valid = self.valid_ids.shape[0]
@@ -190,6 +193,7 @@ class FitnessEngine:
             softcap=getattr(model.config, "final_logit_softcapping", None),
             kl_chunk=max(1, _GPU_KL_CHUNK_TOKENS // self.valid_ids.shape[1]) if gpu else 1,
         )
+        self._proxy: LayerProxy | None = None
         self._masker = CandidateMasks(
             self.dense,
             self._groups,
@@ -216,14 +220,6 @@ class FitnessEngine:
                 ).float()
                 for i in range(0, n_samples, self.batch_size)
             ]
-        )
-
-    @torch.no_grad()
-    def _build_database(
-        self, request: DatabaseRequest, hessians: list[Tensor] | None
-    ) -> LayerDatabase:
-        return build_database(
-            request, self.dense, self.act_sq, hessians, self.pattern, rho=self.rho
         )
 
     @property
@@ -338,15 +334,13 @@ class FitnessEngine:
         return prune_model(self.model, self.calib_ids, recipe).achieved
 
     @torch.no_grad()
-    def compare_held_out(
-        self, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
-    ) -> HeldOutComparison:
-        """Held-out perplexity of the model `recipe` ships, Wanda and SparseGPT; the model is
-        dense again afterwards (optishear.recipe.comparison)."""
+    def held_out_row(
+        self, name: str, prune: PruneConfig | None, evaluation: EvaluationConfig, ids: Tensor
+    ) -> HeldOutRow:
+        """Held-out perplexity of the model `prune` makes (None: the dense one), dense again
+        afterwards (optishear.recipe.comparison)."""
         self.restore()
-        return compare_held_out(
-            self.model, self.dense, self.calib_ids, held_out_ids, recipe, config
-        )
+        return held_out_row(self.model, self.dense, self.calib_ids, ids, name, prune, evaluation)
 
     @torch.no_grad()
     def evaluate(
@@ -360,6 +354,15 @@ class FitnessEngine:
             n_tokens,
             keep=bool(candidate.layer_sparsity and self.database is not None),
         )
+
+    def evaluate_layers(self, candidate: Candidate) -> Evaluation:
+        """The candidate's layer-wise proxy error (optishear.search.layer_proxy): no forward."""
+        if self._proxy is None:  # built on first use: a search without a proxy rung never pays
+            lins = [lin for _, _, lin in self.layers]
+            self._proxy = LayerProxy(
+                self.model, lins, self.dense, self.act_sq, self.rho, self.pattern, self.valid_ids
+            )
+        return self._proxy.evaluate(candidate.genome, lambda pos: self._ratio(candidate, pos))
 
     @torch.no_grad()
     def evaluate_shipped(self, recipe: PruneConfig) -> Evaluation:

@@ -35,6 +35,7 @@ from optishear.search.evaluator import (
     BatchEvaluator,
     DatabaseReporter,
     HeldOutComparer,
+    compare_held_out,
 )
 from optishear.search.finish import BaselinePlans, recommend
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
@@ -372,5 +373,5 @@ def run_search(
         assert isinstance(evaluator, HeldOutComparer)
         assert held_out_ids is not None
         logger.info("measuring held-out perplexity: the recommended model, Wanda, SparseGPT")
-        result.held_out = evaluator.compare_held_out(result.recipe, config, held_out_ids)
+        result.held_out = compare_held_out(evaluator, result.recipe, config, held_out_ids)
     return result

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from optishear.config import SearchConfig
+from optishear.config.fields import LAYER_RUNG
 from optishear.core.genome import canonical_genomes
 from optishear.core.heartbeat import Heartbeat
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.evaluator import BatchEvaluator
+from optishear.search.layer_proxy import PROXY_COST
 from optishear.search.state import SearchState
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 # Candidates per call to the evaluator: a few per Ray actor at a time (the pool spreads each
 # call's candidates), and a progress line possible between calls.
 _CHUNK = 32
+_PROXY_CHUNK = 128  # the proxy's candidates are some 10 times cheaper
 
 
 class Screening:
@@ -81,13 +84,30 @@ class Screening:
         return out
 
     def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
-        """Every candidate scored on n sequences of `tokens` tokens (cached ones looked up)."""
-        n = min(n, self.full_samples)
-        t = 0 if tokens >= self.seq_len else tokens
-        todo = list({c.key(): c for c in cands if (c.key(), n, t) not in self.state.low}.values())
-        if todo:
-            self._low(todo, n, t)
-        return [self.state.low[(c.key(), n, t)] for c in cands]
+        """Every candidate scored on n sequences of `tokens` tokens, or by the layer-wise proxy
+        for the LAYER_RUNG (0, 0) (cached ones looked up)."""
+        proxy = (n, tokens) == LAYER_RUNG
+        if not proxy:
+            n = min(n, self.full_samples)
+            tokens = 0 if tokens >= self.seq_len else tokens
+        low = self.state.low
+        todo = list({c.key(): c for c in cands if (c.key(), n, tokens) not in low}.values())
+        if todo and proxy:
+            self._proxy(todo)
+        elif todo:
+            self._low(todo, n, tokens)
+        return [low[(c.key(), n, tokens)] for c in cands]
+
+    def _proxy(self, cands: list[Candidate]) -> None:
+        beat = Heartbeat(logger, f"scoring {len(cands)} candidates (layer-wise)", len(cands))
+        for i in range(0, len(cands), _PROXY_CHUNK):
+            chunk = cands[i : i + _PROXY_CHUNK]
+            got = self.evaluator.layer_errors(chunk)
+            for c, e in zip(chunk, got, strict=True):
+                self.state.low[(c.key(), *LAYER_RUNG)] = e
+            beat.step(i + len(chunk), min(e.error for e in got))
+        self.state.evaluations += len(cands)
+        self.state.cost += len(cands) * PROXY_COST
 
     def screen(
         self,
@@ -139,13 +159,12 @@ class Screening:
             }
             st.history.append(record)
             logger.info(
-                "stage %s screen rung %d/%d: %d classes on %d x %d tokens, %d promoted",
+                "stage %s screen rung %d/%d: %d classes %s, %d promoted",
                 stage,
                 r + 1,
                 len(rungs),
                 len(evals),
-                n,
-                tokens,
+                "by the layer-wise proxy" if (n, tokens) == LAYER_RUNG else f"on {n}x{tokens}",
                 len(promoted),
             )
             report(record, promoted)

@@ -232,7 +232,7 @@ def _argv(parser: argparse.ArgumentParser, config: BaseModel) -> list[str]:
         elif isinstance(value, tuple) and value and isinstance(value[0], Genome):
             text = ";".join(g.spec() for g in value)
         elif isinstance(value, tuple) and value and isinstance(value[0], tuple):
-            text = ",".join(f"{n}x{t}" for n, t in value)
+            text = ",".join("layers" if (n, t) == (0, 0) else f"{n}x{t}" for n, t in value)
         elif isinstance(value, tuple):
             text = ",".join(str(v) for v in value)
         else:
@@ -254,7 +254,7 @@ def test_search_flags_round_trip_to_the_same_config() -> None:
         genome=GENOME,
         low_fidelity_samples=(2, 4),
         metric_space="first_order",
-        screen={"rungs": "1x16,4x128", "keep": 0.5},
+        screen={"rungs": "layers,1x16,4x128", "keep": 0.5},
         seed_genomes=(GENOME, Genome.parse("f2=square,h=rho")),
         promote_fraction=0.25,
         objective="logits_fro",

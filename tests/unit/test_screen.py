@@ -11,6 +11,7 @@ from optishear.config import SearchConfig
 from optishear.core.genome import WANDA_GENOME, Genome, canonical_genomes
 from optishear.recipe.candidates import Evaluation
 from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.layer_proxy import PROXY_COST
 from optishear.search.loop import run_search
 
 
@@ -32,6 +33,16 @@ class FakeEvaluator(ShipsAsScored):
                 err += 0.02 * ((g.index * 7919) % 13) / (n_samples * (n_tokens or 64) / 64)
             out.append(Evaluation(err, float(np.mean(c.block_sparsity)), n_samples or 8, 0.0))
         return out
+
+    def layer_errors(self, candidates):
+        """The layer-wise proxy: the 1 x 64 rung's ranking, blurred further."""
+        low = self.evaluate(candidates, 1, 64)
+        del self.calls[-len(candidates) :]
+        self.calls += [(c.genome.row_canonical().index, 0, 0) for c in candidates]
+        return [
+            Evaluation(e.error + 0.01 * (c.genome.row_canonical().index % 5), 0.5, 0, 0.0)
+            for c, e in zip(candidates, low, strict=True)
+        ]
 
 
 def _config(**fields) -> SearchConfig:
@@ -60,6 +71,39 @@ def test_every_class_is_screened_and_the_best_start_nsga3() -> None:
     # the first generation is Wanda plus the screen's best, at full fidelity
     full = {i for i, n, _ in ev.calls if n is None}
     assert {WANDA_GENOME.index, Genome(1, 0, 0, 0, 2).index} <= full
+
+
+def test_a_layer_rung_scores_every_class_by_the_proxy_and_resumes() -> None:
+    config = _config(screen={"rungs": "layers,1x64", "keep": 0.1})
+    ev = FakeEvaluator()
+    result = run_search(ev, config)
+    classes = canonical_genomes()
+    proxied = [i for i, n, t in ev.calls if (n, t) == (0, 0)]
+    assert sorted(proxied) == [g.index for g in classes]  # every class, once
+    screened = [i for i, n, t in ev.calls if (n, t) == (1, 64)]
+    assert len(screened) == math.ceil(len(classes) / 10)  # only the proxy's best tenth
+    rungs = [h for h in result.history if "screen_rung" in h]
+    assert [(h["sequences"], h["tokens"], h["classes"]) for h in rungs] == [
+        (0, 0, len(classes)),
+        (1, 64, math.ceil(len(classes) / 10)),
+    ]
+    assert rungs[0]["cost"] == pytest.approx(len(classes) * PROXY_COST)
+    assert result.recommended.candidate.genome.row_canonical() == Genome(1, 0, 0, 0, 2)
+
+    class Stop(Exception):  # noqa: N818
+        pass
+
+    def stop(snap) -> None:
+        raise Stop
+
+    snaps = []
+    with pytest.raises(Stop):
+        run_search(FakeEvaluator(), config, on_generation=lambda s: (snaps.append(s), stop(s)))
+    again = FakeEvaluator()
+    assert isinstance(snaps[0].state, bytes)  # stored as plain data, read back
+    resumed = run_search(again, config, resume_from=snaps[0].state)
+    assert not [c for c in again.calls if (c[1], c[2]) == (0, 0)]  # the proxy is not rerun
+    assert resumed.recommended == result.recommended
 
 
 def test_the_screen_is_deterministic_and_resumes_rung_by_rung() -> None:

@@ -158,11 +158,11 @@ class ShippedDiffers(FakeEvaluator):
         super().__init__()
         self.shipped_calls: list[list[PruneConfig]] = []
 
-    def shipped(self, recipes):
+    def shipped(self, recipes, progress=None):
         self.shipped_calls.append(list(recipes))
         return [
             e if r.method != "meta" else replace(e, error=10.0 - e.error)
-            for r, e in zip(recipes, super().shipped(recipes), strict=True)
+            for r, e in zip(recipes, super().shipped(recipes, progress), strict=True)
         ]
 
 

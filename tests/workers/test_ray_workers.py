@@ -22,7 +22,7 @@ from optishear.recipe.candidates import Candidate
 from optishear.recipe.comparison import held_out_ids
 from optishear.recipe.prune import shipped_config
 from optishear.search.engine_spec import EngineSpec
-from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.evaluator import InProcessEvaluator, compare_held_out
 from optishear.search.loop import run_search
 from optishear.search.results import SearchResult
 from workers.actor import ModelActor
@@ -68,8 +68,9 @@ def config(model_root: Path) -> SearchConfig:
         seed=3,
         batch_size=4,
         calibration=calib,
-        # every class of the second-order space on one rung, through the actors
-        screen={"rungs": "1x8", "keep": 0.02},
+        # every class of the second-order space by the layer-wise proxy, the best 5% on one
+        # rung, through the actors
+        screen={"rungs": "layers,1x8", "keep": 0.05},
     )
 
 
@@ -132,17 +133,19 @@ def test_two_actors_give_the_in_process_front(
             for update in ("none", "obs", "lstsq")
         }
         remote = {update: evaluator.shipped(r) for update, r in recipes.items()}
-        # the held-out comparison runs on one actor's model, as it would in process
+        # the held-out comparison's rows are shared out among the actors
         evaluation = EvaluationConfig(text=str(model_root / "calib.txt"), seq_len=32, windows=4)
         compared = config.model_copy(update={"evaluation": evaluation})
         eval_ids = held_out_ids(tokenizer, evaluation)
-        remote_cmp = evaluator.compare_held_out(recipes["lstsq"][0], compared, eval_ids)
+        remote_cmp = compare_held_out(evaluator, recipes["lstsq"][0], compared, eval_ids)
     # Computed as the actors compute, on one thread: the same summation order, so that the
     # tolerance covers the transfer, not a reordering (two threads moved a refit error 1.2e-4).
     with _threads(1):
         engine = spec.build()
         local = {update: [engine.evaluate_shipped(r) for r in recipes[update]] for update in remote}
-        local_cmp = engine.compare_held_out(recipes["lstsq"][0], compared, eval_ids)
+        local_cmp = compare_held_out(
+            InProcessEvaluator(engine), recipes["lstsq"][0], compared, eval_ids
+        )
         # the engine's model is dense again: the same candidate scores as before the comparison
         again = engine.evaluate_shipped(recipes["lstsq"][0])
     for update, evals in remote.items():
