@@ -48,6 +48,7 @@ def search_read(search: Search) -> SearchRead:
             best_error=search.best_error,
             elapsed_s=search.elapsed_s,
             eta_s=search.eta_s,
+            activity=search.activity if search.status == JobStatus.RUNNING else None,
         ),
         attempts=search.attempts,
         cancel_requested=search.cancel_requested,
@@ -105,8 +106,7 @@ def create_search(
     """Queue a search for `owner`; returns (search, created).
 
     A key repeated by the same owner with the same body, within `idempotency_ttl` seconds,
-    returns the first search. An older key is released: its search keeps running, and the
-    key makes a new one."""
+    returns the first search; an older key is released (its search runs on) for a new one."""
     fingerprint = spec.fingerprint()
     if idempotency_key is not None:
         _release_expired(session, owner, idempotency_key, idempotency_ttl)

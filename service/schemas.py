@@ -126,6 +126,19 @@ def _under_roots(text: str, roots: tuple[Path, ...] | None) -> bool:
     return any(path.is_relative_to(root) for root in roots)
 
 
+class Activity(BaseModel):
+    """What a running search is doing inside a step: a screening rung, a generation's batch,
+    the as-shipped scoring of the finalists and baselines, the held-out perplexity rows."""
+
+    what: str = Field(description="e.g. 'stage metric, screen rung 1/2: scoring 324 candidates'")
+    done: int
+    total: int
+    best_error: float | None = Field(description="lowest error among those done")
+    elapsed_s: float
+    eta_s: float | None = Field(description="seconds left in this step, from its pace so far")
+    at: datetime = Field(description="when the runner wrote it")
+
+
 class Progress(BaseModel):
     generation: int = Field(description="completed generations, across stages")
     total_generations: int
@@ -133,6 +146,9 @@ class Progress(BaseModel):
     best_error: float | None = Field(description="lowest reconstruction error so far")
     elapsed_s: float
     eta_s: float | None
+    activity: Activity | None = Field(
+        None, description="what a running search does now, between two generations"
+    )
 
 
 class SearchOutcome(SearchSummary):

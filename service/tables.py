@@ -92,6 +92,9 @@ class Search(_Job, Base):
     elapsed_s: Mapped[float] = mapped_column(Float, default=0.0)
     eta_s: Mapped[float | None] = mapped_column(Float)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What a running search is doing between two generations (a screening rung, the as-shipped
+    # scoring, the held-out rows): service.schemas.Activity, written every few seconds.
+    activity: Mapped[dict[str, Any] | None] = mapped_column(NullableJSON)
     # The library's serialized search state after the last persisted generation: any runner,
     # on any machine, resumes from it. Deferred: status polls never load it.
     state: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))

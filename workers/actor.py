@@ -19,6 +19,7 @@ from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
+from optishear.search.shipped_jobs import JobResult, run_job
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,17 @@ class ModelActor:
     ) -> HeldOutRow:
         """Held-out perplexity of a model pruned from this worker's (None: the dense one)."""
         return self.engine.held_out_row(name, prune, evaluation, ids)
+
+    def shipped_job(
+        self,
+        prune: PruneConfig | None,
+        name: str | None,
+        evaluation: EvaluationConfig,
+        ids: Tensor,
+    ) -> JobResult:
+        """A prune scored as shipped and (named) measured held out, on this worker's model."""
+        self.evaluations += prune is not None
+        return run_job(self.engine, prune, name, evaluation, ids)
 
     def usage(self) -> ActorUsage:
         status = _proc_status_bytes("VmHWM", "VmRSS")

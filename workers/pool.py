@@ -23,6 +23,7 @@ from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import Progress
+from optishear.search.shipped_jobs import JobProgress, JobResult, ShippedJob
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError
 from workers.messages import capacity_text, placement, raised_in_worker, short
@@ -196,10 +197,21 @@ class RayEvaluator:
         jobs: Sequence[tuple[str, PruneConfig | None]],
         evaluation: EvaluationConfig,
         held_out_ids: Tensor,
+        progress: Callable[[HeldOutRow], None] | None = None,
     ) -> list[HeldOutRow]:
-        """A row per call, on whichever worker is free: every worker holds the same model and
-        calibration."""
-        return self._run("held_out_row", [(n, p, evaluation, held_out_ids) for n, p in jobs])
+        """A row per call, on whichever worker is free (all hold the same model)."""
+        calls = [(n, p, evaluation, held_out_ids) for n, p in jobs]
+        return self._run("held_out_row", calls, progress)
+
+    def shipped_jobs(
+        self,
+        jobs: Sequence[ShippedJob],
+        evaluation: EvaluationConfig,
+        held_out_ids: Tensor,
+        progress: JobProgress | None = None,
+    ) -> list[JobResult]:
+        calls = [(p, n, evaluation, held_out_ids) for p, n in jobs]
+        return self._run("shipped_job", calls, progress)
 
     def _dispatch(self, method: str, items: Sequence[Any], *args: Any) -> list[Evaluation]:
         cands = list(items)

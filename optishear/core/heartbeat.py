@@ -3,7 +3,8 @@
 Progress bars only show on a terminal; a search whose output goes to a file or a pipe would
 print nothing for the whole of a long screening rung or layer database. A Heartbeat logs
 `done/total` (and the best error so far, and an estimate of the time left from the rate so far)
-whenever `seconds` have passed since its last line, and never more often.
+whenever `seconds` have passed since its last line, and never more often. A `listener` hears
+every step as an Activity, for whoever shows progress elsewhere (the service's API).
 """
 
 from __future__ import annotations
@@ -12,8 +13,25 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 LOG_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What long work is doing now: `done` of `total` steps, the best error among them, the
+    seconds it has taken and (from its rate so far) the seconds left."""
+
+    what: str
+    done: int
+    total: int
+    best_error: float | None
+    elapsed: float
+    eta: float | None
+
+
+Listener = Callable[[Activity], None]
 
 
 class Heartbeat:
@@ -26,6 +44,7 @@ class Heartbeat:
         total: int,
         seconds: float | None = None,
         clock: Callable[[], float] | None = None,
+        listener: Listener | None = None,
     ) -> None:
         self.logger = logger
         self.what = what
@@ -35,17 +54,26 @@ class Heartbeat:
         self._start = self._last = self._clock()
         self.best = math.inf
         self.lines = 0
+        self.finished = 0  # the last `done` stepped to
+        self.listener = listener
+        if listener is not None:
+            listener(Activity(what, 0, total, None, 0.0, None))
 
     def step(self, done: int, best: float | None = None) -> None:
         """`done` of `total` steps are complete; `best` is the lowest error among them."""
         if best is not None:
             self.best = min(self.best, best)
+        self.finished = done
         now = self._clock()
+        elapsed = now - self._start
+        left = elapsed / done * (self.total - done) if done else math.nan
+        if self.listener is not None:
+            best_error = self.best if math.isfinite(self.best) else None
+            eta = left if math.isfinite(left) else None
+            self.listener(Activity(self.what, done, self.total, best_error, elapsed, eta))
         if now - self._last < self.seconds or done >= self.total:
             return
         self._last = now
-        elapsed = now - self._start
-        left = elapsed / done * (self.total - done) if done else math.nan
         best_text = f", best error {self.best:.5g}" if math.isfinite(self.best) else ""
         left_text = f", about {left:.0f} s left" if math.isfinite(left) else ""
         self.logger.info(

@@ -5,6 +5,7 @@ The Ray actors (workers/) implement the same protocol; the search never imports 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
@@ -12,11 +13,15 @@ from typing import Protocol, runtime_checkable
 from torch import Tensor
 
 from optishear.config import EvaluationConfig, PruneConfig, SearchConfig
-from optishear.evaluation.held_out import HeldOutComparison, HeldOutRow
+from optishear.core.heartbeat import Heartbeat, Listener
+from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutComparison, HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
-from optishear.recipe.comparison import comparison_jobs, comparison_of
+from optishear.recipe.comparison import baseline_config, comparison_jobs, comparison_of
 from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
+from optishear.search.shipped_jobs import JobProgress, JobResult, ShippedJob, run_job
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[Evaluation], None]
 
@@ -78,17 +83,50 @@ class HeldOutComparer(Protocol):
         jobs: Sequence[tuple[str, PruneConfig | None]],
         evaluation: EvaluationConfig,
         held_out_ids: Tensor,
-    ) -> list[HeldOutRow]: ...
+        progress: Callable[[HeldOutRow], None] | None = None,
+    ) -> list[HeldOutRow]:
+        """The rows in order; `progress` hears each as it is measured."""
+        ...
+
+    def shipped_jobs(
+        self,
+        jobs: Sequence[ShippedJob],
+        evaluation: EvaluationConfig,
+        held_out_ids: Tensor,
+        progress: JobProgress | None = None,
+    ) -> list[JobResult]:
+        """Each job's error as shipped and held-out row (optishear.search.shipped_jobs), in
+        order; `progress` hears each as it is measured."""
+        ...
 
 
 def compare_held_out(
-    evaluator: HeldOutComparer, recipe: PruneConfig, config: SearchConfig, held_out_ids: Tensor
+    evaluator: HeldOutComparer,
+    recipe: PruneConfig,
+    config: SearchConfig,
+    held_out_ids: Tensor,
+    listener: Listener | None = None,
+    known: dict[str, HeldOutRow] | None = None,
 ) -> HeldOutComparison:
     """Held-out perplexity of the dense model, the model `recipe` ships, Wanda and SparseGPT,
-    the rows shared out among the evaluator's workers."""
+    the rows shared out among the evaluator's workers; `known` rows (measured with the
+    as-shipped scoring) are not measured again, and a baseline that is what ships is the
+    searched row too."""
     start = time.perf_counter()
-    jobs = comparison_jobs(recipe, config)
-    rows = evaluator.held_out_rows(jobs, config.evaluation, held_out_ids)
+    known = dict(known or {})
+    for method in BASELINES:
+        if method in known and recipe == baseline_config(method, config):
+            known[SEARCHED] = known[method].model_copy(update={"name": SEARCHED})
+    jobs = [(n, p) for n, p in comparison_jobs(recipe, config) if n not in known]
+    beat = Heartbeat(logger, "measuring held-out perplexity", len(jobs), listener=listener)
+    got: list[HeldOutRow] = []
+
+    def done(row: HeldOutRow) -> None:
+        got.append(row)
+        beat.step(len(got))
+
+    rows = evaluator.held_out_rows(jobs, config.evaluation, held_out_ids, done) if jobs else []
+    rows += [known[n] for n, _ in comparison_jobs(recipe, config) if n in known]
     cal = config.calibration
     return comparison_of(
         rows,
@@ -150,5 +188,25 @@ class InProcessEvaluator:
         jobs: Sequence[tuple[str, PruneConfig | None]],
         evaluation: EvaluationConfig,
         held_out_ids: Tensor,
+        progress: Callable[[HeldOutRow], None] | None = None,
     ) -> list[HeldOutRow]:
-        return [self.engine.held_out_row(n, p, evaluation, held_out_ids) for n, p in jobs]
+        out = []
+        for name, prune in jobs:
+            out.append(self.engine.held_out_row(name, prune, evaluation, held_out_ids))
+            if progress is not None:
+                progress(out[-1])
+        return out
+
+    def shipped_jobs(
+        self,
+        jobs: Sequence[ShippedJob],
+        evaluation: EvaluationConfig,
+        held_out_ids: Tensor,
+        progress: JobProgress | None = None,
+    ) -> list[JobResult]:
+        out = []
+        for prune, name in jobs:
+            out.append(run_job(self.engine, prune, name, evaluation, held_out_ids))
+            if progress is not None:
+                progress(out[-1])
+        return out

@@ -19,24 +19,32 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optishear.config import PlanConfig, PruneConfig, SearchConfig
 from optishear.core.genome import WANDA_GENOME
-from optishear.core.heartbeat import Heartbeat
+from optishear.core.heartbeat import Heartbeat, Listener
+from optishear.evaluation.held_out import BASELINES, HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
+from optishear.recipe.comparison import baseline_config
 from optishear.recipe.prune import shipped_config
-from optishear.search.evaluator import BatchEvaluator, OwlPlanner
+from optishear.search.evaluator import BatchEvaluator, HeldOutComparer, OwlPlanner
+from optishear.search.shipped_jobs import HeldOutRequest, JobResult, ShippedJob
 
 logger = logging.getLogger(__name__)
 
 
-def _relative_cost(recipe: PruneConfig) -> int:
-    """How long a prune takes, in rank: a least-squares refit, then SparseGPT's updates
-    (88 s, 34 s and 13 s on the bundled model at 16 x 128 calibration tokens, one thread)."""
+def _relative_cost(job: ShippedJob) -> int:
+    """How long a job takes, roughly, in units of a Wanda prune and its forward: a
+    least-squares refit, SparseGPT's updates, held-out perplexity (88 s, 34 s, 13 s and 25 s on
+    the bundled model at 16 x 128 calibration tokens and 16 x 512 held-out, one thread)."""
+    recipe, name = job
+    held_out = 2 if name is not None else 0
+    if recipe is None:
+        return held_out
     if recipe.survivor_update == "lstsq":
-        return 2
-    return 1 if recipe.method == "sparsegpt" or recipe.survivor_update == "obs" else 0
+        return 7 + held_out
+    return held_out + (3 if recipe.method == "sparsegpt" or recipe.survivor_update == "obs" else 1)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,8 @@ class Recommendation:
     shipped: list[Scored]  # the finalists as shipped, best first
     fallbacks: list[Scored]  # the published baselines as shipped, in their order
     note: str = ""  # set when a baseline, not a searched candidate, is recommended
+    # held-out rows measured on the same prunes (Wanda's, SparseGPT's, the dense model's)
+    held_out: dict[str, HeldOutRow] = field(default_factory=dict)
 
 
 def candidate_recipe(
@@ -104,11 +114,52 @@ def baseline_recipes(
     return out
 
 
+def _score(
+    config: SearchConfig,
+    evaluator: BatchEvaluator,
+    todo: list[PruneConfig],
+    listener: Listener | None,
+    held_out: HeldOutRequest | None,
+) -> tuple[list[Evaluation], dict[str, HeldOutRow]]:
+    """Every recipe's error as shipped, in one batch, the longest jobs first, so that the
+    workers finish together; a comparing search measures Wanda's and SparseGPT's held-out rows
+    on the same prunes, and the dense model's in the same batch."""
+    jobs: list[ShippedJob] = [(r, None) for r in todo]
+    compare = held_out is not None and isinstance(evaluator, HeldOutComparer)
+    if compare:
+        for i, (r, _) in enumerate(jobs):
+            jobs[i] = (r, next((m for m in BASELINES if r == baseline_config(m, config)), None))
+        jobs.append((None, "dense"))
+    order = sorted(range(len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
+    beat = Heartbeat(logger, "scoring as shipped", len(jobs), listener=listener)
+    scored: list[Evaluation] = []
+
+    def done(result: JobResult) -> None:
+        scored.extend(e for e in result[:1] if e is not None)
+        beat.step(beat.finished + 1, min((x.error for x in scored), default=None))
+
+    ordered = [jobs[i] for i in order]
+    if compare:
+        assert held_out is not None
+        assert isinstance(evaluator, HeldOutComparer)
+        got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
+    else:
+        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done((e, None)))
+        got = [(e, None) for e in plain]
+    results: list[JobResult] = [(None, None)] * len(jobs)
+    for i, r in zip(order, got, strict=True):
+        results[i] = r
+    evals = [e for e, _ in results[: len(todo)] if e is not None]
+    return evals, {row.name: row for _, row in results if row is not None}
+
+
 def recommend(
     config: SearchConfig,
     evaluator: BatchEvaluator,
     finalists: Sequence[Scored],
     plans: BaselinePlans,
+    listener: Listener | None = None,
+    held_out: HeldOutRequest | None = None,
 ) -> Recommendation:
     """Score `finalists` and the baselines as shipped, in one batch; the lowest error among
     those meeting the target is recommended (a finalist off the target, the stage's closest,
@@ -121,19 +172,7 @@ def recommend(
         len(recipes),
         len(named),
     )
-    # one batch, the longest prunes first, so that the workers finish together
-    order = sorted(range(len(todo)), key=lambda i: -_relative_cost(todo[i]))
-    beat = Heartbeat(logger, "scoring as shipped", len(todo))
-    scored: list[Evaluation] = []
-
-    def done(e: Evaluation) -> None:
-        scored.append(e)
-        beat.step(len(scored), min(x.error for x in scored))
-
-    got = evaluator.shipped([todo[i] for i in order], progress=done)
-    evals: list[Evaluation] = [got[0]] * len(todo)
-    for i, e in zip(order, got, strict=True):
-        evals[i] = e
+    evals, rows = _score(config, evaluator, todo, listener, held_out)
     shipped = sorted(
         (
             (Scored(s.candidate, e, s.gap), r)
@@ -161,4 +200,6 @@ def recommend(
         )
         logger.warning("%s", note)
         best = winner
-    return Recommendation(best[0], best[1], [s for s, _ in shipped], [s for s, _ in bases], note)
+    return Recommendation(
+        best[0], best[1], [s for s, _ in shipped], [s for s, _ in bases], note, rows
+    )

@@ -365,9 +365,10 @@ class FitnessEngine:
         return self._proxy.evaluate(candidate.genome, lambda pos: self._ratio(candidate, pos))
 
     @torch.no_grad()
-    def evaluate_shipped(self, recipe: PruneConfig) -> Evaluation:
-        """The error of the model `recipe` ships (see `apply_shipped`), at full fidelity."""
-        return self._measured(lambda: self.apply_shipped(recipe), None, None, keep=False)
+    def evaluate_shipped(self, recipe: PruneConfig, *, keep: bool = False) -> Evaluation:
+        """The error of the model `recipe` ships (see `apply_shipped`), at full fidelity; with
+        `keep`, the model stays pruned until `restore`."""
+        return self._measured(lambda: self.apply_shipped(recipe), None, None, keep=keep)
 
     def _measured(
         self,

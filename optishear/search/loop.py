@@ -26,6 +26,8 @@ from torch import Tensor
 from optishear.config import SearchConfig
 from optishear.core.errors import ConfigError, OptiShearError
 from optishear.core.genome import WANDA_GENOME
+from optishear.core.heartbeat import Listener
+from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.algorithms import Space, StageBuilder
 from optishear.search.allocation import (
@@ -40,6 +42,7 @@ from optishear.search.evaluator import (
 from optishear.search.finish import BaselinePlans, recommend
 from optishear.search.results import GenerationSnapshot, SearchProgress, SearchResult, StageOutcome
 from optishear.search.screening import Screening
+from optishear.search.shipped_jobs import HeldOutRequest
 from optishear.search.space import SearchSpace, plan_gap
 from optishear.search.state import SearchState, SearchStateError, Tell, replay_mismatch
 
@@ -54,14 +57,19 @@ class _Search:
         state: SearchState,
         path: Path | None,
         on_generation: Callable[[GenerationSnapshot], None] | None = None,
+        listener: Listener | None = None,
+        held_out: HeldOutRequest | None = None,
     ) -> None:
         self.evaluator = evaluator
+        self.listener = listener
+        self.held_out = held_out
+        self.held_out_rows: dict[str, HeldOutRow] = {}  # measured with the as-shipped scores
         self.state = state
         self.path = path
         self.on_generation = on_generation
         self.config = config
         self.block_params = tuple(evaluator.block_params)
-        self.screening = Screening(evaluator, state, config)
+        self.screening = Screening(evaluator, state, config, listener)
         self.stages = StageBuilder(config, state, evaluator)
         self.evaluate = self.screening.evaluate
         self.ensure_full = self.screening.ensure_full
@@ -150,6 +158,7 @@ class _Search:
                 pop = algorithm.ask()
                 if pop is None:  # no unseen offspring left: the small space is exhausted
                     break
+                self.screening.label = f"stage {stage}, generation {algorithm.n_gen}"
                 cands = [space.decode(x) for x in pop.get("X")]
                 evals = self.evaluate(cands)
                 F = self.objectives(space, cands, evals)
@@ -194,7 +203,10 @@ class _Search:
         )
         # Scored = shipped: the finalists and the published baselines, pruned as they ship
         plans = BaselinePlans.of(self.config, self.evaluator)  # OWL's plan asked for once
-        chosen = recommend(self.config, self.evaluator, finalists, plans)
+        chosen = recommend(
+            self.config, self.evaluator, finalists, plans, self.listener, self.held_out
+        )
+        self.held_out_rows = chosen.held_out
         baselines = self.baselines(plans)
         database = (
             self.evaluator.database_info() if isinstance(self.evaluator, DatabaseReporter) else None
@@ -344,6 +356,7 @@ def run_search(
     on_generation: Callable[[GenerationSnapshot], None] | None = None,
     resume_from: bytes | None = None,
     held_out_ids: Tensor | None = None,
+    activity: Listener | None = None,
 ) -> SearchResult:
     """Run (or, with `resume`, continue) a search; state is saved after every generation.
 
@@ -352,6 +365,8 @@ def run_search(
     `state` instead of from `state_path`. With `config.compare_baselines`, the recommended
     candidate's held-out perplexity is measured beside Wanda's and SparseGPT's on
     `held_out_ids` (optishear.recipe.comparison.held_out_ids) by the evaluator's model.
+    `activity` hears every step of long work (a rung, a generation's batch, the as-shipped
+    scoring, the held-out rows) as it goes.
     """
     if config.compare_baselines and held_out_ids is None:
         raise ConfigError("comparing with the baselines needs the held-out token ids")
@@ -368,10 +383,16 @@ def run_search(
         logger.info("resuming after %d completed generations", len(state.history))
     else:
         state = SearchState(wanted)
-    result = _Search(evaluator, config, state, state_path, on_generation).run(progress)
+    request = None
     if config.compare_baselines:
-        assert isinstance(evaluator, HeldOutComparer)
         assert held_out_ids is not None
+        request = HeldOutRequest(config.evaluation, held_out_ids)
+    search = _Search(evaluator, config, state, state_path, on_generation, activity, request)
+    result = search.run(progress)
+    if request is not None:
+        assert isinstance(evaluator, HeldOutComparer)
         logger.info("measuring held-out perplexity: the recommended model, Wanda, SparseGPT")
-        result.held_out = compare_held_out(evaluator, result.recipe, config, held_out_ids)
+        result.held_out = compare_held_out(
+            evaluator, result.recipe, config, request.ids, activity, search.held_out_rows
+        )
     return result

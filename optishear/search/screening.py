@@ -20,7 +20,7 @@ import numpy as np
 from optishear.config import SearchConfig
 from optishear.config.fields import LAYER_RUNG
 from optishear.core.genome import canonical_genomes
-from optishear.core.heartbeat import Heartbeat
+from optishear.core.heartbeat import Heartbeat, Listener
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.search.evaluator import BatchEvaluator
 from optishear.search.layer_proxy import PROXY_COST
@@ -42,10 +42,18 @@ class Screening:
     the full evaluation. `state.cost` counts the work in full-evaluation equivalents.
     """
 
-    def __init__(self, evaluator: BatchEvaluator, state: SearchState, config: SearchConfig) -> None:
+    def __init__(
+        self,
+        evaluator: BatchEvaluator,
+        state: SearchState,
+        config: SearchConfig,
+        listener: Listener | None = None,
+    ) -> None:
         self.evaluator = evaluator
         self.state = state
         self.config = config
+        self.listener = listener
+        self.label = ""  # the step under way, for progress lines: a rung, a generation
         self.full_samples = config.full_samples()
         self.steps = tuple(n for n in (config.low_fidelity_samples or ()) if n < self.full_samples)
         self.seq_len = config.calibration.seq_len
@@ -70,7 +78,7 @@ class Screening:
         """The evaluator's errors, asked for in chunks, so that a long batch (a screening rung
         of 972 classes) logs its progress at least every 30 s when it runs that long."""
         fidelity = "full" if n is None else f"{n} x {tokens or self.seq_len} tokens"
-        beat = Heartbeat(logger, f"scoring {len(cands)} candidates ({fidelity})", len(cands))
+        beat = self._beat(f"scoring {len(cands)} candidates ({fidelity})", len(cands))
         out: list[Evaluation] = []
         for i in range(0, len(cands), _CHUNK):
             chunk = cands[i : i + _CHUNK]
@@ -82,6 +90,10 @@ class Screening:
             out += got
             beat.step(len(out), min(e.error for e in got))
         return out
+
+    def _beat(self, what: str, total: int) -> Heartbeat:
+        label = f"{self.label}: {what}" if self.label else what
+        return Heartbeat(logger, label, total, listener=self.listener)
 
     def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
         """Every candidate scored on n sequences of `tokens` tokens, or by the layer-wise proxy
@@ -99,7 +111,7 @@ class Screening:
         return [low[(c.key(), n, tokens)] for c in cands]
 
     def _proxy(self, cands: list[Candidate]) -> None:
-        beat = Heartbeat(logger, f"scoring {len(cands)} candidates (layer-wise)", len(cands))
+        beat = self._beat(f"scoring {len(cands)} candidates (layer-wise proxy)", len(cands))
         for i in range(0, len(cands), _PROXY_CHUNK):
             chunk = cands[i : i + _PROXY_CHUNK]
             got = self.evaluator.layer_errors(chunk)
@@ -135,6 +147,7 @@ class Screening:
         for r, (n, tokens) in enumerate(rungs):
             start = time.perf_counter()
             before, cost_before = st.evaluations, st.cost
+            self.label = f"stage {stage}, screen rung {r + 1}/{len(rungs)}"
             evals = self.rung(alive, n, tokens)
             order = sorted(range(len(alive)), key=lambda i: evals[i].error)  # stable: by index
             keep = max(s.population, math.ceil(s.screen.keep * len(alive)))

@@ -164,16 +164,17 @@ def _follow(
     """Print the search's generations, then export its recommended candidate and print both."""
     from sqlalchemy import select
 
+    from optishear.core.heartbeat import LOG_SECONDS
     from optishear.evaluation.held_out import gain_text
     from service import db, repository
     from service.store import CheckpointStore
     from service.tables import CandidateRow, Checkpoint, JobStatus, Search
 
-    start = time.monotonic()
+    start = last = time.monotonic()
     printed = 0
 
     def progress(session: Session, search: Search) -> None:
-        nonlocal printed
+        nonlocal printed, last
         per_stage = int(search.request["generations"])
         for g in repository.generations(session=session, search_id=search_id)[printed:]:
             # the metric screen's rungs come before generation 1, numbered -k..-1
@@ -188,6 +189,13 @@ def _follow(
                 f"{g.seconds:.0f} s, {time.monotonic() - start:.0f} s elapsed"
             )
             printed += 1
+            last = time.monotonic()
+        a = search.activity  # inside a long step: a line at least every LOG_SECONDS
+        if a and a["done"] < a["total"] and time.monotonic() - last >= LOG_SECONDS:
+            best = f", best error {a['best_error']:.5g}" if a["best_error"] is not None else ""
+            left = f", about {a['eta_s']:.0f} s left" if a["eta_s"] is not None else ""
+            _say(f"  {a['what']}: {a['done']}/{a['total']} done{best}{left}")
+            last = time.monotonic()
 
     search = _wait(sessions, Search, search_id, worker, progress)
     if search.status != JobStatus.SUCCEEDED:

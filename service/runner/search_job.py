@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, undefer
 
+from optishear.core.heartbeat import Activity
 from optishear.data import assets
 from optishear.model.hf import load_tokenizer
 from optishear.model.sources import model_family
@@ -26,11 +28,13 @@ from optishear.search.evaluator import BatchEvaluator, InProcessEvaluator
 from optishear.search.loop import run_search
 from optishear.search.results import GenerationSnapshot
 from service import queue
+from service.db import utcnow
 from service.genomes import genome_rows
 from service.runner import retry
 from service.runner.context import JobContext
 from service.runner.errors import CancelledError, LeaseLostError, StoppedError
 from service.runner.rows import candidate_rows, population_json
+from service.schemas import Activity as ActivityRead
 from service.schemas import SearchCreate, SearchOutcome
 from service.tables import Generation, JobStatus, Search
 
@@ -73,6 +77,7 @@ def run_search_job(runner: JobContext, search_id: uuid.UUID) -> None:
     request, state = runner.write(read, f"reading search {search_id}")
     ensure_assets(runner, request, evaluation=request.compare_baselines)
     persist = _Persister(runner, search_id)
+    activity = _ActivityWriter(runner, search_id)
     start = time.perf_counter()
     with evaluator_for(runner, request) as evaluator:
         eval_ids = None  # after the model loaded: a broken model is reported as such
@@ -80,7 +85,12 @@ def run_search_job(runner: JobContext, search_id: uuid.UUID) -> None:
             tokenizer = load_tokenizer(request.model, settings=runner.library)
             eval_ids = held_out_ids(tokenizer, request.evaluation, runner.library)
         result = run_search(
-            evaluator, request, resume_from=state, on_generation=persist, held_out_ids=eval_ids
+            evaluator,
+            request,
+            resume_from=state,
+            on_generation=persist,
+            held_out_ids=eval_ids,
+            activity=activity,
         )
     summary = result.summary()
     family = model_family(request.model, runner.library)
@@ -104,6 +114,7 @@ def run_search_job(runner: JobContext, search_id: uuid.UUID) -> None:
             JobStatus.SUCCEEDED,
             result=outcome.model_dump(mode="json"),
             eta_s=0.0,
+            activity=None,
         ):
             if retry.succeeded(session, Search, search_id):
                 return  # an earlier try committed, its reply lost (or a taker-over finished)
@@ -188,3 +199,53 @@ class _Persister:
             session.add_all(candidate_rows(self.search_id, snap.number, snap.front, None))
             session.flush()
         return session.scalar(select(Search.cancel_requested).where(Search.id == self.search_id))
+
+
+class _ActivityWriter:
+    """Writes what the search does between generations (service.schemas.Activity) at most
+    every `seconds`, and at the start and end of each step; a cancel asked for meanwhile
+    stops the search there, not at the end of a long rung."""
+
+    def __init__(self, runner: JobContext, search_id: uuid.UUID, seconds: float = 2.0) -> None:
+        self.runner = runner
+        self.search_id = search_id
+        self.seconds = seconds
+        self._last = -math.inf
+
+    def __call__(self, a: Activity) -> None:
+        now = time.monotonic()
+        if now - self._last < self.seconds and 0 < a.done < a.total:
+            return
+        self._last = now
+        if self.runner.lost.is_set():
+            raise LeaseLostError
+        row = ActivityRead(
+            what=a.what,
+            done=a.done,
+            total=a.total,
+            best_error=a.best_error,
+            elapsed_s=a.elapsed,
+            eta_s=a.eta,
+            at=utcnow(),
+        ).model_dump(mode="json")
+
+        def write(session: Session) -> bool:
+            session.execute(
+                update(Search)
+                .where(
+                    Search.id == self.search_id,
+                    Search.lease_owner == self.runner.id,
+                    Search.status == JobStatus.RUNNING,
+                )
+                .values(activity=row)
+                .execution_options(synchronize_session=False)
+            )
+            cancel = session.scalar(
+                select(Search.cancel_requested).where(Search.id == self.search_id)
+            )
+            return bool(cancel)
+
+        if self.runner.write(write, f"storing the activity of search {self.search_id}"):
+            raise CancelledError
+        if self.runner.stop.is_set():
+            raise StoppedError

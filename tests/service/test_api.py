@@ -23,6 +23,7 @@ def test_submit_returns_201_queued_with_progress(client, search_body) -> None:
         "best_error": None,
         "elapsed_s": 0.0,
         "eta_s": None,
+        "activity": None,
     }
     assert client.get(f"/api/searches/{body['id']}").json()["id"] == body["id"]
 

@@ -320,3 +320,39 @@ def test_a_screened_search_stores_its_rungs_as_steps(
     assert [(g["number"], g["stage_generation"]) for g in gens] == [(1, -1), (2, 1), (3, 2)]
     assert gens[0]["evaluations"] == 972  # every row-canonical class of the space
     assert done["request"]["screen"] == {"rungs": "1x8", "keep": 0.01}
+
+
+@pytest.mark.slow  # 10-30 s: in `make test-all`
+def test_a_long_rung_shows_its_activity_and_a_cancel_stops_it_inside(
+    client, search_body, thread_runner, poll
+) -> None:
+    """Between two stored steps the API says what runs (rung i of n, classes scored), and a
+    cancel is heard inside the step, not after it."""
+    # every class on both rungs: the second takes long enough to be watched
+    body = search_body(metric_space="second_order", screen={"rungs": "layers,4x24", "keep": 1.0})
+    sid = client.post("/api/searches", json=body).json()["id"]
+    url = f"/api/searches/{sid}"
+    seen = []
+
+    def in_second_rung(b):
+        a = b["progress"]["activity"]
+        seen.append(a)
+        over = b["status"] in ("succeeded", "failed", "cancelled")
+        return over or (a is not None and "rung 2/2" in a["what"])
+
+    with thread_runner():
+        running = poll(client, url, in_second_rung)
+        assert client.post(f"{url}/cancel").status_code == 202
+        done = poll(client, url)
+    a = running["progress"]["activity"]
+    assert a["what"].startswith("stage metric, screen rung 2/2: scoring 972 candidates (")
+    assert 0 <= a["done"] < a["total"] == 972
+    assert a["elapsed_s"] >= 0
+    if a["done"]:
+        assert a["best_error"] > 0
+        assert a["eta_s"] >= 0
+    first = next(x for x in seen if x is not None)
+    assert first["what"].startswith("stage metric, screen rung 1/2: scoring 972 candidates")
+    assert done["status"] == "cancelled"
+    assert done["progress"]["generation"] == 1  # the proxy rung stored; the second never ended
+    assert done["progress"]["activity"] is None  # shown only while it runs

@@ -7,7 +7,7 @@ import logging
 from search_fakes import FakeEvaluator, state_config
 
 from optishear.core import heartbeat
-from optishear.core.heartbeat import Heartbeat
+from optishear.core.heartbeat import Activity, Heartbeat
 from optishear.search.loop import run_search
 
 
@@ -32,6 +32,30 @@ def test_a_screening_rung_logs_its_progress_between_chunks(caplog, monkeypatch) 
     with caplog.at_level(logging.INFO, logger="optishear.search.screening"):
         run_search(FakeEvaluator(), config)
     lines = [r.getMessage() for r in caplog.records if "972 candidates" in r.getMessage()]
-    assert lines[0].startswith("scoring 972 candidates (1 x 16 tokens): 32/972 done, best error")
+    assert lines[0].startswith(
+        "stage metric, screen rung 1/1: scoring 972 candidates (1 x 16 tokens): 32/972 done, "
+        "best error"
+    )
     assert len(lines) == 972 // 32  # one after each chunk but the last
     assert all("s left" in line for line in lines)
+
+
+def test_a_listener_hears_every_step_of_every_long_step_of_a_search() -> None:
+    heard: list[Activity] = []
+    config = state_config(stages="metric", generations=1, screen={"rungs": "layers,1x16"})
+    config = config.model_copy(update={"fallback_baselines": True})
+    run_search(FakeEvaluator(), config, activity=heard.append)
+    whats = list(dict.fromkeys(a.what for a in heard))  # in order, once each
+    assert whats[:2] == [
+        "stage metric, screen rung 1/2: scoring 972 candidates (layer-wise proxy)",
+        "stage metric, screen rung 2/2: scoring 243 candidates (1 x 16 tokens)",
+    ]
+    assert whats[2].startswith("stage metric, generation 1: scoring ")
+    assert whats[-1] == "scoring as shipped"
+    for what in whats:
+        steps = [a for a in heard if a.what == what]
+        assert steps[0].done == 0
+        assert steps[0].best_error is None
+        assert steps[-1].done == steps[-1].total  # and as it ends
+        assert [a.done for a in steps] == sorted(a.done for a in steps)
+        assert all(a.eta is not None for a in steps[1:])

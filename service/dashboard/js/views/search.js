@@ -183,6 +183,8 @@ function renderHeader() {
       progressBar(p.generation, p.total_generations),
       h("span", { id: "d-gen" }, `generation ${p.generation} of ${p.total_generations}`),
     ),
+    // Inside a long step (a screening rung, the as-shipped scoring, the held-out rows).
+    p.activity && ACTIVE.has(x.status) ? activityLine(p.activity) : null,
     h(
       "dl",
       { class: "stats" },
@@ -195,6 +197,17 @@ function renderHeader() {
     ),
     heldOutCard(x),
     h("details", { class: "facts", open: factsOpen }, h("summary", {}, "Request"), h("dl", { class: "kv" }, facts.filter(Boolean).map(([k, v]) => [h("dt", {}, k), h("dd", {}, String(v))]))),
+  );
+}
+
+function activityLine(a) {
+  const best = a.best_error == null ? "" : `, best error ${fmt(a.best_error)}`;
+  const left = a.eta_s == null ? "" : `, about ${duration(a.eta_s)} left`;
+  return h(
+    "div",
+    { class: "progress-row activity", id: "d-activity", role: "status" },
+    progressBar(a.done, a.total),
+    h("span", {}, `${a.what}: ${a.done} of ${a.total} done${best}${left}`),
   );
 }
 

@@ -1,0 +1,66 @@
+"""A comparing search prunes each published baseline once: its error as shipped and its
+held-out row come from the same pruned weights, and the rows match a fresh measurement."""
+
+import pytest
+import torch
+from tiny_models import VOCAB, tiny_engine
+
+from optishear.config import EvaluationConfig, SearchConfig
+from optishear.recipe import comparison
+from optishear.recipe.comparison import baseline_config
+from optishear.search import fitness
+from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.loop import run_search
+
+
+def _counting(monkeypatch, module, calls):
+    real = module.prune_model
+
+    def counted(*args, **kwargs):
+        calls.append(module.__name__)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "prune_model", counted)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_each_baseline_is_pruned_once_for_both_measures(monkeypatch, fallback: bool) -> None:
+    engine, _, _ = tiny_engine(second_order=False)
+    evaluation = EvaluationConfig(seq_len=24, windows=4, batch_size=2)
+    ids = torch.randint(0, VOCAB, (4 * 24,), generator=torch.Generator().manual_seed(5))
+    config = SearchConfig(
+        model="tiny",
+        sparsity=0.5,
+        population=4,
+        generations=1,
+        stages="metric",
+        metric_space="first_order",
+        screen={"rungs": "off"},
+        calibration={"n_samples": 8, "seq_len": 24},
+        compare_baselines=True,
+        fallback_baselines=fallback,
+        evaluation=evaluation,
+    )
+    calls: list[str] = []
+    _counting(monkeypatch, fitness, calls)
+    _counting(monkeypatch, comparison, calls)
+    result = run_search(InProcessEvaluator(engine), config, held_out_ids=ids)
+    assert result.held_out is not None
+    rows = {r.name: r for r in result.held_out.rows}
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
+    shipped_scores = len(result.finalists) + len(result.fallbacks)
+    assert calls.count("optishear.search.fitness") == shipped_scores
+    recipe = result.recipe
+    baseline_ships = recipe in (baseline_config(m, config) for m in ("wanda", "sparsegpt"))
+    # held-out prunes of their own: the searched row unless a baseline ships, and without
+    # fallbacks Wanda's and SparseGPT's
+    again = (0 if baseline_ships else 1) + (0 if fallback else 2)
+    assert calls.count("optishear.recipe.comparison") == again
+    for name in ("wanda", "sparsegpt"):  # as a fresh measurement gives them
+        fresh = engine.held_out_row(name, baseline_config(name, config), evaluation, ids)
+        assert rows[name].perplexity == pytest.approx(fresh.perplexity, rel=1e-6)
+        assert rows[name].window_nll == pytest.approx(fresh.window_nll, rel=1e-6)
+    dense = engine.held_out_row("dense", None, evaluation, ids)
+    assert rows["dense"].perplexity == pytest.approx(dense.perplexity, rel=1e-9)
+    fresh = engine.held_out_row("searched", recipe, evaluation, ids)
+    assert rows["searched"].perplexity == pytest.approx(fresh.perplexity, rel=1e-6)
