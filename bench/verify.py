@@ -68,7 +68,76 @@ def allocation_fallback() -> list[str]:
     return rows
 
 
+def proxy_screen() -> list[str]:
+    """The metric screen at 2:4 with full-model rungs and opened by the layer-wise proxy, one
+    engine, side by side (bench/metric_search.py --rows screen,proxy)."""
+    d = _load("metric_search_proxy_smollm2-135m_2-4.json")
+    rows = [
+        "| row | rungs | screen (s) | search (s) | evaluations | pick | held-out ppl | regret |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        screen = sum(h["seconds"] for h in r["history"] if "screen_rung" in h)
+        rungs = ", ".join(
+            ("layers" if h["sequences"] == 0 else f"{h['sequences']}x{h['tokens']}")
+            + f" on {h['classes']}"
+            for h in r["history"]
+            if "screen_rung" in h
+        )
+        rows.append(
+            f"| {r['row']} | {rungs} | {screen:.0f} | {r['search_seconds']:.0f} | "
+            f"{r['evaluations']} | `{r['genome']}` | {r['perplexity']:.3f} | "
+            f"{r['regret'] * 100:+.1f}% |"
+        )
+    return rows
+
+
+def proxy_rungs() -> list[str]:
+    """Each rung's ranking against the ground truth's full-fidelity errors (Spearman over the
+    classes it scored; where the truth's 5 best classes ranked in it)."""
+    d = _load("metric_search_proxy_smollm2-135m_2-4.json")
+    rows = [
+        "| row | rung | classes | s a class | Spearman vs full fidelity | truth's top 5 ranked |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        seconds = [h for h in r["history"] if "screen_rung" in h]
+        for rung, h in zip(
+            r["rungs"], sorted(seconds, key=lambda h: h["screen_rung"]), strict=False
+        ):
+            name = "layers" if rung["sequences"] == 0 else f"{rung['sequences']}x{rung['tokens']}"
+            ranks = ", ".join("-" if x is None else str(x) for x in rung["truth_top5_ranks"])
+            rows.append(
+                f"| {r['row']} | {name} | {rung['classes']} | {h['seconds'] / h['classes']:.3f} "
+                f"| {rung['spearman_full']:.3f} | {ranks} |"
+            )
+    return rows
+
+
+def demo_time() -> list[str]:
+    """`make demo` from a fresh clone, the environment created (bench/demo_time.py)."""
+    d = _load("demo_fresh_clone.json")
+    held = d["search"]["held_out"]
+    rows = ["| measure | value |", "|---|---|"]
+    rows.append(f"| `make demo`, wall time | {d['wall_s']:.0f} s (commit {d['commit']}) |")
+    rows.append(f"| of it `optishear run` | {d['run_s']} s |")
+    rows.append(f"| of it the search | {d['search']['search_seconds']:.0f} s |")
+    for name in ("dense", "searched", "wanda", "sparsegpt"):
+        ppl = held["rows"][name]
+        gain = ""
+        if name in held["gains"]:
+            gain = (
+                f" (searched {held['gains'][name] * 100:+.1f}% "
+                f"+- {held['gain_errors'][name] * 100:.1f}% against it)"
+            )
+        rows.append(f"| held-out perplexity, {name} | {ppl:.3f}{gain} |")
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "demo_time": demo_time,
+    "proxy_screen": proxy_screen,
+    "proxy_rungs": proxy_rungs,
     "status_polls": status_polls,
     "allocation_fallback": allocation_fallback,
 }

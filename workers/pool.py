@@ -49,19 +49,17 @@ class RayEvaluator:
     slow or restarting actor does not hold the others up. The calibration ids, the one large
     shared input, are put in the object store once.
 
-    Placement: each actor takes one GPU where the cluster has GPUs (`num_gpus=1`), else
-    `threads_per_worker` CPUs, and Ray spreads them over the nodes (`SPREAD`). `workers=None`
-    asks for as many as the alive nodes can hold (one per GPU); more than that is a
-    ConfigError at once, since they could never all be placed.
+    Placement: one GPU an actor where the cluster has GPUs, else `threads_per_worker` CPUs,
+    spread over the nodes. `workers=None` asks for as many as the alive nodes hold (one per
+    GPU); more than that is a ConfigError at once, since they could never all be placed.
 
     Ray must be running (see `workers.runtime`, or use `ray_evaluator`, which starts it).
     An actor that dies, or whose node dies, is restarted by Ray (`max_restarts`) wherever
-    resources allow, and loads the model again; its unfinished call is run again at once on
-    another free actor (each call at most `max_task_retries` times), so a search goes on
-    with the actors left while the lost one is restarting, or if it cannot be. A worker that
-    cannot load the model raises WorkerStartError at once, and one that is not up within
-    `start_timeout_s` (say, resources never come free) raises it then; the same time bounds
-    a wait in which every actor is restarting.
+    resources allow, and loads the model again; its unfinished call runs again at once on
+    another free actor (each call at most `max_task_retries` times): a search goes on with
+    the actors left. A worker that cannot load the model raises WorkerStartError at once, and
+    one not up within `start_timeout_s` raises it then, as does a wait in which every actor
+    is restarting.
     """
 
     def __init__(
@@ -183,7 +181,9 @@ class RayEvaluator:
         self, recipes: Sequence[PruneConfig], progress: Progress | None = None
     ) -> list[Evaluation]:
         """A recipe per call (a prune each): the free worker takes the next."""
-        done = None if progress is None else (lambda batch: [progress(e) for e in batch])
+        done = (
+            None if progress is None else (lambda _, batch: [progress(e) for e in batch] and None)
+        )
         calls = [([r],) for r in recipes]
         return [e for batch in self._run("shipped", calls, done) for e in batch]
 
@@ -201,7 +201,8 @@ class RayEvaluator:
     ) -> list[HeldOutRow]:
         """A row per call, on whichever worker is free (all hold the same model)."""
         calls = [(n, p, evaluation, held_out_ids) for n, p in jobs]
-        return self._run("held_out_row", calls, progress)
+        done = None if progress is None else (lambda _, row: progress(row))
+        return self._run("held_out_row", calls, done)
 
     def shipped_jobs(
         self,
@@ -210,8 +211,12 @@ class RayEvaluator:
         held_out_ids: Tensor,
         progress: JobProgress | None = None,
     ) -> list[JobResult]:
+        def more(i: int, result: JobResult) -> list[tuple[Any, ...]]:
+            follow = progress(i, result) if progress is not None else None
+            return [(p, n, evaluation, held_out_ids) for p, n in follow or ()]
+
         calls = [(p, n, evaluation, held_out_ids) for p, n in jobs]
-        return self._run("shipped_job", calls, progress)
+        return self._run("shipped_job", calls, more)
 
     def _dispatch(self, method: str, items: Sequence[Any], *args: Any) -> list[Evaluation]:
         cands = list(items)
@@ -223,16 +228,18 @@ class RayEvaluator:
         self,
         method: str,
         calls: Sequence[tuple[Any, ...]],
-        on_result: Callable[[Any], Any] | None = None,
+        on_result: Callable[[int, Any], Any] | None = None,
     ) -> list[Any]:
         """Call `method` once per argument tuple, each on whichever actor is free; results in
-        call order, and each handed to `on_result` as it comes.
+        call order, and each handed to `on_result` (with its call's index) as it comes, which
+        may return more argument tuples to call (their results follow, in the order asked).
 
         Not ray.util.ActorPool: its ordered `map` hands the next call out only once the oldest
         returns (a fast actor idles behind a slow one), and `map_unordered` loses which call a
         result belongs to. A call whose actor or node dies goes back to the head of the queue;
         the actor is asked `ready()` and takes work again once Ray has restarted it.
         """
+        calls = list(calls)
         results: list[Any] = [None] * len(calls)
         todo = deque(range(len(calls)))
         reruns = [0] * len(calls)
@@ -285,8 +292,12 @@ class RayEvaluator:
                     self._idle.append(actor)  # the call failed, not the actor
                     raise
                 self._idle.append(actor)
-                if on_result is not None:
-                    on_result(results[i])
+                more = on_result(i, results[i]) if on_result is not None else None
+                for call in more or ():
+                    todo.append(len(calls))
+                    calls.append(call)
+                    results.append(None)
+                    reruns.append(0)
         finally:
             # Calls still out when an error ends the batch: their actors answer them in turn
             # and may take work again next time.
@@ -330,11 +341,8 @@ class RayEvaluator:
         return list(ray.get(refs, timeout=self.start_timeout_s))
 
     def close(self) -> None:
-        """Stop the actors (for good: no restart); the Ray runtime itself keeps running.
-
-        Each is first asked to free its layer database (a disk one removes its files); one
-        that does not answer in a few seconds is killed all the same.
-        """
+        """Stop the actors for good (the Ray runtime keeps running); each is first asked to free
+        its layer database (a disk one removes its files), and killed after a few seconds."""
         if self._actors:
             ray.wait(
                 [a.close.remote() for a in self._actors],

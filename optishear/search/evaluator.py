@@ -96,7 +96,8 @@ class HeldOutComparer(Protocol):
         progress: JobProgress | None = None,
     ) -> list[JobResult]:
         """Each job's error as shipped and held-out row (optishear.search.shipped_jobs), in
-        order; `progress` hears each as it is measured."""
+        order; `progress` hears each as it is measured, and the jobs it returns are run too
+        (their results follow)."""
         ...
 
 
@@ -204,9 +205,9 @@ class InProcessEvaluator:
         held_out_ids: Tensor,
         progress: JobProgress | None = None,
     ) -> list[JobResult]:
-        out = []
-        for prune, name in jobs:
+        todo, out = list(jobs), []
+        for i, (prune, name) in enumerate(todo):  # grows with what `progress` asks for
             out.append(run_job(self.engine, prune, name, evaluation, held_out_ids))
             if progress is not None:
-                progress(out[-1])
+                todo.extend(progress(i, out[-1]) or ())
         return out

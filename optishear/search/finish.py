@@ -17,6 +17,7 @@ recommendation, it is what ships, and `note` says so.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from optishear.config import PlanConfig, PruneConfig, SearchConfig
 from optishear.core.genome import WANDA_GENOME
 from optishear.core.heartbeat import Heartbeat, Listener
-from optishear.evaluation.held_out import BASELINES, HeldOutRow
+from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.recipe.comparison import baseline_config
 from optishear.recipe.prune import shipped_config
@@ -118,25 +119,39 @@ def _score(
     config: SearchConfig,
     evaluator: BatchEvaluator,
     todo: list[PruneConfig],
+    finalists: Sequence[Scored],
     listener: Listener | None,
     held_out: HeldOutRequest | None,
 ) -> tuple[list[Evaluation], dict[str, HeldOutRow]]:
-    """Every recipe's error as shipped, in one batch, the longest jobs first, so that the
-    workers finish together; a comparing search measures Wanda's and SparseGPT's held-out rows
-    on the same prunes, and the dense model's in the same batch."""
+    """Every recipe's error as shipped (the finalists' recipes first in `todo`), in one batch.
+
+    The batch runs the finalists first, then the longest jobs first, so that the workers
+    finish together. A comparing search measures Wanda's and SparseGPT's held-out rows on the
+    same prunes, the dense model's in the same batch, and, once the finalists are scored, the
+    best one's row (what ships unless a baseline wins), so that no worker idles at the end.
+    The rows come back by name; "searched" is the best finalist's.
+    """
     jobs: list[ShippedJob] = [(r, None) for r in todo]
     compare = held_out is not None and isinstance(evaluator, HeldOutComparer)
     if compare:
         for i, (r, _) in enumerate(jobs):
             jobs[i] = (r, next((m for m in BASELINES if r == baseline_config(m, config)), None))
         jobs.append((None, "dense"))
-    order = sorted(range(len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
+    n_final = len(finalists)
+    rest = sorted(range(n_final, len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
+    order = [*range(n_final), *rest]
     beat = Heartbeat(logger, "scoring as shipped", len(jobs), listener=listener)
-    scored: list[Evaluation] = []
+    scored: dict[int, Evaluation] = {}
 
-    def done(result: JobResult) -> None:
-        scored.extend(e for e in result[:1] if e is not None)
-        beat.step(beat.finished + 1, min((x.error for x in scored), default=None))
+    def done(i: int, result: JobResult) -> list[ShippedJob]:
+        if result[0] is not None:
+            scored[i] = result[0]
+        beat.step(beat.finished + 1, min((x.error for x in scored.values()), default=None))
+        if not compare or i >= n_final or any(k not in scored for k in range(n_final)):
+            return []
+        best = min(range(n_final), key=lambda k: (not finalists[k].meets_target, scored[k].error))
+        beat.total += 1
+        return [(todo[best], SEARCHED)]
 
     ordered = [jobs[i] for i in order]
     if compare:
@@ -144,13 +159,15 @@ def _score(
         assert isinstance(evaluator, HeldOutComparer)
         got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
     else:
-        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done((e, None)))
+        keys = itertools.count(len(jobs))  # any keys past the finalists': no row is asked for
+        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(next(keys), (e, None)))
         got = [(e, None) for e in plain]
     results: list[JobResult] = [(None, None)] * len(jobs)
-    for i, r in zip(order, got, strict=True):
+    for i, r in zip(order, got, strict=False):
         results[i] = r
     evals = [e for e, _ in results[: len(todo)] if e is not None]
-    return evals, {row.name: row for _, row in results if row is not None}
+    rows = {row.name: row for _, row in [*results, *got[len(jobs) :]] if row is not None}
+    return evals, rows
 
 
 def recommend(
@@ -172,7 +189,7 @@ def recommend(
         len(recipes),
         len(named),
     )
-    evals, rows = _score(config, evaluator, todo, listener, held_out)
+    evals, rows = _score(config, evaluator, todo, finalists, listener, held_out)
     shipped = sorted(
         (
             (Scored(s.candidate, e, s.gap), r)
@@ -200,6 +217,7 @@ def recommend(
         )
         logger.warning("%s", note)
         best = winner
+        rows.pop(SEARCHED, None)  # the best finalist's: not what ships
     return Recommendation(
         best[0], best[1], [s for s, _ in shipped], [s for s, _ in bases], note, rows
     )

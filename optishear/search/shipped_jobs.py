@@ -9,7 +9,7 @@ dense model's row joins the same batch, so that the workers share all of it out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -23,7 +23,9 @@ from optishear.search.fitness import FitnessEngine
 # (the prune, None: the dense model; the name of its held-out row, None: no row)
 ShippedJob = tuple[PruneConfig | None, str | None]
 JobResult = tuple[Evaluation | None, HeldOutRow | None]
-JobProgress = Callable[[JobResult], None]
+# hears each result (with its job's index) as it comes; the jobs it returns run too, after
+# those given, their indices following on
+JobProgress = Callable[[int, JobResult], "Sequence[ShippedJob] | None"]
 
 
 @dataclass(frozen=True)
