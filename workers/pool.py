@@ -232,7 +232,7 @@ class RayEvaluator:
     ) -> list[Any]:
         """Call `method` once per argument tuple, each on whichever actor is free; results in
         call order, and each handed to `on_result` (with its call's index) as it comes, which
-        may return more argument tuples to call (their results follow, in the order asked).
+        may return more argument tuples to call next (their results follow, in the order asked).
 
         Not ray.util.ActorPool: its ordered `map` hands the next call out only once the oldest
         returns (a fast actor idles behind a slow one), and `map_unordered` loses which call a
@@ -293,8 +293,8 @@ class RayEvaluator:
                     raise
                 self._idle.append(actor)
                 more = on_result(i, results[i]) if on_result is not None else None
-                for call in more or ():
-                    todo.append(len(calls))
+                for call in more or ():  # asked for now, wanted soon: first in line
+                    todo.appendleft(len(calls))
                     calls.append(call)
                     results.append(None)
                     reruns.append(0)

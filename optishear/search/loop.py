@@ -301,6 +301,7 @@ class _Search:
         and only an unstructured pattern lets blocks differ. Magnitude pruning is no genome of
         the meta-metric space (every genome is weighted by activations), so it is not reported.
         """
+        self.screening.label = "baselines at the target"
         named = [("Wanda", Candidate(WANDA_GENOME, plans.uniform))]
         if plans.owl is not None:
             named.append(("OWL+Wanda", Candidate(WANDA_GENOME, plans.owl)))
