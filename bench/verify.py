@@ -100,12 +100,14 @@ def proxy_rungs() -> list[str]:
         "| row | rung | classes | s a class | Spearman vs full fidelity | truth's top 5 ranked |",
         "|---|---|---|---|---|---|",
     ]
+    seq_len = d["args"]["seqlen"]
     for r in d["rows"]:
         seconds = [h for h in r["history"] if "screen_rung" in h]
         for rung, h in zip(
             r["rungs"], sorted(seconds, key=lambda h: h["screen_rung"]), strict=False
         ):
-            name = "layers" if rung["sequences"] == 0 else f"{rung['sequences']}x{rung['tokens']}"
+            tokens = rung["tokens"] or seq_len  # 0: whole sequences
+            name = "layers" if rung["sequences"] == 0 else f"{rung['sequences']}x{tokens}"
             ranks = ", ".join("-" if x is None else str(x) for x in rung["truth_top5_ranks"])
             rows.append(
                 f"| {r['row']} | {name} | {rung['classes']} | {h['seconds'] / h['classes']:.3f} "
@@ -131,6 +133,10 @@ def demo_time() -> list[str]:
                 f"+- {held['gain_errors'][name] * 100:.1f}% against it)"
             )
         rows.append(f"| held-out perplexity, {name} | {ppl:.3f}{gain} |")
+    rec = d["search"]["recommended"]
+    for key, error in d["search"]["as_shipped"].items():
+        mark = " (recommended)" if key == rec else ""
+        rows.append(f"| validation error as shipped (KL), {key}{mark} | {error:.4f} |")
     return rows
 
 
