@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, undefer
 
 from optishear.core.heartbeat import Activity
@@ -203,8 +204,8 @@ class _Persister:
 
 class _ActivityWriter:
     """Writes what the search does between generations (service.schemas.Activity) at most
-    every `seconds`, and at the start and end of each step; a cancel asked for meanwhile
-    stops the search there, not at the end of a long rung."""
+    every `seconds`, and at the start and end of each step, in one try (skipped through an
+    outage); a cancel asked for meanwhile stops the search there, not at a long rung's end."""
 
     def __init__(self, runner: JobContext, search_id: uuid.UUID, seconds: float = 2.0) -> None:
         self.runner = runner
@@ -245,7 +246,17 @@ class _ActivityWriter:
             )
             return bool(cancel)
 
-        if self.runner.write(write, f"storing the activity of search {self.search_id}"):
+        # Best effort, one try: progress notes never hold a search up through an outage (the
+        # generations' writes wait it out); the next step's note goes through again.
+        try:
+            with self.runner.sessions.begin() as session:
+                cancel = write(session)
+        except DBAPIError as exc:
+            if not retry.is_connection_error(exc):
+                raise
+            logger.debug("activity of search %s not stored: %s", self.search_id, exc)
+            return
+        if cancel:
             raise CancelledError
         if self.runner.stop.is_set():
             raise StoppedError
