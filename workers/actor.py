@@ -15,7 +15,6 @@ import transformers
 from torch import Tensor
 
 from optishear.config import EvaluationConfig, PruneConfig
-from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
@@ -130,12 +129,6 @@ class ModelActor:
     def owl_plan(self, target: float) -> tuple[float, ...]:
         """OWL's per-block plan at `target`, from this worker's dense weights and statistics."""
         return self.engine.owl_plan(target)
-
-    def held_out_row(
-        self, name: str, prune: PruneConfig | None, evaluation: EvaluationConfig, ids: Tensor
-    ) -> HeldOutRow:
-        """Held-out perplexity of a model pruned from this worker's (None: the dense one)."""
-        return self.engine.held_out_row(name, prune, evaluation, ids)
 
     def shipped_job(
         self,

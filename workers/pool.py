@@ -18,7 +18,6 @@ from torch import Tensor
 
 from optishear.config import EvaluationConfig, PruneConfig
 from optishear.core.errors import ConfigError
-from optishear.evaluation.held_out import HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
@@ -191,18 +190,6 @@ class RayEvaluator:
         """OWL's per-block plan (optishear's OwlPlanner): every worker holds the same model."""
         (plan,) = self._run("owl_plan", [(target,)])
         return tuple(plan)
-
-    def held_out_rows(
-        self,
-        jobs: Sequence[tuple[str, PruneConfig | None]],
-        evaluation: EvaluationConfig,
-        held_out_ids: Tensor,
-        progress: Callable[[HeldOutRow], None] | None = None,
-    ) -> list[HeldOutRow]:
-        """A row per call, on whichever worker is free (all hold the same model)."""
-        calls = [(n, p, evaluation, held_out_ids) for n, p in jobs]
-        done = None if progress is None else (lambda _, row: progress(row))
-        return self._run("held_out_row", calls, done)
 
     def shipped_jobs(
         self,

@@ -4,7 +4,8 @@ Wanda's and SparseGPT's, at the same target and pattern, on the same calibration
 A search's own objective (a reconstruction error against the dense model) is no unit anyone
 compares models by; perplexity is. Each model is pruned in place from the dense weights and
 put back bit for bit afterwards (optishear.model.backup), so the comparison costs no second copy;
-each row is measured on its own (`held_out_row`), so that workers share the rows out.
+each row is measured on its own (`held_out_row`; a search's workers share the rows out, each
+pruned as shipped: optishear.search.evaluator.compare_held_out).
 """
 
 from __future__ import annotations

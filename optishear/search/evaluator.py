@@ -75,18 +75,8 @@ class DatabaseReporter(Protocol):
 
 @runtime_checkable
 class HeldOutComparer(Protocol):
-    """Optional for a BatchEvaluator: held-out perplexity of models pruned from the one it
-    holds (optishear.recipe.comparison.held_out_row), one row per (name, prune) job."""
-
-    def held_out_rows(
-        self,
-        jobs: Sequence[tuple[str, PruneConfig | None]],
-        evaluation: EvaluationConfig,
-        held_out_ids: Tensor,
-        progress: Callable[[HeldOutRow], None] | None = None,
-    ) -> list[HeldOutRow]:
-        """The rows in order; `progress` hears each as it is measured."""
-        ...
+    """Optional for a BatchEvaluator: prunes of the model it holds scored as shipped and
+    measured held out (optishear.search.shipped_jobs), shared out among its workers."""
 
     def shipped_jobs(
         self,
@@ -118,15 +108,14 @@ def compare_held_out(
     for method in BASELINES:
         if method in known and recipe == baseline_config(method, config):
             known[SEARCHED] = known[method].model_copy(update={"name": SEARCHED})
-    jobs = [(n, p) for n, p in comparison_jobs(recipe, config) if n not in known]
+    jobs: list[ShippedJob] = [(p, n) for n, p in comparison_jobs(recipe, config) if n not in known]
     beat = Heartbeat(logger, "measuring held-out perplexity", len(jobs), listener=listener)
-    got: list[HeldOutRow] = []
 
-    def done(row: HeldOutRow) -> None:
-        got.append(row)
-        beat.step(len(got))
+    def done(_: int, __: JobResult) -> None:
+        beat.step(beat.finished + 1)
 
-    rows = evaluator.held_out_rows(jobs, config.evaluation, held_out_ids, done) if jobs else []
+    got = evaluator.shipped_jobs(jobs, config.evaluation, held_out_ids, done) if jobs else []
+    rows = [row for _, row in got if row is not None]
     rows += [known[n] for n, _ in comparison_jobs(recipe, config) if n in known]
     cal = config.calibration
     return comparison_of(
@@ -183,20 +172,6 @@ class InProcessEvaluator:
 
     def owl_plan(self, target: float) -> tuple[float, ...]:
         return self.engine.owl_plan(target)
-
-    def held_out_rows(
-        self,
-        jobs: Sequence[tuple[str, PruneConfig | None]],
-        evaluation: EvaluationConfig,
-        held_out_ids: Tensor,
-        progress: Callable[[HeldOutRow], None] | None = None,
-    ) -> list[HeldOutRow]:
-        out = []
-        for name, prune in jobs:
-            out.append(self.engine.held_out_row(name, prune, evaluation, held_out_ids))
-            if progress is not None:
-                progress(out[-1])
-        return out
 
     def shipped_jobs(
         self,

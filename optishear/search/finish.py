@@ -17,7 +17,6 @@ recommendation, it is what ships, and `note` says so.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -141,13 +140,15 @@ def _score(
     rest = sorted(range(n_final, len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
     order = [*range(n_final), *rest]
     beat = Heartbeat(logger, "scoring as shipped", len(jobs), listener=listener)
-    scored: dict[int, Evaluation] = {}
+    scored: dict[int, Evaluation] = {}  # the finalists', by their index
 
     def done(i: int, result: JobResult) -> list[ShippedJob]:
-        if result[0] is not None:
-            scored[i] = result[0]
-        beat.step(beat.finished + 1, min((x.error for x in scored.values()), default=None))
-        if not compare or i >= n_final or any(k not in scored for k in range(n_final)):
+        e = result[0]
+        beat.step(beat.finished + 1, e.error if e is not None else None)
+        if not compare or i >= n_final or e is None:
+            return []
+        scored[i] = e
+        if len(scored) < n_final:
             return []
         best = min(range(n_final), key=lambda k: (not finalists[k].meets_target, scored[k].error))
         beat.total += 1
@@ -159,8 +160,7 @@ def _score(
         assert isinstance(evaluator, HeldOutComparer)
         got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
     else:
-        keys = itertools.count(len(jobs))  # any keys past the finalists': no row is asked for
-        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(next(keys), (e, None)))
+        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(len(jobs), (e, None)))
         got = [(e, None) for e in plain]
     results: list[JobResult] = [(None, None)] * len(jobs)
     for i, r in zip(order, got, strict=False):
