@@ -75,25 +75,36 @@ class Screening:
     def _scored(
         self, cands: list[Candidate], n: int | None = None, tokens: int = 0
     ) -> list[Evaluation]:
-        """The evaluator's errors, asked for in chunks, so that a long batch (a screening rung
-        of 972 classes) logs its progress at least every 30 s when it runs that long."""
+        """The evaluator's errors at full fidelity, or on n sequences' first `tokens` tokens."""
         fidelity = "full" if n is None else f"{n} x {tokens or self.seq_len} tokens"
-        beat = self._beat(f"scoring {len(cands)} candidates ({fidelity})", len(cands))
-        out: list[Evaluation] = []
-        for i in range(0, len(cands), _CHUNK):
-            chunk = cands[i : i + _CHUNK]
-            got = (
+        return self._in_chunks(
+            cands,
+            f"scoring {len(cands)} candidates ({fidelity})",
+            _CHUNK,
+            lambda chunk: (
                 self.evaluator.evaluate(chunk)
                 if n is None
                 else self.evaluator.evaluate(chunk, n, tokens or None)
-            )
+            ),
+        )
+
+    def _in_chunks(
+        self,
+        cands: list[Candidate],
+        what: str,
+        size: int,
+        score: Callable[[list[Candidate]], list[Evaluation]],
+    ) -> list[Evaluation]:
+        """`score` asked for `size` candidates at a time, so that a long batch (a screening
+        rung of 972 classes) logs its progress at least every 30 s when it runs that long."""
+        label = f"{self.label}: {what}" if self.label else what
+        beat = Heartbeat(logger, label, len(cands), listener=self.listener)
+        out: list[Evaluation] = []
+        for i in range(0, len(cands), size):
+            got = score(cands[i : i + size])
             out += got
             beat.step(len(out), min(e.error for e in got))
         return out
-
-    def _beat(self, what: str, total: int) -> Heartbeat:
-        label = f"{self.label}: {what}" if self.label else what
-        return Heartbeat(logger, label, total, listener=self.listener)
 
     def rung(self, cands: Sequence[Candidate], n: int, tokens: int) -> list[Evaluation]:
         """Every candidate scored on n sequences of `tokens` tokens, or by the layer-wise proxy
@@ -111,13 +122,10 @@ class Screening:
         return [low[(c.key(), n, tokens)] for c in cands]
 
     def _proxy(self, cands: list[Candidate]) -> None:
-        beat = self._beat(f"scoring {len(cands)} candidates (layer-wise proxy)", len(cands))
-        for i in range(0, len(cands), _PROXY_CHUNK):
-            chunk = cands[i : i + _PROXY_CHUNK]
-            got = self.evaluator.layer_errors(chunk)
-            for c, e in zip(chunk, got, strict=True):
-                self.state.low[(c.key(), *LAYER_RUNG)] = e
-            beat.step(i + len(chunk), min(e.error for e in got))
+        what = f"scoring {len(cands)} candidates (layer-wise proxy)"
+        got = self._in_chunks(cands, what, _PROXY_CHUNK, self.evaluator.layer_errors)
+        for c, e in zip(cands, got, strict=True):
+            self.state.low[(c.key(), *LAYER_RUNG)] = e
         self.state.evaluations += len(cands)
         self.state.cost += len(cands) * PROXY_COST
 
