@@ -26,7 +26,6 @@ from optishear.core.errors import ConfigError, UnsupportedModelError
 from optishear.core.patterns import Pattern, check_pattern_fits
 from optishear.evaluation.held_out import HeldOutRow
 from optishear.methods.sparsegpt import hessian_rho
-from optishear.methods.stats import LayerStats
 from optishear.model.backup import restored_after
 from optishear.model.blocks import (
     block_param_counts,
@@ -50,7 +49,8 @@ from optishear.search.database import (
 from optishear.search.layer_proxy import LayerProxy
 from optishear.search.masking import CandidateMasks
 from optishear.search.objectives import OutputError
-from optishear.search.scoring_stats import baseline_stats, layer_stats, stacked
+from optishear.search.prefix import BlockKey, PrefixStates, PrefixStats, block_keys
+from optishear.search.scoring_stats import engine_stats, stacked
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class FitnessEngine:
         fitness_samples: int | None = None,
         objective: Objective = "kl",
         mask_cache_bytes: int = 2 << 30,
+        prefix_cache_bytes: int = 1 << 30,
         stats: Literal["baseline", "dense"] = "dense",
         sparsity: float | None = None,
         database: DatabaseRequest | None = None,
@@ -99,6 +100,9 @@ class FitnessEngine:
 
         With `second_order`, the scoring statistics carry input Hessians, from which every
         layer's rho (optishear.core.genome) is kept, so that second-order genomes can be scored.
+
+        `prefix_cache_bytes` bounds the block outputs kept so that a candidate starts at the
+        first block it changes (optishear.search.prefix); 0 runs every block every time.
         """
         if objective not in ("kl", "logits_fro"):
             raise ConfigError(f"objective must be 'kl' or 'logits_fro', got {objective!r}")
@@ -133,38 +137,22 @@ class FitnessEngine:
             raise UnsupportedModelError("the model's output embedding is not an nn.Linear")
         self._head = head
 
-        # Dense statistics score the masks without a stats target, and give OWL its plan
-        # (unstructured only): an N:M search on Wanda's statistics skips that forward pass.
         refit = database is not None and database.refit
         hessian = refit or second_order or (database is not None and database.genome.second_order)
         self._dense_act_sq: list[Tensor] | None = None
-        dense_stats: list[LayerStats] | None = None
-        if stats == "dense" or not pattern.structured:
-            dense_stats = layer_stats(
-                model,
-                calib_ids,
-                self.layers,
-                self.batch_size,
-                hessian=hessian and stats == "dense",
-                keep=refit,
-            )
+        dense_stats, scoring_stats = engine_stats(
+            model,
+            calib_ids,
+            self.layers,
+            self.dense,
+            pattern,
+            self.batch_size,
+            baseline_at=sparsity if stats == "baseline" else None,
+            hessian=hessian,
+            keep=refit,
+        )
+        if dense_stats is not None:
             self._dense_act_sq = [s.act_sq for s in dense_stats]
-        if stats == "dense":
-            assert dense_stats is not None
-            scoring_stats = dense_stats
-        else:
-            assert sparsity is not None
-            scoring_stats = baseline_stats(
-                model,
-                calib_ids,
-                self.layers,
-                self.dense,
-                pattern,
-                sparsity,
-                self.batch_size,
-                hessian=hessian,
-                keep=refit,
-            )
         self._act_stacks, self.act_sq = stacked(self._groups, [s.act_sq for s in scoring_stats])
         self._rho_stacks: list[Tensor] | None = None
         self.rho: list[Tensor] | None = None
@@ -194,6 +182,7 @@ class FitnessEngine:
             kl_chunk=max(1, _GPU_KL_CHUNK_TOKENS // self.valid_ids.shape[1]) if gpu else 1,
         )
         self._proxy: LayerProxy | None = None
+        self._prefix = PrefixStates(decoder_blocks(model), prefix_cache_bytes)
         self._masker = CandidateMasks(
             self.dense,
             self._groups,
@@ -261,7 +250,13 @@ class FitnessEngine:
         return self._error.reference
 
     def clear_mask_cache(self) -> None:
+        """Forget the cached masks and the kept block outputs: the next candidate is new."""
         self._masker.cache.clear()
+        self._prefix.clear()
+
+    @property
+    def prefix_stats(self) -> PrefixStats:  # blocks run and skipped, for benchmarks
+        return self._prefix.stats
 
     def _ratio(self, candidate: Candidate, pos: int) -> float:
         if candidate.layer_sparsity:
@@ -347,12 +342,13 @@ class FitnessEngine:
         self, candidate: Candidate, n_samples: int | None = None, *, n_tokens: int | None = None
     ) -> Evaluation:
         """Lay the candidate over the model, measure the error on n_samples sequences (their
-        first n_tokens tokens), restore."""
+        first n_tokens tokens), restore; blocks shared with a recent one are skipped (prefix)."""
+        from_database = bool(candidate.layer_sparsity and self.database is not None)
+        ratios = [self._ratio(candidate, pos) for pos in range(len(self.layers))]
+        genome = -1 if from_database else candidate.genome.row_canonical().index
+        keys = block_keys(genome, [idx for idx, _, _ in self.layers], ratios, self.n_blocks)
         return self._measured(
-            lambda: self.apply(candidate),
-            n_samples,
-            n_tokens,
-            keep=bool(candidate.layer_sparsity and self.database is not None),
+            lambda: self.apply(candidate), n_samples, n_tokens, keep=from_database, keys=keys
         )
 
     def evaluate_layers(self, candidate: Candidate) -> Evaluation:
@@ -377,6 +373,7 @@ class FitnessEngine:
         n_tokens: int | None,
         *,
         keep: bool,
+        keys: list[BlockKey] | None = None,
     ) -> Evaluation:
         start = time.perf_counter()
         n = self.n_fitness if n_samples is None else min(n_samples, self.n_fitness)
@@ -384,7 +381,11 @@ class FitnessEngine:
         t = seq if n_tokens is None else max(1, min(n_tokens, seq))
         try:
             sparsity = prune()
-            hidden = self._final_hidden(n, t if t < seq else None)
+
+            def forward() -> Tensor:
+                return self._final_hidden(n, t if t < seq else None)
+
+            hidden = forward() if keys is None else self._prefix.run(keys, (n, t), forward)
             error = self._error.error(hidden, n, t)
         finally:
             if not keep:  # a database candidate stays: the next rewrites only what differs

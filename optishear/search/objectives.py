@@ -13,6 +13,8 @@ of all logits lowers it. The KL objective measures what perplexity measures.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -44,12 +46,14 @@ class OutputError:
         self.reference = reference
         n = reference.shape[0]
         self.ref_norm_sq = [self.sq_norm(reference[i : i + 1], None) for i in range(n)]
-        self.kl_terms: tuple[Tensor, Tensor] | None = None  # u (n, seq, d_model), c (n, seq)
+        # u (n, seq, d_model), c (n, seq), and the dense logsumexp (n, seq)
+        self.kl_terms: tuple[Tensor, Tensor, Tensor] | None = None
         if objective == "kl" and not softcap:
             terms = [self._dense_kl_terms(reference[i]) for i in range(n)]
             self.kl_terms = (
-                torch.stack([u for u, _ in terms]),
-                torch.stack([c for _, c in terms]),
+                torch.stack([u for u, _, _ in terms]),
+                torch.stack([c for _, c, _ in terms]),
+                torch.stack([s for _, _, s in terms]),
             )
 
     def error(self, hidden: Tensor, n: int, t: int) -> float:
@@ -87,33 +91,60 @@ class OutputError:
             logits = cap * torch.tanh(logits / cap)
         return logits
 
-    def _dense_kl_terms(self, ref: Tensor) -> tuple[Tensor, Tensor]:
+    def _dense_kl_terms(self, ref: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Per-token dense terms of KL(p || q) for one sequence, so that q costs one lm_head.
 
         With z = W h + b the pruned logits, KL = sum p log p - sum p z + logsumexp(z), and
         sum p z = (W^T p) . h + p . b: the dense model enters only through u = W^T p
-        (seq, d_model) and c = sum p log p - p . b (seq,), computed once.
+        (seq, d_model) and c = sum p log p - p . b (seq,), computed once. The dense
+        largest logit (seq,) shifts the pruned logsumexp (`_shifted_logsumexp`).
         """
-        log_p = torch.log_softmax(self._logits(ref), dim=-1)  # (seq, vocab)
+        logits = self._logits(ref)  # (seq, vocab)
+        log_p = torch.log_softmax(logits, dim=-1)
         p = log_p.exp()
         c = (p * log_p).sum(dim=-1)
         if self.head.bias is not None:
             c -= p @ self.head.bias.float()
-        return p @ self.head.weight.float(), c
+        return p @ self.head.weight.float(), c, logits.amax(dim=-1)
 
-    def _kl_fast(self, hidden: Tensor) -> float:
+    def _kl_fast(self, hidden: Tensor, *, shifted: bool = True) -> float:
         """Mean over sequences of `_kl`, a chunk of sequences at a time, with one sync (hidden
         may hold only each sequence's first tokens)."""
         assert self.kl_terms is not None
         t = hidden.shape[1]
-        u, c = self.kl_terms[0][:, :t], self.kl_terms[1][:, :t]
+        u, c, shift = (x[:, :t] for x in self.kl_terms)
         per_seq = []
         for i in range(0, hidden.shape[0], self.kl_chunk):
             h = hidden[i : i + self.kl_chunk]  # (b, seq, d_model)
-            lse = torch.logsumexp(self._logits(h), dim=-1)  # (b, seq)
             j = i + h.shape[0]
+            if shifted:
+                lse = self._shifted_logsumexp(h, shift[i:j])  # (b, seq)
+            else:
+                lse = torch.logsumexp(self._logits(h), dim=-1)
             per_seq.append((c[i:j] - (u[i:j] * h).sum(dim=-1) + lse).mean(dim=-1))
-        return float(torch.cat(per_seq).double().mean())
+        kl = float(torch.cat(per_seq).double().mean())
+        if shifted and not math.isfinite(kl):  # left float32's range: see _shifted_logsumexp
+            return self._kl_fast(hidden, shifted=False)
+        return kl
+
+    def _shifted_logsumexp(self, h: Tensor, shift: Tensor) -> Tensor:
+        """logsumexp of the pruned logits, shifted by the dense model's largest logit.
+
+        `torch.logsumexp` takes four passes over tokens x vocab floats (max, subtract, exp,
+        sum); the dense largest logit is a shift known in advance, so the subtraction rides
+        on the lm_head product itself (addmm) and exp and sum follow in place: the KL then
+        costs little more than the lm_head product (bench/RESULTS.md). Near the shift (the
+        terms that count) the subtraction is exact, as `torch.logsumexp`'s own is. A pruned
+        logit ~88 above the shift, or all of a token's far below it, leaves float32's range:
+        the result is then not finite, and the caller computes the exact logsumexp instead.
+        """
+        W = self.head.weight
+        if W.dtype == torch.float32 and self.head.bias is None:
+            flat = torch.addmm(shift.reshape(-1, 1), h.reshape(-1, h.shape[-1]), W.T, beta=-1)
+            z = flat.view(*h.shape[:-1], -1)
+        else:
+            z = self._logits(h).sub_(shift[..., None])
+        return z.exp_().sum(dim=-1).log_().add_(shift)
 
     def _kl(self, h: Tensor, ref: Tensor) -> float:
         """Mean over one sequence's tokens of KL(dense || pruned) of the next-token softmax."""

@@ -62,6 +62,51 @@ def baseline_stats(
         return layer_stats(model, calib_ids, layers, batch_size, hessian=hessian, keep=keep)
 
 
+def engine_stats(
+    model: nn.Module,
+    calib_ids: Tensor,
+    layers: Layers,
+    dense: list[Tensor],
+    pattern: Pattern,
+    batch_size: int,
+    *,
+    baseline_at: float | None,
+    hessian: bool,
+    keep: bool,
+) -> tuple[list[LayerStats] | None, list[LayerStats]]:
+    """The dense statistics (None where nothing needs them) and those the masks are scored
+    with: the dense ones, or with `baseline_at` those of Wanda's model at that target.
+
+    Dense statistics also give OWL its plan (unstructured only): an N:M search on Wanda's
+    statistics skips that forward pass. Hessians go with the scoring statistics.
+    """
+    dense_stats = None
+    if baseline_at is None or not pattern.structured:
+        dense_stats = layer_stats(
+            model,
+            calib_ids,
+            layers,
+            batch_size,
+            hessian=hessian and baseline_at is None,
+            keep=keep,
+        )
+    if baseline_at is None:
+        assert dense_stats is not None
+        return dense_stats, dense_stats
+    scoring = baseline_stats(
+        model,
+        calib_ids,
+        layers,
+        dense,
+        pattern,
+        baseline_at,
+        batch_size,
+        hessian=hessian,
+        keep=keep,
+    )
+    return dense_stats, scoring
+
+
 def stacked(groups: list[list[int]], per_layer: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """One stack per group of equally shaped layers (copies), and per layer a view into it."""
     stacks = [torch.stack([per_layer[pos] for pos in group]) for group in groups]
