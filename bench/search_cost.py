@@ -15,8 +15,12 @@ depends on shapes, not on weight values.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
@@ -50,6 +54,7 @@ def main() -> None:
         default="resident",
         help="streaming: decoder blocks in host memory, each copied to the device while it runs",
     )
+    parser.add_argument("--out", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
 
@@ -99,19 +104,39 @@ def main() -> None:
         sync()
         return time.perf_counter() - start
 
-    dense, cand, cached, apply_t = [], [], [], []
+    dense, cand, cached, child_t, apply_t, kl_new, kl_old = [], [], [], [], [], [], []
     ratio = pattern.sparsity if pattern.structured else 0.5
+    changed = n_blocks // 3  # a child of two moved layers first changes a third of the way in
+    kl_gap = 0.0
     for r in range(args.repeats):
         dense.append(dense_forward())
         c = Candidate(genomes[r % len(genomes)], (ratio,) * n_blocks)
-        engine.clear_mask_cache()  # a new genome: masks are computed, not looked up
+        engine.clear_mask_cache()  # a new genome: masks and block outputs are new
         cand.append(timed(engine.evaluate, c))
-        # a layer-wise-stage candidate: its per-layer masks are already cached
+        # a layer-wise-stage candidate: its per-layer masks are cached; its blocks are not kept
+        engine._prefix.clear()
         cached.append(timed(engine.evaluate, c))
+        # its child: one block changed (dense, or 0.05 sparser), the blocks before it kept
+        plan = list(c.block_sparsity)
+        plan[changed] = 0.0 if pattern.structured else ratio + 0.05
+        child = Candidate(c.genome, tuple(plan))
+        engine.evaluate(child)  # its masks cached, as a layer-wise stage's usually are
+        engine._prefix.clear()
+        engine.evaluate(c)  # the parent's blocks kept
+        child_t.append(timed(engine.evaluate, child))
         engine.clear_mask_cache()
         apply_t.append(timed(engine.apply, c))
+        # the error alone on the candidate's lm_head inputs: shifted logsumexp, and exact
+        if args.objective == "kl":
+            torch.set_grad_enabled(False)
+            hidden = engine._final_hidden(engine.n_fitness)
+            err = engine._error
+            kl_new.append(timed(err._kl_fast, hidden))
+            kl_old.append(timed(functools.partial(err._kl_fast, exact=True), hidden))
+            kl_gap = max(kl_gap, abs(err._kl_fast(hidden) / err._kl_fast(hidden, exact=True) - 1))
         engine.restore()
     d, c, k, a = (statistics.median(x) for x in (dense, cand, cached, apply_t))
+    ch = statistics.median(child_t)
     print(
         f"model {source}, {args.dtype} on {device} ({args.execution}), calibration {args.nsamples}x{args.seqlen}, "
         f"pattern {pattern}, {torch.get_num_threads()} threads, {args.repeats} alternating "
@@ -123,6 +148,38 @@ def main() -> None:
         f"(of which masking {a:.2f}s); ratio {c / d:.2f}"
     )
     print(f"candidate with cached masks (layer-wise stage): {k:.2f}s; ratio {k / d:.2f}")
+    print(
+        f"its child, block {changed} of {n_blocks} changed, the parent's blocks kept: "
+        f"{ch:.2f}s; ratio {ch / d:.2f}"
+    )
+    if kl_new:
+        kn, ko = statistics.median(kl_new), statistics.median(kl_old)
+        print(
+            f"KL on the lm_head inputs: shifted logsumexp {kn:.2f}s, torch.logsumexp {ko:.2f}s "
+            f"(saves {ko - kn:.2f}s = {(ko - kn) / d:.1%} of a dense forward); largest "
+            f"relative difference {kl_gap:.1e}"
+        )
+    if args.out:
+        row = {
+            "command": "bench/search_cost.py " + " ".join(sys.argv[1:]),
+            "model": source,
+            "pattern": str(pattern),
+            "calibration": [args.nsamples, args.seqlen],
+            "threads": torch.get_num_threads(),
+            "repeats": args.repeats,
+            "dense_forward_s": d,
+            "new_genome_s": c,
+            "masking_s": a,
+            "cached_masks_s": k,
+            "child_s": ch,
+            "child_block": [changed, n_blocks],
+            "kl_shifted_s": statistics.median(kl_new) if kl_new else None,
+            "kl_exact_s": statistics.median(kl_old) if kl_old else None,
+            "kl_relative_difference": kl_gap,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        rows = json.loads(args.out.read_text()) if args.out.exists() else []
+        args.out.write_text(json.dumps([*rows, row], indent=1) + "\n")
     if args.profile:
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":

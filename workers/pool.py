@@ -22,6 +22,7 @@ from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.search.database import DatabaseInfo
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import Progress
+from optishear.search.prefix import in_order, prefix_order
 from optishear.search.shipped_jobs import JobProgress, JobResult, ShippedJob
 from workers.actor import ActorInfo, ActorUsage, ModelActorRemote
 from workers.errors import WorkerError
@@ -171,7 +172,10 @@ class RayEvaluator:
         n_samples: int | None = None,
         n_tokens: int | None = None,
     ) -> list[Evaluation]:
-        return self._dispatch("evaluate", candidates, n_samples, n_tokens)
+        # chunks of mutants that share their first blocks (optishear.search.prefix)
+        order = prefix_order(candidates)
+        done = self._dispatch("evaluate", [candidates[i] for i in order], n_samples, n_tokens)
+        return in_order(order, done)
 
     def layer_errors(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return self._dispatch("layer_errors", candidates)

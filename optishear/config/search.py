@@ -203,6 +203,14 @@ class SearchConfig(TargetConfig):
         json_schema_extra=flag("baselines"),
     )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
+    prefix_memory_gib: float = Field(
+        1.0,
+        ge=0,
+        le=4096,
+        description="memory for the block outputs of recent candidates, so that a candidate "
+        "starts at the first block it changes (every few blocks' outputs where all would not "
+        "fit; 0: every block runs for every candidate)",
+    )
     dtype: Dtype = Field("float32", description="dtype the model is loaded in")
     calibration: SearchCalibrationConfig = Field(default_factory=SearchCalibrationConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

@@ -64,6 +64,7 @@ def engine_for(
         database=database_request(config, folder),
         second_order=config.needs_hessians(),
         valid_ids=valid_ids,
+        prefix_cache_bytes=int(config.prefix_memory_gib * 2**30),
     )
 
 

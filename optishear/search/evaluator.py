@@ -19,6 +19,7 @@ from optishear.recipe.candidates import Candidate, Evaluation
 from optishear.recipe.comparison import baseline_config, comparison_jobs, comparison_of
 from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
+from optishear.search.prefix import in_order, prefix_order
 from optishear.search.shipped_jobs import JobProgress, JobResult, ShippedJob, run_job
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,9 @@ class InProcessEvaluator:
         n_samples: int | None = None,
         n_tokens: int | None = None,
     ) -> list[Evaluation]:
-        return [self.engine.evaluate(c, n_samples, n_tokens=n_tokens) for c in candidates]
+        order = prefix_order(candidates)  # mutants of one parent share their first blocks
+        done = [self.engine.evaluate(candidates[i], n_samples, n_tokens=n_tokens) for i in order]
+        return in_order(order, done)
 
     def layer_errors(self, candidates: Sequence[Candidate]) -> list[Evaluation]:
         return [self.engine.evaluate_layers(c) for c in candidates]

@@ -20,6 +20,10 @@ from torch import Tensor, nn
 
 from optishear.config import Objective
 
+# Tokens whose dense largest logit is above this are shifted down by the excess before exp:
+# float32's exp overflows near 88, and a pruned model's logits may exceed the dense ones.
+_SAFE_LOGIT = 60.0
+
 
 class OutputError:
     """The dense model's lm_head inputs on the fitness sequences, and a candidate's error
@@ -46,7 +50,8 @@ class OutputError:
         self.reference = reference
         n = reference.shape[0]
         self.ref_norm_sq = [self.sq_norm(reference[i : i + 1], None) for i in range(n)]
-        # u (n, seq, d_model), c (n, seq), and the dense logsumexp (n, seq)
+        # u (n, seq, d_model), c (n, seq), and the logsumexp's shift (n, seq)
+        self.shifted = False
         self.kl_terms: tuple[Tensor, Tensor, Tensor] | None = None
         if objective == "kl" and not softcap:
             terms = [self._dense_kl_terms(reference[i]) for i in range(n)]
@@ -55,6 +60,7 @@ class OutputError:
                 torch.stack([c for _, c, _ in terms]),
                 torch.stack([s for _, _, s in terms]),
             )
+            self.shifted = bool(self.kl_terms[2].any())
 
     def error(self, hidden: Tensor, n: int, t: int) -> float:
         """The objective over the first n sequences' first t tokens (hidden holds them)."""
@@ -96,8 +102,8 @@ class OutputError:
 
         With z = W h + b the pruned logits, KL = sum p log p - sum p z + logsumexp(z), and
         sum p z = (W^T p) . h + p . b: the dense model enters only through u = W^T p
-        (seq, d_model) and c = sum p log p - p . b (seq,), computed once. The dense
-        largest logit (seq,) shifts the pruned logsumexp (`_shifted_logsumexp`).
+        (seq, d_model) and c = sum p log p - p . b (seq,), computed once; the shift of the
+        pruned logsumexp (`_fast_logsumexp`) comes from the dense largest logit (seq,).
         """
         logits = self._logits(ref)  # (seq, vocab)
         log_p = torch.log_softmax(logits, dim=-1)
@@ -105,9 +111,10 @@ class OutputError:
         c = (p * log_p).sum(dim=-1)
         if self.head.bias is not None:
             c -= p @ self.head.bias.float()
-        return p @ self.head.weight.float(), c, logits.amax(dim=-1)
+        shift = (logits.amax(dim=-1) - _SAFE_LOGIT).clamp_(min=0)
+        return p @ self.head.weight.float(), c, shift
 
-    def _kl_fast(self, hidden: Tensor, *, shifted: bool = True) -> float:
+    def _kl_fast(self, hidden: Tensor, *, exact: bool = False) -> float:
         """Mean over sequences of `_kl`, a chunk of sequences at a time, with one sync (hidden
         may hold only each sequence's first tokens)."""
         assert self.kl_terms is not None
@@ -117,33 +124,29 @@ class OutputError:
         for i in range(0, hidden.shape[0], self.kl_chunk):
             h = hidden[i : i + self.kl_chunk]  # (b, seq, d_model)
             j = i + h.shape[0]
-            if shifted:
-                lse = self._shifted_logsumexp(h, shift[i:j])  # (b, seq)
-            else:
+            if exact:
                 lse = torch.logsumexp(self._logits(h), dim=-1)
+            else:
+                lse = self._fast_logsumexp(h, shift[i:j])  # (b, seq)
             per_seq.append((c[i:j] - (u[i:j] * h).sum(dim=-1) + lse).mean(dim=-1))
         kl = float(torch.cat(per_seq).double().mean())
-        if shifted and not math.isfinite(kl):  # left float32's range: see _shifted_logsumexp
-            return self._kl_fast(hidden, shifted=False)
+        if not exact and not math.isfinite(kl):  # left float32's range: see _fast_logsumexp
+            return self._kl_fast(hidden, exact=True)
         return kl
 
-    def _shifted_logsumexp(self, h: Tensor, shift: Tensor) -> Tensor:
-        """logsumexp of the pruned logits, shifted by the dense model's largest logit.
+    def _fast_logsumexp(self, h: Tensor, shift: Tensor) -> Tensor:
+        """logsumexp of the pruned logits, in one pass over them after the lm_head product.
 
         `torch.logsumexp` takes four passes over tokens x vocab floats (max, subtract, exp,
-        sum); the dense largest logit is a shift known in advance, so the subtraction rides
-        on the lm_head product itself (addmm) and exp and sum follow in place: the KL then
-        costs little more than the lm_head product (bench/RESULTS.md). Near the shift (the
-        terms that count) the subtraction is exact, as `torch.logsumexp`'s own is. A pruned
-        logit ~88 above the shift, or all of a token's far below it, leaves float32's range:
-        the result is then not finite, and the caller computes the exact logsumexp instead.
+        sum) and allocates a copy; here exp and sum run in place on the product. Float32's
+        exp holds logits up to ~88, far above a language model's, so no max is subtracted:
+        only tokens whose dense largest logit is above `_SAFE_LOGIT` are shifted (`shift`,
+        zero elsewhere). A pruned logit that still leaves float32's range, up or down, makes
+        the result not finite, and the caller computes the exact logsumexp instead.
         """
-        W = self.head.weight
-        if W.dtype == torch.float32 and self.head.bias is None:
-            flat = torch.addmm(shift.reshape(-1, 1), h.reshape(-1, h.shape[-1]), W.T, beta=-1)
-            z = flat.view(*h.shape[:-1], -1)
-        else:
-            z = self._logits(h).sub_(shift[..., None])
+        z = self._logits(h)
+        if self.shifted:
+            z.sub_(shift[..., None])
         return z.exp_().sum(dim=-1).log_().add_(shift)
 
     def _kl(self, h: Tensor, ref: Tensor) -> float:

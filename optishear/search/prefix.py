@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from optishear.recipe.candidates import Candidate
+
 BlockKey = Hashable  # what decides a block's weights (its layers' masks or substitutes)
 Fidelity = tuple[int, int]  # sequences, tokens
 
@@ -170,3 +172,18 @@ def block_keys(
     for block, ratio in zip(layer_blocks, ratios, strict=True):
         keys[block].append(round(ratio, 9))
     return [tuple(k) for k in keys]
+
+
+def prefix_order(candidates: Sequence[Candidate]) -> list[int]:
+    """Indices of `candidates` in an order where each shares the longest first blocks with
+    the one before it (lexicographic in genome, then layer by layer): evaluated in it, a batch
+    of mutants of one parent reuses the most block outputs. Scores do not depend on order."""
+    return sorted(range(len(candidates)), key=lambda i: candidates[i].key())
+
+
+def in_order(order: Sequence[int], results: Sequence[Any]) -> list[Any]:
+    """`results`, computed in `order`, back in the candidates' own order."""
+    out: list[Any] = [None] * len(order)
+    for i, r in zip(order, results, strict=True):
+        out[i] = r
+    return out

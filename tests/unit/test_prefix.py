@@ -98,3 +98,15 @@ def test_database_candidates_share_blocks_too(refit: bool) -> None:
     # not the database candidate's blocks
     _same(kept, plain, Candidate(GENOME, (0.5,) * 4))
     assert kept.prefix_stats.skipped == 3
+
+
+def test_a_batch_is_evaluated_in_prefix_order_and_answered_in_its_own() -> None:
+    from optishear.search.evaluator import InProcessEvaluator
+
+    kept, plain = _engines()
+    plans = [(0.6, 0.5, 0.5, 0.5), (0.5, 0.5, 0.5, 0.6), (0.6, 0.5, 0.5, 0.4), (0.5, 0.5, 0.5, 0.4)]
+    batch = [Candidate(GENOME, p) for p in plans]
+    got = InProcessEvaluator(kept).evaluate(batch)
+    assert [e.error for e in got] == [plain.evaluate(c).error for c in batch]
+    # sorted: (0.5,...,0.4) (0.5,...,0.6) (0.6,...,0.4) (0.6,...,0.5): 3 + 0 + 3 blocks skipped
+    assert kept.prefix_stats.skipped == 6
