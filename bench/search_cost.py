@@ -3,9 +3,13 @@
 Measured side by side, alternating, in one process: the dense forward is the model's full
 forward (logits included) over the calibration batch, the candidate evaluation is what the
 search pays per genome (masking every layer from the dense backup, the forward pass to the
-lm_head input, the error accumulation, and the restore).
+lm_head input, the error accumulation, and the restore). Beside it: the same candidate with
+its masks cached (a layer-wise stage's), its child with one block changed a third of the way
+in (the blocks before it kept: optishear.search.prefix), and the KL alone on one candidate's
+lm_head inputs, by the engine's one-pass logsumexp and by torch.logsumexp.
 
-    .venv/bin/python bench/search_cost.py --nsamples 16 --seqlen 256 --repeats 3
+    .venv/bin/python bench/search_cost.py --nsamples 16 --seqlen 256 --repeats 5 \
+        --out bench/results/search_cost_prefix_kl.json
 
 On a GPU machine that cannot fetch the bundled weights, `--config-dir` builds the same
 architecture with random weights from a config.json and feeds random token ids: the timing

@@ -140,7 +140,50 @@ def demo_time() -> list[str]:
     return rows
 
 
+def candidate_cost() -> list[str]:
+    """A candidate against one dense forward, logits included (bench/search_cost.py)."""
+    rows = [
+        (
+            "| pattern | dense forward | new genome (masking) | ratio | cached masks | ratio "
+            "| child, block 10 of 30 | ratio | KL one-pass / torch.logsumexp |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in _load("search_cost_prefix_kl.json"):
+        d = r["dense_forward_s"]
+        rows.append(
+            f"| {r['pattern']} | {d:.2f} s | {r['new_genome_s']:.2f} s ({r['masking_s']:.2f} s) "
+            f"| **{r['new_genome_s'] / d:.2f}** | {r['cached_masks_s']:.2f} s "
+            f"| **{r['cached_masks_s'] / d:.2f}** | {r['child_s']:.2f} s "
+            f"| **{r['child_s'] / d:.2f}** | {r['kl_shifted_s']:.2f} s / {r['kl_exact_s']:.2f} s |"
+        )
+    return rows
+
+
+def prefix_reuse() -> list[str]:
+    """Searches with and without the kept block outputs, side by side (bench/prefix_reuse.py)."""
+    rows = [
+        (
+            "| search | evaluations | every block run | blocks kept | ratio | blocks skipped "
+            "| per evaluation, dense forwards | same errors |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in _load("prefix_reuse_smollm2-135m.json")["rows"]:
+        off = sum(r["seconds_every_block"]) / len(r["seconds_every_block"])
+        on = sum(r["seconds_kept"]) / len(r["seconds_kept"])
+        per = r["evaluations"] * r["dense_forward_s"]
+        rows.append(
+            f"| {r['row']} | {r['evaluations']} | {off:.0f} s | {on:.0f} s | **{on / off:.2f}** "
+            f"| {r['blocks_skipped_share']:.0%} | {off / per:.2f} -> {on / per:.2f} "
+            f"| {'yes' if r['identical_errors'] else 'NO'} |"
+        )
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "candidate_cost": candidate_cost,
+    "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
     "proxy_screen": proxy_screen,
     "proxy_rungs": proxy_rungs,

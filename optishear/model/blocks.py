@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,3 +182,24 @@ def run_block(
         if out is not None:
             out[start : start + batch_size] = _block_output(y)
     return out
+
+
+_SKIPPED = "_optishear_skipped"
+
+
+@contextlib.contextmanager
+def skipped(block: nn.Module, output: Callable[[], Any]) -> Iterator[None]:
+    """Inside, `block` computes nothing: each call returns `output()` instead. Its weights are
+    not used, so a block streamer (optishear.model.streaming) leaves them on the host."""
+    state = vars(block)
+    state["forward"] = lambda *_args, **_kwargs: output()
+    state[_SKIPPED] = True
+    try:
+        yield
+    finally:
+        state.pop("forward", None)
+        state.pop(_SKIPPED, None)
+
+
+def is_skipped(block: nn.Module) -> bool:
+    return bool(vars(block).get(_SKIPPED))

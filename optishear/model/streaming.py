@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from optishear.model.blocks import decoder_blocks
+from optishear.model.blocks import decoder_blocks, is_skipped
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +107,16 @@ class BlockStreamer:
             setattr(block, _STREAMER, (self, idx))
             # First in, and out even when the pass stops early (our own capture hooks stop it
             # with an exception): a block is never left on the device by accident.
+            # A skipped block (optishear.model.blocks.skipped) computes without its weights.
             self._handles.append(
-                block.register_forward_pre_hook(lambda _m, _a, i=idx: self._enter(i), prepend=True)
+                block.register_forward_pre_hook(
+                    lambda m, _a, i=idx: None if is_skipped(m) else self._enter(i), prepend=True
+                )
             )
             self._handles.append(
                 block.register_forward_hook(
-                    lambda _m, _a, _o, i=idx: self._leave(i, False), always_call=True
+                    lambda m, _a, _o, i=idx: None if is_skipped(m) else self._leave(i, False),
+                    always_call=True,
                 )
             )
 

@@ -19,11 +19,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from types import MethodType
 from typing import Any
 
 from torch import Tensor, nn
 
+from optishear.model.blocks import skipped
 from optishear.recipe.candidates import Candidate
 
 BlockKey = Hashable  # what decides a block's weights (its layers' masks or substitutes)
@@ -124,9 +124,10 @@ class PrefixStates:
             hidden = args[0] if args else kwargs["hidden_states"]
             rows[0], rows[1] = rows[1], rows[1] + hidden.shape[0]
 
-        def skipped(_self: nn.Module, *_args: Any, **_kwargs: Any) -> Any:
+        def kept_output() -> Any:
             assert source is not None
-            y = source.outputs[start - 1][rows[0] : rows[1]]
+            # a copy: a block may add to its input in place, and the kept outputs must stay
+            y = source.outputs[start - 1][rows[0] : rows[1]].clone()
             return (y,) if source.tuple_output else y
 
         def record(idx: int, out: Any) -> None:
@@ -146,8 +147,7 @@ class PrefixStates:
             stack.callback(first.remove)
             for idx, block in enumerate(self.blocks):
                 if idx < start:
-                    vars(block)["forward"] = MethodType(skipped, block)
-                    stack.callback(vars(block).pop, "forward", None)
+                    stack.enter_context(skipped(block, kept_output))
                 else:
                     h = block.register_forward_hook(lambda _m, _a, out, i=idx: record(i, out))
                     stack.callback(h.remove)

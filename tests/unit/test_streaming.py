@@ -132,3 +132,21 @@ def test_a_streamed_engine_scores_candidates_as_a_resident_one(pattern) -> None:
         assert resident.owl_plan(0.5) == streamed.owl_plan(0.5)
     assert streamer is not None
     assert streamer.peak_onloaded_bytes == streamer.largest_block_bytes
+
+
+def test_a_streamed_engine_does_not_copy_the_blocks_a_candidate_skips(monkeypatch) -> None:
+    ids = _ids(8, 24)
+    model = build_tiny("llama", layers=4)
+    streamer = BlockStreamer(model, CPU)
+    engine = FitnessEngine(model, ids, Pattern(), batch_size=4)
+    entered: list[int] = []
+    enter = streamer._enter
+    monkeypatch.setattr(streamer, "_enter", lambda i: (entered.append(i), enter(i))[1])
+    engine.evaluate(Candidate(Genome(), (0.5,) * 4))
+    assert sorted(set(entered)) == [0, 1, 2, 3]
+    entered.clear()
+    child = engine.evaluate(Candidate(Genome(), (0.5, 0.5, 0.5, 0.6)))  # blocks 0-2 skipped
+    assert set(entered) == {3}
+    assert streamer.onloaded_bytes == 0  # every block back on the host
+    resident = FitnessEngine(build_tiny("llama", layers=4), ids, Pattern(), batch_size=4)
+    assert child.error == resident.evaluate(Candidate(Genome(), (0.5, 0.5, 0.5, 0.6))).error
