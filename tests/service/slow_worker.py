@@ -1,4 +1,8 @@
-"""`optishear worker` with a slowed-down evaluator, so that a test can kill it mid-search.
+"""`optishear worker` whose every stored generation takes a while, so that a test can act
+(kill it, cut its database) between two generations.
+
+The pause is in the generation's write, not in the evaluator: a generation whose candidates
+are all cached calls no evaluator, and generations would then go by faster than a test polls.
 
 Run as a script: the kill test starts it as a real process and sends it SIGKILL.
 """
@@ -8,17 +12,17 @@ from __future__ import annotations
 import sys
 import time
 
-from optishear.search.evaluator import InProcessEvaluator
 from service.commands import main
+from service.runner import search_job
 
-_evaluate = InProcessEvaluator.evaluate
+_store = search_job._Persister.__call__
 
 
-def _slow(self, candidates, n_samples=None, n_tokens=None):  # type: ignore[no-untyped-def]
+def _slow(self, snap):  # type: ignore[no-untyped-def]
     time.sleep(float(sys.argv[1]))
-    return _evaluate(self, candidates, n_samples, n_tokens)
+    return _store(self, snap)
 
 
 if __name__ == "__main__":
-    InProcessEvaluator.evaluate = _slow  # type: ignore[method-assign]
+    search_job._Persister.__call__ = _slow  # type: ignore[method-assign]
     sys.exit(main(["worker"]))

@@ -135,6 +135,14 @@ def test_database_outages_mid_search_cost_no_attempt(
     url = make_url(fresh_pg_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432).start()
     direct = db.make_engine(fresh_pg_url)  # the test's own view, around the proxy
+    try:
+        _outages(direct, proxy, fresh_pg_url, search_body, poll, tmp_path, tmp_path_factory)
+    finally:
+        direct.dispose()  # a failed check must not leave a connection for a later test to see
+        proxy.close()
+
+
+def _outages(direct, proxy, fresh_pg_url, search_body, poll, tmp_path, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     settings = ServiceSettings(
         database_url=fresh_pg_url,
         checkpoint_dir=tmp_path / "checkpoints",
@@ -166,7 +174,6 @@ def test_database_outages_mid_search_cost_no_attempt(
         finally:
             worker.terminate()
             worker.wait(timeout=60)
-            proxy.close()
         gens = client.get(f"/api/searches/{sid}/generations").json()
     with direct.connect() as conn:
         numbers = conn.scalars(
@@ -174,7 +181,6 @@ def test_database_outages_mid_search_cost_no_attempt(
             .where(Generation.search_id == uuid.UUID(sid))
             .order_by(Generation.number)
         ).all()
-    direct.dispose()
     logged = log.read_text()
     assert result["status"] == "succeeded", (result, logged)
     assert result["attempts"] == 1, logged
