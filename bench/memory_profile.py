@@ -6,7 +6,10 @@ memory is split as the kernel counts it: anonymous (what the process allocated) 
 pages (weights memory-mapped from safetensors: clean, shared, and evictable under pressure;
 transformers maps a checkpoint whose dtype it keeps). A sampling thread records both peaks.
 - load:   the model alone (the floor every phase starts from);
-- prune:  Wanda at 50% through `prune_model`, as `optishear prune` runs it;
+- prune:  `--prune-method` (Wanda by default; sparsegpt; wanda+refit: Wanda's mask with the
+          least-squares refit) at 50% or the `--pattern` through `prune_model`, as `optishear
+          prune` runs it, with its wall time: `--nsamples 128 --seqlen 2048` is the field's
+          calibration;
 - engine: a FitnessEngine's set-up (dense statistics, baseline statistics, reference) and
           three candidate evaluations, as a search actor holds it;
 - search: a small in-process search: four candidates scored, the best pruned as shipped, and
@@ -16,6 +19,8 @@ transformers maps a checkpoint whose dtype it keeps). A sampling thread records 
     .venv/bin/python bench/memory_profile.py --model smollm2-135m
     .venv/bin/python bench/memory_profile.py --model qwen2.5-0.5b --phases load,prune,engine
     .venv/bin/python bench/memory_profile.py --model gemma3-270m --phases load,prune,engine,search
+    .venv/bin/python bench/memory_profile.py --phases prune --pattern 2:4 --nsamples 128 \
+        --seqlen 2048 --prune-method sparsegpt --out bench/results/memory_sparsegpt.json
 """
 
 from __future__ import annotations
@@ -167,7 +172,20 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     after_load = _rss_peak_bytes()
     out: dict[str, Any] = {"phase": args.phase, "model": args.model, "dtype": args.dtype}
     if args.phase == "prune":
-        prune_model(model, calib, PruneConfig(method="wanda", sparsity=0.5))
+        method = args.prune_method
+        config = PruneConfig(
+            method=method.removesuffix("+refit"),
+            sparsity=0.5,
+            pattern=Pattern.parse(args.pattern),
+            reconstruct=method.endswith("+refit"),
+        )
+        report = prune_model(model, calib, config)
+        out |= {
+            "prune_method": method,
+            "pattern": args.pattern,
+            "calibration": [args.nsamples, args.seqlen],
+            "prune_seconds": round(report.seconds, 1),
+        }
     elif args.phase == "engine":
         pattern = Pattern.parse(args.pattern)
         engine = FitnessEngine(
@@ -230,6 +248,8 @@ def main() -> None:
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--fitness-samples", type=int, default=8)
+    p.add_argument("--prune-method", default="wanda", choices=("wanda", "sparsegpt", "wanda+refit"))
+    p.add_argument("--out", type=Path, help="also write the phases' results as JSON here")
     p.add_argument(
         "--second-order",
         action=argparse.BooleanOptionalAction,
@@ -240,11 +260,12 @@ def main() -> None:
     if args.phase:
         print(json.dumps(run_phase(args)))
         return
+    results = []
     for phase in args.phases.split(","):
         argv = [
             f"--{k.replace('_', '-')}={v}"
             for k, v in vars(args).items()
-            if k not in ("phases", "phase", "second_order")
+            if k not in ("phases", "phase", "second_order", "out")
         ]
         done = subprocess.run(
             [
@@ -258,7 +279,13 @@ def main() -> None:
             capture_output=True,
             text=True,
         )
-        print(done.stdout.strip().splitlines()[-1], flush=True)
+        line = done.stdout.strip().splitlines()[-1]
+        print(line, flush=True)
+        results.append(json.loads(line))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = " ".join(["python", *sys.argv])
+        args.out.write_text(json.dumps({"command": command, "phases": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from optishear.evaluation.tasks import (
     load_tasks,
     run_loaded_tasks,
 )
+from optishear.evaluation.text_tasks import TextTaskSpec
 from optishear.model.blocks import iter_linears
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import ScoredCandidate
@@ -52,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--methods",
         default="dense,wanda,sparsegpt",
-        help="comma-separated: dense and library methods (magnitude, wanda, ria, sparsegpt)",
+        help="comma-separated: dense and library methods (magnitude, wanda, ria, sparsegpt); "
+        "METHOD+refit ships the method's mask with the least-squares refit",
     )
     p.add_argument(
         "--candidate",
@@ -67,8 +69,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--nsamples", type=int, default=32, help="calibration sequences")
     p.add_argument("--seqlen", type=int, default=256, help="calibration sequence length")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling seed")
-    p.add_argument("--tasks", default="optishear_cloze", help="comma-separated lm-eval tasks")
-    p.add_argument("--task-path", type=Path, default=LOCAL_TASKS, help="local task folder")
+    p.add_argument(
+        "--tasks", default="optishear_text,optishear_cloze", help="comma-separated lm-eval tasks"
+    )
+    p.add_argument("--task-items", type=int, default=500, help="items per optishear_text task")
+    p.add_argument(
+        "--task-path",
+        type=Path,
+        help=f"local task folder (default: {LOCAL_TASKS.relative_to(ROOT)} for optishear_cloze)",
+    )
     p.add_argument("--task-limit", type=int, help="first N examples of each task")
     p.add_argument("--num-fewshot", type=int, default=0)
     p.add_argument("--task-batch-size", type=int, default=16)
@@ -96,20 +105,29 @@ def main() -> int:
     pattern = Pattern.parse(args.pattern)
     # Every config and candidate is read before the model loads: a typo fails in seconds.
     configs = {
-        m: PruneConfig(method=m, sparsity=args.sparsity, pattern=pattern)
+        m: PruneConfig(
+            method=m.removesuffix("+refit"),
+            sparsity=args.sparsity,
+            pattern=pattern,
+            reconstruct=m.endswith("+refit"),
+        )
         for m in methods
         if m != "dense"
     }
     candidates = {
         path: ScoredCandidate.model_validate_json(path.read_text()) for path in args.candidate
     }
+    names = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    if args.task_path is None and "optishear_cloze" in names:
+        args.task_path = LOCAL_TASKS
     tasks = load_tasks(
         TaskConfig(
-            tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
+            names,
             num_fewshot=args.num_fewshot,
             limit=args.task_limit,
             batch_size=args.task_batch_size,
             include_path=args.task_path,
+            text=TextTaskSpec(items=args.task_items),
         )
     )
     model, tokenizer, _ = load_model(args.model)
@@ -150,7 +168,16 @@ def main() -> int:
     print(markdown(rows))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=2))
+        protocol = {
+            "command": " ".join(["python", *sys.argv]),
+            "model": args.model,
+            "calibration": [args.nsamples, args.seqlen, args.seed],
+            "pattern": str(pattern),
+            "sparsity": args.sparsity,
+            "eval_windows": args.eval_windows,
+            "seconds": round(time.perf_counter() - _START, 1),
+        }
+        args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2))
     return 0
 
 

@@ -181,8 +181,31 @@ def prefix_reuse() -> list[str]:
     return rows
 
 
+def text_tasks() -> list[str]:
+    """The offline text tasks at 2:4 on the bundled model: dense, Wanda, SparseGPT and the
+    search's 2:4 recipe (Wanda's metric, shipped refit), one calibration sample
+    (bench/tasks_accuracy.py)."""
+    d = _load("tasks_text_2-4_smollm2-135m.json")
+    metrics = (
+        ("optishear_lastword acc", "last word acc"),
+        ("optishear_wordchoice acc", "word choice acc"),
+        ("optishear_nextsentence acc", "next sentence acc"),
+        ("optishear_nextsentence acc_norm", "next sentence acc_norm"),
+        ("optishear_text acc", "mean acc (1,500)"),
+    )
+    rows = [
+        "| model | " + " | ".join(label for _, label in metrics) + " | held-out ppl |",
+        "|---" * (len(metrics) + 2) + "|",
+    ]
+    for r in d["rows"]:
+        cells = [f"{r['accuracy'][m]:.3f} ± {r['stderr'][m]:.3f}" for m, _ in metrics]
+        rows.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['ppl']:.3f} |")
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "candidate_cost": candidate_cost,
+    "text_tasks": text_tasks,
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
     "proxy_screen": proxy_screen,

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_models import sentence_docs
 
 from optishear.cli import main
 
@@ -112,3 +113,46 @@ def test_unknown_task_is_refused_before_the_model_loads(tiny_model_dir, capsys) 
     assert "optishear: error: unknown task 'optishear_clozee'" in err
     assert "close names: optishear_cloze" in err
     assert "execution:" not in err  # printed when the model is placed: it never was
+
+
+def test_eval_builds_the_text_tasks_from_a_given_text(
+    tiny_model_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("OPTISHEAR_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "novel.jsonl"
+    text.write_text("".join(json.dumps({"text": d}) + "\n" for d in sentence_docs()))
+    args = ["--tasks", "optishear_lastword,optishear_nextsentence", "--task-text", str(text)]
+    rc = main(_eval(tiny_model_dir, *args, "--task-items", "60", "--task-limit", "4", "--json"))
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert captured.out, captured.err
+    scores = json.loads(captured.out)["tasks"]["scores"]
+    assert {(s["task"], s["metric"], s["n_samples"]) for s in scores} == {
+        ("optishear_lastword", "acc", 4),
+        ("optishear_lastword", "perplexity", 4),
+        ("optishear_nextsentence", "acc", 4),
+        ("optishear_nextsentence", "acc_norm", 4),
+    }
+    assert len(list((tmp_path / "cache" / "tasks").iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--task-text", "wiki"], "--task-text need --tasks"),
+        (["--tasks", "optishear_text", "--task-items", "10"], "task items must be >= 50"),
+        (["--tasks", "optishear_text", "--task-text", "/no/such.txt"], "is not 'wiki'"),
+        (["--tasks", "optishear_text", "--task-text", "SHORT"], "too few task items for 500"),
+    ],
+)
+def test_bad_text_task_flags_are_refused(
+    tiny_model_dir, tmp_path, monkeypatch, capsys, extra, message
+) -> None:
+    monkeypatch.setenv("OPTISHEAR_CACHE", str(tmp_path / "cache"))
+    short = tmp_path / "short.txt"
+    short.write_text(sentence_docs(n_docs=1, paragraphs=2)[0])
+    extra = [str(short) if a == "SHORT" else a for a in extra]
+    assert main(_eval(tiny_model_dir, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err

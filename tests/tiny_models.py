@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     Gemma3TextConfig,
@@ -102,3 +102,106 @@ def shipped_recipe(engine, candidate, update="none"):  # type: ignore[no-untyped
         batch_size=engine.batch_size,
         layer_numel=[n for _, _, n in engine.layer_layout],
     )
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per byte: every prompt and choice tokenizes apart, and context + continuation
+    is the concatenation of their tokens, so log-likelihoods can be recomputed by hand."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)} | {"<eos>": len(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def byte_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedModel:
+    config = tiny_config("llama")
+    config.vocab_size = len(tokenizer)
+    config.max_position_embeddings = 256
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+_WORDS = [
+    "river",
+    "mountain",
+    "village",
+    "castle",
+    "forest",
+    "garden",
+    "market",
+    "harbour",
+    "bridge",
+    "tower",
+    "valley",
+    "island",
+    "temple",
+    "palace",
+    "museum",
+    "library",
+    "station",
+    "church",
+    "school",
+    "factory",
+    "farmer",
+    "soldier",
+    "teacher",
+    "merchant",
+    "sailor",
+    "painter",
+    "writer",
+    "doctor",
+    "king",
+    "queen",
+    "prince",
+    "bishop",
+    "knight",
+    "horse",
+    "wheat",
+    "barley",
+    "copper",
+    "silver",
+    "marble",
+    "granite",
+    "timber",
+    "cotton",
+    "wool",
+    "silk",
+    "salt",
+    "iron",
+    "coal",
+    "glass",
+    "paper",
+    "music",
+]
+_VERBS = [
+    "built",
+    "crossed",
+    "painted",
+    "visited",
+    "defended",
+    "described",
+    "sold",
+    "bought",
+    "carried",
+    "found",
+]
+
+
+def sentence_docs(n_docs: int = 12, paragraphs: int = 12, seed: int = 0) -> list[str]:
+    """Documents of short paragraphs of plain sentences over a small vocabulary, so that a
+    sentence's last word often occurs earlier in its paragraph (as in real prose)."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        paras = ["A Heading Without An Ending"]
+        for _ in range(paragraphs):
+            sents = []
+            for _ in range(rng.randint(4, 8)):
+                words = [rng.choice(_WORDS) for _ in range(rng.randint(8, 16))]
+                words.insert(1, rng.choice(_VERBS))
+                sents.append(" ".join(["The", *words]) + ".")
+            paras.append(" ".join(sents))
+        docs.append("\n\n".join(paras))
+    return docs

@@ -21,11 +21,19 @@ from optishear.core.errors import ConfigError
 from optishear.core.files import user_path
 from optishear.core.settings import LibrarySettings
 from optishear.evaluation.tasks import TaskConfig, TaskReport, load_tasks, run_loaded_tasks
+from optishear.evaluation.text_tasks import TextTaskSpec, wants_text_tasks
 from optishear.model.hf import torch_device
 
 _TASK_DEFAULTS = TaskConfig(("-",))
 # Flags that mean nothing without --tasks (their dests; None when not given).
-_TASK_ONLY = ("task_path", "task_limit", "num_fewshot", "task_batch_size")
+_TASK_ONLY = (
+    "task_path",
+    "task_limit",
+    "num_fewshot",
+    "task_batch_size",
+    "task_text",
+    "task_items",
+)
 
 
 def register(sub: Any) -> None:
@@ -45,13 +53,27 @@ def register(sub: Any) -> None:
         metavar="NAMES",
         help="comma-separated lm-eval task names, e.g. "
         "boolq,rte,hellaswag,winogrande,arc_easy,arc_challenge,openbookqa (their data comes "
-        "from the Hugging Face hub), or local tasks found in --task-path",
+        "from the Hugging Face hub), local tasks found in --task-path, or optishear_text: "
+        "three offline tasks of 500 items built from --task-text",
     )
     g.add_argument(
         "--task-path",
         metavar="DIR",
         help="a folder of local task YAMLs, searched first (offline; e.g. "
         "tests/data/lm_eval_tasks holds optishear_cloze)",
+    )
+    g.add_argument(
+        "--task-text",
+        metavar="SOURCE",
+        help="the text that the offline tasks optishear_text (optishear_lastword, "
+        "optishear_wordchoice, optishear_nextsentence) are built from: 'wiki' (the bundled "
+        "sample's evaluation articles, the default), a .txt or .jsonl file",
+    )
+    g.add_argument(
+        "--task-items",
+        type=int,
+        metavar="N",
+        help=f"items per optishear_text task (default {_TASK_DEFAULTS.text.items})",
     )
     g.add_argument(
         "--task-limit",
@@ -89,9 +111,11 @@ def task_config(args: argparse.Namespace) -> TaskConfig | None:
         "limit": args.task_limit,
         "batch_size": args.task_batch_size,
     }
+    text = {"source": args.task_text, "items": args.task_items}
     return TaskConfig(
         names,
         include_path=None if args.task_path is None else user_path(args.task_path),
+        text=TextTaskSpec(**{k: v for k, v in text.items() if v is not None}),
         **{k: v for k, v in optional.items() if v is not None},
     )
 
@@ -102,13 +126,20 @@ def run_eval(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) ->
         raise ConfigError("--no-ppl leaves nothing to evaluate: pass --tasks")
     eval_cfg = None if args.no_ppl else config_from_flags(EvaluationConfig, args, "evaluation.")
     device = torch_device(args.device)
-    ensure_assets(settings, bars, args.model, None if eval_cfg is None else eval_cfg.text)
+    task_text = (
+        tasks_cfg.text.source
+        if tasks_cfg is not None and wants_text_tasks(tasks_cfg.tasks)
+        else None
+    )
+    ensure_assets(
+        settings, bars, args.model, None if eval_cfg is None else eval_cfg.text, task_text
+    )
     if tasks_cfg is not None and not args.verbose:
         # lm-eval warns, to its own CLI's users, that a model object was passed in and how
         # few-shot counts were overridden: both by design here. Its errors still show.
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     # Names and task data are checked before the model loads: a typo costs seconds, not a load.
-    tasks = None if tasks_cfg is None else load_tasks(tasks_cfg)
+    tasks = None if tasks_cfg is None else load_tasks(tasks_cfg, settings)
     model, tokenizer, _, _ = load_placed(
         args.model, settings, device=device, dtype=args.dtype, execution=args.execution
     )

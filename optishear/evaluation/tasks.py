@@ -4,13 +4,16 @@ lm-evaluation-harness (the `tasks` extra) runs the tasks; this module hands it t
 is (pruned, resident or streamed block by block), checks task names before any work, turns hub
 and config failures into OptiShear errors, and reports the scores in a small typed record.
 Standard tasks download their data from the Hugging Face hub; offline, a folder of local task
-YAMLs (`include_path`, `--task-path` on the command line) works the same way.
+YAMLs (`include_path`, `--task-path` on the command line) works the same way, and so do the
+three tasks that `text_tasks` builds from local text (`optishear_text`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,6 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from optishear.core.errors import ConfigError, DataError
 from optishear.core.files import user_path
+from optishear.core.settings import LibrarySettings
+from optishear.evaluation import text_tasks
+from optishear.evaluation.text_tasks import TextTaskSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -35,6 +41,7 @@ class TaskConfig:
 
     `limit` caps the examples per task (the first ones; None: all). `include_path` is a folder
     of local task YAMLs, searched before lm-eval's own tasks. `seed` picks the few-shot examples.
+    The offline text tasks (`optishear_text` and its three tasks) are built from `text`.
     """
 
     tasks: tuple[str, ...]
@@ -43,6 +50,7 @@ class TaskConfig:
     batch_size: int = 8
     include_path: Path | None = None
     seed: int = 0
+    text: TextTaskSpec = field(default_factory=TextTaskSpec)  # optishear_text's source
 
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
@@ -66,6 +74,8 @@ class TaskConfig:
             _check_int("limit", self.limit, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
         _check_int("seed", self.seed, minimum=0)
+        if not isinstance(self.text, TextTaskSpec):
+            raise ConfigError(f"text must be a TextTaskSpec, got {type(self.text).__name__}")
         if self.include_path is not None and not isinstance(self.include_path, Path):
             object.__setattr__(self, "include_path", user_path(str(self.include_path)))
 
@@ -139,25 +149,40 @@ def _lm_eval() -> Any:
     return lm_eval
 
 
-def _manager(config: TaskConfig) -> Any:
-    """lm-eval's task index: the local folder alone when it holds every task asked for.
+def _local_paths(config: TaskConfig, settings: LibrarySettings | None) -> list[str]:
+    """The folders of local tasks: the user's, and the text tasks built where asked for."""
+    paths = []
+    if config.include_path is not None:
+        if not config.include_path.is_dir():
+            raise ConfigError(f"task path {config.include_path} is not a folder")
+        paths.append(str(config.include_path))
+    if text_tasks.wants_text_tasks(config.tasks):
+        from optishear.data.text import load_texts
+
+        settings = settings or LibrarySettings()
+        spec = config.text
+        docs = load_texts(spec.source, "evaluation", settings)
+        paths.append(str(text_tasks.tasks_folder(settings.cache, docs, spec)))
+    return paths
+
+
+def _manager(config: TaskConfig, settings: LibrarySettings | None) -> Any:
+    """lm-eval's task index: the local folders alone when they hold every task asked for.
 
     Indexing lm-eval's own 14,000 tasks, groups and tags takes seconds; a run of local tasks
     needs none of them. A local *group* may name lm-eval's tasks, so it gets the full index.
     """
     TaskManager = _lm_eval().tasks.TaskManager
-    path = config.include_path
-    if path is not None:
-        if not path.is_dir():
-            raise ConfigError(f"task path {path} is not a folder")
-        local = TaskManager(include_path=str(path), include_defaults=False)
+    paths = _local_paths(config, settings)
+    if paths:
+        local = TaskManager(include_path=paths, include_defaults=False)
         if set(config.tasks) <= set(local.all_subtasks):
             return local
-    manager = TaskManager(include_path=None if path is None else str(path))
+    manager = TaskManager(include_path=paths or None)
     known = set(manager.all_tasks)
     for name in config.tasks:
         if name not in known:
-            raise ConfigError(_unknown_task_message(name, manager.all_tasks, path))
+            raise ConfigError(_unknown_task_message(name, manager.all_tasks, config.include_path))
     return manager
 
 
@@ -179,13 +204,13 @@ def _data_errors() -> tuple[type[BaseException], ...]:
     return (OSError, datasets.exceptions.DatasetsError, httpx.HTTPError)
 
 
-def load_tasks(config: TaskConfig) -> LoadedTasks:
+def load_tasks(config: TaskConfig, settings: LibrarySettings | None = None) -> LoadedTasks:
     """Check the names and load every task's data; fails before any model is needed.
 
     Raises ConfigError for an unknown name or a broken task config, DataError when a task's
     data cannot be downloaded (offline: use a local task) or read.
     """
-    manager = _manager(config)
+    manager = _manager(config, settings)
     data_errors = _data_errors()
     objects: list[Any] = []
     for name in config.tasks:
@@ -224,7 +249,24 @@ def run_loaded_tasks(model: nn.Module, tokenizer: Any, tasks: LoadedTasks) -> Ta
     # HFLM gives the tokenizer a pad token where it has none: it works on its own copy.
     lm = HFLM(pretrained=model, tokenizer=copy.deepcopy(tokenizer), batch_size=config.batch_size)
     start = time.perf_counter()
-    results = lm_eval.simple_evaluate(
+    # lm-eval prints some notes ("bootstrapping for stddev: ...") to stdout, which belongs to
+    # the caller (`optishear eval --json`): they go to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        results = _evaluate(lm_eval, lm, tasks)
+    seconds = time.perf_counter() - start
+    assert results is not None  # None only on a non-zero rank of a distributed run
+    return TaskReport(
+        scores=_scores(results),
+        num_fewshot=config.num_fewshot,
+        limit=config.limit,
+        seconds=seconds,
+        lm_eval_version=lm_eval.__version__,
+    )
+
+
+def _evaluate(lm_eval: Any, lm: Any, tasks: LoadedTasks) -> Any:
+    config = tasks.config
+    return lm_eval.simple_evaluate(
         lm,
         tasks=list(tasks.objects),
         num_fewshot=config.num_fewshot,
@@ -238,20 +280,13 @@ def run_loaded_tasks(model: nn.Module, tokenizer: Any, tasks: LoadedTasks) -> Ta
         torch_random_seed=None,
         fewshot_random_seed=config.seed,
     )
-    seconds = time.perf_counter() - start
-    assert results is not None  # None only on a non-zero rank of a distributed run
-    return TaskReport(
-        scores=_scores(results),
-        num_fewshot=config.num_fewshot,
-        limit=config.limit,
-        seconds=seconds,
-        lm_eval_version=lm_eval.__version__,
-    )
 
 
-def run_tasks(model: nn.Module, tokenizer: Any, config: TaskConfig) -> TaskReport:
+def run_tasks(
+    model: nn.Module, tokenizer: Any, config: TaskConfig, settings: LibrarySettings | None = None
+) -> TaskReport:
     """Load the tasks of `config` and score `model` on them (see `load_tasks` for errors)."""
-    return run_loaded_tasks(model, tokenizer, load_tasks(config))
+    return run_loaded_tasks(model, tokenizer, load_tasks(config, settings))
 
 
 def _scores(results: Mapping[str, Any]) -> tuple[TaskScore, ...]:

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import tiny_config
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from tiny_models import byte_model, byte_tokenizer
 
 from optishear.core.errors import ConfigError, DataError
 from optishear.evaluation.tasks import (
@@ -25,25 +23,6 @@ from optishear.model.streaming import BlockStreamer
 TASKS = Path(__file__).resolve().parents[1] / "data" / "lm_eval_tasks"
 CLOZE = TASKS / "optishear_cloze"
 CHANCE = 0.25  # four choices per item
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per byte: every prompt and choice tokenizes apart, and context + continuation
-    is the concatenation of their tokens, so log-likelihoods can be recomputed by hand."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet)} | {"<eos>": len(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
-
-
-def byte_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> PreTrainedModel:
-    config = tiny_config("llama")
-    config.vocab_size = len(tokenizer)
-    config.max_position_embeddings = 256
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(config).eval()
 
 
 def cloze_items(limit: int | None = None) -> list[dict]:
