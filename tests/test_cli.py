@@ -150,6 +150,8 @@ def odd_model_dir(tmp_path_factory):
         (["--plan", "explicit", "--layer-sparsity", "0.5"], "lists 1 sparsities but the model"),
         (["--plan", "owl", "--pattern", "2:4"], "use a uniform plan"),
         (["--method", "sparsegpt", "--reconstruct"], "sparsegpt always reconstructs"),
+        (["--refit-holdout", "4"], "refit_holdout chooses the least-squares refit's damping"),
+        (["--reconstruct", "--refit-holdout", "8"], "4 sequences hold none; give at least 8"),
         (["--calib", "missing.txt"], "text source 'missing.txt' is not 'wiki'"),
         (["--device", "cuda:0"], "CUDA was asked for but no GPU is available"),
     ],

@@ -75,6 +75,14 @@ class PruneConfig(TargetConfig):
         description="update the surviving weights by SparseGPT's OBS step on the method's mask "
         "(wanda, ria, meta): what a search with a refit layer database scored",
     )
+    refit_holdout: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="with reconstruct: every Nth calibration sequence is held aside (no "
+        "statistics, Hessian or refit) to choose each layer's refit damping by its output "
+        "error on them; 0: a fixed damping (0.01 of the mean diagonal)",
+    )
     refit_solver: Literal["cg", "exact"] = Field(
         "cg",
         description="how the refit solves each layer: conjugate gradients on the shared Gram "
@@ -114,6 +122,13 @@ class PruneConfig(TargetConfig):
                 "obs_update applies to activation-aware mask methods (wanda, ria, meta), "
                 "without reconstruct: each is an update of the survivors"
             )
+        if self.refit_holdout and not (self.reconstruct and self.stats == "pruned"):
+            raise ValueError(
+                "refit_holdout chooses the least-squares refit's damping: it needs reconstruct "
+                "and statistics from the pruned prefix (stats 'pruned')"
+            )
+        if self.refit_holdout == 1:
+            raise ValueError("refit_holdout 1 would hold aside every sequence: use 0 or >= 2")
         if self.reconstruct and self.method in ("sparsegpt", "magnitude"):
             raise ValueError(
                 "reconstruct applies to activation-aware mask methods (wanda, ria, meta): "

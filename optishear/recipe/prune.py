@@ -52,6 +52,7 @@ class LayerReport:
     shape: tuple[int, int]
     target: float
     pruned: int
+    refit_damping: float | None = None  # where held-aside sequences chose it
 
     @property
     def sparsity(self) -> float:
@@ -205,13 +206,17 @@ def _prune_block(
         )
         dense = lin.weight.data.clone() if update else None
         mask = method.prune_layer(task)
+        damping = None
         if update is not None:
             assert stats is not None
             assert dense is not None
-            update.apply(lin.weight.data, dense, stats[name].hessian, mask, ratio, pattern)
+            layer = stats[name]
+            damping = update.apply(
+                lin.weight.data, dense, layer.hessian, mask, ratio, pattern, layer.held_gram
+            )
             del dense
         report.layers.append(
-            LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()))
+            LayerReport(idx, name, tuple(lin.weight.shape), ratio, int(mask.sum()), damping)
         )
 
 
@@ -247,6 +252,12 @@ def prune_model(
     needs_hessian = method.needs_hessian or update is not None
     if config.reconstruct and calib_ids is not None:
         warn_if_few_tokens(model, calib_ids)
+    holdout = config.refit_holdout
+    if holdout and inputs is not None and inputs.hidden.shape[0] < holdout:
+        raise ConfigError(
+            f"refit_holdout {holdout} holds aside every {holdout}th calibration sequence: "
+            f"{inputs.hidden.shape[0]} sequences hold none; give at least {holdout}"
+        )
     wants_dense = config.plan.kind == "owl" or (
         method.needs_activations and config.stats == "dense"
     )
@@ -275,7 +286,9 @@ def prune_model(
                 assert inputs is not None
                 assert hidden is not None
                 call = inputs.calls[idx]
-                with recording_inputs(linear_sublayers(block), hessian=needs_hessian) as stats:
+                with recording_inputs(
+                    linear_sublayers(block), hessian=needs_hessian, holdout=holdout
+                ) as stats:
                     run_block(block, hidden, call, inputs.batch_size, keep_output=False)
                 _prune_block(
                     idx,

@@ -41,13 +41,38 @@ class SurvivorUpdate:
         mask: Tensor,
         ratio: float,
         pattern: Pattern,
-    ) -> None:
+        held: Tensor | None = None,
+    ) -> float | None:
+        """Update `weight` in place; returns the refit's damping where `held` chose it.
+
+        `held` is the Gram matrix of held-aside calibration sequences: each damping of
+        `DAMPINGS` is tried and the one whose layer output is closest to the dense layer's on
+        those sequences, trace((W - W0) G (W - W0)^T), is kept.
+        """
         # Both reproduce the dense layer's output, so both start from the dense weights.
         weight.copy_(dense)
-        if self.kind == "lstsq":
-            least_squares_refit(weight, hessian, mask, solver=self.solver)
-        else:
+        if self.kind == "obs":
             sparsegpt_prune(weight, hessian, ratio, pattern, fixed_mask=mask)
+            return None
+        if held is None:
+            least_squares_refit(weight, hessian, mask, solver=self.solver)
+            return None
+        best: tuple[float, float, Tensor] | None = None
+        for damping in DAMPINGS:
+            weight.copy_(dense)
+            least_squares_refit(weight, hessian, mask, percdamp=damping, solver=self.solver)
+            diff = weight.float() - dense.float()
+            error = float(((diff @ held.float()) * diff).sum())
+            if best is None or error < best[0]:
+                best = (error, damping, weight.clone())
+        assert best is not None
+        weight.copy_(best[2])
+        return best[1]
+
+
+# Relative dampings (of the Gram matrix's mean diagonal) a held-aside set chooses among: from
+# a near-exact fit of the calibration sample to near the dense survivors.
+DAMPINGS = (0.001, 0.01, 0.1, 1.0)
 
 
 # Calibration tokens per input of the widest layer below which a least-squares refit fits the
