@@ -183,8 +183,8 @@ def _last_word(docs: list[list[list[str]]], s: _Sentence) -> dict[str, str] | No
     target = words[-1][:-1]
     if len(target) < 3:
         return None
-    context = [*_before(docs, s, 60), *words[:-1]]
-    if len(context) < 30 or target not in {_strip(w) for w in context}:
+    context = [*_before(docs, s, 120), *words[:-1]]
+    if len(context) < 40 or target not in {_strip(w) for w in context}:
         return None
     return {"context": " ".join(context), "target": target}
 
@@ -222,7 +222,7 @@ def _word_choice(
     if not spots:
         return None
     i = rng.choice(spots)
-    prompt = [*_before(docs, s, 25), *words[:i]]
+    prompt = [*_before(docs, s, 40), *words[:i]]
     avoid = {_strip(w).lower() for w in [*prompt, *words]}
     others = vocab.distractors(words[i], avoid, 3, rng)
     if others is None:
@@ -243,8 +243,8 @@ def _next_sentence(
     rng: random.Random,
 ) -> dict[str, object] | None:
     n = len(s.text.split())
-    context = _before(docs, s, 40)
-    if s.index == 0 or not 8 <= n <= 30 or len(context) < 12:
+    context = _before(docs, s, 80)
+    if s.index == 0 or not 8 <= n <= 40 or len(context) < 15:
         return None
     pool = [
         o.text
