@@ -173,6 +173,13 @@ class SearchConfig(TargetConfig):
         description="refit the K best candidates (and Wanda) by least squares and recommend "
         "the best after refit; exports are then refit too (0: masks only)",
     )
+    refit_holdout: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="with refit top: every Nth calibration sequence is held aside from the "
+        "shipped refit (and Wanda+refit's) to choose each layer's damping on it (0: fixed)",
+    )
     rescore_top: int = Field(
         0,
         ge=0,
@@ -241,6 +248,10 @@ class SearchConfig(TargetConfig):
                 "database masks sparsegpt ship SparseGPT's own masks and update: a least-squares "
                 "refit (refit top) would ship other masks"
             )
+        if self.refit_holdout and not self.refit_top:
+            raise ValueError("refit holdout chooses the shipped refit's damping: set refit top")
+        if self.refit_holdout == 1:
+            raise ValueError("refit holdout 1 would hold aside every sequence: use 0 or >= 2")
         if self.refit_top and self.rescore_top:
             raise ValueError(
                 "refit top already re-scores its candidates as shipped: set refit top or "

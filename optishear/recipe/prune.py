@@ -333,6 +333,7 @@ def shipped_config(
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     layer_numel: Sequence[int] | None = None,
+    refit_holdout: int = 0,
 ) -> PruneConfig:
     """The prune that ships a candidate: its genome, its plan when the blocks differ, and the
     `update` of the survivors that scored it (optishear.config.SearchConfig.shipped_update).
@@ -361,6 +362,7 @@ def shipped_config(
         batch_size=batch_size,
         reconstruct=update == "lstsq",
         obs_update=update == "obs",
+        refit_holdout=refit_holdout if update == "lstsq" else 0,
     )
 
 
@@ -375,6 +377,7 @@ def prune_candidate(
     stats: Literal["pruned", "dense"] = "pruned",
     batch_size: int = 8,
     progress: ProgressFn | None = None,
+    refit_holdout: int = 0,
 ) -> PruneReport:
     """Prune `model` in place as a candidate ships: the one recipe of every shipped model.
 
@@ -393,5 +396,6 @@ def prune_candidate(
         stats=stats,
         batch_size=batch_size,
         layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],
+        refit_holdout=refit_holdout,
     )
     return prune_model(model, calib_ids, config, progress=progress)

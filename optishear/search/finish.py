@@ -70,6 +70,7 @@ def candidate_recipe(
         method=config.shipped_method(),
         batch_size=config.batch_size,
         layer_numel=[n for _, _, n in evaluator.layer_layout],
+        refit_holdout=config.refit_holdout,
     )
 
 
@@ -107,7 +108,8 @@ def baseline_recipes(
         sparsity = {"sparsity": plans.uniform[0]} if not prefix else {}
         methods = [("SparseGPT", {"method": "sparsegpt"}), ("Wanda", {"method": "wanda"})]
         if not prefix:
-            methods.insert(1, ("Wanda+refit", {"method": "wanda", "reconstruct": True}))
+            refit = {"method": "wanda", "reconstruct": True, "refit_holdout": config.refit_holdout}
+            methods.insert(1, ("Wanda+refit", refit))
         for name, kw in methods:
             recipe = PruneConfig(**base, **sparsity, **kw, plan=plan)  # type: ignore[arg-type]
             out.append((prefix + name, Candidate(WANDA_GENOME, ratios), recipe))

@@ -100,6 +100,7 @@ def run_export(runner: JobContext, checkpoint_id: uuid.UUID) -> None:
                 method=request.shipped_method(),
                 batch_size=request.batch_size,
                 progress=progress,
+                refit_holdout=request.refit_holdout if how == "lstsq" else 0,
             )
         # A recommended candidate's comparison measured this very model (pruned by its recipe,
         # the same windows): its figure, not a second forward over the held-out text.

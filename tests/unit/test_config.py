@@ -97,6 +97,15 @@ def test_refit_top_and_rescore_top_are_not_both_set() -> None:
     assert _search(rescore_top=2).rescore_top == 2
 
 
+def test_refit_holdout_needs_the_shipped_refit() -> None:
+    assert "set refit top" in _invalid(SearchConfig, model="tiny", refit_holdout=4)
+    assert "use 0 or >= 2" in _invalid(SearchConfig, model="tiny", refit_top=1, refit_holdout=1)
+    assert _invalid(SearchConfig, model="tiny", refit_top=1, refit_holdout=65).startswith(
+        "refit_holdout: "
+    )
+    assert _search(refit_top=1, refit_holdout=8).refit_holdout == 8
+
+
 def test_field_rules_name_their_field() -> None:
     assert _invalid(SearchConfig, model="tiny", population=2).startswith("population: ")
     assert _invalid(SearchConfig, model="tiny", rescore_top=-1).startswith("rescore_top: ")

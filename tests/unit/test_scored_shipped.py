@@ -24,6 +24,12 @@ CASES = {
     "metric": {"stages": "metric", "metric_space": "first_order"},
     "metric-2:4": {"stages": "metric", "metric_space": "first_order", "pattern": Pattern(2, 4)},
     "metric-refit": {"stages": "metric", "metric_space": "first_order", "refit_top": 1},
+    "metric-refit-holdout": {
+        "stages": "metric",
+        "metric_space": "first_order",
+        "refit_top": 1,
+        "refit_holdout": 2,
+    },
     "layerwise": {"stages": "layerwise"},
     "allocation-masks": {"stages": "allocation", "allocation": {"database": "memory"}},
     "allocation-obs": {
@@ -48,6 +54,12 @@ CASES = {
         "stages": "allocation",
         "allocation": {"database": "memory", "refit": True},
         "refit_top": 1,
+    },
+    "allocation-refit-holdout": {
+        "stages": "allocation",
+        "allocation": {"database": "memory", "refit": True},
+        "refit_top": 1,
+        "refit_holdout": 4,
     },
 }
 
@@ -80,6 +92,7 @@ def test_the_shipped_model_has_the_reported_error(case: str, tmp_path) -> None:
     if rec.method is None:  # a searched candidate ships as the search scored it
         assert recipe.survivor_update == config.shipped_update()
         assert recipe.method == config.shipped_method()
+        assert recipe.refit_holdout == config.refit_holdout
     # The model a user downloads: the recipe on a fresh copy of the dense model.
     shipped = copy.deepcopy(dense)
     report = prune_model(shipped, ids, recipe)
