@@ -97,9 +97,10 @@ def test_the_shipped_model_has_the_reported_error(case: str, tmp_path) -> None:
     shipped = copy.deepcopy(dense)
     report = prune_model(shipped, ids, recipe)
     assert rec.evaluation.n_samples == 4
-    # float32 forwards on both sides: rounding of a few 1e-8 on a KL of about 1e-3
+    # float32 forwards on both sides: rounding of a few 1e-8 on a KL of about 1e-3, and up to
+    # 1.4e-7 on a loaded machine, where MKL's dynamic threading splits sums differently
     error = _kl(dense, shipped, valid[:4])
-    assert rec.evaluation.error == pytest.approx(error, rel=1e-4, abs=1e-7)
+    assert rec.evaluation.error == pytest.approx(error, rel=1e-4, abs=5e-7)
     assert error != pytest.approx(_kl(dense, shipped, ids[:4]), rel=1e-3)  # not calibration
     assert rec.evaluation.sparsity == pytest.approx(report.achieved, abs=1e-9)
     summary = result.summary()
