@@ -203,9 +203,28 @@ def text_tasks() -> list[str]:
     return rows
 
 
+def refit_holdout() -> list[str]:
+    """Wanda's 2:4 mask refit with the fixed damping and with dampings chosen per layer on
+    held-aside calibration sequences, beside SparseGPT (bench/refit_holdout.py)."""
+    d = _load("refit_holdout_smollm2-135m_2-4.json")
+    rows = [
+        "| calibration | recipe | held-out ppl | prune (s) | dampings chosen (layers) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        n, t = r["calibration"]
+        chosen = ", ".join(f"{k}: {v}" for k, v in r["dampings"].items()) or "-"
+        rows.append(
+            f"| {n} x {t} | {r['recipe']} | {r['perplexity']:.3f} | {r['prune_seconds']:.1f} | "
+            f"{chosen} |"
+        )
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "candidate_cost": candidate_cost,
     "text_tasks": text_tasks,
+    "refit_holdout": refit_holdout,
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
     "proxy_screen": proxy_screen,
