@@ -1,7 +1,7 @@
 """Downstream accuracy of pruned models: dense, Wanda, SparseGPT and searched candidates.
 
 Each row prunes the same dense weights with the same calibration sample, then runs lm-eval
-tasks (default: the offline optishear_cloze task shipped in tests/data/lm_eval_tasks) and the
+tasks (default: the offline optishear_text tasks and optishear_cloze, tests/data/lm_eval_tasks) and the
 held-out perplexity on that model, and prints a Markdown table. A searched candidate is a
 ScoredCandidate JSON: `recommended.json` of `optishear search --out DIR`, or a member of
 GET /api/searches/{id}/front.
@@ -149,6 +149,7 @@ def main() -> int:
         row.update(method=label, achieved=zero_fraction(model), prune_seconds=prune_seconds)
         rows.append(row)
         log(f"{label}: {row['accuracy']} ppl {row['ppl']} ({row['task_seconds']:.0f}s tasks)")
+        write(args, rows)  # after every row: a stopped run keeps what it measured
 
     for method in methods:
         model.load_state_dict(dense)
@@ -166,19 +167,24 @@ def main() -> int:
 
     print(f"model {args.model}; calibration {args.nsamples}x{args.seqlen}, seed {args.seed}")
     print(markdown(rows))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        protocol = {
-            "command": " ".join(["python", *sys.argv]),
-            "model": args.model,
-            "calibration": [args.nsamples, args.seqlen, args.seed],
-            "pattern": str(pattern),
-            "sparsity": args.sparsity,
-            "eval_windows": args.eval_windows,
-            "seconds": round(time.perf_counter() - _START, 1),
-        }
-        args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2))
+    write(args, rows)
     return 0
+
+
+def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    if not args.out:
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    protocol = {
+        "command": " ".join(["python", *sys.argv]),
+        "model": args.model,
+        "calibration": [args.nsamples, args.seqlen, args.seed],
+        "pattern": args.pattern,
+        "sparsity": args.sparsity,
+        "eval_windows": args.eval_windows,
+        "seconds": round(time.perf_counter() - _START, 1),
+    }
+    args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2))
 
 
 def score(

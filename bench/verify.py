@@ -181,50 +181,8 @@ def prefix_reuse() -> list[str]:
     return rows
 
 
-def text_tasks() -> list[str]:
-    """The offline text tasks at 2:4 on the bundled model: dense, Wanda, SparseGPT and the
-    search's 2:4 recipe (Wanda's metric, shipped refit), one calibration sample
-    (bench/tasks_accuracy.py)."""
-    d = _load("tasks_text_2-4_smollm2-135m.json")
-    metrics = (
-        ("optishear_lastword acc", "last word acc"),
-        ("optishear_wordchoice acc", "word choice acc"),
-        ("optishear_nextsentence acc", "next sentence acc"),
-        ("optishear_nextsentence acc_norm", "next sentence acc_norm"),
-        ("optishear_text acc", "mean acc (1,500)"),
-    )
-    rows = [
-        "| model | " + " | ".join(label for _, label in metrics) + " | held-out ppl |",
-        "|---" * (len(metrics) + 2) + "|",
-    ]
-    for r in d["rows"]:
-        cells = [f"{r['accuracy'][m]:.3f} ± {r['stderr'][m]:.3f}" for m, _ in metrics]
-        rows.append(f"| {r['method']} | " + " | ".join(cells) + f" | {r['ppl']:.3f} |")
-    return rows
-
-
-def refit_holdout() -> list[str]:
-    """Wanda's 2:4 mask refit with the fixed damping and with dampings chosen per layer on
-    held-aside calibration sequences, beside SparseGPT (bench/refit_holdout.py)."""
-    d = _load("refit_holdout_smollm2-135m_2-4.json")
-    rows = [
-        "| calibration | recipe | held-out ppl | prune (s) | dampings chosen (layers) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in d["rows"]:
-        n, t = r["calibration"]
-        chosen = ", ".join(f"{k}: {v}" for k, v in r["dampings"].items()) or "-"
-        rows.append(
-            f"| {n} x {t} | {r['recipe']} | {r['perplexity']:.3f} | {r['prune_seconds']:.1f} | "
-            f"{chosen} |"
-        )
-    return rows
-
-
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "candidate_cost": candidate_cost,
-    "text_tasks": text_tasks,
-    "refit_holdout": refit_holdout,
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
     "proxy_screen": proxy_screen,
