@@ -24,6 +24,7 @@ from optishear.core.errors import ConfigError, DataError
 from optishear.core.files import user_path
 from optishear.core.settings import LibrarySettings
 from optishear.evaluation import text_tasks
+from optishear.evaluation.text_task_files import tasks_folder
 from optishear.evaluation.text_tasks import TextTaskSpec
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def _local_paths(config: TaskConfig, settings: LibrarySettings | None) -> list[s
         settings = settings or LibrarySettings()
         spec = config.text
         docs = load_texts(spec.source, "evaluation", settings)
-        paths.append(str(text_tasks.tasks_folder(settings.cache, docs, spec)))
+        paths.append(str(tasks_folder(settings.cache, docs, spec)))
     return paths
 
 

@@ -37,7 +37,7 @@ from optishear.model.blocks import (
 from optishear.model.memory import release_free_memory
 from optishear.model.streaming import onloaded
 from optishear.recipe.candidates import Candidate
-from optishear.refit.update import SurvivorUpdate, warn_if_few_tokens
+from optishear.refit.update import SurvivorUpdate, check_refit_data
 
 logger = logging.getLogger(__name__)
 
@@ -250,14 +250,7 @@ def prune_model(
         inputs = capture_block_inputs(model, calib_ids, config.batch_size)
     update = SurvivorUpdate.of(config)
     needs_hessian = method.needs_hessian or update is not None
-    if config.reconstruct and calib_ids is not None:
-        warn_if_few_tokens(model, calib_ids)
-    holdout = config.refit_holdout
-    if holdout and inputs is not None and inputs.hidden.shape[0] < holdout:
-        raise ConfigError(
-            f"refit_holdout {holdout} holds aside every {holdout}th calibration sequence: "
-            f"{inputs.hidden.shape[0]} sequences hold none; give at least {holdout}"
-        )
+    check_refit_data(model, calib_ids, config)
     wants_dense = config.plan.kind == "owl" or (
         method.needs_activations and config.stats == "dense"
     )
@@ -287,7 +280,7 @@ def prune_model(
                 assert hidden is not None
                 call = inputs.calls[idx]
                 with recording_inputs(
-                    linear_sublayers(block), hessian=needs_hessian, holdout=holdout
+                    linear_sublayers(block), hessian=needs_hessian, holdout=config.refit_holdout
                 ) as stats:
                     run_block(block, hidden, call, inputs.batch_size, keep_output=False)
                 _prune_block(

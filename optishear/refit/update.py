@@ -10,6 +10,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from optishear.config import PruneConfig
+from optishear.core.errors import ConfigError
 from optishear.core.patterns import Pattern
 from optishear.methods.sparsegpt import sparsegpt_prune
 from optishear.model.blocks import iter_linears
@@ -80,6 +81,20 @@ DAMPINGS = (0.001, 0.01, 0.1, 1.0)
 # its 1,536-input down_proj) gave a refit held-out perplexity of 53.75 against 52.98 for the
 # same search without refit (`make demo`'s settings); 32 x 256 (5.3) beat SparseGPT.
 _REFIT_TOKENS_PER_INPUT = 4
+
+
+def check_refit_data(model: nn.Module, calib_ids: Tensor | None, config: PruneConfig) -> None:
+    """Before a least-squares refit: a warning where it may fit the sample rather than the
+    data, and an error where `refit_holdout` would hold no sequence aside."""
+    if not config.reconstruct or calib_ids is None:
+        return
+    warn_if_few_tokens(model, calib_ids)
+    holdout, n = config.refit_holdout, calib_ids.shape[0]
+    if holdout and n < holdout:
+        raise ConfigError(
+            f"refit_holdout {holdout} holds aside every {holdout}th calibration sequence: "
+            f"{n} sequences hold none; give at least {holdout}"
+        )
 
 
 def warn_if_few_tokens(model: nn.Module, calib_ids: Tensor) -> None:

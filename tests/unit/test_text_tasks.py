@@ -10,8 +10,9 @@ from tiny_models import byte_model, byte_tokenizer, sentence_docs
 
 from optishear.core.errors import ConfigError, DataError
 from optishear.core.settings import LibrarySettings
-from optishear.evaluation import text_tasks
+from optishear.evaluation import text_task_files
 from optishear.evaluation.tasks import TaskConfig, run_tasks
+from optishear.evaluation.text_task_files import tasks_folder
 from optishear.evaluation.text_tasks import (
     FEWSHOT,
     LASTWORD,
@@ -21,7 +22,6 @@ from optishear.evaluation.text_tasks import (
     TextTaskSpec,
     build_items,
     split_sentences,
-    tasks_folder,
 )
 
 SPEC = TextTaskSpec(source="synthetic", items=60, seed=3)
@@ -106,7 +106,7 @@ def test_folder_is_built_once_per_text_and_spec(tmp_path) -> None:
     assert tasks_folder(tmp_path, docs[:-1], SPEC) != first
     manifest = json.loads((first / "optishear-tasks.json").read_text())
     assert manifest["items"] == dict.fromkeys(TASKS, 60)
-    assert manifest["sha256"] == text_tasks.text_digest(docs)
+    assert manifest["sha256"] == text_task_files.text_digest(docs)
 
 
 @torch.no_grad()
