@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from optishear.core.patterns import Pattern
-from optishear.methods.masks import n_pruned
+from optishear.methods.masks import prune_mask
 
 
 def damped_inverse(H: Tensor, percdamp: float = 0.01) -> tuple[Tensor, Tensor]:
@@ -63,7 +63,8 @@ def sparsegpt_prune(
     """Prune `weight` (d_out, d_in) in place; returns the mask (True = pruned).
 
     With `fixed_mask`, the mask is not chosen but imposed, and only the surviving weights are
-    updated (weight reconstruction after masking).
+    updated (weight reconstruction after masking). Ties in the saliency go to the lower index,
+    as everywhere else (`prune_mask`).
     """
     if pattern.structured:  # an N:M group must never straddle two column blocks
         blocksize = max(pattern.m, blocksize - blocksize % pattern.m)
@@ -78,34 +79,50 @@ def sparsegpt_prune(
 
     for i1 in range(0, d_in, blocksize):
         i2 = min(i1 + blocksize, d_in)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)
         if fixed_mask is None and not pattern.structured:
-            saliency = W1.pow(2) / d.pow(2)[None, :]
-            k = n_pruned(saliency.numel(), ratio)
-            block_mask = torch.zeros_like(W1, dtype=torch.bool)
-            if k:
-                idx = torch.topk(saliency.flatten(), k, largest=False).indices
-                block_mask.view(-1)[idx] = True
-            mask[:, i1:i2] = block_mask
-        for i in range(i2 - i1):
-            col = i1 + i
-            if fixed_mask is None and pattern.structured and col % pattern.m == 0:
-                saliency = W1[:, i : i + pattern.m].pow(2) / d[i : i + pattern.m].pow(2)[None, :]
-                idx = torch.topk(saliency, pattern.n, dim=1, largest=False).indices
-                mask[:, col : col + pattern.m].scatter_(1, idx, True)
-            w = W1[:, i]
-            q = w.masked_fill(mask[:, col], 0.0)
-            Q1[:, i] = q
-            err = (w - q) / Hinv1[i, i]
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
+            saliency = W[:, i1:i2].pow(2) / d.pow(2)[None, :]
+            mask[:, i1:i2] = prune_mask(saliency, ratio, pattern, per_matrix=True)
+        choose = fixed_mask is None and pattern.structured
+        Q1, Err1 = _obs_block(W[:, i1:i2], mask[:, i1:i2], Hinv1, pattern if choose else None)
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     W[mask] = 0.0
     weight.copy_(W.to(weight.dtype))
     return mask
+
+
+def _obs_block(
+    W1: Tensor, mask1: Tensor, Hinv1: Tensor, choose: Pattern | None
+) -> tuple[Tensor, Tensor]:
+    """One column block, left to right: each column's pruned weights are zeroed and their error,
+    scaled by the inverse Hessian factor's diagonal, is spread over the block's later columns.
+    Returns the block's pruned weights and the scaled errors (both (d_out, b)); with `choose`
+    (an N:M pattern) the mask of every group of M columns is chosen, in `mask1`, from the
+    weights as updated so far.
+
+    The block is worked on transposed, one contiguous row per column, so that a column costs
+    two kernel calls (its error, then a rank-1 update of the columns after it): this loop runs
+    once per input column of every layer, and its per-call overhead was most of a prune.
+    """
+    Wt = W1.t().contiguous()  # (b, d_out)
+    Mt = mask1.t().contiguous()  # (b, d_out), True = pruned
+    inv_d = 1.0 / torch.diag(Hinv1)
+    scale = Mt.to(Wt.dtype) * inv_d[:, None]  # err = (w - q) / d = w * pruned / d
+    Et = torch.zeros_like(Wt)
+    b = Wt.shape[0]
+    rows, scales, errs = Wt.unbind(0), scale.unbind(0), Et.unbind(0)
+    for i in range(b):
+        if choose is not None and i % choose.m == 0:
+            group = Wt[i : i + choose.m].t().pow(2) * inv_d[i : i + choose.m].pow(2)[None, :]
+            chosen = prune_mask(group, 0.0, choose).t()  # (m, d_out)
+            Mt[i : i + choose.m] = chosen
+            scale[i : i + choose.m] = chosen.to(Wt.dtype) * inv_d[i : i + choose.m, None]
+        torch.mul(rows[i], scales[i], out=errs[i])
+        if i + 1 < b:
+            Wt[i + 1 :].addr_(Hinv1[i, i + 1 :], errs[i], alpha=-1.0)
+    if choose is not None:
+        mask1.copy_(Mt.t())
+    return Wt.masked_fill_(Mt, 0.0).t(), Et.t()
