@@ -64,6 +64,13 @@ def parse_args() -> argparse.Namespace:
         help="a searched candidate (ScoredCandidate JSON); repeatable",
     )
     p.add_argument("--refit", action="store_true", help="ship candidates with the refit")
+    p.add_argument(
+        "--refit-holdout",
+        type=int,
+        default=0,
+        help="every refit (METHOD+refit rows, --refit candidates) holds every Nth calibration "
+        "sequence aside to choose each layer's damping (0: the fixed damping)",
+    )
     p.add_argument("--sparsity", type=float, default=0.5, help="target of the method rows")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8")
     p.add_argument("--nsamples", type=int, default=32, help="calibration sequences")
@@ -110,6 +117,7 @@ def main() -> int:
             sparsity=args.sparsity,
             pattern=pattern,
             reconstruct=m.endswith("+refit"),
+            refit_holdout=args.refit_holdout if m.endswith("+refit") else 0,
         )
         for m in methods
         if m != "dense"
@@ -157,11 +165,18 @@ def main() -> int:
             measure("dense", 0.0)
             continue
         report = prune_model(model, calib, configs[method])
-        measure(f"{method} {report.target:g} {report.pattern}", report.seconds)
+        held = configs[method].refit_holdout
+        aside = f", damping chosen on 1/{held}" if held else ""
+        measure(f"{method} {report.target:g} {report.pattern}{aside}", report.seconds)
     for path, scored in candidates.items():
         model.load_state_dict(dense)
         report = prune_candidate(
-            model, calib, scored.candidate(), pattern, update="lstsq" if args.refit else "none"
+            model,
+            calib,
+            scored.candidate(),
+            pattern,
+            update="lstsq" if args.refit else "none",
+            refit_holdout=args.refit_holdout if args.refit else 0,
         )
         measure(f"searched {scored.key} ({path.name})", report.seconds)
 
@@ -182,6 +197,7 @@ def write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         "pattern": args.pattern,
         "sparsity": args.sparsity,
         "eval_windows": args.eval_windows,
+        "refit_holdout": args.refit_holdout,
         "seconds": round(time.perf_counter() - _START, 1),
     }
     args.out.write_text(json.dumps({"protocol": protocol, "rows": rows}, indent=2))

@@ -181,7 +181,85 @@ def prefix_reuse() -> list[str]:
     return rows
 
 
+def refit_holdout() -> list[str]:
+    """Wanda's 2:4 mask refit with the fixed damping and with dampings chosen per layer on
+    held-aside calibration sequences, beside SparseGPT (bench/refit_holdout.py)."""
+    d = _load("refit_holdout_smollm2-135m_2-4.json")
+    rows = [
+        "| calibration | recipe | held-out ppl | prune (s) | dampings chosen (layers) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        n, t = r["calibration"]
+        chosen = ", ".join(f"{k}: {v}" for k, v in r["dampings"].items()) or "-"
+        rows.append(
+            f"| {n} x {t} | {r['recipe']} | {r['perplexity']:.3f} | {r['prune_seconds']:.1f} | "
+            f"{chosen} |"
+        )
+    return rows
+
+
+def sparsegpt_speed() -> list[str]:
+    """SparseGPT's column loop against the paper's, per layer kind, summed over the measured
+    blocks (bench/sparsegpt_speed.py)."""
+    d = _load("sparsegpt_speed_smollm2-135m.json")
+    rows = [
+        (
+            "| pattern | layer | d_out x d_in | paper loop (s) | engine (s) | speed-up | "
+            "mask entries that differ | max weight diff |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for pattern in dict.fromkeys(r["pattern"] for r in d["rows"]):
+        mine = [r for r in d["rows"] if r["pattern"] == pattern]
+        for kind in dict.fromkeys(r["layer"].split(".", 1)[1] for r in mine):
+            of = [r for r in mine if r["layer"].split(".", 1)[1] == kind]
+            paper, engine = sum(r["paper_s"] for r in of), sum(r["engine_s"] for r in of)
+            same = sum(r["mask_differences"] for r in of)
+            diff = max(r["max_weight_diff"] for r in of)
+            rows.append(
+                f"| {pattern} | {kind} | {of[0]['shape'][0]} x {of[0]['shape'][1]} | "
+                f"{paper:.3f} | {engine:.3f} | {paper / engine:.2f}x | {same} | {diff:.1e} |"
+            )
+        paper, engine = sum(r["paper_s"] for r in mine), sum(r["engine_s"] for r in mine)
+        rows.append(
+            f"| **{pattern}** | **all {len(mine)}** | | **{paper:.2f}** | **{engine:.2f}** | "
+            f"**{paper / engine:.2f}x** | | |"
+        )
+    return rows
+
+
+def refit_warm_start() -> list[str]:
+    """CG steps of each damping of the refit's choice, from the dense survivors and from the
+    next stronger damping's solution, summed over the measured layers
+    (bench/refit_warm_start.py)."""
+    d = _load("refit_warm_start_smollm2-135m.json")
+    rows = [
+        (
+            "| damping | layers | steps, dense start | steps, warm start | s, dense start | "
+            "s, warm start |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
+    dampings = list(dict.fromkeys(r["damping"] for r in d["rows"]))
+    for damping in [*dampings, None]:
+        of = [r for r in d["rows"] if damping is None or r["damping"] == damping]
+        cells = [
+            str(len({r["layer"] for r in of})),
+            str(sum(r["cold_steps"] for r in of)),
+            str(sum(r["warm_steps"] for r in of)),
+            f"{sum(r['cold_s'] for r in of):.2f}",
+            f"{sum(r['warm_s'] for r in of):.2f}",
+        ]
+        label = f"{damping:g}" if damping is not None else "**all four**"
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "refit_warm_start": refit_warm_start,
+    "refit_holdout": refit_holdout,
+    "sparsegpt_speed": sparsegpt_speed,
     "candidate_cost": candidate_cost,
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,

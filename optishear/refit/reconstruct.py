@@ -42,9 +42,13 @@ def least_squares_refit(
     tol: float = CG_TOL,
     max_iter: int = CG_MAX_ITER,
     max_batch_bytes: int = 256 << 20,
+    start: Tensor | None = None,
 ) -> int:
     """Update the surviving weights of `weight` (d_out, d_in) in place; pruned ones become 0.
     Returns the CG iterations run (0 for the exact solve).
+
+    CG starts from the survivors of `start` where given (a solution at a nearby damping needs
+    fewer steps), else from the dense ones.
 
     `H` (d_in, d_in) is the layer's input Gram matrix (any positive scale). `percdamp` times
     its mean diagonal is a ridge toward the dense survivors, (H_SS + d I) w_S = (H w)_S + d w_S:
@@ -62,7 +66,10 @@ def least_squares_refit(
         weight.zero_()
         return 0
     if solver == "cg":
-        out, iterations = _refit_cg(W, Hf, keep, damp, percdamp, tol=tol, max_iter=max_iter)
+        x0 = W if start is None else start.detach().float()
+        out, iterations = _refit_cg(
+            W, Hf, keep, damp, percdamp, tol=tol, max_iter=max_iter, start=x0
+        )
         weight.copy_(out.to(weight.dtype))
         return iterations
     if not torch.equal(counts, torch.full_like(counts, k)):
@@ -97,15 +104,17 @@ def _refit_cg(
     *,
     tol: float,
     max_iter: int,
+    start: Tensor,
 ) -> tuple[Tensor, int]:
-    """Preconditioned CG on every row at once: (H_SS + d I) x_S = (H w)_S + d w_S."""
+    """Preconditioned CG on every row at once: (H_SS + d I) x_S = (H w)_S + d w_S, from the
+    survivors of `start`."""
     K = keep.to(W.dtype)
 
     def apply(P: Tensor) -> Tensor:  # (H_SS + d I) on each row's survivors, zero elsewhere
         return (P @ H + damp * P) * K
 
     b = (W @ H + damp * W) * K
-    x = W * K  # the dense survivors: the start that needs the fewest iterations
+    x = start * K  # the dense survivors need fewer steps than zeros; a nearby solution fewer still
     r = b - apply(x)
     # (H^-1)_SS is symmetric positive definite (a principal block of an SPD matrix) and close
     # to (H_SS)^-1 wherever the pruned inputs explain little of the kept ones.

@@ -156,3 +156,24 @@ def test_conjugate_gradients_take_masks_of_any_shape() -> None:
     assert float((X @ (cg - W).T).norm()) < float((X @ W.masked_fill(mask, 0.0).T - X @ W.T).norm())
     with pytest.raises(ConfigError, match="same number of survivors"):
         least_squares_refit(W.clone(), H, mask, solver="exact")
+
+
+def test_conjugate_gradients_from_a_nearby_solution_take_fewer_steps() -> None:
+    g = torch.Generator().manual_seed(7)
+    W = torch.randn(64, 128, generator=g)
+    X = _correlated_inputs(1024, 128, seed=8)
+    H = 2 * X.T @ X / X.shape[0]
+    mask = prune_mask(wanda_score(W, X.pow(2).sum(0)), 0.5, Pattern())
+    near = W.clone()
+    least_squares_refit(near, H, mask, percdamp=0.01)
+    cold, warm = W.clone(), W.clone()
+    cold_steps = least_squares_refit(cold, H, mask, percdamp=0.001)
+    warm_steps = least_squares_refit(warm, H, mask, percdamp=0.001, start=near)
+    assert warm_steps < cold_steps
+    assert torch.equal(warm == 0, mask)
+    ref = X @ W.T
+
+    def err(M: torch.Tensor) -> float:
+        return float((X @ M.T - ref).norm())
+
+    assert err(warm) == pytest.approx(err(cold), rel=1e-3)

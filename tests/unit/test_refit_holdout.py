@@ -65,7 +65,9 @@ def test_chosen_damping_is_the_best_of_the_grid_on_held_inputs(tokens) -> None:
         least_squares_refit(w, fit, mask, percdamp=damping)
         errors[damping] = _held_error(w, dense, held)
     assert chosen == min(errors, key=errors.__getitem__)
-    assert _held_error(weight, dense, held) == pytest.approx(errors[chosen], rel=1e-6)
+    # the chosen solve started from the next stronger damping's solution, these from the dense
+    # survivors: two points within CG's tolerance of the same solution
+    assert _held_error(weight, dense, held) == pytest.approx(errors[chosen], rel=1e-4)
     if tokens == 24:  # fewer tokens than inputs: the exact fit overfits, damping helps
         assert chosen > DAMPINGS[0]
         assert errors[chosen] < errors[0.01]
