@@ -256,7 +256,33 @@ def refit_warm_start() -> list[str]:
     return rows
 
 
+def text_tasks() -> list[str]:
+    """The offline text tasks at 2:4 on the bundled model, SparseGPT against Wanda's mask with
+    the refit (damping chosen on held-aside sequences), one calibration sample of 64 x 512
+    tokens (bench/tasks_accuracy.py)."""
+    d = _load("tasks_text_2-4_64x512_smollm2-135m.json")
+    metrics = (
+        ("optishear_lastword acc", "last word acc"),
+        ("optishear_wordchoice acc", "word choice acc"),
+        ("optishear_nextsentence acc", "next sentence acc"),
+        ("optishear_nextsentence acc_norm", "next sentence acc_norm"),
+        ("optishear_text acc", "mean acc (1,500)"),
+    )
+    rows = [
+        "| model | " + " | ".join(label for _, label in metrics) + " | held-out ppl | prune (s) |",
+        "|---" * (len(metrics) + 3) + "|",
+    ]
+    for r in d["rows"]:
+        cells = [f"{r['accuracy'][m]:.3f} ± {r['stderr'][m]:.3f}" for m, _ in metrics]
+        rows.append(
+            f"| {r['method']} | " + " | ".join(cells) + f" | {r['ppl']:.3f} | "
+            f"{r['prune_seconds']:.0f} |"
+        )
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "text_tasks": text_tasks,
     "refit_warm_start": refit_warm_start,
     "refit_holdout": refit_holdout,
     "sparsegpt_speed": sparsegpt_speed,
