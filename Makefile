@@ -10,7 +10,7 @@ venv:
 # Fetch the bundled model and text, then a real search on them with the embedded defaults
 # (SQLite file DB, local Ray with 2 actors): both stages, a small budget, the finalists and the
 # published baselines scored as shipped, the held-out perplexity of the recommended model beside
-# Wanda's and SparseGPT's, the recommended candidate exported; about 5 minutes on 2 idle cores
+# Wanda's and SparseGPT's, the recommended candidate exported; 5 to 6.5 minutes on 2 idle cores
 # once the environment exists (bench/RESULTS.md). `optishear serve` shows it afterwards.
 demo: venv
 	@start=$$(date +%s); \
