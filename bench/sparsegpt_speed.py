@@ -27,6 +27,7 @@ from optishear.config import CalibrationConfig
 from optishear.core.patterns import Pattern
 from optishear.data.text import sample_calibration
 from optishear.methods.sparsegpt import _inverse_hessian_factor, sparsegpt_prune
+from optishear.methods.stats import recording_inputs
 from optishear.model.blocks import decoder_blocks, linear_sublayers
 from optishear.model.hf import load_model
 
@@ -71,28 +72,16 @@ def paper_loop(W: Tensor, H: Tensor, ratio: float, pattern: Pattern) -> tuple[Te
 
 
 def hessians(model, calib: Tensor, blocks: list[int]) -> dict[str, tuple[Tensor, Tensor]]:
-    """(weight, H = 2 X^T X / tokens) of every linear layer of `blocks`, from one dense forward."""
-    grams: dict[str, Tensor] = {}
-    counts: dict[str, int] = {}
-    layers: dict[str, torch.nn.Linear] = {}
-    hooks = []
-    for b in blocks:
-        for name, lin in linear_sublayers(decoder_blocks(model)[b]).items():
-            key = f"{b}.{name}"
-            layers[key] = lin
-
-            def hook(_m, args, _out, key=key) -> None:
-                x = args[0].reshape(-1, args[0].shape[-1]).float()
-                grams[key] = grams.get(key, 0) + 2 * x.T @ x
-                counts[key] = counts.get(key, 0) + x.shape[0]
-
-            hooks.append(lin.register_forward_hook(hook))
-    with torch.no_grad():
+    """(weight, SparseGPT's H) of every linear layer of `blocks`, from one dense forward."""
+    layers = {
+        f"{b}.{name}": lin
+        for b in blocks
+        for name, lin in linear_sublayers(decoder_blocks(model)[b]).items()
+    }
+    with torch.no_grad(), recording_inputs(layers, hessian=True) as stats:
         for i in range(0, calib.shape[0], 8):
             model(calib[i : i + 8], use_cache=False)
-    for h in hooks:
-        h.remove()
-    return {k: (layers[k].weight.detach().clone(), grams[k] / counts[k]) for k in layers}
+    return {k: (lin.weight.detach().clone(), stats[k].hessian) for k, lin in layers.items()}
 
 
 def main() -> int:

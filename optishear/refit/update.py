@@ -61,7 +61,7 @@ class SurvivorUpdate:
         best: tuple[float, float, Tensor] | None = None
         previous = None
         # strongest damping first (its solution is nearest the dense survivors), each solve
-        # starting from the last one's: 545 CG steps against 720 from the dense survivors on
+        # starting from the last one's: 550 CG steps against 726 from the dense survivors on
         # 14 of the bundled model's layers (bench/RESULTS.md, issue 27)
         for damping in sorted(DAMPINGS, reverse=True):
             weight.copy_(dense)
