@@ -68,11 +68,11 @@ class SurvivorUpdate:
             least_squares_refit(
                 weight, hessian, mask, percdamp=damping, solver=self.solver, start=previous
             )
-            previous = weight.clone()
+            previous = weight.clone()  # never written again: the best solve keeps it too
             diff = weight.float() - dense.float()
             error = float(((diff @ held.float()) * diff).sum())
             if best is None or error < best[0]:
-                best = (error, damping, weight.clone())
+                best = (error, damping, previous)
         assert best is not None
         weight.copy_(best[2])
         return best[1]
