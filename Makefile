@@ -10,15 +10,18 @@ venv:
 # Fetch the bundled model and text, then a real search on them with the embedded defaults
 # (SQLite file DB, local Ray with 2 actors): both stages, a small budget, the finalists and the
 # published baselines scored as shipped, the held-out perplexity of the recommended model beside
-# Wanda's and SparseGPT's, the recommended candidate exported; 5 to 6.5 minutes on 2 idle cores
-# once the environment exists (bench/RESULTS.md). `optishear serve` shows it afterwards.
+# Wanda's and SparseGPT's, the recommended candidate exported. The model runs in bfloat16, as
+# users run LLMs: its forwards take half of float32's time on this CPU, so the demo takes about
+# 4.5 minutes on 2 idle cores once the environment exists, against 6 to 6.5 in float32
+# (`make demo DEMO_DTYPE=float32`; bench/RESULTS.md). `optishear serve` shows it afterwards.
+DEMO_DTYPE ?= bfloat16
 demo: venv
 	@start=$$(date +%s); \
 	$(VENV)/optishear assets pull && \
 	$(VENV)/optishear run --model smollm2-135m --sparsity 0.5 --pattern unstructured \
 		--workers 2 --population 4 --generations 2 --nsamples 12 --seqlen 128 \
 		--metric-space first_order --screen-rungs layers,1x32 --screen-keep 0.03 \
-		--rescore-top 2 --fitness-samples 4 --eval-windows 12; \
+		--rescore-top 2 --fitness-samples 4 --eval-windows 12 --dtype $(DEMO_DTYPE); \
 	status=$$?; echo "make demo: $$(( $$(date +%s) - start )) s"; exit $$status
 
 lint: venv

@@ -41,7 +41,8 @@ from optishear.evaluation.perplexity import perplexity
 from optishear.model.blocks import iter_linears
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
-from optishear.recipe.prune import PruneReport, prune_candidate, prune_model
+from optishear.recipe.prune import PruneReport, prune_model
+from optishear.recipe.shipped import prune_candidate
 from optishear.search.engine_spec import engine_for
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search

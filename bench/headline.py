@@ -78,7 +78,7 @@ def repruned(first: dict[str, Any], seed: int, out: Path) -> dict[str, Any]:
     from optishear.model.hf import load_model
     from optishear.recipe.candidates import ScoredCandidate
     from optishear.recipe.comparison import compare_held_out, held_out_ids
-    from optishear.recipe.prune import shipped_config
+    from optishear.recipe.shipped import shipped_config
 
     base = SearchConfig.model_validate(first["config"])
     calibration = base.calibration.model_copy(update={"seed": seed})

@@ -150,7 +150,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
     from optishear.data.text import evaluation_stream, sample_calibration
     from optishear.evaluation.perplexity import perplexity
     from optishear.model.hf import load_model
-    from optishear.recipe.prune import prune_candidate, prune_model
+    from optishear.recipe.prune import prune_model
+    from optishear.recipe.shipped import prune_candidate
     from optishear.search.fitness import Candidate, FitnessEngine
 
     torch.set_grad_enabled(False)

@@ -34,7 +34,8 @@ from optishear.data.text import load_texts, sample_calibration, tokenize_stream
 from optishear.evaluation.perplexity import perplexity
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
-from optishear.recipe.prune import PruneReport, prune_candidate, prune_model
+from optishear.recipe.prune import PruneReport, prune_model
+from optishear.recipe.shipped import prune_candidate
 from optishear.search.engine_spec import engine_for
 from optishear.search.evaluator import InProcessEvaluator
 from optishear.search.loop import run_search
@@ -112,7 +113,7 @@ def main() -> int:
         return measured(lambda: prune_model(model, calib, config))
 
     def held_out_candidate(candidate: Candidate, pattern: Pattern, refit: bool) -> dict[str, Any]:
-        """The candidate pruned as it ships (optishear.recipe.prune.prune_candidate), measured."""
+        """The candidate pruned as it ships (optishear.recipe.shipped.prune_candidate), measured."""
         return measured(
             lambda: prune_candidate(
                 model, calib, candidate, pattern, update="lstsq" if refit else "none"

@@ -28,7 +28,8 @@ from optishear.evaluation.perplexity import perplexity
 from optishear.model.blocks import block_param_counts
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
-from optishear.recipe.prune import prune_candidate, prune_model
+from optishear.recipe.prune import prune_model
+from optishear.recipe.shipped import prune_candidate
 
 sys.path.insert(0, str(Path(__file__).parent))
 from metric_truth import held_out, log, parse_pattern

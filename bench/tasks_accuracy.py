@@ -5,6 +5,8 @@ tasks (default: the offline optishear_text tasks and optishear_cloze, tests/data
 held-out perplexity on that model, and prints a Markdown table. A searched candidate is a
 ScoredCandidate JSON: `recommended.json` of `optishear search --out DIR`, or a member of
 GET /api/searches/{id}/front.
+A searched model exported as shipped (`optishear search --export`) is measured as loaded:
+`--model OUT/checkpoint --methods dense --label NAME`.
 Run from the repository root:
     python bench/tasks_accuracy.py --candidate runs/s50/recommended.json --out bench/out/tasks.json
 """
@@ -36,7 +38,8 @@ from optishear.evaluation.text_tasks import TextTaskSpec
 from optishear.model.blocks import iter_linears
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import ScoredCandidate
-from optishear.recipe.prune import prune_candidate, prune_model
+from optishear.recipe.prune import prune_model
+from optishear.recipe.shipped import prune_candidate
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_TASKS = ROOT / "tests" / "data" / "lm_eval_tasks"
@@ -70,6 +73,12 @@ def parse_args() -> argparse.Namespace:
         default=0,
         help="every refit (METHOD+refit rows, --refit candidates) holds every Nth calibration "
         "sequence aside to choose each layer's damping (0: the fixed damping)",
+    )
+    p.add_argument(
+        "--label",
+        default="dense",
+        help="the name of the row of the model as loaded (method 'dense'), e.g. for a searched "
+        "checkpoint exported by `optishear search --export`",
     )
     p.add_argument("--sparsity", type=float, default=0.5, help="target of the method rows")
     p.add_argument("--pattern", default="unstructured", help="unstructured, 2:4, 4:8")
@@ -162,7 +171,7 @@ def main() -> int:
     for method in methods:
         model.load_state_dict(dense)
         if method == "dense":
-            measure("dense", 0.0)
+            measure(args.label, 0.0)
             continue
         report = prune_model(model, calib, configs[method])
         held = configs[method].refit_holdout

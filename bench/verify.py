@@ -22,6 +22,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
+# the published baselines' names in a search's as-shipped scores (optishear.search.finish)
+BASELINES = ("SparseGPT", "Wanda+refit", "Wanda", "OWL+SparseGPT", "OWL+Wanda")
 MARKER = re.compile(r"^<!-- verify: ([a-z0-9_]+) -->$")
 
 
@@ -137,6 +139,49 @@ def demo_time(results: str = "demo_fresh_clone.json") -> list[str]:
     for key, error in d["search"]["as_shipped"].items():
         mark = " (recommended)" if key == rec else ""
         rows.append(f"| validation error as shipped (KL), {key}{mark} | {error:.4f} |")
+    return rows
+
+
+def demo_dtype() -> list[str]:
+    """`make demo` in float32 and in bfloat16, one after the other (bench/demo_time.py)."""
+    runs = [_load(f"demo_dtype_{dt}.json") for dt in ("float32", "bfloat16")]
+    rows = ["| measure | float32 | bfloat16 |", "|---|---|---|"]
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        rows.append(f"| {label} | " + " | ".join(cell(d) for d in runs) + " |")
+
+    row("`make demo`, wall time", lambda d: f"{d['wall_s']:.0f} s")
+    row("of it the search", lambda d: f"{d['search']['search_seconds']:.0f} s")
+    row(
+        "of it the search's generations",
+        lambda d: f"{sum(s['seconds'] for s in d['search']['steps']):.0f} s",
+    )
+    for name in ("dense", "searched", "wanda", "sparsegpt"):
+
+        def held(d: dict[str, Any], name: str = name) -> str:
+            h = d["search"]["held_out"]
+            gain = ""
+            if name in h["gains"]:
+                gain = f" ({h['gains'][name] * 100:+.1f}% +- {h['gain_errors'][name] * 100:.1f}%)"
+            return f"{h['rows'][name]:.3f}{gain}"
+
+        row(f"held-out perplexity, {name}", held)
+
+    def validation(d: dict[str, Any]) -> str:
+        shipped = d["search"]["as_shipped"]
+        best = shipped[d["search"]["recommended"]]
+        return f"{best:.4f} ({(best / shipped['Wanda'] - 1) * 100:+.1f}% against Wanda's)"
+
+    row("validation error as shipped, recommended", validation)
+    row(
+        "validation error as shipped, best baseline",
+        lambda d: "{1:.4f} ({0})".format(
+            *min(
+                ((k, v) for k, v in d["search"]["as_shipped"].items() if k in BASELINES),
+                key=lambda kv: kv[1],
+            )
+        ),
+    )
     return rows
 
 
@@ -289,6 +334,7 @@ RENDERERS: dict[str, Callable[[], list[str]]] = {
     "candidate_cost": candidate_cost,
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
+    "demo_dtype": demo_dtype,
     "demo_time_sparsegpt_loop": lambda: demo_time("demo_fresh_clone_sparsegpt_loop.json"),
     "proxy_screen": proxy_screen,
     "proxy_rungs": proxy_rungs,

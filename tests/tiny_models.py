@@ -91,8 +91,8 @@ def tiny_engine(pattern=None, objective="kl", second_order=True):  # type: ignor
 
 
 def shipped_recipe(engine, candidate, update="none"):  # type: ignore[no-untyped-def]
-    """The prune that ships `candidate` from `engine`'s model (optishear.recipe.prune)."""
-    from optishear.recipe.prune import shipped_config
+    """The prune that ships `candidate` from `engine`'s model (optishear.recipe.shipped)."""
+    from optishear.recipe.shipped import shipped_config
 
     return shipped_config(
         candidate,

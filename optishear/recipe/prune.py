@@ -6,12 +6,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from optishear.config import PlanConfig, PruneConfig, Update
+from optishear.config import PlanConfig, PruneConfig
 from optishear.core.errors import ConfigError
 from optishear.core.patterns import Pattern, check_pattern_fits
 from optishear.methods.metrics import wanda_score
@@ -36,7 +36,6 @@ from optishear.model.blocks import (
 )
 from optishear.model.memory import release_free_memory
 from optishear.model.streaming import onloaded
-from optishear.recipe.candidates import Candidate
 from optishear.refit.update import SurvivorUpdate, check_refit_data
 
 logger = logging.getLogger(__name__)
@@ -220,6 +219,21 @@ def _prune_block(
         )
 
 
+@dataclass
+class PrunedStats:
+    """Collects, block by block, the input statistics of a sequential prune's pruned blocks;
+    `on_block` may reduce each block's as soon as it is complete (see collect_dense_stats)."""
+
+    hessian: bool = False
+    on_block: Callable[[dict[str, LayerStats]], None] | None = None
+    blocks: BlockStats = field(default_factory=list)
+
+    def append(self, stats: dict[str, LayerStats]) -> None:
+        if self.on_block is not None:
+            self.on_block(stats)
+        self.blocks.append(stats)
+
+
 @torch.no_grad()
 def prune_model(
     model: nn.Module,
@@ -229,12 +243,17 @@ def prune_model(
     progress: ProgressFn | None = None,
     inputs: BlockInputs | None = None,
     dense_stats: BlockStats | None = None,
+    pruned_stats: PrunedStats | None = None,
 ) -> PruneReport:
     """Prune `model` in place, block by block, and report what was pruned.
 
     `calib_ids` (n_seqs, seq_len) feeds the activation statistics; methods that need none
     (magnitude with a uniform plan) may pass None. Precomputed `inputs` and `dense_stats` can be
     handed in to skip recomputing them (the search evaluates many candidates on one model).
+
+    A sequential prune runs each pruned block once more to feed the next: `pruned_stats`
+    records the statistics of that run, which are the pruned model's own (what a separate
+    pass over the pruned model would gather, one forward cheaper). Other prunes ignore it.
     """
     start = time.perf_counter()
     method = build_method(config.method, config.genome)
@@ -294,7 +313,18 @@ def prune_model(
                     update=update,
                 )
                 del stats
-                if idx < len(blocks) - 1:
+                last = idx == len(blocks) - 1
+                if pruned_stats is not None:
+                    with recording_inputs(
+                        linear_sublayers(block), hessian=pruned_stats.hessian
+                    ) as after:
+                        nxt = run_block(
+                            block, hidden, call, inputs.batch_size, keep_output=not last
+                        )
+                    pruned_stats.append(after)
+                    if nxt is not None:
+                        hidden = nxt
+                elif not last:
                     hidden = run_block(block, hidden, call, inputs.batch_size)
             else:
                 stats_i = dense_stats[idx] if (dense_stats and method.needs_activations) else None
@@ -314,81 +344,3 @@ def prune_model(
     report.seconds = time.perf_counter() - start
     release_free_memory()  # the statistics and scores of every block are gone
     return report
-
-
-def shipped_config(
-    candidate: Candidate,
-    pattern: Pattern,
-    block_params: Sequence[int],
-    *,
-    update: Update = "none",
-    method: Literal["meta", "sparsegpt"] = "meta",
-    stats: Literal["pruned", "dense"] = "pruned",
-    batch_size: int = 8,
-    layer_numel: Sequence[int] | None = None,
-    refit_holdout: int = 0,
-) -> PruneConfig:
-    """The prune that ships a candidate: its genome, its plan when the blocks differ, and the
-    `update` of the survivors that scored it (optishear.config.SearchConfig.shipped_update).
-
-    The target is the plan's parameter-weighted mean, so a searched plan is kept as it is; a
-    per-layer candidate ships its per-layer plan (`layer_numel` weighs its mean).
-    """
-    ratios = candidate.block_sparsity
-    if candidate.layer_sparsity and len(set(candidate.layer_sparsity)) > 1:
-        assert layer_numel is not None, "a per-layer plan is weighed by its layers' sizes"
-        layers = candidate.layer_sparsity
-        target = sum(r * n for r, n in zip(layers, layer_numel, strict=True)) / sum(layer_numel)
-        plan = PlanConfig(kind="explicit", linear_sparsity=layers)
-    elif len(set(ratios)) == 1:
-        plan, target = PlanConfig(), ratios[0]
-    else:
-        target = sum(r * w for r, w in zip(ratios, block_params, strict=True)) / sum(block_params)
-        plan = PlanConfig(kind="explicit", block_sparsity=ratios)
-    return PruneConfig(
-        method=method,
-        sparsity=target,
-        pattern=pattern,
-        plan=plan,
-        genome=candidate.genome if method == "meta" else None,
-        stats=stats,
-        batch_size=batch_size,
-        reconstruct=update == "lstsq",
-        obs_update=update == "obs",
-        refit_holdout=refit_holdout if update == "lstsq" else 0,
-    )
-
-
-def prune_candidate(
-    model: nn.Module,
-    calib_ids: Tensor,
-    candidate: Candidate,
-    pattern: Pattern,
-    *,
-    update: Update = "none",
-    method: Literal["meta", "sparsegpt"] = "meta",
-    stats: Literal["pruned", "dense"] = "pruned",
-    batch_size: int = 8,
-    progress: ProgressFn | None = None,
-    refit_holdout: int = 0,
-) -> PruneReport:
-    """Prune `model` in place as a candidate ships: the one recipe of every shipped model.
-
-    The CLI's search export, the runner's checkpoint export, the fitness engine's as-shipped
-    re-score and the benchmarks all build their model here: the candidate's genome with
-    statistics from the pruned prefix (or `stats="dense"`), its per-block plan, and its
-    `update` of the surviving weights: none, SparseGPT's OBS step or a least-squares refit
-    (`method="sparsegpt"`: SparseGPT chooses the masks and updates, with the candidate's plan).
-    """
-    config = shipped_config(
-        candidate,
-        pattern,
-        block_param_counts(model),
-        update=update,
-        method=method,
-        stats=stats,
-        batch_size=batch_size,
-        layer_numel=[lin.weight.numel() for _, _, lin in iter_linears(model)],
-        refit_holdout=refit_holdout,
-    )
-    return prune_model(model, calib_ids, config, progress=progress)

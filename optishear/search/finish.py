@@ -27,7 +27,7 @@ from optishear.core.heartbeat import Heartbeat, Listener
 from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.recipe.comparison import baseline_config
-from optishear.recipe.prune import shipped_config
+from optishear.recipe.shipped import shipped_config
 from optishear.search.evaluator import BatchEvaluator, HeldOutComparer, OwlPlanner
 from optishear.search.shipped_jobs import HeldOutRequest, JobResult, ShippedJob
 

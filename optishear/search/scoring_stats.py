@@ -3,16 +3,21 @@ stand-in for every candidate's pruned prefix (Wanda's model at the target)."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
 from optishear.config import PruneConfig
+from optishear.core.heartbeat import Heartbeat
 from optishear.core.patterns import Pattern
 from optishear.methods.sparsegpt import hessian_rho
 from optishear.methods.stats import LayerStats
 from optishear.model.backup import restored_after
-from optishear.model.blocks import capture_block_inputs
-from optishear.recipe.prune import collect_dense_stats, prune_model
+from optishear.model.blocks import capture_block_inputs, decoder_blocks
+from optishear.recipe.prune import ProgressFn, PrunedStats, collect_dense_stats, prune_model
+
+logger = logging.getLogger(__name__)
 
 Layers = list[tuple[int, str, nn.Linear]]  # (block index, name, linear), iter_linears order
 
@@ -26,6 +31,7 @@ def layer_stats(
     *,
     hessian: bool = False,
     keep: bool = False,
+    progress: ProgressFn | None = None,
 ) -> list[LayerStats]:
     """Per layer, the input statistics of the model as its weights are now.
 
@@ -34,7 +40,9 @@ def layer_stats(
     """
     inputs = capture_block_inputs(model, calib_ids, batch_size)
     on_block = None if keep or not hessian else _keep_rho_only
-    stats = collect_dense_stats(model, inputs, hessian=hessian, on_block=on_block)
+    stats = collect_dense_stats(
+        model, inputs, hessian=hessian, on_block=on_block, progress=progress
+    )
     return [stats[idx][name] for idx, name, _ in layers]
 
 
@@ -49,17 +57,21 @@ def baseline_stats(
     *,
     hessian: bool = False,
     keep: bool = False,
+    progress: ProgressFn | None = None,
 ) -> list[LayerStats]:
     """Statistics of the model pruned by Wanda at `target`; the dense weights come back.
 
-    Below N/M (N:M with dense exceptions) the stand-in is Wanda at N:M everywhere.
+    Below N/M (N:M with dense exceptions) the stand-in is Wanda at N:M everywhere. Wanda's
+    prune is sequential, so its last run of each pruned block records them (no second pass).
     """
     if pattern.structured:
         target = pattern.sparsity
     config = PruneConfig(method="wanda", sparsity=target, pattern=pattern, batch_size=batch_size)
+    assert config.stats == "pruned"  # the prune runs every pruned block, the last one included
+    recorded = PrunedStats(hessian, None if keep or not hessian else _keep_rho_only)
     with restored_after(dense):
-        prune_model(model, calib_ids, config)
-        return layer_stats(model, calib_ids, layers, batch_size, hessian=hessian, keep=keep)
+        prune_model(model, calib_ids, config, pruned_stats=recorded, progress=progress)
+    return [recorded.blocks[idx][name] for idx, name, _ in layers]
 
 
 def engine_stats(
@@ -80,8 +92,16 @@ def engine_stats(
     Dense statistics also give OWL its plan (unstructured only): an N:M search on Wanda's
     statistics skips that forward pass. Hessians go with the scoring statistics.
     """
+    dense_pass = baseline_at is None or not pattern.structured
+    n_blocks = len(decoder_blocks(model))
+    # minutes with a large calibration: a log that is not a terminal hears of it every 30 s
+    beat = Heartbeat(
+        logger,
+        "the engine's statistics (blocks run)",
+        n_blocks * (int(dense_pass) + (baseline_at is not None)),
+    )
     dense_stats = None
-    if baseline_at is None or not pattern.structured:
+    if dense_pass:
         dense_stats = layer_stats(
             model,
             calib_ids,
@@ -89,10 +109,12 @@ def engine_stats(
             batch_size,
             hessian=hessian and baseline_at is None,
             keep=keep,
+            progress=lambda done, _total, _what: beat.step(done),
         )
     if baseline_at is None:
         assert dense_stats is not None
         return dense_stats, dense_stats
+    offset = beat.finished
     scoring = baseline_stats(
         model,
         calib_ids,
@@ -103,6 +125,7 @@ def engine_stats(
         batch_size,
         hessian=hessian,
         keep=keep,
+        progress=lambda done, _total, _what: beat.step(offset + done),
     )
     return dense_stats, scoring
 

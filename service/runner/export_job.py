@@ -22,7 +22,8 @@ from optishear.data.text import evaluation_stream, sample_calibration
 from optishear.evaluation.held_out import HeldOutComparison, manifest_comparison
 from optishear.evaluation.perplexity import perplexity
 from optishear.model.hf import load_model, torch_dtype
-from optishear.recipe.prune import prune_candidate, prune_model
+from optishear.recipe.prune import prune_model
+from optishear.recipe.shipped import prune_candidate
 from service import queue, repository
 from service.housekeeping import Housekeeping
 from service.runner import retry

@@ -17,7 +17,8 @@ from optishear.methods.meta import meta_log_score
 from optishear.methods.sparsegpt import sparsegpt_prune
 from optishear.model.blocks import iter_linears
 from optishear.recipe.candidates import Candidate
-from optishear.recipe.prune import prune_candidate, prune_model
+from optishear.recipe.prune import prune_model
+from optishear.recipe.shipped import prune_candidate
 from optishear.search.allocation import AllocationSpace, LayerLayout, LevelSwitch, mutate
 from optishear.search.engine_spec import engine_for
 from optishear.search.evaluator import InProcessEvaluator

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 
 from search_fakes import FakeEvaluator, state_config
+from tiny_models import build_tiny
 
 from optishear.core import heartbeat
 from optishear.core.heartbeat import Activity, Heartbeat
+from optishear.core.patterns import Pattern
+from optishear.model.blocks import decoder_blocks, iter_linears
 from optishear.search.loop import run_search
+from optishear.search.scoring_stats import engine_stats
 
 
 def test_a_line_at_most_every_interval_with_counts_best_and_time_left(caplog) -> None:
@@ -59,3 +63,27 @@ def test_a_listener_hears_every_step_of_every_long_step_of_a_search() -> None:
         assert steps[-1].done == steps[-1].total  # and as it ends
         assert [a.done for a in steps] == sorted(a.done for a in steps)
         assert all(a.eta is not None for a in steps[1:])
+
+
+def test_the_engines_statistics_log_their_blocks(caplog, monkeypatch, calib_ids) -> None:
+    monkeypatch.setattr(heartbeat, "LOG_SECONDS", 0.0)  # as if every block took 30 s
+    model = build_tiny("llama")
+    layers = list(iter_linears(model))
+    weights = [lin.weight.data for _, _, lin in layers]
+    n = len(decoder_blocks(model))
+    with caplog.at_level(logging.INFO, logger="optishear.search.scoring_stats"):
+        engine_stats(
+            model,
+            calib_ids,
+            layers,
+            weights,
+            Pattern(),
+            4,
+            baseline_at=0.5,
+            hessian=False,
+            keep=False,
+        )
+    lines = [r.getMessage() for r in caplog.records]
+    # the dense pass (OWL's plan needs it when unstructured), then Wanda's pruned pass
+    want = [f"the engine's statistics (blocks run): {k}/{2 * n} done" for k in range(1, 2 * n)]
+    assert [line.split(",")[0] for line in lines] == want

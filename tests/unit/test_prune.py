@@ -11,6 +11,7 @@ from optishear.methods.registry import build_method
 from optishear.methods.sparsegpt import sparsegpt_prune
 from optishear.model.blocks import decoder_blocks, iter_linears, linear_sublayers
 from optishear.recipe.prune import prune_model
+from optishear.search.scoring_stats import baseline_stats, layer_stats
 
 PATTERNS = [Pattern(), Pattern(2, 4), Pattern(4, 8)]
 
@@ -198,3 +199,32 @@ def test_nm_not_dividing_layer_is_refused_before_pruning(calib_ids) -> None:
             model, calib_ids, PruneConfig(method="wanda", sparsity=0.5, pattern=Pattern(4, 8))
         )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("pattern", [Pattern(), Pattern(2, 4)], ids=str)
+@pytest.mark.parametrize("hessian", [False, True])
+def test_baseline_stats_recorded_in_the_prune_equal_a_second_pass(
+    pattern, hessian, calib_ids
+) -> None:
+    """The engine's Wanda-pruned statistics, recorded by the prune's own last run of each
+    block, are those of a separate pass over the pruned model; the dense weights come back."""
+    model = build_tiny("llama")
+    layers = list(iter_linears(model))
+    weights = [lin.weight.data for _, _, lin in layers]
+    before = [w.clone() for w in weights]
+    got = baseline_stats(model, calib_ids, layers, weights, pattern, 0.5, 4, hessian=hessian)
+    for w, b in zip(weights, before, strict=True):
+        assert torch.equal(w, b)
+    config = PruneConfig(method="wanda", sparsity=0.5, pattern=pattern, batch_size=4)
+    prune_model(model, calib_ids, config)
+    want = layer_stats(model, calib_ids, layers, 4, hessian=hessian)
+    assert len(got) == len(want) == len(layers)
+    for g, w in zip(got, want, strict=True):
+        assert (g.n_seqs, g.n_tokens) == (w.n_seqs, w.n_tokens)
+        torch.testing.assert_close(g.sq_sum, w.sq_sum, rtol=1e-6, atol=0)
+        assert g.xtx is None
+        assert w.xtx is None
+        if hessian:  # reduced to rho block by block, as the engine keeps them
+            assert g.rho is not None
+            assert w.rho is not None
+            torch.testing.assert_close(g.rho, w.rho, rtol=1e-5, atol=1e-7)

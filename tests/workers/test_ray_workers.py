@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from optishear.data.text import sample_calibration
 from optishear.model.hf import load_model
 from optishear.recipe.candidates import Candidate
 from optishear.recipe.comparison import held_out_ids
-from optishear.recipe.prune import shipped_config
+from optishear.recipe.shipped import shipped_config
 from optishear.search.engine_spec import EngineSpec
 from optishear.search.evaluator import InProcessEvaluator, compare_held_out
 from optishear.search.loop import run_search
@@ -29,6 +30,7 @@ from workers.actor import ModelActor
 from workers.errors import WorkerStartError
 from workers.pool import RayEvaluator
 from workers.runtime import start_ray
+from workers.startup import wait_ready
 
 pytestmark = pytest.mark.ray
 
@@ -298,3 +300,37 @@ def test_allocation_search_on_actors_equals_in_process_and_frees_its_database(
     assert "refit weights" in result.database
     assert not list(tmp_path.glob("layer-database-*"))  # closing the pool removed them
     assert _cpus_free_again()
+
+
+@ray.remote(num_cpus=0)
+class _SlowStart:
+    """Stands in for a worker whose model and statistics take a while."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def ready(self) -> str:
+        time.sleep(self.seconds)
+        return "up"
+
+
+def test_a_slow_worker_start_logs_while_it_waits(
+    local_ray: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    actors = [_SlowStart.remote(s) for s in (0.1, 2.5)]
+    with caplog.at_level(logging.INFO, logger="workers.startup"):
+        infos = wait_ready(actors, 60, {"CPU": 0}, "tiny", log_seconds=0.5)
+    assert infos == ["up", "up"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "workers.startup"]
+    # one worker up early, the other still loading: lines keep coming while it loads
+    assert len([m for m in lines if "1/2 done" in m]) >= 2, lines
+    assert all(m.startswith("starting 2 Ray worker(s): each loads tiny") for m in lines)
+    for a in actors:
+        ray.kill(a)
+
+
+def test_a_worker_start_past_its_timeout_fails_with_the_count(local_ray: None) -> None:
+    actor = _SlowStart.remote(30)
+    with pytest.raises(WorkerStartError, match=r"1 of 1 Ray workers were not up after 2s"):
+        wait_ready([actor], 2, {"CPU": 0}, "tiny", log_seconds=0.5)
+    ray.kill(actor)
