@@ -301,11 +301,15 @@ def refit_warm_start() -> list[str]:
     return rows
 
 
-def text_tasks() -> list[str]:
+def text_tasks(*files: str) -> list[str]:
     """The offline text tasks at 2:4 on the bundled model, SparseGPT against Wanda's mask with
     the refit (damping chosen on held-aside sequences), one calibration sample of 64 x 512
-    tokens (bench/tasks_accuracy.py)."""
-    d = _load("tasks_text_2-4_64x512_smollm2-135m.json")
+    tokens (bench/tasks_accuracy.py); then the rows of any further `files`."""
+    rows_in = [
+        r
+        for name in ("tasks_text_2-4_64x512_smollm2-135m.json", *files)
+        for r in _load(name)["rows"]
+    ]
     metrics = (
         ("optishear_lastword acc", "last word acc"),
         ("optishear_wordchoice acc", "word choice acc"),
@@ -317,7 +321,7 @@ def text_tasks() -> list[str]:
         "| model | " + " | ".join(label for _, label in metrics) + " | held-out ppl | prune (s) |",
         "|---" * (len(metrics) + 3) + "|",
     ]
-    for r in d["rows"]:
+    for r in rows_in:
         cells = [f"{r['accuracy'][m]:.3f} ± {r['stderr'][m]:.3f}" for m, _ in metrics]
         rows.append(
             f"| {r['method']} | " + " | ".join(cells) + f" | {r['ppl']:.3f} | "

@@ -11,6 +11,7 @@ peak) and after the batch, next to the model's weights, and the
 resident set of a Ray worker that imported the same code but loaded no model.
 
     .venv/bin/python bench/workers_bench.py --model smollm2-135m --nsamples 8 --seqlen 128
+    .venv/bin/python bench/workers_bench.py --dtype bfloat16 --json bench/results/workers_bf16.json
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import gc
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
 
@@ -116,13 +119,14 @@ def main() -> None:
             source=args.calib, n_samples=args.nsamples, seq_len=args.seqlen
         ),
         batch_size=args.batch_size,
+        dtype=args.dtype,
         engine_stats="dense",  # the engine as before engine_stats existed: comparable figures
     )
     spec = EngineSpec(config)
     counts = [int(w) for w in args.workers.split(",")]
     loads = [os.getloadavg()[0]]
     print(
-        f"model {args.model}, calibration {args.nsamples}x{args.seqlen}, fitness on all, "
+        f"model {args.model} ({args.dtype}), calibration {args.nsamples}x{args.seqlen}, fitness on all, "
         f"{args.candidates} distinct candidates per batch, 1 torch thread per evaluator; "
         f"{os.cpu_count()} cores"
     )
@@ -189,7 +193,18 @@ def main() -> None:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"in_process": in_process, "runtime_only_mib": runtime_mib, "rows": rows},
+                {
+                    "protocol": {
+                        "command": " ".join(["python", *sys.argv]),
+                        "dtype": args.dtype,
+                        "calibration": [args.nsamples, args.seqlen],
+                        "candidates": args.candidates,
+                        "load_average": loads,
+                    },
+                    "in_process": in_process,
+                    "runtime_only_mib": runtime_mib,
+                    "rows": rows,
+                },
                 indent=2,
             )
         )

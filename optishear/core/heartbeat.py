@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 LOG_SECONDS = 30.0
@@ -55,6 +57,7 @@ class Heartbeat:
         self.best = math.inf
         self.lines = 0
         self.finished = 0  # the last `done` stepped to
+        self._lock = threading.Lock()  # a step and the timer thread's line never interleave
         self.listener = listener
         if listener is not None:
             listener(Activity(what, 0, total, None, 0.0, None))
@@ -71,8 +74,36 @@ class Heartbeat:
             best_error = self.best if math.isfinite(self.best) else None
             eta = left if math.isfinite(left) else None
             self.listener(Activity(self.what, done, self.total, best_error, elapsed, eta))
-        if now - self._last < self.seconds or done >= self.total:
-            return
+        with self._lock:
+            if now - self._last >= self.seconds and done < self.total:
+                self._line(now)
+
+    @contextmanager
+    def ticking(self) -> Iterator[Heartbeat]:
+        """Also log while no step comes: a timer thread writes the line whenever `seconds`
+        pass without one, so that a single long step (a refit of minutes) never leaves the
+        log quiet."""
+        stop = threading.Event()
+
+        def tick() -> None:
+            while not stop.wait(max(self.seconds, 0.01)):
+                with self._lock:
+                    now = self._clock()
+                    if now - self._last >= self.seconds and self.finished < self.total:
+                        self._line(now)
+
+        thread = threading.Thread(target=tick, name=f"heartbeat: {self.what}", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
+
+    def _line(self, now: float) -> None:
+        done = self.finished
+        elapsed = now - self._start
+        left = elapsed / done * (self.total - done) if done else math.nan
         self._last = now
         best_text = f", best error {self.best:.5g}" if math.isfinite(self.best) else ""
         left_text = f", about {left:.0f} s left" if math.isfinite(left) else ""

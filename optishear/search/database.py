@@ -210,6 +210,24 @@ def build_database(
     start = time.perf_counter()
     own = request.masks == "sparsegpt" and hessians is not None  # SparseGPT's own masks
     beat = Heartbeat(logger, "building the layer database: layers", len(dense))
+    with beat.ticking():  # a wide layer's refits at every level take a while
+        _fill_database(db, beat, dense, act_sq, hessians, pattern, request, rho, own)
+    db.seconds = time.perf_counter() - start
+    logger.info("%s", db.info().describe())
+    return db
+
+
+def _fill_database(
+    db: LayerDatabase,
+    beat: Heartbeat,
+    dense: Sequence[Tensor],
+    act_sq: Sequence[Tensor],
+    hessians: list[Tensor] | None,
+    pattern: Pattern,
+    request: DatabaseRequest,
+    rho: Sequence[Tensor] | None,
+    own: bool,
+) -> None:
     for pos, W in enumerate(dense):
         beat.step(pos)
         score = (
@@ -230,9 +248,6 @@ def build_database(
             db.put(pos, li, refit, int(mask.sum()))
         if hessians is not None:
             hessians[pos] = torch.empty(0)
-    db.seconds = time.perf_counter() - start
-    logger.info("%s", db.info().describe())
-    return db
 
 
 @torch.no_grad()

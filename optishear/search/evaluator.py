@@ -115,7 +115,8 @@ def compare_held_out(
     def done(_: int, __: JobResult) -> None:
         beat.step(beat.finished + 1)
 
-    got = evaluator.shipped_jobs(jobs, config.evaluation, held_out_ids, done) if jobs else []
+    with beat.ticking():  # each job is a prune and a forward: minutes on a large calibration
+        got = evaluator.shipped_jobs(jobs, config.evaluation, held_out_ids, done) if jobs else []
     rows = [row for _, row in got if row is not None]
     rows += [known[n] for n, _ in comparison_jobs(recipe, config) if n in known]
     cal = config.calibration

@@ -159,13 +159,14 @@ def _score(
         return [(todo[best], SEARCHED)]
 
     ordered = [jobs[i] for i in order]
-    if compare:
-        assert held_out is not None
-        assert isinstance(evaluator, HeldOutComparer)
-        got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
-    else:
-        plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(len(jobs), (e, None)))
-        got = [(e, None) for e in plain]
+    with beat.ticking():  # one job (a refit at a large calibration) can take minutes
+        if compare:
+            assert held_out is not None
+            assert isinstance(evaluator, HeldOutComparer)
+            got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
+        else:
+            plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(len(jobs), (e, None)))
+            got = [(e, None) for e in plain]
     results: list[JobResult] = [(None, None)] * len(jobs)
     for i, r in zip(order, got, strict=False):
         results[i] = r

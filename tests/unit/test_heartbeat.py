@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from search_fakes import FakeEvaluator, state_config
 from tiny_models import build_tiny
@@ -87,3 +88,25 @@ def test_the_engines_statistics_log_their_blocks(caplog, monkeypatch, calib_ids)
     # the dense pass (OWL's plan needs it when unstructured), then Wanda's pruned pass
     want = [f"the engine's statistics (blocks run): {k}/{2 * n} done" for k in range(1, 2 * n)]
     assert [line.split(",")[0] for line in lines] == want
+
+
+def test_a_long_step_still_logs_while_it_runs(caplog) -> None:
+    beat = Heartbeat(logging.getLogger("t"), "scoring as shipped", 3, seconds=0.05)
+    with caplog.at_level(logging.INFO, logger="t"), beat.ticking():
+        beat.step(1, best=0.5)
+        time.sleep(0.4)  # the second step takes "minutes": no step, yet lines come
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) >= 3, lines
+    assert all(line.startswith("scoring as shipped: 1/3 done, best error 0.5, ") for line in lines)
+    assert all("s left" in line for line in lines)
+    n = len(lines)
+    time.sleep(0.2)
+    assert len(caplog.records) == n  # the timer stops with the block
+
+
+def test_no_timer_line_once_every_step_is_done(caplog) -> None:
+    beat = Heartbeat(logging.getLogger("t"), "work", 2, seconds=0.05)
+    with caplog.at_level(logging.INFO, logger="t"), beat.ticking():
+        beat.step(2)
+        time.sleep(0.3)
+    assert caplog.records == []
