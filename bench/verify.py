@@ -1,8 +1,8 @@
 """Recompute the tables of bench/RESULTS.md from the committed results in bench/results/.
 
 A table that can be checked is announced by a marker line, `<!-- verify: NAME -->`, right
-above it; NAME is one of the renderers in verify_tables.py, each of which builds the table from the JSON
-files it names. The script renders every marked table and compares it, line for line, with the
+above it; NAME is one of the renderers in verify_tables.py, each of which builds the table
+from the JSON files it names. The script renders every marked table and compares it, line for line, with the
 table under its marker; it exits 1 on any difference or unknown name, and says how many
 tables RESULTS.md has without a marker (older sections, whose outputs were never committed).
 
