@@ -310,14 +310,42 @@ def text_tasks(*files: str) -> list[str]:
     for r in rows_in:
         cells = [f"{r['accuracy'][m]:.3f} ± {r['stderr'][m]:.3f}" for m, _ in metrics]
         rows.append(
-            f"| {r['method']} | " + " | ".join(cells) + f" | {r['ppl']:.3f} | "
-            f"{r['prune_seconds']:.0f} |"
+            f"| {r['method']} | "
+            + " | ".join(cells)
+            + f" | {r['ppl']:.3f} | "
+            + (f"{r['prune_seconds']:.0f} |" if r["prune_seconds"] else "- (as loaded) |")
         )
+    return rows
+
+
+def search_large_calibration() -> list[str]:
+    """A 2:4 search with 64 x 512 calibration tokens: every finalist and baseline as shipped
+    on validation, and the held-out rows of its comparison (optishear search --baselines)."""
+    d = _load("search_2-4_64x512_smollm2-135m.json")
+    held = d["held_out"]
+    rows = [
+        "| model | validation error as shipped (KL) | held-out ppl | prune (s) |",
+        "|---|---|---|---|",
+    ]
+    names = {"SparseGPT": "sparsegpt", "Wanda": "wanda"}
+    for c in d["as_shipped"]:
+        formula = c["formula"].replace("|", "\\|")  # a table cell's own bars
+        label = c["name"] or f"searched {formula}, refit"
+        if c["key"] == d["recommended"]:
+            label += " (recommended)"
+        row = held["rows"].get("searched" if c["key"] == d["recommended"] else names.get(c["name"]))
+        ppl = "-" if row is None else f"{row['perplexity']:.3f}"
+        seconds = "-" if row is None else f"{row['prune_seconds']:.0f}"
+        rows.append(f"| {label} | {c['error']:.4f} | {ppl} | {seconds} |")
+    dense = held["rows"]["dense"]["perplexity"]
+    rows.append(f"| dense | 0 | {dense:.3f} | - |")
     return rows
 
 
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "text_tasks": text_tasks,
+    "text_tasks_searched": lambda: text_tasks("tasks_text_2-4_64x512_searched_smollm2-135m.json"),
+    "search_large_calibration": search_large_calibration,
     "refit_warm_start": refit_warm_start,
     "refit_holdout": refit_holdout,
     "sparsegpt_speed": sparsegpt_speed,
