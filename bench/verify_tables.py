@@ -342,6 +342,29 @@ def search_large_calibration() -> list[str]:
     return rows
 
 
+def worker_scaling() -> list[str]:
+    """Evaluations per second on 1 and 2 Ray actors, float32 and bfloat16, one thread each
+    (bench/workers_bench.py)."""
+    rows = [
+        (
+            "| dtype | in process (evaluations/s) | 1 actor | 2 actors | efficiency by wall clock "
+            "| CPU s per evaluation, 1 -> 2 actors | load average (median) |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for dtype in ("float32", "bfloat16"):
+        d = _load(f"workers_scaling_{dtype}.json")
+        one, two = d["rows"]
+        loads = sorted(d["protocol"]["load_average"])
+        rows.append(
+            f"| {dtype} | {d['in_process']['evals_per_s']:.3f} | {one['evals_per_s']:.3f} | "
+            f"{two['evals_per_s']:.3f} | {two['efficiency']:.2f} | "
+            f"{one['cpu_s_per_eval']:.2f} -> {two['cpu_s_per_eval']:.2f} | "
+            f"{loads[len(loads) // 2]:.2f} |"
+        )
+    return rows
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "text_tasks": text_tasks,
     "text_tasks_searched": lambda: text_tasks("tasks_text_2-4_64x512_searched_smollm2-135m.json"),
@@ -353,6 +376,7 @@ RENDERERS: dict[str, Callable[[], list[str]]] = {
     "prefix_reuse": prefix_reuse,
     "demo_time": demo_time,
     "demo_dtype": demo_dtype,
+    "worker_scaling": worker_scaling,
     "demo_time_sparsegpt_loop": lambda: demo_time("demo_fresh_clone_sparsegpt_loop.json"),
     "proxy_screen": proxy_screen,
     "proxy_rungs": proxy_rungs,
