@@ -4,6 +4,7 @@ JSON files it names in bench/results/, as Markdown lines."""
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -355,12 +356,12 @@ def worker_scaling() -> list[str]:
     for dtype in ("float32", "bfloat16"):
         d = _load(f"workers_scaling_{dtype}.json")
         one, two = d["rows"]
-        loads = sorted(d["protocol"]["load_average"])
+        load = statistics.median(d["protocol"]["load_average"])
         rows.append(
             f"| {dtype} | {d['in_process']['evals_per_s']:.3f} | {one['evals_per_s']:.3f} | "
             f"{two['evals_per_s']:.3f} | {two['efficiency']:.2f} | "
             f"{one['cpu_s_per_eval']:.2f} -> {two['cpu_s_per_eval']:.2f} | "
-            f"{loads[len(loads) // 2]:.2f} |"
+            f"{load:.2f} |"
         )
     return rows
 
