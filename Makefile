@@ -11,9 +11,10 @@ venv:
 # (SQLite file DB, local Ray with 2 actors): both stages, a small budget, the finalists and the
 # published baselines scored as shipped, the held-out perplexity of the recommended model beside
 # Wanda's and SparseGPT's, the recommended candidate exported. The model runs in bfloat16, as
-# users run LLMs: its forwards take half of float32's time on this CPU, so the demo takes about
-# 4.5 minutes on 2 idle cores once the environment exists, against 6 to 6.5 in float32
-# (`make demo DEMO_DTYPE=float32`; bench/RESULTS.md). `optishear serve` shows it afterwards.
+# users run LLMs: its forwards take half of float32's time on this CPU, so the demo takes 4.5
+# minutes or less on 2 idle cores once the environment exists (260 to 275 s on 2026-12-07),
+# against 6 in float32 (`make demo DEMO_DTYPE=float32`; bench/RESULTS.md). `optishear serve`
+# shows it afterwards.
 DEMO_DTYPE ?= bfloat16
 demo: venv
 	@start=$$(date +%s); \
