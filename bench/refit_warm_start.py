@@ -17,12 +17,9 @@ from pathlib import Path
 import torch
 from sparsegpt_speed import hessians
 
-from optishear.config import CalibrationConfig
 from optishear.core.patterns import Pattern
-from optishear.data.text import sample_calibration
 from optishear.methods.masks import prune_mask
 from optishear.methods.metrics import wanda_score
-from optishear.model.hf import load_model
 from optishear.refit.reconstruct import least_squares_refit
 from optishear.refit.update import DAMPINGS
 
@@ -39,12 +36,8 @@ def main() -> int:
     torch.set_num_threads(1)
     start = time.perf_counter()
     pattern = Pattern.parse(args.pattern)
-    model, tokenizer, _ = load_model(args.model)
-    calib = sample_calibration(
-        tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
-    )
     rows = []
-    for key, (W, H) in hessians(model, calib, [int(b) for b in args.blocks.split(",")]).items():
+    for key, (W, H) in hessians(args.model, args.nsamples, args.seqlen, args.blocks).items():
         mask = prune_mask(wanda_score(W, torch.diag(H)), 0.5, pattern)
         previous = None
         for damping in sorted(DAMPINGS, reverse=True):

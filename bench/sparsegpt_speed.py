@@ -71,11 +71,16 @@ def paper_loop(W: Tensor, H: Tensor, ratio: float, pattern: Pattern) -> tuple[Te
     return W, mask
 
 
-def hessians(model, calib: Tensor, blocks: list[int]) -> dict[str, tuple[Tensor, Tensor]]:
-    """(weight, SparseGPT's H) of every linear layer of `blocks`, from one dense forward."""
+def hessians(
+    model_name: str, nsamples: int, seqlen: int, blocks: str
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """(weight, SparseGPT's H) of every linear layer of `blocks` ("0,15": indices), from one
+    dense forward over `nsamples` x `seqlen` calibration tokens of the bundled text."""
+    model, tokenizer, _ = load_model(model_name)
+    calib = sample_calibration(tokenizer, CalibrationConfig(n_samples=nsamples, seq_len=seqlen))
     layers = {
         f"{b}.{name}": lin
-        for b in blocks
+        for b in (int(i) for i in blocks.split(","))
         for name, lin in linear_sublayers(decoder_blocks(model)[b]).items()
     }
     with torch.no_grad(), recording_inputs(layers, hessian=True) as stats:
@@ -96,11 +101,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    model, tokenizer, _ = load_model(args.model)
-    calib = sample_calibration(
-        tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
-    )
-    layers = hessians(model, calib, [int(b) for b in args.blocks.split(",")])
+    layers = hessians(args.model, args.nsamples, args.seqlen, args.blocks)
     rows = []
     for text in args.patterns.split(","):
         pattern = Pattern.parse(text)

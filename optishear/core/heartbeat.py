@@ -68,8 +68,7 @@ class Heartbeat:
             self.best = min(self.best, best)
         self.finished = done
         now = self._clock()
-        elapsed = now - self._start
-        left = elapsed / done * (self.total - done) if done else math.nan
+        elapsed, left = self._timing(now)
         if self.listener is not None:
             best_error = self.best if math.isfinite(self.best) else None
             eta = left if math.isfinite(left) else None
@@ -100,10 +99,15 @@ class Heartbeat:
             stop.set()
             thread.join()
 
+    def _timing(self, now: float) -> tuple[float, float]:
+        """Seconds so far, and left at the rate so far (nan before the first step)."""
+        elapsed = now - self._start
+        done = self.finished
+        return elapsed, elapsed / done * (self.total - done) if done else math.nan
+
     def _line(self, now: float) -> None:
         done = self.finished
-        elapsed = now - self._start
-        left = elapsed / done * (self.total - done) if done else math.nan
+        elapsed, left = self._timing(now)
         self._last = now
         best_text = f", best error {self.best:.5g}" if math.isfinite(self.best) else ""
         left_text = f", about {left:.0f} s left" if math.isfinite(left) else ""
