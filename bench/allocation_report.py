@@ -1,4 +1,4 @@
-"""Markdown tables from bench/allocation.py's JSON files (bench/RESULTS.md, issue 13).
+"""Markdown tables from bench/allocation.py's JSON files (bench/HISTORY.md, issue 13).
 
 Perplexity is deterministic for a calibration and held-out text, so the baselines measured
 with the same settings in `optishear compare` runs (bench/RESULTS.md, "Baselines at 60% and

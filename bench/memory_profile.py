@@ -20,7 +20,10 @@ transformers maps a checkpoint whose dtype it keeps). A sampling thread records 
     .venv/bin/python bench/memory_profile.py --model qwen2.5-0.5b --phases load,prune,engine
     .venv/bin/python bench/memory_profile.py --model gemma3-270m --phases load,prune,engine,search
     .venv/bin/python bench/memory_profile.py --phases prune --pattern 2:4 --nsamples 128 \
-        --seqlen 2048 --prune-method sparsegpt --out bench/results/memory_sparsegpt.json
+        --seqlen 2048 --prune-method wanda+refit --refit-holdout 8 --eval-windows 32 \
+        --out bench/results/memory_128x2048_wanda+refit.json
+`--refit-holdout N` holds every Nth sequence aside to choose the refit's damping;
+`--eval-windows N` measures held-out perplexity after the prune (its peak is reported apart).
 """
 
 from __future__ import annotations
@@ -179,14 +182,23 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
             sparsity=0.5,
             pattern=Pattern.parse(args.pattern),
             reconstruct=method.endswith("+refit"),
+            refit_holdout=args.refit_holdout if method.endswith("+refit") else 0,
         )
         report = prune_model(model, calib, config)
         out |= {
             "prune_method": method,
             "pattern": args.pattern,
             "calibration": [args.nsamples, args.seqlen],
+            "refit_holdout": config.refit_holdout,
             "prune_seconds": round(report.seconds, 1),
+            # the prune's own peaks, before the held-out windows' logits add theirs
+            "rss_peak_prune": _rss_peak_bytes(),
+            "anon_peak_prune": sampler.anon,
         }
+        if args.eval_windows:
+            eval_cfg = EvaluationConfig(windows=args.eval_windows, batch_size=4)
+            out["perplexity"] = perplexity(model, held_out, eval_cfg).perplexity
+            out["eval_windows"] = args.eval_windows
     elif args.phase == "engine":
         pattern = Pattern.parse(args.pattern)
         engine = FitnessEngine(
@@ -251,6 +263,15 @@ def main() -> None:
     p.add_argument("--fitness-samples", type=int, default=8)
     p.add_argument("--prune-method", default="wanda", choices=("wanda", "sparsegpt", "wanda+refit"))
     p.add_argument("--out", type=Path, help="also write the phases' results as JSON here")
+    p.add_argument(
+        "--refit-holdout",
+        type=int,
+        default=0,
+        help="wanda+refit: every Nth calibration sequence chooses the refit's damping (0: fixed)",
+    )
+    p.add_argument(
+        "--eval-windows", type=int, default=0, help="prune: held-out 512-token windows after it"
+    )
     p.add_argument(
         "--second-order",
         action=argparse.BooleanOptionalAction,

@@ -1,10 +1,11 @@
 """Recompute the tables of bench/RESULTS.md from the committed results in bench/results/.
 
-A table that can be checked is announced by a marker line, `<!-- verify: NAME -->`, right
-above it; NAME is one of the renderers in verify_tables.py, each of which builds the table
-from the JSON files it names. The script renders every marked table and compares it, line for line, with the
-table under its marker; it exits 1 on any difference or unknown name, and says how many
-tables RESULTS.md has without a marker (older sections, whose outputs were never committed).
+Every table carries a marker line, `<!-- verify: NAME -->`, right above it; NAME is one of
+the renderers in verify_tables.py or verify_baselines.py, each of which builds its table from
+the files it names. The script renders every marked table and compares it, line for line, with
+the table under its marker; it exits 1 on any difference, on an unknown name and on a table
+without a marker (older measurements, whose outputs were never committed, live in
+bench/HISTORY.md, which this script does not read).
 
     python bench/verify.py            # check
     python bench/verify.py --print    # print the rendered tables (to paste a new one)
@@ -17,7 +18,10 @@ import re
 import sys
 from pathlib import Path
 
-from verify_tables import RENDERERS  # beside this script
+from verify_baselines import RENDERERS as BASELINE_RENDERERS  # beside this script
+from verify_tables import RENDERERS as TABLE_RENDERERS
+
+RENDERERS = {**TABLE_RENDERERS, **BASELINE_RENDERERS}
 
 ROOT = Path(__file__).resolve().parent
 MARKER = re.compile(r"^<!-- verify: ([a-z0-9_]+) -->$")
@@ -53,7 +57,11 @@ def main() -> int:
             continue
         marked_tables.add(i + 1)
         written = _table_after(lines, i + 1)
-        rendered = RENDERERS[name]()
+        try:
+            rendered = RENDERERS[name]()
+        except FileNotFoundError as missing:
+            failures.append(f"line {i + 1}: table {name!r} needs {missing.filename}, not committed")
+            continue
         checked += 1
         if written != rendered:
             failures.append(
@@ -62,16 +70,17 @@ def main() -> int:
                 + "\n  from bench/results:\n    "
                 + "\n    ".join(rendered)
             )
-    tables = sum(
-        1
+    unmarked = [
+        i + 1
         for i, line in enumerate(lines)
         if line.startswith("|---") and i >= 1 and (i - 1) not in marked_tables
-    )
+    ]
+    failures += [f"line {n - 1}: a table without a verify marker" for n in unmarked]
     for failure in failures:
         print(f"bench/verify.py: {failure}", file=sys.stderr)
     print(
-        f"bench/verify.py: {checked} tables recomputed from bench/results/, "
-        f"{len(failures)} differ; {tables} older tables carry no marker"
+        f"bench/verify.py: {checked} tables recomputed from bench/results/ and bench/data/, "
+        f"{len(failures)} failures"
     )
     return 1 if failures else 0
 

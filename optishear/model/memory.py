@@ -2,7 +2,7 @@
 
 glibc's malloc keeps freed blocks in its arenas for reuse, so a phase's temporaries (the
 statistics and baseline prune of a fitness engine's set-up) stay resident after they are gone:
-745 MB of 1.8 GB on the bundled model (bench/RESULTS.md, issue 16). `malloc_trim` returns them
+745 MB of 1.8 GB on the bundled model (bench/HISTORY.md, issue 16). `malloc_trim` returns them
 to the system. Elsewhere (macOS, musl) this does nothing.
 """
 

@@ -8,7 +8,7 @@ one layer's masked weights for the length of its matmul. On a GPU that is the di
 between a model that fits twice and one that fits once.
 
 The masked weight is made once per forward call, a batch of sequences at a time, which costs a
-pass over the layer: far less than the matmul itself at any useful batch (bench/RESULTS.md).
+pass over the layer: far less than the matmul itself at any useful batch (bench/HISTORY.md, issue 16).
 """
 
 from __future__ import annotations

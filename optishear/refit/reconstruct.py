@@ -13,7 +13,7 @@ all rows at once. They start from the dense survivors (already close to the opti
 preconditioned by the damped inverse Hessian restricted to each row's survivors, (H^-1)_SS:
 one inversion per layer (as SparseGPT's), then two products a step, and 9 to 21 steps on the
 bundled model to reach the exact solve's error within 0.05%, where the diagonal alone needed
-up to 63 (bench/RESULTS.md, issue 16). CG is the default; the exact solve is the reference.
+up to 63 (bench/HISTORY.md, issue 16). CG is the default; the exact solve is the reference.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from optishear.core.errors import ConfigError
 from optishear.methods.sparsegpt import damped_inverse
 
 Solver = Literal["exact", "cg"]
-CG_TOL = 1e-3  # relative residual of every row; its cost: bench/RESULTS.md (issue 16)
+CG_TOL = 1e-3  # relative residual of every row; its cost: bench/HISTORY.md (issue 16)
 CG_MAX_ITER = 200
 
 
@@ -54,7 +54,7 @@ def least_squares_refit(
     its mean diagonal is a ridge toward the dense survivors, (H_SS + d I) w_S = (H w)_S + d w_S:
     it keeps the solve well-posed where channels never fire or move together, and a large
     damping means "keep the dense weights", never "shrink them to zero" (a plain ridge toward
-    zero made held-out perplexity far worse on SmolLM2: bench/RESULTS.md).
+    zero made held-out perplexity far worse on SmolLM2: bench/HISTORY.md).
     """
     keep = ~mask
     W = weight.detach().float()

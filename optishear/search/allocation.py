@@ -171,7 +171,7 @@ class AllocationSpace:
         """The search's first candidate: uniform at the target; in N:M mode, every unit N:M and
         then the first units made dense while the budget allows (the usual hand-made choice:
         on SmolLM2 at 2:4 and 45% it measured 89.1 held-out perplexity, where a random dense
-        set the search started from in 48 evaluations reached 104.1; bench/RESULTS.md)."""
+        set the search started from in 48 evaluations reached 104.1; bench/HISTORY.md)."""
         del rng  # the start is deterministic; the argument keeps one signature for all modes
         x = self.uniform(self.levels[-1] if self.mode == "at_least" else None)
         if self.mode == "at_least":

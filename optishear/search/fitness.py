@@ -57,7 +57,7 @@ logger = logging.getLogger(__name__)
 # How much work one kernel launch gets on a GPU, where small models are bound by launches: the
 # fast KL's tokens per lm_head call, and the weights scored at once when equally shaped layers
 # are masked together (this bounds the float32 temporaries). On a CPU one sequence and one
-# matrix at a time are faster (measured in bench/RESULTS.md): the temporaries stay in cache.
+# matrix at a time are faster (measured in bench/HISTORY.md, issue 3): the temporaries stay in cache.
 _GPU_KL_CHUNK_TOKENS = 4096
 _GPU_MASK_CHUNK_ELEMENTS = 1 << 25
 
@@ -91,7 +91,7 @@ class FitnessEngine:
         pruned by Wanda at `sparsity` and the pattern, not of the dense model. A shipped model is
         pruned block by block with statistics from its already-pruned prefix; the baseline's
         pruned model is a one-off stand-in for every candidate's prefix, and it ranks close
-        genomes as the shipped prune does far better than dense statistics (bench/RESULTS.md).
+        genomes as the shipped prune does far better than dense statistics (bench/HISTORY.md, issue 3).
         OWL's plan still uses dense statistics, as OWL defines it.
 
         With `database`, every layer is pruned once at every level of the request (with the

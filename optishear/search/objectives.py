@@ -7,7 +7,7 @@ Two objectives, both accumulated one sequence at a time:
   without logits: for a linear, bias-free lm_head, ||(H_d - H_p) W^T||_F^2 is the sum over
   tokens of d^T (W^T W) d, with d the difference of the final hidden states.
 On the bundled model the Frobenius objective ranks badly: at 2:4 it preferred a genome with
-3x Wanda's held-out perplexity over Wanda itself (bench/RESULTS.md), because a uniform shrink
+3x Wanda's held-out perplexity over Wanda itself (bench/HISTORY.md, issue 3), because a uniform shrink
 of all logits lowers it. The KL objective measures what perplexity measures.
 """
 

@@ -175,7 +175,7 @@ async def read_search(
         return Response(cached.body, media_type="application/json")
 
     # A miss reads the session, the row and the record in one trip to a worker thread, where
-    # the sync dependencies took five (bench/RESULTS.md, "Status polls").
+    # the sync dependencies took five (bench/HISTORY.md, "Status polls").
     def read() -> tuple[str, bytes]:
         with sessions() as session:
             search = _visible_search(session, search_id, principal)

@@ -58,4 +58,27 @@ def test_the_results_tables_match_their_committed_outputs() -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert "0 differ" in done.stdout
+    assert ", 0 failures" in done.stdout
+
+
+def test_verify_fails_on_a_table_without_a_marker_or_with_a_wrong_figure(tmp_path: Path) -> None:
+    """A table without its marker, or one figure changed in a marked table, fails the check."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    lines = results.splitlines()
+    row = next(i for i, line in enumerate(lines) if line.startswith("<!-- verify:")) + 3
+    cases = {
+        "unmarked": results + "\n| a | b |\n|---|---|\n| 1 | 2 |\n",
+        "changed": "\n".join([*lines[:row], lines[row].replace("|", "| 9", 1), *lines[row + 1 :]]),
+    }
+    for name, text in cases.items():
+        path = tmp_path / f"{name}.md"
+        path.write_text(text)
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "verify.py"), "--results", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 1, name
+        expected = "without a verify marker" if name == "unmarked" else "differs from its results"
+        assert expected in done.stderr, (name, done.stderr)

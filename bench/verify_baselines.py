@@ -1,0 +1,157 @@
+"""More renderers for bench/verify.py: the baselines on the bundled model, the metric space's
+ground truth, 128 x 2048 calibration and the compact archive, each from committed outputs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+
+
+def _load(name: str) -> Any:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", r"\|")
+
+
+def metric_truth(name: str = "metric_truth_smollm2-135m_2-4.jsonl") -> list[str]:
+    """The classes pruned as shipped in the ground truth (bench/metric_truth.py), ranked by
+    held-out perplexity, with their full-fidelity engine error; the file is bench/data's."""
+    records = [json.loads(line) for line in (BENCH / "data" / name).read_text().splitlines()]
+    engine = {r["index"]: r["error"] for r in records if r["kind"] == "full"}
+    shipped = sorted((r for r in records if r["kind"] == "shipped"), key=lambda r: r["perplexity"])
+    wanda = next(r["perplexity"] for r in shipped if r["formula"] == "|W| * sqrt(X)")
+    rows = [
+        "| rank by ppl | genome | engine error | shipped error | held-out ppl | vs Wanda |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rank, r in enumerate(shipped, 1):
+        label = "`" + r["formula"] + "`" + (" (Wanda)" if r["formula"] == "|W| * sqrt(X)" else "")
+        rows.append(
+            f"| {rank} | {_cell(label)} | {engine[r['index']]:.4f} | {r['shipped_error']:.4f} | "
+            f"{r['perplexity']:.3f} | {(r['perplexity'] / wanda - 1) * 100:+.1f}% |"
+        )
+    return rows
+
+
+def quality() -> list[str]:
+    """Held-out perplexity of every library method in each pattern (bench/quality.py)."""
+    rows = _load("quality_smollm2-135m.json")["rows"]
+    patterns = ("unstructured", "2:4", "4:8")
+    ppl = {(r["method"], r["pattern"]): r["ppl"] for r in rows}
+    seconds = {(r["method"], r["pattern"]): r.get("seconds") for r in rows}
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if not m.startswith("ref")]
+    out = [
+        "| method | 50% unstructured | 2:4 | 4:8 | prune s (50% / 2:4 / 4:8) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for m in methods:
+        if m == "dense":
+            out.append(f"| dense | {ppl[('dense', '-')]:.3f} | | | |")
+            continue
+        cells = [f"{ppl[m, p]:.3f}" if ppl.get((m, p)) else "n/a" for p in patterns]
+        secs = " / ".join(f"{seconds[m, p]:.0f}" if ppl.get((m, p)) else "-" for p in patterns)
+        out.append(f"| {m} | {' | '.join(cells)} | {secs} |")
+    return out
+
+
+def quality_reference() -> list[str]:
+    """The independent re-implementations against the library (bench/reference_prune.py)."""
+    rows = _load("quality_smollm2-135m.json")["rows"]
+    lib = {(r["method"], r["pattern"]): r["ppl"] for r in rows}
+    out = [
+        "| check | pattern | library ppl | reference ppl | difference | masks agree | result |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        if not r["method"].startswith("reference"):
+            continue
+        base = r["method"].removeprefix("reference ").removesuffix(" (ties last)")
+        out.append(
+            f"| {r['method']} | {r['pattern']} | {lib[base, r['pattern']]:.3f} | {r['ppl']:.3f} | "
+            f"{r['rel_diff'] * 100:+.2f}% | {r['agree'] * 100:.2f}% | {r['check']} |"
+        )
+    return out
+
+
+def baselines_high() -> list[str]:
+    """Wanda and SparseGPT, uniform and with OWL's plan, at 60% and 70% (optishear compare)."""
+    out = [
+        "| target | Wanda | OWL+Wanda | SparseGPT | OWL+SparseGPT | dense |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for target in ("0.6", "0.7"):
+        ppl = {}
+        for plan in ("uniform", "owl"):
+            for r in _load(f"compare_{target}_{plan}_smollm2-135m.json"):
+                ppl[plan, r["method"]] = r["perplexity"]
+        cells = []
+        for method in ("wanda", "sparsegpt"):
+            uniform, owl = ppl["uniform", method], ppl["owl", method]
+            cells += [f"{uniform:.3f}", f"{owl:.3f} ({(owl / uniform - 1) * 100:+.1f}%)"]
+        out.append(f"| {float(target):.0%} | {' | '.join(cells)} | {ppl['uniform', 'dense']:.3f} |")
+    return out
+
+
+def calibration_128x2048() -> list[str]:
+    """SparseGPT and Wanda's mask + refit at 2:4 from 128 x 2048 calibration tokens: time,
+    peak memory and held-out perplexity (bench/memory_profile.py --phases prune)."""
+    out = [
+        (
+            "| method | calibration | prune s | peak RSS of the prune (MiB) | over the weights "
+            "| held-out ppl |"
+        ),
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in ("sparsegpt", "wanda+refit"):
+        (d,) = _load(f"memory_128x2048_{name}.json")["phases"]
+        label = name + (f", damping chosen on every {d['refit_holdout']}th sequence"
+                        if d["refit_holdout"] else "")  # fmt: skip
+        n, t = d["calibration"]
+        out.append(
+            f"| {label} | {n} x {t} | {d['prune_seconds']:.0f} | "
+            f"{d['rss_peak_prune'] / 2**20:,.0f} | {d['rss_peak_prune'] / d['weight_bytes']:.2f} | "
+            f"{d['perplexity']:.3f} |"
+        )
+    return out
+
+
+def compact_size() -> list[str]:
+    """The compact archive against the dense tar, float32 and bfloat16 (bench/compact_size.py)."""
+    rows = {dt: _load(f"compact_size_{dt}.json")["rows"] for dt in ("float32", "bfloat16")}
+    out = [
+        (
+            "| pattern | f32 tar bytes | f32 compact bytes | ratio | pruned layers alone "
+            "| bf16 ratio | bf16 pruned layers | bit for bit |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for f32, bf16 in zip(rows["float32"], rows["bfloat16"], strict=True):
+
+        def layers(r: dict[str, Any]) -> str:
+            dense = r["pruned_layers_dense_bytes"]
+            return f"{r['pruned_layers_stored_bytes'] / dense:.3f}" if dense else "-"
+
+        same = "yes" if f32["bit_for_bit"] and bf16["bit_for_bit"] else "NO"
+        out.append(
+            f"| {f32['pattern']} | {f32['tar_bytes']:,} | {f32['compact_bytes']:,} | "
+            f"{f32['compact_bytes'] / f32['tar_bytes']:.3f} | {layers(f32)} | "
+            f"{bf16['compact_bytes'] / bf16['tar_bytes']:.3f} | {layers(bf16)} | {same} |"
+        )
+    return out
+
+
+RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "metric_truth": metric_truth,
+    "quality": quality,
+    "quality_reference": quality_reference,
+    "baselines_high": baselines_high,
+    "calibration_128x2048": calibration_128x2048,
+    "compact_size": compact_size,
+}
