@@ -1,5 +1,5 @@
 """More renderers for bench/verify.py: the baselines on the bundled model, the metric space's
-ground truth, 128 x 2048 calibration and the compact archive, each from committed outputs."""
+ground truth and 128 x 2048 calibration, each from committed outputs."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def baselines_high() -> list[str]:
 
 
 def calibration_128x2048() -> list[str]:
-    """SparseGPT and Wanda's mask + refit at 2:4 from 128 x 2048 calibration tokens: time,
-    peak memory and held-out perplexity (bench/memory_profile.py --phases prune)."""
+    """A 2:4 prune from 128 x 2048 calibration tokens: time, peak memory and held-out
+    perplexity (bench/memory_profile.py --phases prune); Wanda + refit was not run to its end."""
     out = [
         (
             "| method | calibration | prune s | peak RSS of the prune (MiB) | over the weights "
@@ -109,7 +109,7 @@ def calibration_128x2048() -> list[str]:
         ),
         "|---|---|---:|---:|---:|---:|",
     ]
-    for name in ("sparsegpt", "wanda+refit"):
+    for name in ("sparsegpt",):
         (d,) = _load(f"memory_128x2048_{name}.json")["phases"]
         label = name + (f", damping chosen on every {d['refit_holdout']}th sequence"
                         if d["refit_holdout"] else "")  # fmt: skip
@@ -122,36 +122,10 @@ def calibration_128x2048() -> list[str]:
     return out
 
 
-def compact_size() -> list[str]:
-    """The compact archive against the dense tar, float32 and bfloat16 (bench/compact_size.py)."""
-    rows = {dt: _load(f"compact_size_{dt}.json")["rows"] for dt in ("float32", "bfloat16")}
-    out = [
-        (
-            "| pattern | f32 tar bytes | f32 compact bytes | ratio | pruned layers alone "
-            "| bf16 ratio | bf16 pruned layers | bit for bit |"
-        ),
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for f32, bf16 in zip(rows["float32"], rows["bfloat16"], strict=True):
-
-        def layers(r: dict[str, Any]) -> str:
-            dense = r["pruned_layers_dense_bytes"]
-            return f"{r['pruned_layers_stored_bytes'] / dense:.3f}" if dense else "-"
-
-        same = "yes" if f32["bit_for_bit"] and bf16["bit_for_bit"] else "NO"
-        out.append(
-            f"| {f32['pattern']} | {f32['tar_bytes']:,} | {f32['compact_bytes']:,} | "
-            f"{f32['compact_bytes'] / f32['tar_bytes']:.3f} | {layers(f32)} | "
-            f"{bf16['compact_bytes'] / bf16['tar_bytes']:.3f} | {layers(bf16)} | {same} |"
-        )
-    return out
-
-
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "metric_truth": metric_truth,
     "quality": quality,
     "quality_reference": quality_reference,
     "baselines_high": baselines_high,
     "calibration_128x2048": calibration_128x2048,
-    "compact_size": compact_size,
 }
