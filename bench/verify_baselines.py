@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from verify_tables import _load  # beside this script: the same reader of bench/results/
 
 BENCH = Path(__file__).resolve().parent
-RESULTS = BENCH / "results"
-
-
-def _load(name: str) -> Any:
-    return json.loads((RESULTS / name).read_text())
 
 
 def _cell(text: str) -> str:
