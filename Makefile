@@ -15,7 +15,7 @@ venv:
 # minutes or less on 2 idle cores once the environment exists (260 to 275 s on 2026-12-07),
 # against 6 in float32 (`make demo DEMO_DTYPE=float32`; bench/RESULTS.md). `optishear serve`
 # shows it afterwards.
-DEMO_DTYPE ?= bfloat16
+DEMO_DTYPE ?= auto
 demo: venv
 	@start=$$(date +%s); \
 	$(VENV)/optishear assets pull && \

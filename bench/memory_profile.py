@@ -183,6 +183,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
             pattern=Pattern.parse(args.pattern),
             reconstruct=method.endswith("+refit"),
             refit_holdout=args.refit_holdout if method.endswith("+refit") else 0,
+            batch_size=args.batch_size,
+            hidden_memory_gib=args.hidden_memory_gib,
         )
         report = prune_model(model, calib, config)
         out |= {
@@ -190,6 +192,8 @@ def run_phase(args: argparse.Namespace) -> dict[str, Any]:
             "pattern": args.pattern,
             "calibration": [args.nsamples, args.seqlen],
             "refit_holdout": config.refit_holdout,
+            "batch_size": args.batch_size,
+            "hidden_memory_gib": args.hidden_memory_gib,
             "prune_seconds": round(report.seconds, 1),
             # the prune's own peaks, before the held-out windows' logits add theirs
             "rss_peak_prune": _rss_peak_bytes(),
@@ -268,6 +272,13 @@ def main() -> None:
         type=int,
         default=0,
         help="wanda+refit: every Nth calibration sequence chooses the refit's damping (0: fixed)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="prune: sequences per forward")
+    p.add_argument(
+        "--hidden-memory-gib",
+        type=float,
+        default=1.0,
+        help="prune: the hidden states' memory budget; past it they go to a file (0: always)",
     )
     p.add_argument(
         "--eval-windows", type=int, default=0, help="prune: held-out 512-token windows after it"

@@ -118,10 +118,34 @@ def calibration_128x2048() -> list[str]:
     return out
 
 
+def calibration_spill(names: tuple[str, ...] = ("16x2048_spilled", "64x2048_spilled",
+                                               "64x2048_memory")) -> list[str]:  # fmt: skip
+    """Wanda's sequential prune with the hidden states in memory or in a file
+    (bench/memory_profile.py --hidden-memory-gib): the process's anonymous peak and its RSS."""
+    out = [
+        (
+            "| calibration | hidden states | prune s | anonymous peak (MiB) | RSS peak (MiB) "
+            "| held-out ppl |"
+        ),
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        (d,) = _load(f"memory_spill_{name}.json")["phases"]
+        n, t = d["calibration"]
+        where = "in a file" if name.endswith("spilled") else "in memory"
+        out.append(
+            f"| {n} x {t} | {where} | {d['prune_seconds']:.0f} | "
+            f"{d['anon_peak_prune'] / 2**20:,.0f} | {d['rss_peak_prune'] / 2**20:,.0f} | "
+            f"{d['perplexity']:.3f} |"
+        )
+    return out
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "metric_truth": metric_truth,
     "quality": quality,
     "quality_reference": quality_reference,
     "baselines_high": baselines_high,
     "calibration_128x2048": calibration_128x2048,
+    "calibration_spill": calibration_spill,
 }

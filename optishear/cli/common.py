@@ -49,7 +49,7 @@ def load_placed(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase, ModelSource, BlockStreamer | None]:
     """Load a model on the host, put it on its device whole or streamed, and say which."""
     model, tokenizer, source = load_model(
-        name, settings=settings, device="cpu", dtype=torch_dtype(dtype)
+        name, settings=settings, device="cpu", dtype=torch_dtype(dtype, device)
     )
     choice, streamer = place_model(model, device, execution)
     print(choice.describe(), file=sys.stderr)

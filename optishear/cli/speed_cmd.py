@@ -119,7 +119,8 @@ def _speed_config(args: argparse.Namespace) -> SpeedConfig:
 
 def run_speed(args: argparse.Namespace, settings: LibrarySettings, bars: Bars) -> int:
     config = _speed_config(args)
-    device, dtype = torch_device(args.device), torch_dtype(args.dtype)
+    device = torch_device(args.device)
+    dtype = torch_dtype(args.dtype, device)
     if config.kernel == "semi_structured":
         why = no_sparse_kernel_reason(device, dtype)  # the pattern is checked once loaded
         if why is not None:

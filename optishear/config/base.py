@@ -22,7 +22,8 @@ Method = Literal["magnitude", "wanda", "ria", "sparsegpt", "meta"]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 Stages = Literal["metric", "layerwise", "both", "joint", "allocation"]
 Objective = Literal["kl", "logits_fro"]
-Dtype = Literal["float32", "bfloat16", "float16"]
+# auto: bfloat16 where the device computes it natively, else float32 (optishear.model.hf)
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
 DTYPES: tuple[str, ...] = typing.get_args(Dtype)
 
 

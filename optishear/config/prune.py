@@ -66,6 +66,14 @@ class PruneConfig(TargetConfig):
         "dense model",
     )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")
+    hidden_memory_gib: float = Field(
+        1.0,
+        ge=0,
+        le=4096,
+        description="memory for every calibration sequence's hidden states between two blocks "
+        "(inputs and outputs); beyond it both live in a memory-mapped file in the temporary "
+        "folder (TMPDIR), and the prune's own memory no longer grows with the calibration",
+    )
     reconstruct: bool = Field(
         False,
         description="refit the surviving weights by least squares after masking (wanda, ria, meta)",

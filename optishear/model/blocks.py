@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from optishear.core.errors import UnsupportedModelError
+from optishear.model.spill import DEFAULT_BUDGET_BYTES, empty_like_hidden, hidden_buffer
 
 # Where the decoder blocks sit in HF models (Llama/Mistral/Qwen/Gemma, OPT, GPT-style, NeoX,
 # multimodal wrappers). The first path that holds a ModuleList wins.
@@ -93,17 +94,25 @@ def fit_batch_size(n: int, requested: int) -> int:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, input_ids: Tensor, batch_size: int) -> BlockInputs:
+def capture_block_inputs(
+    model: nn.Module,
+    input_ids: Tensor,
+    batch_size: int,
+    *,
+    memory_bytes: float = DEFAULT_BUDGET_BYTES,
+) -> BlockInputs:
     """Run the embeddings for every sequence and record how each block is called.
 
     Block kwargs (attention masks, rotary embeddings) can differ per block (Gemma's sliding and
-    global layers), so one batch runs through all blocks; the others stop at block 0.
+    global layers), so one batch runs through all blocks; the others stop at block 0. When two
+    buffers of every sequence's hidden states would pass `memory_bytes`, they go to a file
+    (optishear.model.spill), and so do the outputs `run_block` makes of them.
     """
     blocks = decoder_blocks(model)
     n = input_ids.shape[0]
     batch_size = fit_batch_size(n, batch_size)
     device = next(model.parameters()).device
-    hiddens: list[Tensor] = []
+    hidden_all: list[Tensor] = []  # one buffer, made when the first batch shows its shape
     calls: list[BlockCall | None] = [None] * len(blocks)
     record_all = True
 
@@ -114,7 +123,12 @@ def capture_block_inputs(model: nn.Module, input_ids: Tensor, batch_size: int) -
         else:
             hidden, rest, as_kwarg = kw.pop("hidden_states"), (), True
         if idx == 0:
-            hiddens.append(hidden.detach())
+            if not hidden_all:
+                shape = (n, *hidden.shape[1:])
+                hidden_all.append(
+                    hidden_buffer(shape, hidden.dtype, hidden.device, budget_bytes=memory_bytes)
+                )
+            hidden_all[0][start : start + hidden.shape[0]] = hidden.detach()
         if record_all:
             calls[idx] = BlockCall(rest, kw, as_kwarg)
         if not record_all or idx == len(blocks) - 1:
@@ -124,6 +138,7 @@ def capture_block_inputs(model: nn.Module, input_ids: Tensor, batch_size: int) -
         b.register_forward_pre_hook(lambda m, a, k, i=i: pre_hook(i, m, a, k), with_kwargs=True)
         for i, b in enumerate(blocks)
     ]
+    start = 0
     try:
         for start in range(0, n, batch_size):
             with contextlib.suppress(_StopForward):
@@ -134,7 +149,7 @@ def capture_block_inputs(model: nn.Module, input_ids: Tensor, batch_size: int) -
             h.remove()
     if any(c is None for c in calls):
         raise UnsupportedModelError("the model's forward pass did not call every decoder block")
-    return BlockInputs(torch.cat(hiddens), [c for c in calls if c is not None], batch_size)
+    return BlockInputs(hidden_all[0], [c for c in calls if c is not None], batch_size)
 
 
 @torch.no_grad()
@@ -172,7 +187,7 @@ def run_block(
     block: nn.Module, hidden: Tensor, call: BlockCall, batch_size: int, *, keep_output: bool = True
 ) -> Tensor | None:
     """Run one block over all sequences in batches; returns the outputs if `keep_output`."""
-    out = torch.empty_like(hidden) if keep_output else None
+    out = empty_like_hidden(hidden) if keep_output else None
     for start in range(0, hidden.shape[0], batch_size):
         h = hidden[start : start + batch_size]
         if call.hidden_as_kwarg:

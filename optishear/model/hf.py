@@ -81,8 +81,25 @@ def load_tokenizer(
         raise ModelSourceError(f"cannot load the tokenizer of {source!r}: {exc}") from exc
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype of a config's dtype name (optishear.config.DTYPES)."""
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively.
+
+    Where it does (GPUs since Ampere; CPUs with AVX512-BF16, AMX or ARM's BF16), a forward in
+    bfloat16 takes about half of float32's time; where it does not (a CPU with AVX2 alone), each
+    matmul is emulated and about 7 times slower than float32 (bench/RESULTS.md).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(k, False) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def torch_dtype(name: str, device: str | torch.device = "auto") -> torch.dtype:
+    """The torch dtype of a config's dtype name (optishear.config.DTYPES); 'auto' is bfloat16
+    where `device` (by default CUDA when present, else the CPU) computes it natively."""
+    if name == "auto":
+        where = torch_device(device) if isinstance(device, str) else device
+        return torch.bfloat16 if native_bfloat16(where) else torch.float32
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     return dtypes[name]
 

@@ -266,7 +266,9 @@ def prune_model(
     if needs_data and inputs is None:
         if calib_ids is None:
             raise ConfigError(f"method {config.method} needs calibration data")
-        inputs = capture_block_inputs(model, calib_ids, config.batch_size)
+        inputs = capture_block_inputs(
+            model, calib_ids, config.batch_size, memory_bytes=config.hidden_memory_gib * 2**30
+        )
     update = SurvivorUpdate.of(config)
     needs_hessian = method.needs_hessian or update is not None
     check_refit_data(model, calib_ids, config)

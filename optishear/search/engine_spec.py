@@ -103,10 +103,14 @@ class EngineSpec:
         same ids.
         """
         settings = settings or LibrarySettings()
+        device = torch_device(self.device)
         model, tokenizer, _ = load_model(
-            self.config.model, settings=settings, device="cpu", dtype=torch_dtype(self.config.dtype)
+            self.config.model,
+            settings=settings,
+            device="cpu",
+            dtype=torch_dtype(self.config.dtype, device),
         )
-        execution, _ = place_model(model, torch_device(self.device), self.execution)
+        execution, _ = place_model(model, device, self.execution)
         logger.info("%s", execution.describe())  # in the actor's log
         if calib_ids is None:
             calib_ids = sample_calibration(tokenizer, self.config.calibration, settings)

@@ -80,7 +80,7 @@ def run_command(args: argparse.Namespace) -> int:
             f"population {spec.population}, {spec.total_generations()} generations; "
             f"evaluating in {where}"
         )
-        runner = QueueRunner(settings, sessions)
+        runner = QueueRunner(settings, sessions, searches_until=search_id)
         worker = threading.Thread(target=runner.run, name="runner", daemon=True)
         worker.start()
         try:

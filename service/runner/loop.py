@@ -27,7 +27,7 @@ from service.runner.measure_job import run_measurement
 from service.runner.search_job import run_search_job
 from service.settings import ServiceSettings
 from service.store import CheckpointStore
-from service.tables import Checkpoint, JobStatus, Measurement, RunnerRow, Search
+from service.tables import FINISHED, Checkpoint, JobStatus, Measurement, RunnerRow, Search
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,12 +44,16 @@ class QueueRunner:
         *,
         library: LibrarySettings | None = None,
         runner_id: str | None = None,
+        searches_until: uuid.UUID | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = db.for_writing(sessions)  # a runner's transactions mostly write
         self.library = library or LibrarySettings()
         self.id = runner_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.stop = threading.Event()
+        # `optishear run` works the queue for its own search: once that has ended, it claims
+        # no other search (an orphan whose lease ran out would hold its user's export back)
+        self.searches_until = searches_until
         self._job: tuple[type[Search | Checkpoint | Measurement], uuid.UUID] | None = None
         self.lost = threading.Event()  # set by the heartbeat when another runner took the job
 
@@ -123,6 +127,8 @@ class QueueRunner:
         """Claim one job and run it; False when the queue had nothing to claim."""
         jobs = ((Checkpoint, run_export), (Measurement, run_measurement), (Search, run_search_job))
         for model, work in jobs:
+            if model is Search and self._searches_over():
+                continue
             job_id = queue.claim(
                 self.sessions,
                 model,
@@ -134,6 +140,13 @@ class QueueRunner:
                 self._run_job(model, job_id, work)
                 return True
         return False
+
+    def _searches_over(self) -> bool:
+        if self.searches_until is None:
+            return False
+        with self.sessions() as session:
+            status = session.scalar(select(Search.status).where(Search.id == self.searches_until))
+        return status is None or status in FINISHED
 
     def write(self, fn: Callable[[Session], T], what: str) -> T:
         """`fn(session)` in one transaction, retried through a DB outage (see retry.py)."""

@@ -51,7 +51,9 @@ def run_measurement(runner: JobContext, measurement_id: uuid.UUID) -> None:
     with staging_folder(runner) as (_, tmp):
         folder = _unpacked(archive, tmp)
         model, tokenizer, _ = load_model(
-            str(folder), settings=runner.library, dtype=torch_dtype(request.dtype)
+            str(folder),
+            settings=runner.library,
+            dtype=torch_dtype(request.dtype, runner.settings.measure_device),
         )
         if kind == "tasks":
             result = _tasks(runner, model, tokenizer, body)
@@ -116,7 +118,9 @@ def _speed(
     )
     ensure_assets(runner, request, evaluation=False)  # the dense model, once on this machine
     dense, _, _ = load_model(
-        request.model, settings=runner.library, dtype=torch_dtype(request.dtype)
+        request.model,
+        settings=runner.library,
+        dtype=torch_dtype(request.dtype, runner.settings.measure_device),
     )
     device = torch_device(runner.settings.measure_device)
     return measure_speed(dense, pruned, config, device=device).to_dict()

@@ -198,3 +198,26 @@ def test_stopping_runner_hands_the_search_back(client, search_body, thread_runne
     assert done["attempts"] == 1
     gens = client.get(f"/api/searches/{sid}/generations").json()
     assert [g["number"] for g in gens] == list(range(1, len(gens) + 1))
+
+
+def test_a_run_claims_no_other_search_once_its_own_has_ended(client, search_body, settings) -> None:
+    """`optishear run` works the queue for its own search; an older search left behind (a
+    killed run, its lease run out) must not hold that search's export back afterwards."""
+    from service.runner import QueueRunner
+
+    engine, sessions = _sessions(settings.resolved_database_url())
+    try:
+        orphan = uuid.UUID(client.post("/api/searches", json=search_body(seed=1)).json()["id"])
+        own = uuid.UUID(client.post("/api/searches", json=search_body(seed=2)).json()["id"])
+        runner = QueueRunner(settings, sessions, searches_until=own)
+        assert not runner._searches_over()  # its own search is queued: older ones come first
+        with sessions.begin() as s:
+            s.execute(update(Search).where(Search.id == own).values(status=JobStatus.SUCCEEDED))
+        assert runner._searches_over()
+        assert runner.run_once() is False  # nothing claimed: the orphan stays queued
+        with sessions() as s:
+            assert s.get_one(Search, orphan).status == JobStatus.QUEUED
+        # any other runner (`optishear serve`'s) still takes it
+        assert queue.claim(sessions, Search, "serve", lease_seconds=30, max_attempts=3) == orphan
+    finally:
+        engine.dispose()

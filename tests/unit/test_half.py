@@ -14,11 +14,12 @@ import pytest
 import torch
 from tiny_models import VOCAB, build_tiny
 
-from optishear.config import PruneConfig
+from optishear.config import PruneConfig, SearchConfig
 from optishear.core.genome import Genome
 from optishear.core.patterns import Pattern
 from optishear.methods.metrics import wanda_score
 from optishear.model.blocks import capture_block_inputs, iter_linears
+from optishear.model.hf import torch_dtype
 from optishear.recipe.candidates import Candidate
 from optishear.recipe.prune import collect_dense_stats, prune_model
 from optishear.search.fitness import FitnessEngine
@@ -81,3 +82,25 @@ def test_a_bf16_engine_scores_as_fp32_within_rounding() -> None:
     # statistics and the reference stay float32 in a bf16 engine
     assert all(s.dtype == torch.float32 for s in engines[1].act_sq)
     assert engines[1].reference.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        ({"avx2": True}, torch.float32),  # emulated bf16: several times slower than float32
+        ({"avx2": True, "avx512_bf16": True}, torch.bfloat16),
+        ({"avx2": True, "amx_bf16": True}, torch.bfloat16),
+        ({"neon": True, "bf16": True}, torch.bfloat16),
+    ],
+)
+def test_auto_dtype_is_bf16_only_where_the_cpu_computes_it(caps, expected, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert torch_dtype("auto", torch.device("cpu")) == expected
+    assert torch_dtype("float32", torch.device("cpu")) == torch.float32
+    assert torch_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_auto_dtype_is_accepted_by_every_config() -> None:
+    assert SearchConfig(model="m", dtype="auto").dtype == "auto"
+    with pytest.raises(ValueError, match="dtype"):
+        SearchConfig(model="m", dtype="bf16")
