@@ -10,11 +10,11 @@ venv:
 # Fetch the bundled model and text, then a real search on them with the embedded defaults
 # (SQLite file DB, local Ray with 2 actors): both stages, a small budget, the finalists and the
 # published baselines scored as shipped, the held-out perplexity of the recommended model beside
-# Wanda's and SparseGPT's, the recommended candidate exported. The model runs in bfloat16, as
-# users run LLMs: its forwards take half of float32's time on this CPU, so the demo takes 4.5
-# minutes or less on 2 idle cores once the environment exists (260 to 275 s on 2026-12-07),
-# against 6 in float32 (`make demo DEMO_DTYPE=float32`; bench/RESULTS.md). `optishear serve`
-# shows it afterwards.
+# Wanda's and SparseGPT's, the recommended candidate exported. The model runs in `--dtype auto`:
+# bfloat16 where the CPU computes it natively (AVX512-BF16, AMX), whose forwards take half of
+# float32's time (the demo: 275 s against 360 s on such an AMD EPYC, 2026-12-07), and float32
+# where it does not (AVX2 alone: bfloat16 there is 7 times slower; bench/RESULTS.md).
+# `make demo DEMO_DTYPE=float32` (or bfloat16) forces one. `optishear serve` shows it afterwards.
 DEMO_DTYPE ?= auto
 demo: venv
 	@start=$$(date +%s); \

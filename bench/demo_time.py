@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from dtype_speed import cpu_record  # beside this script
 from sqlalchemy import select
 
 from service import db
@@ -71,24 +72,6 @@ def _search_record(search_id: str) -> dict[str, Any]:
         engine.dispose()
 
 
-def _cpu() -> dict[str, Any]:
-    """The CPU the demo ran on: its speed in bfloat16 depends on native bf16 instructions."""
-    import torch
-
-    from optishear.model.hf import native_bfloat16
-
-    names = [
-        line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
-        if line.startswith("model name")
-    ]
-    return {
-        "model": names[0] if names else None,
-        "cores": len(names),
-        "native_bfloat16": native_bfloat16(torch.device("cpu")),
-    }
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True)
@@ -109,7 +92,7 @@ def main() -> int:
         "commit": commit,
         "exit_code": run.returncode,
         "wall_s": round(wall, 1),
-        "cpu": _cpu(),
+        "cpu": cpu_record(),
         "run_s": int(done.group(1)) if done else None,
         "search": _search_record(found.group(1)) if found else None,
     }

@@ -118,8 +118,8 @@ def calibration_128x2048() -> list[str]:
     return out
 
 
-def calibration_spill(names: tuple[str, ...] = ("16x2048_spilled", "64x2048_spilled",
-                                               "64x2048_memory")) -> list[str]:  # fmt: skip
+def calibration_spill(names: tuple[str, ...] = ("16x2048_memory", "16x2048_spilled",
+                                               "64x2048_spilled")) -> list[str]:  # fmt: skip
     """Wanda's sequential prune with the hidden states in memory or in a file
     (bench/memory_profile.py --hidden-memory-gib): the process's anonymous peak and its RSS."""
     out = [
@@ -141,6 +141,22 @@ def calibration_spill(names: tuple[str, ...] = ("16x2048_spilled", "64x2048_spil
     return out
 
 
+def dtype_speed(name: str = "dtype_speed_avx2.json") -> list[str]:
+    """The decoder blocks' time in float32 and bfloat16, one thread (bench/dtype_speed.py)."""
+    d = _load(name)
+    fp32, bf16 = min(d["seconds"]["float32"]), min(d["seconds"]["bfloat16"])
+    n, t = d["tokens"]
+    return [
+        "| CPU | native bf16 | `--dtype auto` | tokens | float32 s | bfloat16 s | bf16 / fp32 |",
+        "|---|---|---|---|---:|---:|---:|",
+        (
+            f"| {d['cpu']['model']} | {'yes' if d['cpu']['native_bfloat16'] else 'no'} "
+            f"| {d['cpu']['auto']} "
+            f"| {n} x {t} | {fp32:.2f} | {bf16:.2f} | {bf16 / fp32:.2f} |"
+        ),
+    ]
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "metric_truth": metric_truth,
     "quality": quality,
@@ -148,4 +164,5 @@ RENDERERS: dict[str, Callable[[], list[str]]] = {
     "baselines_high": baselines_high,
     "calibration_128x2048": calibration_128x2048,
     "calibration_spill": calibration_spill,
+    "dtype_speed": dtype_speed,
 }
