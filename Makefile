@@ -13,7 +13,7 @@ venv:
 # Wanda's and SparseGPT's, the recommended candidate exported. The model runs in `--dtype auto`:
 # bfloat16 where the CPU computes it natively (AVX512-BF16, AMX), whose forwards take half of
 # float32's time (the demo: 275 s against 360 s on such an AMD EPYC, 2026-12-07), and float32
-# where it does not (AVX2 alone: bfloat16 there is 7 times slower; bench/RESULTS.md).
+# where it does not (AVX2 alone: bfloat16 there is 6.5 times slower; bench/RESULTS.md).
 # `make demo DEMO_DTYPE=float32` (or bfloat16) forces one. `optishear serve` shows it afterwards.
 DEMO_DTYPE ?= auto
 demo: venv

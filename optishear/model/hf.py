@@ -86,7 +86,7 @@ def native_bfloat16(device: torch.device) -> bool:
 
     Where it does (GPUs since Ampere; CPUs with AVX512-BF16, AMX or ARM's BF16), a forward in
     bfloat16 takes about half of float32's time; where it does not (a CPU with AVX2 alone), each
-    matmul is emulated and about 7 times slower than float32 (bench/RESULTS.md).
+    decoder block is about 6.5 times slower than in float32 (bench/RESULTS.md).
     """
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
