@@ -21,7 +21,7 @@ import torch
 from optishear.config import CalibrationConfig
 from optishear.data.text import sample_calibration
 from optishear.model.blocks import capture_block_inputs, decoder_blocks, run_block
-from optishear.model.hf import load_model, native_bfloat16, torch_dtype
+from optishear.model.hf import load_model, load_tokenizer, native_bfloat16, torch_dtype
 
 
 def cpu_record() -> dict[str, Any]:
@@ -67,7 +67,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    _, tokenizer, _ = load_model("smollm2-135m")
+    tokenizer = load_tokenizer("smollm2-135m")
     ids = sample_calibration(
         tokenizer, CalibrationConfig(n_samples=args.nsamples, seq_len=args.seqlen)
     )

@@ -54,7 +54,7 @@ def hidden_buffer(
     In memory while the two buffers a sequential pass holds fit `budget_bytes`; else (on the
     CPU) in a file under `directory` (the system's temporary folder, TMPDIR, by default).
     """
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if device.type != "cpu" or 2 * nbytes <= budget_bytes:
         return torch.empty(shape, dtype=dtype, device=device)
     return spilled_empty(shape, dtype, directory or Path(tempfile.gettempdir()))

@@ -117,10 +117,8 @@ def _speed(
         kernel=body["kernel"],
     )
     ensure_assets(runner, request, evaluation=False)  # the dense model, once on this machine
-    dense, _, _ = load_model(
-        request.model,
-        settings=runner.library,
-        dtype=torch_dtype(request.dtype, runner.settings.measure_device),
-    )
     device = torch_device(runner.settings.measure_device)
+    dense, _, _ = load_model(
+        request.model, settings=runner.library, dtype=torch_dtype(request.dtype, device)
+    )
     return measure_speed(dense, pruned, config, device=device).to_dict()
