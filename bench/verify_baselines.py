@@ -157,7 +157,21 @@ def dtype_speed(name: str = "dtype_speed_avx2.json") -> list[str]:
     ]
 
 
+def headline(name: str = "headline.json") -> list[str]:
+    """The goals of issue 26 per model and target, a search rerun per seed (bench/headline.py,
+    whose table this is)."""
+    from headline import table  # beside this script
+
+    runs = _load(name)["runs"]
+    lines: list[str] = []
+    for model in dict.fromkeys(r["model"] for r in runs):
+        body = table(model, [r for r in runs if r["model"] == model]).splitlines()
+        lines += body if not lines else body[2:]  # one header for every model
+    return lines
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "headline": headline,
     "metric_truth": metric_truth,
     "quality": quality,
     "quality_reference": quality_reference,

@@ -19,7 +19,13 @@ from transformers import PreTrainedTokenizerBase
 from optishear.config import EvaluationConfig, PruneConfig, SearchConfig
 from optishear.core.settings import LibrarySettings
 from optishear.data.text import evaluation_stream
-from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutComparison, HeldOutRow
+from optishear.evaluation.held_out import (
+    BASELINES,
+    COMPARED,
+    SEARCHED,
+    HeldOutComparison,
+    HeldOutRow,
+)
 from optishear.evaluation.perplexity import eval_windows, perplexity
 from optishear.model.backup import restored_after
 from optishear.recipe.prune import ProgressFn, prune_model
@@ -112,7 +118,7 @@ def comparison_of(
         "pattern": str(config.pattern),
         "searched_recipe": shipped.model_dump(mode="json"),
     }
-    order = ["dense", SEARCHED, *BASELINES]
+    order = ["dense", SEARCHED, *COMPARED]
     ranked = sorted(rows, key=lambda r: order.index(r.name) if r.name in order else len(order))
     return HeldOutComparison(rows=tuple(ranked), protocol=protocol, seconds=seconds)
 

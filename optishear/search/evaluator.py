@@ -102,14 +102,16 @@ def compare_held_out(
 ) -> HeldOutComparison:
     """Held-out perplexity of the dense model, the model `recipe` ships, Wanda and SparseGPT,
     the rows shared out among the evaluator's workers; `known` rows (measured with the
-    as-shipped scoring) are not measured again, and a baseline that is what ships is the
-    searched row too."""
+    as-shipped scoring, OWL+SparseGPT's among them where it was scored) are not measured again,
+    and a baseline that is what ships is the searched row too."""
     start = time.perf_counter()
     known = dict(known or {})
     for method in BASELINES:
         if method in known and recipe == baseline_config(method, config):
             known[SEARCHED] = known[method].model_copy(update={"name": SEARCHED})
     jobs: list[ShippedJob] = [(p, n) for n, p in comparison_jobs(recipe, config) if n not in known]
+    if jobs:  # a search that scored the baselines as shipped measured its rows there
+        logger.info("measuring held-out perplexity: %s", ", ".join(str(n) for _, n in jobs))
     beat = Heartbeat(logger, "measuring held-out perplexity", len(jobs), listener=listener)
 
     def done(_: int, __: JobResult) -> None:
@@ -118,7 +120,7 @@ def compare_held_out(
     with beat.ticking():  # each job is a prune and a forward: minutes on a large calibration
         got = evaluator.shipped_jobs(jobs, config.evaluation, held_out_ids, done) if jobs else []
     rows = [row for _, row in got if row is not None]
-    rows += [known[n] for n, _ in comparison_jobs(recipe, config) if n in known]
+    rows += list(known.values())  # OWL+SparseGPT's too, where the as-shipped scoring gave it
     cal = config.calibration
     return comparison_of(
         rows,

@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from optishear.config import PlanConfig, PruneConfig, SearchConfig
 from optishear.core.genome import WANDA_GENOME
 from optishear.core.heartbeat import Heartbeat, Listener
-from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutRow
+from optishear.evaluation.held_out import (
+    BASELINES,
+    COMPARED,
+    OWL_SPARSEGPT,
+    SEARCHED,
+    HeldOutRow,
+)
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
 from optishear.recipe.comparison import baseline_config
 from optishear.recipe.shipped import shipped_config
@@ -54,7 +60,8 @@ class Recommendation:
     shipped: list[Scored]  # the finalists as shipped, best first
     fallbacks: list[Scored]  # the published baselines as shipped, in their order
     note: str = ""  # set when a baseline, not a searched candidate, is recommended
-    # held-out rows measured on the same prunes (Wanda's, SparseGPT's, the dense model's)
+    # held-out rows measured on the same prunes: the dense model's, the baselines' and what
+    # ships ("searched"), in a comparing search
     held_out: dict[str, HeldOutRow] = field(default_factory=dict)
 
 
@@ -116,11 +123,28 @@ def baseline_recipes(
     return out
 
 
+def held_out_name(name: str, recipe: PruneConfig, config: SearchConfig) -> str | None:
+    """The held-out row a scored recipe also gives in a comparing search: Wanda's and
+    SparseGPT's (the prunes a comparison measures anyway), and OWL+SparseGPT's, the strongest
+    baseline at high unstructured sparsity, which costs only its forward here; else None."""
+    if name == "OWL+SparseGPT":
+        return OWL_SPARSEGPT
+    if config.pattern.structured and config.target != config.pattern.sparsity:
+        return None  # dense exceptions: no hand-run baseline prunes at this target
+    return next((m for m in BASELINES if recipe == baseline_config(m, config)), None)
+
+
+def _row_name(i: int) -> str:
+    """The held-out row of the i-th finalist, until one of them is chosen."""
+    return f"finalist {i}"
+
+
 def _score(
     config: SearchConfig,
     evaluator: BatchEvaluator,
     todo: list[PruneConfig],
-    finalists: Sequence[Scored],
+    names: list[str],
+    n_final: int,
     listener: Listener | None,
     held_out: HeldOutRequest | None,
 ) -> tuple[list[Evaluation], dict[str, HeldOutRow]]:
@@ -128,35 +152,26 @@ def _score(
 
     The batch runs the longest job first (a refit is most of the batch's critical path), then
     the finalists, then the other jobs longest first, so that the workers finish together. A
-    comparing search measures Wanda's and SparseGPT's held-out rows on the same prunes, the
-    dense model's in the same batch, and, once the finalists are scored, the best one's row
-    (what ships unless a baseline wins), so that no worker idles at the end.
-    The rows come back by name; "searched" is the best finalist's.
+    comparing search measures every job's held-out row on the same pruned weights (a forward
+    over the held-out windows, against a prune and a validation forward), and the dense model's
+    in the same batch: whichever recipe is chosen on validation, its row is measured already,
+    and no refit runs twice. The rows come back by name: the baselines' (wanda, sparsegpt,
+    owl+sparsegpt), the finalists' (`_row_name`), others by the baseline's own name.
     """
     jobs: list[ShippedJob] = [(r, None) for r in todo]
     compare = held_out is not None and isinstance(evaluator, HeldOutComparer)
     if compare:
-        for i, (r, _) in enumerate(jobs):
-            jobs[i] = (r, next((m for m in BASELINES if r == baseline_config(m, config)), None))
+        for i, r in enumerate(todo):
+            row = _row_name(i) if i < n_final else held_out_name(names[i], r, config)
+            jobs[i] = (r, row or names[i])
         jobs.append((None, "dense"))
-    n_final = len(finalists)
     rest = sorted(range(n_final, len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
     order = [*rest[:1], *range(n_final), *rest[1:]]
     beat = Heartbeat(logger, "scoring as shipped", len(jobs), listener=listener)
-    scored: dict[int, Evaluation] = {}  # the finalists', by their index
 
-    def done(k: int, result: JobResult) -> list[ShippedJob]:  # k: the call's place in `order`
+    def done(_: int, result: JobResult) -> None:
         e = result[0]
         beat.step(beat.finished + 1, e.error if e is not None else None)
-        i = order[k] if k < len(order) else len(jobs)
-        if not compare or i >= n_final or e is None:
-            return []
-        scored[i] = e
-        if len(scored) < n_final:
-            return []
-        best = min(range(n_final), key=lambda k: (not finalists[k].meets_target, scored[k].error))
-        beat.total += 1
-        return [(todo[best], SEARCHED)]
 
     ordered = [jobs[i] for i in order]
     with beat.ticking():  # one job (a refit at a large calibration) can take minutes
@@ -165,13 +180,13 @@ def _score(
             assert isinstance(evaluator, HeldOutComparer)
             got = evaluator.shipped_jobs(ordered, held_out.evaluation, held_out.ids, done)
         else:
-            plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(len(jobs), (e, None)))
+            plain = evaluator.shipped([r for r, _ in ordered], lambda e: done(0, (e, None)))
             got = [(e, None) for e in plain]
     results: list[JobResult] = [(None, None)] * len(jobs)
-    for i, r in zip(order, got, strict=False):
+    for i, r in zip(order, got, strict=True):
         results[i] = r
     evals = [e for e, _ in results[: len(todo)] if e is not None]
-    rows = {row.name: row for _, row in [*results, *got[len(jobs) :]] if row is not None}
+    rows = {row.name: row for _, row in results if row is not None}
     return evals, rows
 
 
@@ -194,16 +209,18 @@ def recommend(
         len(recipes),
         len(named),
     )
-    evals, rows = _score(config, evaluator, todo, finalists, listener, held_out)
-    shipped = sorted(
-        (
-            (Scored(s.candidate, e, s.gap), r)
-            for s, e, r in zip(finalists, evals[: len(recipes)], recipes, strict=True)
-        ),
-        key=lambda sr: (not sr[0].meets_target, sr[0].evaluation.error),
+    names = [*([""] * len(recipes)), *(n for n, _, _ in named)]
+    evals, rows = _score(config, evaluator, todo, names, len(recipes), listener, held_out)
+    ranked = sorted(
+        range(len(recipes)), key=lambda i: (not finalists[i].meets_target, evals[i].error)
     )
+    # (the candidate as shipped, its recipe, the name of its held-out row)
+    shipped = [
+        (Scored(finalists[i].candidate, evals[i], finalists[i].gap), recipes[i], _row_name(i))
+        for i in ranked
+    ]
     bases = [
-        (Scored(c, e, 0.0, name, method=name), r)
+        (Scored(c, e, 0.0, name, method=name), r, held_out_name(name, r, config) or name)
         for (name, c, r), e in zip(named, evals[len(recipes) :], strict=True)
     ]
     best = shipped[0]
@@ -222,7 +239,10 @@ def recommend(
         )
         logger.warning("%s", note)
         best = winner
-        rows.pop(SEARCHED, None)  # the best finalist's: not what ships
+    chosen = rows.get(best[2])  # measured on the very prune that scored it
+    rows = {n: row for n, row in rows.items() if n in ("dense", *COMPARED)}
+    if chosen is not None:
+        rows[SEARCHED] = chosen.model_copy(update={"name": SEARCHED})
     return Recommendation(
-        best[0], best[1], [s for s, _ in shipped], [s for s, _ in bases], note, rows
+        best[0], best[1], [s for s, _, _ in shipped], [s for s, _, _ in bases], note, rows
     )

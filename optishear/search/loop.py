@@ -392,7 +392,6 @@ def run_search(
     result = search.run(progress)
     if request is not None:
         assert isinstance(evaluator, HeldOutComparer)
-        logger.info("measuring held-out perplexity: the recommended model, Wanda, SparseGPT")
         result.held_out = compare_held_out(
             evaluator, result.recipe, config, request.ids, activity, search.held_out_rows
         )

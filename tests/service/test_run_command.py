@@ -92,10 +92,10 @@ def test_run_searches_exports_and_keeps_both_in_the_db(run_env, tiny_model_dir, 
     assert search.request["compare_baselines"] is True
     held_out = search.result["held_out"]
     rows = {r["name"]: r["perplexity"] for r in held_out["rows"]}
-    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt", "owl+sparsegpt"]
     assert rows["searched"] == pytest.approx(ckpt.perplexity, rel=1e-6)
     assert "held-out perplexity, measured in this run" in out
-    for name in ("wanda", "sparsegpt"):
+    for name in ("wanda", "sparsegpt", "owl+sparsegpt"):
         assert f"{held_out['gains'][name] * 100:+.1f}% vs {name}" in out
     with tarfile.open(get_settings().resolved_checkpoint_dir() / ckpt.file_name) as tar:
         member = next(m for m in tar.getmembers() if m.name.endswith(MANIFEST_NAME))

@@ -1,5 +1,6 @@
 """A comparing search prunes each published baseline once: its error as shipped and its
-held-out row come from the same pruned weights, and the rows match a fresh measurement."""
+held-out row come from the same pruned weights, and the rows match a fresh measurement; at an
+unstructured target OWL+SparseGPT's row comes from its as-shipped prune too."""
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from optishear.recipe import comparison
 from optishear.recipe.comparison import baseline_config
 from optishear.search import fitness
 from optishear.search.evaluator import InProcessEvaluator
+from optishear.search.finish import BaselinePlans, baseline_recipes
 from optishear.search.loop import run_search
 
 
@@ -47,21 +49,27 @@ def test_each_baseline_is_pruned_once_for_both_measures(monkeypatch, fallback: b
     result = run_search(InProcessEvaluator(engine), config, held_out_ids=ids)
     assert result.held_out is not None
     rows = {r.name: r for r in result.held_out.rows}
-    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
-    # as shipped: every finalist and baseline, and the best finalist again for its held-out
-    # row, in the same batch
-    shipped_scores = len(result.finalists) + len(result.fallbacks) + 1
+    owl = ["owl+sparsegpt"] if fallback else []  # only the as-shipped scoring prunes it
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt", *owl]
+    # as shipped: every finalist and baseline, each measured on the held-out windows on the
+    # same prune, so whichever ships has its row; held-out prunes of their own only without
+    # fallbacks (Wanda's and SparseGPT's); every prune is the engine's, as shipped
+    shipped_scores = len(result.finalists) + len(result.fallbacks)
+    again = 0 if fallback else 2
     recipe = result.recipe
-    wanda_or_sparsegpt = recipe in (baseline_config(m, config) for m in ("wanda", "sparsegpt"))
-    # held-out prunes of their own: the searched row when another baseline ships, and without
-    # fallbacks Wanda's and SparseGPT's; every prune is the engine's, as shipped
-    again = (1 if result.fallback and not wanda_or_sparsegpt else 0) + (0 if fallback else 2)
     assert calls.count("optishear.search.fitness") == shipped_scores + again
     assert calls.count("optishear.recipe.comparison") == 0
     for name in ("wanda", "sparsegpt"):  # as a fresh measurement gives them
         fresh = engine.held_out_row(name, baseline_config(name, config), evaluation, ids)
         assert rows[name].perplexity == pytest.approx(fresh.perplexity, rel=1e-6)
         assert rows[name].window_nll == pytest.approx(fresh.window_nll, rel=1e-6)
+    if fallback:
+        evaluator = InProcessEvaluator(engine)
+        plans = BaselinePlans.of(config, evaluator)
+        owl_recipe = next(r for n, _, r in baseline_recipes(config, plans) if n == "OWL+SparseGPT")
+        fresh = engine.held_out_row("owl+sparsegpt", owl_recipe, evaluation, ids)
+        assert rows["owl+sparsegpt"].perplexity == pytest.approx(fresh.perplexity, rel=1e-6)
+        assert set(result.held_out.gains) == {"wanda", "sparsegpt", "owl+sparsegpt"}
     dense = engine.held_out_row("dense", None, evaluation, ids)
     assert rows["dense"].perplexity == pytest.approx(dense.perplexity, rel=1e-9)
     fresh = engine.held_out_row("searched", recipe, evaluation, ids)

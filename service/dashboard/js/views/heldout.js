@@ -1,11 +1,17 @@
 // The gain in the unit users compare models by: held-out perplexity of the searched model
-// beside Wanda's and SparseGPT's, as the API reports it (the page computes no figure itself
-// but the bar lengths).
+// beside Wanda's and SparseGPT's (and OWL+SparseGPT's at an unstructured target), as the API
+// reports it (the page computes no figure itself but the bar lengths).
 
 import { h, s } from "../dom.js";
 import { fmt, pct } from "../format.js";
 
-const NAMES = { dense: "dense", searched: "searched (shipped)", wanda: "Wanda", sparsegpt: "SparseGPT" };
+const NAMES = {
+  dense: "dense",
+  searched: "searched (shipped)",
+  wanda: "Wanda",
+  sparsegpt: "SparseGPT",
+  "owl+sparsegpt": "OWL+SparseGPT",
+};
 
 function gainText(gain, name, error) {
   const sign = gain > 0 ? "+" : gain < 0 ? "−" : "±";
