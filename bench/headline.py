@@ -51,6 +51,13 @@ TARGETS = {
     "0.5": Target(("--sparsity", "0.5", *_METRIC), "sparsegpt", -0.05),
     "0.6": Target(("--sparsity", "0.6", *_ALLOCATION), "owl+sparsegpt", -0.10),
     "0.7": Target(("--sparsity", "0.7", *_ALLOCATION), "owl+sparsegpt", -0.20),
+    # the allocation stage scored with Wanda's masks OBS-updated, its two finalists shipped
+    # with the least-squares refit (the uniform Wanda+refit baseline's update, with a plan)
+    "0.7-refit": Target(
+        ("--sparsity", "0.7", *_ALLOCATION[:3], *_ALLOCATION[5:], "--refit-top", "2"),
+        "owl+sparsegpt",
+        -0.20,
+    ),
 }
 
 
@@ -84,14 +91,20 @@ def summary(report: dict[str, Any], target: str, seed: int, wall: float) -> dict
             **{b["name"]: b["objectives"]["error"] for b in s.get("fallbacks", [])},
         },
         "ppl": {r["name"]: r["perplexity"] for r in held["rows"]},
+        # each row's prune on one worker thread, while the other worker ran another job
+        "prune_s": {r["name"]: round(r["prune_seconds"], 1) for r in held["rows"]},
         "gains": held["gains"],
         "gain_errors": held["gain_errors"],
         "protocol": {k: v for k, v in held["protocol"].items() if k != "searched_recipe"},
     }
 
 
+def work_dir(args: argparse.Namespace, model: str, target: str, seed: int) -> Path:
+    return args.work / f"{model}-{target.replace(':', '-')}-seed{seed}"
+
+
 def run_one(args: argparse.Namespace, target: str, seed: int) -> dict[str, Any]:
-    out = args.work / f"{args.model}-{target.replace(':', '-')}-seed{seed}"
+    out = work_dir(args, args.model, target, seed)
     argv = search_argv(args, target, seed, out)
     print(f"$ {shlex.join(argv[1:])}", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -146,7 +159,7 @@ def table(model: str, runs: list[dict[str, Any]]) -> str:
             <= min(v for k, v in r["validation"].items() if k != "shipped")
             for r in rows
         )
-        picked = ", ".join(r["recommended"] for r in rows)
+        picked = ", ".join(r["recommended"] for r in rows).replace("|", "\\|")  # |W| in a cell
         lines.append(
             f"| {model} | {target} | {len(rows)} | "
             + " | ".join(cells)
@@ -154,6 +167,35 @@ def table(model: str, runs: list[dict[str, Any]]) -> str:
             + f" vs {goal.baseline} | {goal.goal * 100:+.0f}% | {verdict(gains, goal.goal)}"
             + f" | {'yes' if never_worse else 'NO'} | {picked} |"
         )
+    return "\n".join(lines)
+
+
+def cost_table(model: str, runs: list[dict[str, Any]]) -> str:
+    """Per target: the whole search's wall time (set-up, search, the as-shipped batch, the
+    held-out rows) against one SparseGPT prune and one OWL+SparseGPT prune of the same run,
+    each timed on one worker's thread while the other worker ran another job."""
+    lines = [
+        (
+            "| model | target | seeds | search wall (s) | evaluations | SparseGPT prune (s) "
+            "| search / SparseGPT | OWL+SparseGPT prune (s) | search / OWL+SparseGPT |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for target in TARGETS:
+        rows = [r for r in runs if r["target"] == target and r.get("model", model) == model]
+        if not rows:
+            continue
+        wall = statistics.mean(r["wall_s"] for r in rows)
+        evals = statistics.mean(r["evaluations"] for r in rows)
+        cells = [f"{wall:.0f}", f"{evals:.0f}"]
+        for name in ("sparsegpt", "owl+sparsegpt"):
+            prunes = [r["prune_s"][name] for r in rows if name in r.get("prune_s", {})]
+            if prunes:
+                mean = statistics.mean(prunes)
+                cells += [f"{mean:.0f}", f"**{wall / mean:.1f}x**"]
+            else:
+                cells += ["-", "-"]
+        lines.append(f"| {model} | {target} | {len(rows)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,8 +214,22 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("bench/out/headline"))
     p.add_argument("--out", type=Path, default=Path("bench/results/headline.json"))
     p.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="summarise every recorded run's search.json again (under --work), keeping its "
+        "wall time, command and commit, then print the table",
+    )
     args = p.parse_args()
     data: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    if args.refresh:
+        for i, r in enumerate(data["runs"]):
+            report = work_dir(args, r["model"], r["target"], r["seed"]) / "search.json"
+            again = summary(json.loads(report.read_text()), r["target"], r["seed"], r["wall_s"])
+            kept = {k: r[k] for k in ("model", "command", "commit") if k in r}
+            data["runs"][i] = {**kept, **again}
+        args.out.write_text(json.dumps(data, indent=2) + "\n")
+        args.table = True
     if not args.table:
         for target in args.targets.split(","):
             if target not in TARGETS:
@@ -187,7 +243,8 @@ def main() -> None:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
                 args.out.write_text(json.dumps(data, indent=2) + "\n")
     for model in dict.fromkeys(r["model"] for r in data["runs"]):
-        print(table(model, [r for r in data["runs"] if r["model"] == model]))
+        runs = [r for r in data["runs"] if r["model"] == model]
+        print(table(model, runs), cost_table(model, runs), sep="\n\n")
 
 
 if __name__ == "__main__":

@@ -157,11 +157,13 @@ def dtype_speed(name: str = "dtype_speed_avx2.json") -> list[str]:
     ]
 
 
-def headline(name: str = "headline.json") -> list[str]:
-    """The goals of issue 26 per model and target, a search rerun per seed (bench/headline.py,
-    whose table this is)."""
-    from headline import table  # beside this script
+def headline(name: str = "headline.json", *, cost: bool = False) -> list[str]:
+    """The goals of issue 26 per model and target, a search rerun per seed, or (`cost`) each
+    search's time against a SparseGPT prune (bench/headline.py, whose tables these are)."""
+    from headline import cost_table, table  # beside this script
 
+    if cost:
+        table = cost_table
     runs = _load(name)["runs"]
     lines: list[str] = []
     for model in dict.fromkeys(r["model"] for r in runs):
@@ -172,6 +174,7 @@ def headline(name: str = "headline.json") -> list[str]:
 
 RENDERERS: dict[str, Callable[[], list[str]]] = {
     "headline": headline,
+    "headline_cost": lambda: headline(cost=True),
     "metric_truth": metric_truth,
     "quality": quality,
     "quality_reference": quality_reference,

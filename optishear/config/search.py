@@ -206,7 +206,8 @@ class SearchConfig(TargetConfig):
     compare_baselines: bool = Field(
         False,
         description="when the search ends, measure the held-out perplexity of the recommended "
-        "model and of Wanda and SparseGPT at the same target, calibration and windows",
+        "model and of Wanda and SparseGPT (and OWL+SparseGPT at an unstructured target, when "
+        "the fallbacks are scored) at the same target, calibration and windows",
         json_schema_extra=flag("baselines"),
     )
     batch_size: int = Field(8, ge=1, le=256, description="sequences per forward pass")

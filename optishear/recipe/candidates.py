@@ -210,5 +210,6 @@ class SearchSummary(BaseModel):
     held_out: HeldOutComparison | None = Field(
         None,
         description="compare_baselines: held-out perplexity of the dense model, the "
-        "recommended model and Wanda and SparseGPT at the same target, calibration and windows",
+        "recommended model and Wanda and SparseGPT (and OWL+SparseGPT at an unstructured "
+        "target) at the same target, calibration and windows",
     )

@@ -364,7 +364,7 @@ def run_search(
     `on_generation` receives each completed generation's snapshot (progress, current front and
     JSON state) before `progress` is called; `resume_from` continues from such a snapshot's
     `state` instead of from `state_path`. With `config.compare_baselines`, the recommended
-    candidate's held-out perplexity is measured beside Wanda's and SparseGPT's on
+    candidate's held-out perplexity is measured beside the baselines' on
     `held_out_ids` (optishear.recipe.comparison.held_out_ids) by the evaluator's model.
     `activity` hears every step of long work (a rung, a generation's batch, the as-shipped
     scoring, the held-out rows) as it goes.

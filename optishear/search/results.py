@@ -73,7 +73,7 @@ class SearchResult:
     # Wanda (and OWL+Wanda for unstructured targets) at the same target, mask-only errors.
     baselines: list[Scored] = field(default_factory=list)
     database: str = ""  # the allocation stage's layer database: size, storage, build time
-    # compare_baselines: held-out perplexity of the recommended model, Wanda and SparseGPT.
+    # compare_baselines: held-out perplexity of the recommended model and the baselines.
     held_out: HeldOutComparison | None = None
     # The prune that makes the recommended model (optishear.search.finish): what ships.
     recipe: PruneConfig | None = None

@@ -1,10 +1,11 @@
 """One prune, two measures: a recipe's error as shipped and, on the very same pruned weights,
 its held-out perplexity.
 
-The finish scores the published baselines as shipped (optishear.search.finish), and a comparing
-search then measures Wanda's and SparseGPT's held-out perplexity (optishear.recipe.comparison):
-the same prunes. A job does both on one pruned model, so that each is pruned once, and the
-dense model's row joins the same batch, so that the workers share all of it out.
+The finish scores the finalists and the published baselines as shipped
+(optishear.search.finish), and a comparing search reports the held-out perplexity of what ships,
+Wanda's, SparseGPT's and OWL+SparseGPT's (optishear.recipe.comparison): the same prunes. A job
+does both on one pruned model, so that each is pruned once whichever ships, and the dense
+model's row joins the same batch, so that the workers share all of it out.
 """
 
 from __future__ import annotations
