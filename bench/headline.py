@@ -146,7 +146,7 @@ def table(model: str, runs: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for target, goal in TARGETS.items():
-        rows = [r for r in runs if r["target"] == target and r.get("model", model) == model]
+        rows = [r for r in runs if r["target"] == target]  # `runs`: this model's
         if not rows:
             continue
         cells = []
@@ -182,7 +182,7 @@ def cost_table(model: str, runs: list[dict[str, Any]]) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for target in TARGETS:
-        rows = [r for r in runs if r["target"] == target and r.get("model", model) == model]
+        rows = [r for r in runs if r["target"] == target]  # `runs`: this model's
         if not rows:
             continue
         wall = statistics.mean(r["wall_s"] for r in rows)

@@ -14,9 +14,9 @@ from torch import Tensor
 
 from optishear.config import EvaluationConfig, PruneConfig, SearchConfig
 from optishear.core.heartbeat import Heartbeat, Listener
-from optishear.evaluation.held_out import BASELINES, SEARCHED, HeldOutComparison, HeldOutRow
+from optishear.evaluation.held_out import HeldOutComparison, HeldOutRow
 from optishear.recipe.candidates import Candidate, Evaluation
-from optishear.recipe.comparison import baseline_config, comparison_jobs, comparison_of
+from optishear.recipe.comparison import comparison_jobs, comparison_of
 from optishear.search.database import DatabaseInfo
 from optishear.search.fitness import FitnessEngine
 from optishear.search.prefix import in_order, prefix_order
@@ -102,13 +102,10 @@ def compare_held_out(
 ) -> HeldOutComparison:
     """Held-out perplexity of the dense model, the model `recipe` ships, Wanda and SparseGPT,
     the rows shared out among the evaluator's workers; `known` rows (measured with the
-    as-shipped scoring, OWL+SparseGPT's among them where it was scored) are not measured again,
-    and a baseline that is what ships is the searched row too."""
+    as-shipped scoring: what ships, OWL+SparseGPT's where it was scored) are not measured
+    again."""
     start = time.perf_counter()
     known = dict(known or {})
-    for method in BASELINES:
-        if method in known and recipe == baseline_config(method, config):
-            known[SEARCHED] = known[method].model_copy(update={"name": SEARCHED})
     jobs: list[ShippedJob] = [(p, n) for n, p in comparison_jobs(recipe, config) if n not in known]
     if jobs:  # a search that scored the baselines as shipped measured its rows there
         logger.info("measuring held-out perplexity: %s", ", ".join(str(n) for _, n in jobs))

@@ -140,10 +140,9 @@ def _row_name(i: int) -> str:
 
 
 def _score(
-    config: SearchConfig,
     evaluator: BatchEvaluator,
     todo: list[PruneConfig],
-    names: list[str],
+    row_names: list[str],
     n_final: int,
     listener: Listener | None,
     held_out: HeldOutRequest | None,
@@ -155,15 +154,12 @@ def _score(
     comparing search measures every job's held-out row on the same pruned weights (a forward
     over the held-out windows, against a prune and a validation forward), and the dense model's
     in the same batch: whichever recipe is chosen on validation, its row is measured already,
-    and no refit runs twice. The rows come back by name: the baselines' (wanda, sparsegpt,
-    owl+sparsegpt), the finalists' (`_row_name`), others by the baseline's own name.
+    and no refit runs twice. The rows come back by `row_names` (one per recipe of `todo`).
     """
     jobs: list[ShippedJob] = [(r, None) for r in todo]
     compare = held_out is not None and isinstance(evaluator, HeldOutComparer)
     if compare:
-        for i, r in enumerate(todo):
-            row = _row_name(i) if i < n_final else held_out_name(names[i], r, config)
-            jobs[i] = (r, row or names[i])
+        jobs = [(r, name) for r, name in zip(todo, row_names, strict=True)]
         jobs.append((None, "dense"))
     rest = sorted(range(n_final, len(jobs)), key=lambda i: -_relative_cost(jobs[i]))
     order = [*rest[:1], *range(n_final), *rest[1:]]
@@ -209,8 +205,13 @@ def recommend(
         len(recipes),
         len(named),
     )
-    names = [*([""] * len(recipes)), *(n for n, _, _ in named)]
-    evals, rows = _score(config, evaluator, todo, names, len(recipes), listener, held_out)
+    # the held-out row of each recipe, in a comparing search: a finalist's by its place, a
+    # baseline's by the comparison's name for it (wanda, sparsegpt, owl+sparsegpt) or its own
+    row_names = [
+        *(_row_name(i) for i in range(len(recipes))),
+        *((held_out_name(n, r, config) or n) if held_out is not None else n for n, _, r in named),
+    ]
+    evals, rows = _score(evaluator, todo, row_names, len(recipes), listener, held_out)
     ranked = sorted(
         range(len(recipes)), key=lambda i: (not finalists[i].meets_target, evals[i].error)
     )
@@ -220,8 +221,10 @@ def recommend(
         for i in ranked
     ]
     bases = [
-        (Scored(c, e, 0.0, name, method=name), r, held_out_name(name, r, config) or name)
-        for (name, c, r), e in zip(named, evals[len(recipes) :], strict=True)
+        (Scored(c, e, 0.0, name, method=name), r, row)
+        for (name, c, r), e, row in zip(
+            named, evals[len(recipes) :], row_names[len(recipes) :], strict=True
+        )
     ]
     best = shipped[0]
     note = ""
