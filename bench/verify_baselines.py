@@ -172,7 +172,44 @@ def headline(name: str = "headline.json", *, cost: bool = False) -> list[str]:
     return lines
 
 
+def refit_choice(*names: str) -> list[str]:
+    """The refit's damping choice, every damping solved against the scan stopped once the
+    held-aside error stops falling, per model: all measured layers, then the widest ones
+    (bench/refit_choice.py)."""
+    lines = [
+        (
+            "| model | layers | same damping chosen | held-aside error, after / before (max) | "
+            "CG steps, before | CG steps, after | s, before | s, after |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        d = _load(name)
+        widest = max(r["shape"][1] for r in d["rows"])
+        for label, rows in (
+            ("all", d["rows"]),
+            (f"{widest} inputs", [r for r in d["rows"] if r["shape"][1] == widest]),
+        ):
+            same = sum(r["before_damping"] == r["after_damping"] for r in rows)
+            ratio = max(r["after_held_error"] / r["before_held_error"] for r in rows)
+            cells = [
+                f"{d['protocol']['model']}",
+                f"{len(rows)} ({label})",
+                f"{same} of {len(rows)}",
+                f"{ratio:.4f}",
+                str(sum(r["before_steps"] for r in rows)),
+                str(sum(r["after_steps"] for r in rows)),
+                f"{sum(r['before_s'] for r in rows):.1f}",
+                f"{sum(r['after_s'] for r in rows):.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 RENDERERS: dict[str, Callable[[], list[str]]] = {
+    "refit_choice": lambda: refit_choice(
+        "refit_choice_smollm2-135m.json", "refit_choice_qwen2.5-0.5b.json"
+    ),
     "headline": headline,
     "headline_cost": lambda: headline(cost=True),
     "metric_truth": metric_truth,

@@ -32,10 +32,12 @@ from optishear.recipe.prune import ProgressFn, prune_model
 
 
 def baseline_config(method: str, config: SearchConfig) -> PruneConfig:
-    """The prune a user would run by hand at the search's target and pattern."""
+    """The prune a user would run by hand at the search's target and pattern: under N:M, N/M
+    in every layer, even where the search's dense exceptions lower its target (no hand-run
+    prune leaves layers dense; its row shows the sparsity it has)."""
     return PruneConfig(
         method=method,
-        sparsity=config.target,
+        sparsity=config.pattern.sparsity if config.pattern.structured else config.target,
         pattern=config.pattern,
         batch_size=config.batch_size,
     )

@@ -129,8 +129,6 @@ def held_out_name(name: str, recipe: PruneConfig, config: SearchConfig) -> str |
     baseline at high unstructured sparsity, which costs only its forward here; else None."""
     if name == "OWL+SparseGPT":
         return OWL_SPARSEGPT
-    if config.pattern.structured and config.target != config.pattern.sparsity:
-        return None  # dense exceptions: no hand-run baseline prunes at this target
     return next((m for m in BASELINES if recipe == baseline_config(m, config)), None)
 
 

@@ -76,3 +76,35 @@ def test_each_baseline_is_pruned_once_for_both_measures(monkeypatch, fallback: b
     # 3e-6 apart on 2026-12-07 (transformers 5.25, one thread or two): float32 rounding of
     # another evaluation order, not another model; the baselines' rows above stay within 1e-6
     assert rows["searched"].perplexity == pytest.approx(fresh.perplexity, rel=1e-5)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_dense_exceptions_compare_with_the_hand_run_n_m_prunes(fallback: bool) -> None:
+    """2:4 at 0.45 (some layers left dense): Wanda's and SparseGPT's rows are the 2:4 prunes a
+    user runs by hand, at 0.5 (from the as-shipped batch, or pruned for the comparison without
+    fallbacks), and their sparsity says so."""
+    engine, _, _ = tiny_engine(second_order=False)
+    evaluation = EvaluationConfig(seq_len=24, windows=4, batch_size=2)
+    ids = torch.randint(0, VOCAB, (4 * 24,), generator=torch.Generator().manual_seed(5))
+    config = SearchConfig(
+        model="tiny",
+        pattern="2:4",
+        sparsity=0.45,
+        population=4,
+        generations=1,
+        stages="allocation",
+        calibration={"n_samples": 8, "seq_len": 24},
+        compare_baselines=True,
+        fallback_baselines=fallback,
+        evaluation=evaluation,
+    )
+    result = run_search(InProcessEvaluator(engine), config, held_out_ids=ids)
+    assert result.held_out is not None
+    rows = {r.name: r for r in result.held_out.rows}
+    assert list(rows) == ["dense", "searched", "wanda", "sparsegpt"]
+    # a fallback (N:M everywhere) may ship, sparser than asked; the search's own is at 0.45
+    assert rows["searched"].sparsity == pytest.approx(0.5 if fallback else 0.45, abs=0.05)
+    for name in ("wanda", "sparsegpt"):
+        assert rows[name].sparsity == pytest.approx(0.5)
+        fresh = engine.held_out_row(name, baseline_config(name, config), evaluation, ids)
+        assert rows[name].perplexity == pytest.approx(fresh.perplexity, rel=1e-6)
