@@ -190,8 +190,9 @@ class SearchConfig(TargetConfig):
     )
     fallback_baselines: bool = Field(
         True,
-        description="score SparseGPT, Wanda+refit and Wanda (and OWL+ each when unstructured) "
-        "as shipped beside the finalists, and recommend and ship one that beats them all",
+        description="score SparseGPT, Wanda+refit and Wanda (and OWL+SparseGPT and OWL+Wanda "
+        "when unstructured, OWL+Wanda+refit too in an allocation search) as shipped beside the "
+        "finalists, and recommend and ship one that beats them all",
         json_schema_extra=flag("fallback"),
     )
     max_evaluations: float | None = Field(

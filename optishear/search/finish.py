@@ -11,7 +11,8 @@ all prune by it, and the recommended error is the shipped model's.
 
 Never silently worse than a baseline. The prunes a user would run by hand at the same target
 (SparseGPT, uniform Wanda with a least-squares refit, Wanda, and with an unstructured pattern
-OWL+SparseGPT and OWL+Wanda) are scored the same way; when one beats every finalist, it is the
+OWL+SparseGPT and OWL+Wanda, and in a per-layer allocation search OWL+Wanda with the refit) are
+scored the same way; when one beats every finalist, it is the
 recommendation, it is what ships, and `note` says so.
 """
 
@@ -114,7 +115,9 @@ def baseline_recipes(
     for prefix, ratios, plan in options:
         sparsity = {"sparsity": plans.uniform[0]} if not prefix else {}
         methods = [("SparseGPT", {"method": "sparsegpt"}), ("Wanda", {"method": "wanda"})]
-        if not prefix:
+        # OWL's plan with the refit is the per-layer baseline an allocation search must beat;
+        # elsewhere its refit would be one more costly job (2:4 has no OWL plan)
+        if not prefix or "allocation" in config.stage_list():
             refit = {"method": "wanda", "reconstruct": True, "refit_holdout": config.refit_holdout}
             methods.insert(1, ("Wanda+refit", refit))
         for name, kw in methods:
