@@ -107,14 +107,15 @@ def run_one(args: argparse.Namespace, target: str, seed: int) -> dict[str, Any]:
     out = work_dir(args, args.model, target, seed)
     argv = search_argv(args, target, seed, out)
     print(f"$ {shlex.join(argv[1:])}", file=sys.stderr, flush=True)
+    head = ["git", "rev-parse", "--short", "HEAD"]  # the code the search runs: read before it
+    commit = subprocess.run(head, check=True, capture_output=True, text=True).stdout.strip()
     start = time.perf_counter()
     subprocess.run(argv, check=True)
     wall = time.perf_counter() - start
     print(f"  {wall:.0f} s", file=sys.stderr, flush=True)
     row = summary(json.loads((out / "search.json").read_text()), target, seed, wall)
     row["command"] = "optishear " + shlex.join(argv[5:])
-    head = ["git", "rev-parse", "--short", "HEAD"]
-    row["commit"] = subprocess.run(head, check=True, capture_output=True, text=True).stdout.strip()
+    row["commit"] = commit
     return row
 
 

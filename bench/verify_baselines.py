@@ -212,6 +212,7 @@ RENDERERS: dict[str, Callable[[], list[str]]] = {
     ),
     "headline": headline,
     "headline_cost": lambda: headline(cost=True),
+    "headline_before_owl_refit": lambda: headline("headline_before_owl_refit.json"),
     "metric_truth": metric_truth,
     "quality": quality,
     "quality_reference": quality_reference,
