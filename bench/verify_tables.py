@@ -383,6 +383,7 @@ RENDERERS: dict[str, Callable[[], list[str]]] = {
     "demo_time_sparsegpt_loop": lambda: demo_time("demo_fresh_clone_sparsegpt_loop.json"),
     "demo_time_bf16": lambda: demo_time("demo_fresh_clone_bf16.json"),
     "demo_time_bf16_rows": lambda: demo_time("demo_fresh_clone_bf16_rows.json"),
+    "demo_time_bf16_c8d56dc": lambda: demo_time("demo_fresh_clone_bf16_c8d56dc.json"),
     "demo_time_avx2": lambda: demo_time("demo_auto_avx2.json"),
     "demo_time_avx2_fresh": lambda: demo_time("demo_fresh_clone_avx2.json"),
     "proxy_screen": proxy_screen,
