@@ -20,16 +20,12 @@ from typing import Any
 from unittest import mock
 
 import torch
+from sparsegpt_speed import layer_stats  # beside this script
 from torch import Tensor
 
-from optishear.config import CalibrationConfig
 from optishear.core.patterns import Pattern
-from optishear.data.text import sample_calibration
 from optishear.methods.masks import prune_mask
 from optishear.methods.metrics import wanda_score
-from optishear.methods.stats import recording_inputs
-from optishear.model.blocks import decoder_blocks, linear_sublayers
-from optishear.model.hf import load_model
 from optishear.refit import reconstruct, update
 from optishear.refit.update import DAMPINGS, SurvivorUpdate
 
@@ -39,21 +35,11 @@ def layers(
 ) -> dict[str, tuple[Tensor, Tensor, Tensor]]:
     """(weight, Hessian, held-aside Gram matrix) of every linear of `blocks`, from one dense
     forward over the calibration sample."""
-    model, tokenizer, _ = load_model(model_name)
-    calib = sample_calibration(tokenizer, CalibrationConfig(n_samples=nsamples, seq_len=seqlen))
-    linears = {
-        f"{b}.{name}": lin
-        for b in (int(i) for i in blocks.split(","))
-        for name, lin in linear_sublayers(decoder_blocks(model)[b]).items()
-    }
-    with torch.no_grad(), recording_inputs(linears, hessian=True, holdout=holdout) as stats:
-        for i in range(0, calib.shape[0], 8):
-            model(calib[i : i + 8], use_cache=False)
     out = {}
-    for key, lin in linears.items():
-        held = stats[key].held_gram
+    for key, (W, stats) in layer_stats(model_name, nsamples, seqlen, blocks, holdout).items():
+        held = stats.held_gram
         assert held is not None
-        out[key] = (lin.weight.detach().float().clone(), stats[key].hessian, held)
+        out[key] = (W.float(), stats.hessian, held)
     return out
 
 

@@ -27,7 +27,7 @@ from optishear.config import CalibrationConfig
 from optishear.core.patterns import Pattern
 from optishear.data.text import sample_calibration
 from optishear.methods.sparsegpt import _inverse_hessian_factor, sparsegpt_prune
-from optishear.methods.stats import recording_inputs
+from optishear.methods.stats import LayerStats, recording_inputs
 from optishear.model.blocks import decoder_blocks, linear_sublayers
 from optishear.model.hf import load_model
 
@@ -71,11 +71,12 @@ def paper_loop(W: Tensor, H: Tensor, ratio: float, pattern: Pattern) -> tuple[Te
     return W, mask
 
 
-def hessians(
-    model_name: str, nsamples: int, seqlen: int, blocks: str
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """(weight, SparseGPT's H) of every linear layer of `blocks` ("0,15": indices), from one
-    dense forward over `nsamples` x `seqlen` calibration tokens of the bundled text."""
+def layer_stats(
+    model_name: str, nsamples: int, seqlen: int, blocks: str, holdout: int = 0
+) -> dict[str, tuple[Tensor, LayerStats]]:
+    """(weight, input statistics with the Hessian) of every linear layer of `blocks` ("0,15":
+    indices), from one dense forward over `nsamples` x `seqlen` calibration tokens of the
+    bundled text; with `holdout` N, every Nth sequence only gives the held-aside Gram matrix."""
     model, tokenizer, _ = load_model(model_name)
     calib = sample_calibration(tokenizer, CalibrationConfig(n_samples=nsamples, seq_len=seqlen))
     layers = {
@@ -83,10 +84,18 @@ def hessians(
         for b in (int(i) for i in blocks.split(","))
         for name, lin in linear_sublayers(decoder_blocks(model)[b]).items()
     }
-    with torch.no_grad(), recording_inputs(layers, hessian=True) as stats:
+    with torch.no_grad(), recording_inputs(layers, hessian=True, holdout=holdout) as stats:
         for i in range(0, calib.shape[0], 8):
             model(calib[i : i + 8], use_cache=False)
-    return {k: (lin.weight.detach().clone(), stats[k].hessian) for k, lin in layers.items()}
+    return {k: (lin.weight.detach().clone(), stats[k]) for k, lin in layers.items()}
+
+
+def hessians(
+    model_name: str, nsamples: int, seqlen: int, blocks: str
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """(weight, SparseGPT's H) of every linear layer of `blocks` (see layer_stats)."""
+    found = layer_stats(model_name, nsamples, seqlen, blocks)
+    return {k: (W, stats.hessian) for k, (W, stats) in found.items()}
 
 
 def main() -> int:

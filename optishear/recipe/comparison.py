@@ -31,13 +31,18 @@ from optishear.model.backup import restored_after
 from optishear.recipe.prune import ProgressFn, prune_model
 
 
-def baseline_config(method: str, config: SearchConfig) -> PruneConfig:
-    """The prune a user would run by hand at the search's target and pattern: under N:M, N/M
+def hand_run_sparsity(config: SearchConfig) -> float:
+    """The uniform sparsity a user's prune by hand has at the search's target: under N:M, N/M
     in every layer, even where the search's dense exceptions lower its target (no hand-run
-    prune leaves layers dense; its row shows the sparsity it has)."""
+    prune leaves layers dense; its rows show the sparsity it has)."""
+    return config.pattern.sparsity if config.pattern.structured else config.target
+
+
+def baseline_config(method: str, config: SearchConfig) -> PruneConfig:
+    """The prune a user would run by hand at the search's target and pattern."""
     return PruneConfig(
         method=method,
-        sparsity=config.pattern.sparsity if config.pattern.structured else config.target,
+        sparsity=hand_run_sparsity(config),
         pattern=config.pattern,
         batch_size=config.batch_size,
     )

@@ -33,7 +33,7 @@ from optishear.evaluation.held_out import (
     HeldOutRow,
 )
 from optishear.recipe.candidates import Candidate, Evaluation, Scored
-from optishear.recipe.comparison import baseline_config
+from optishear.recipe.comparison import baseline_config, hand_run_sparsity
 from optishear.recipe.shipped import shipped_config
 from optishear.search.evaluator import BatchEvaluator, HeldOutComparer, OwlPlanner
 from optishear.search.shipped_jobs import HeldOutRequest, JobResult, ShippedJob
@@ -93,7 +93,7 @@ class BaselinePlans:
 
     @classmethod
     def of(cls, config: SearchConfig, evaluator: BatchEvaluator) -> BaselinePlans:
-        ratio = config.pattern.sparsity if config.pattern.structured else config.target
+        ratio = hand_run_sparsity(config)
         owl = None
         if not config.pattern.structured and isinstance(evaluator, OwlPlanner):
             owl = tuple(float(r) for r in evaluator.owl_plan(config.target))
